@@ -1,0 +1,45 @@
+"""The sandbox engine: run untrusted Python programs under kernel-enforced limits.
+
+Public surface::
+
+    pool = SandboxPool(SandboxConfig(), slots=2)
+    with pool:
+        record = pool.run(ExecutionRequest(code="print(1)", limits=limits))
+
+``pool.isolation`` tells which isolation layers are in force on this host.
+"""
+
+from executors._config import SandboxConfig
+from executors._errors import (
+    ExecutorError,
+    PoolClosedError,
+    SandboxStartError,
+    SandboxUnavailableError,
+)
+from executors._isolation import ISOLATION_LAYERS, IsolationReport
+from executors._models import (
+    TERMINAL_STATUSES,
+    ExecutionRecord,
+    ExecutionRequest,
+    ExecutionStatus,
+    Limits,
+    LimitsRequest,
+)
+from executors._pool import SandboxPool
+
+__all__ = [
+    "ISOLATION_LAYERS",
+    "TERMINAL_STATUSES",
+    "ExecutionRecord",
+    "ExecutionRequest",
+    "ExecutionStatus",
+    "ExecutorError",
+    "IsolationReport",
+    "Limits",
+    "LimitsRequest",
+    "PoolClosedError",
+    "SandboxConfig",
+    "SandboxPool",
+    "SandboxStartError",
+    "SandboxUnavailableError",
+]

@@ -1,0 +1,33 @@
+"""Configuration of the sandbox engine (built from the service settings by the caller)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["SandboxConfig"]
+
+
+def _base_python() -> str:
+    """The real interpreter behind the running one (never a venv with the service's packages)."""
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    return os.path.realpath(base)
+
+
+class SandboxConfig(BaseModel):
+    """How sandboxes are built. Deny by default: every layer is on unless unavailable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    python_executable: str = Field(default_factory=_base_python)
+    """Interpreter run inside the sandbox; its prefix is mounted read-only."""
+    slot_uid_base: int = Field(default=60000, ge=1000)
+    """When the service runs as root, slot N runs as host uid ``slot_uid_base + N``."""
+    require_full_isolation: bool = False
+    """Refuse to start when any isolation layer is unavailable (production)."""
+    cgroup_parent: str | None = None
+    """Cgroup (path relative to each hierarchy's root) to nest slots under; default: our own."""
+    bwrap_path: str = "bwrap"
+    start_timeout_s: float = Field(default=20.0, gt=0)

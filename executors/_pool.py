@@ -1,0 +1,227 @@
+"""A pool of sandbox slots: the engine's entry point.
+
+``SandboxPool.run`` is thread-safe and blocks until a slot is free and the job is over;
+the Ray deployment calls it from worker threads. Slots that die are restarted on
+their next use; a job that hits a dead slot ends as ``internal_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from types import TracebackType
+from typing import Any, Self
+
+from executors._config import SandboxConfig
+from executors._errors import PoolClosedError, SandboxStartError, SandboxUnavailableError
+from executors._isolation import IsolationReport
+from executors._models import ExecutionRecord, ExecutionRequest, ExecutionStatus
+from executors._sandbox._cgroups import JobCgroup, detect_cgroup_version, open_job_cgroup
+from executors._sandbox._seccomp import SeccompUnavailable, compile_filter
+from executors._sandbox._slot import Slot, SlotSettings
+from executors._sandbox._verdict import KillReason
+
+__all__ = ["SandboxPool"]
+
+logger = logging.getLogger("executors.pool")
+
+SANDBOX_UID = 1000  # the uid programs have inside their user namespace (see zygote.py)
+
+
+class SandboxPool:
+    """``slots`` sandboxes that run one job each at a time."""
+
+    def __init__(self, config: SandboxConfig, slots: int) -> None:
+        if slots < 1:
+            raise ValueError("a pool needs at least one slot")
+        self.config = config
+        self.size = slots
+        self._slots: list[Slot] = []
+        self._free: queue.Queue[Slot] = queue.Queue()
+        self._busy: set[Slot] = set()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._closed = False
+        self._group = f"exec-agent-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._cgroups: list[JobCgroup] = []
+        self.isolation: IsolationReport | None = None
+
+    # --- life cycle -------------------------------------------------------------
+
+    def start(self) -> IsolationReport:
+        """Start every slot; refuse (when configured to) if a layer is missing."""
+        errors: list[str] = []
+        try:
+            seccomp = compile_filter()
+        except SeccompUnavailable as exc:
+            seccomp, errors = b"", [f"seccomp: {exc}"]
+        probes = []
+        for index in range(self.size):
+            cgroup = self._open_cgroup(index, errors)
+            slot = Slot(
+                SlotSettings(
+                    index=index,
+                    python=self.config.python_executable,
+                    slot_uid=self.config.slot_uid_base + index,
+                    seccomp_bpf=seccomp,
+                    bwrap=self.config.bwrap_path,
+                    start_timeout_s=self.config.start_timeout_s,
+                ),
+                cgroup,
+            )
+            try:
+                probes.append(slot.start())
+            except SandboxStartError:
+                self.close()
+                raise
+            self._slots.append(slot)
+            self._free.put(slot)
+        self.isolation = self._report(probes[0], errors)
+        self._enforce_policy(self.isolation)
+        return self.isolation
+
+    def _open_cgroup(self, index: int, errors: list[str]) -> JobCgroup | None:
+        if os.geteuid() != 0:
+            return None
+        try:
+            cgroup = open_job_cgroup(f"{self._group}/slot-{index}", self.config.cgroup_parent)
+        except OSError as exc:
+            if not errors or "cgroup" not in errors[-1]:
+                errors.append(f"cgroup: {exc}")
+            return None
+        self._cgroups.append(cgroup)
+        return cgroup
+
+    def _report(self, probe: dict[str, Any], errors: list[str]) -> IsolationReport:
+        slot = self._slots[0]
+        assert slot.plan is not None
+        namespaces = bool(probe.get("namespaces"))
+        in_bwrap = slot.plan.mode.startswith("bubblewrap")
+        cgroup = slot.cgroup is not None
+        layers = {
+            "bubblewrap": in_bwrap,
+            "user_namespace": namespaces,
+            "pid_namespace": namespaces or in_bwrap,
+            "mount_namespace": namespaces,
+            "network_namespace": in_bwrap or (namespaces and slot.plan.mode == "direct"),
+            "ipc_namespace": namespaces,
+            "uts_namespace": in_bwrap,
+            "private_proc": namespaces and slot.plan.fresh_proc,
+            "private_tmpfs": bool(probe.get("filesystem")),
+            "read_only_root": in_bwrap,
+            "unprivileged_uid": slot.plan.host_uid != 0 and probe.get("uid") != 0,
+            "no_capabilities": bool(probe.get("capabilities_dropped")),
+            "no_new_privs": bool(probe.get("no_new_privs")),
+            "seccomp": bool(probe.get("seccomp")),
+            "cgroup_memory": cgroup,
+            "cgroup_pids": cgroup,
+            "cgroup_cpu": cgroup,
+            "rlimits": True,
+        }
+        for key in ("error", "namespaces_error"):
+            if probe.get(key):
+                errors.append(f"probe: {probe[key]}")
+        report = IsolationReport(
+            layers=layers,
+            mode=slot.plan.mode,
+            cgroup_version=detect_cgroup_version() if cgroup else None,
+            sandbox_uid=int(probe.get("uid", SANDBOX_UID)),
+            host_uid=slot.plan.host_uid,
+            errors=errors,
+        )
+        return report
+
+    def _enforce_policy(self, report: IsolationReport) -> None:
+        if report.complete:
+            logger.info("sandbox isolation complete: %s", report.summary())
+            return
+        if self.config.require_full_isolation:
+            self.close()
+            raise SandboxUnavailableError(report.missing)
+        logger.warning(
+            "SANDBOX ISOLATION DEGRADED: missing layers %s (%s); set "
+            "SANDBOX_REQUIRE_FULL_ISOLATION=true to refuse to start instead",
+            report.missing,
+            "; ".join(report.errors) or "not available on this host",
+        )
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self, grace_s: float = 0.0) -> None:
+        """Stop taking work; let running jobs finish for ``grace_s``, then kill them."""
+        with self._lock:
+            self._closed = True
+            deadline = time.monotonic() + grace_s
+            while self._busy and time.monotonic() < deadline:
+                self._idle.wait(max(0.0, deadline - time.monotonic()))
+            for slot in self._busy:
+                slot.request_kill(KillReason.SHUTDOWN)
+            while self._busy:
+                self._idle.wait(1.0)
+        for slot in self._slots:
+            slot.close()
+        for cgroup in self._cgroups:
+            cgroup.remove()
+        self._slots, self._cgroups = [], []
+
+    # --- work -------------------------------------------------------------------
+
+    @property
+    def free_slots(self) -> int:
+        return self._free.qsize()
+
+    @property
+    def busy_slots(self) -> int:
+        return len(self._busy)
+
+    def run(self, request: ExecutionRequest) -> ExecutionRecord:
+        """Run ``request`` in the next free slot (waiting for one) and return its record."""
+        slot = self._acquire()
+        try:
+            if not slot.alive():
+                self._restart(slot)
+            return slot.run(request)
+        except SandboxStartError:
+            logger.exception("sandbox slot %d could not be restarted", slot.settings.index)
+            return ExecutionRecord(
+                status=ExecutionStatus.INTERNAL_ERROR, limits=request.limits.to_api()
+            )
+        finally:
+            self._release(slot)
+
+    def _acquire(self) -> Slot:
+        while True:
+            if self._closed:
+                raise PoolClosedError("the pool is closed")
+            try:
+                slot = self._free.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            with self._lock:
+                if self._closed:
+                    self._free.put(slot)
+                    raise PoolClosedError("the pool is closed")
+                self._busy.add(slot)
+            return slot
+
+    def _release(self, slot: Slot) -> None:
+        with self._lock:
+            self._busy.discard(slot)
+            self._idle.notify_all()
+        self._free.put(slot)
+
+    def _restart(self, slot: Slot) -> None:
+        logger.warning("restarting sandbox slot %d", slot.settings.index)
+        slot.close()
+        slot.start()

@@ -1,0 +1,140 @@
+"""The command line that starts one slot's zygote inside its sandbox.
+
+As root: bubblewrap builds the slot's PID, network, IPC and UTS namespaces and a
+read-only root holding only the interpreter and system libraries; a shell mounts a
+full /proc (so each job can mount its own), then ``setpriv`` drops to the slot's
+unprivileged uid with no capabilities and no_new_privs before Python starts.
+Not root: bubblewrap in a user namespace, same layout. Without bubblewrap: the zygote
+runs directly (degraded; each job still gets its own namespaces where the kernel
+allows them).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["LaunchPlan", "ZYGOTE_SOURCE", "plan_launch"]
+
+ZYGOTE_SOURCE = Path(__import__("os").environ.get("ZYGOTE_OVERRIDE") or Path(__file__).with_name("zygote.py"))
+ZYGOTE_IN_SANDBOX = "/opt/exec-agent/zygote.py"
+SANDBOX_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "HOME": "/work",
+    "TMPDIR": "/tmp",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "MALLOC_ARENA_MAX": "2",
+}
+"""The whole environment of sandboxed programs: an allowlist, nothing inherited."""
+ROOT_LINKS_OR_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "localtime")
+ZYGOTE_TMP_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    argv: list[str]
+    mode: str
+    """"bubblewrap" (root), "bubblewrap-userns" (not root) or "direct" (no bubblewrap)."""
+    host_uid: int
+    fresh_proc: bool
+    """Whether each job can mount its own /proc (needs a full /proc in the slot)."""
+
+
+def _python_prefixes(python: str) -> list[str]:
+    """Directories outside /usr that the interpreter needs (e.g. a pyenv install)."""
+    real = os.path.realpath(python)
+    prefix = str(Path(real).parent.parent)
+    return [] if prefix.startswith("/usr/") or prefix == "/usr" else [prefix]
+
+
+def _parents_755(path: str) -> list[str]:
+    """bubblewrap creates missing parents 0700; make them traversable."""
+    args: list[str] = []
+    parts = Path(path).parts[1:-1]
+    for i in range(len(parts)):
+        args += ["--perms", "0755", "--dir", "/" + "/".join(parts[: i + 1])]
+    return args
+
+
+def _bwrap_layout(python: str) -> list[str]:
+    args = [
+        "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+        "--unshare-cgroup-try", "--hostname", "sandbox",
+        "--die-with-parent", "--new-session", "--clearenv",
+        "--ro-bind", "/usr", "/usr",
+    ]  # fmt: skip
+    for name in SANDBOX_ENV:
+        args += ["--setenv", name, SANDBOX_ENV[name]]
+    for name in ROOT_LINKS_OR_DIRS:
+        path = Path("/") / name
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), str(path)]
+    args += ["--perms", "0755", "--dir", "/etc"]
+    for name in ETC_FILES:
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    for prefix in _python_prefixes(python):
+        args += [*_parents_755(prefix), "--ro-bind", prefix, prefix]
+    args += [
+        "--dev", "/dev",
+        "--perms", "01777", "--dir", "/dev/shm",
+        "--perms", "0755", "--dir", "/work",
+        "--perms", "0755", "--dir", "/scratch",
+        "--size", str(ZYGOTE_TMP_BYTES), "--perms", "01777", "--tmpfs", "/tmp",
+        *_parents_755(ZYGOTE_IN_SANDBOX),
+        "--ro-bind", str(ZYGOTE_SOURCE), ZYGOTE_IN_SANDBOX,
+        "--chdir", "/",
+    ]  # fmt: skip
+    return args
+
+
+def _zygote_argv(python: str, control_fd: int, script: str) -> list[str]:
+    return [python, "-I", "-S", "-B", script, str(control_fd)]
+
+
+def plan_launch(python: str, control_fd: int, slot_uid: int, bwrap: str = "bwrap") -> LaunchPlan:
+    """How to start a slot on this host with the strongest isolation available."""
+    bwrap_path = shutil.which(bwrap)
+    is_root = os.geteuid() == 0
+    setpriv = shutil.which("setpriv")
+    if bwrap_path and is_root and setpriv:
+        drop = [
+            setpriv, f"--reuid={slot_uid}", f"--regid={slot_uid}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
+        ]  # fmt: skip
+        inner = " ".join(
+            shlex.quote(a) for a in [*drop, *_zygote_argv(python, control_fd, ZYGOTE_IN_SANDBOX)]
+        )
+        script = f"mount -t proc -o nosuid,nodev,noexec proc /proc && exec {inner}"
+        argv = [
+            bwrap_path,
+            *_bwrap_layout(python),
+            "--perms", "0555", "--dir", "/proc",
+            "--", "/bin/sh", "-c", script,
+        ]  # fmt: skip
+        return LaunchPlan(argv, "bubblewrap", slot_uid, fresh_proc=True)
+    if bwrap_path:
+        uid = os.geteuid()
+        argv = [
+            bwrap_path, "--unshare-user", "--uid", str(uid), "--gid", str(os.getegid()),
+            "--cap-drop", "ALL", *_bwrap_layout(python), "--proc", "/proc",
+            "--", *_zygote_argv(python, control_fd, ZYGOTE_IN_SANDBOX),
+        ]  # fmt: skip
+        return LaunchPlan(argv, "bubblewrap-userns", uid, fresh_proc=False)
+    argv = _zygote_argv(python, control_fd, str(ZYGOTE_SOURCE))
+    if is_root and setpriv:
+        argv = [
+            setpriv, f"--reuid={slot_uid}", f"--regid={slot_uid}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", *argv,
+        ]  # fmt: skip
+        return LaunchPlan(argv, "direct", slot_uid, fresh_proc=False)
+    return LaunchPlan(argv, "direct", os.geteuid(), fresh_proc=False)
+

@@ -1,0 +1,382 @@
+"""The host side of one sandbox slot: start its zygote, run jobs, enforce limits.
+
+One job at a time per slot. The host owns every enforcement that must not depend on
+the sandboxed side's cooperation: the wall clock, the job-wide CPU budget, the output
+caps (read concurrently from both pipes as the bytes arrive) and the kill.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import marshal
+import logging
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from executors._errors import SandboxStartError
+from executors._models import ExecutionRecord, ExecutionRequest, ExecutionStatus, utc_now
+from executors._sandbox._cgroups import JobCgroup
+from executors._sandbox._launch import LaunchPlan, plan_launch
+from executors._sandbox._verdict import JobFacts, KillReason, decide
+
+__all__ = ["Slot", "SlotSettings"]
+
+logger = logging.getLogger("executors.sandbox")
+
+READ_CHUNK_BYTES = 65536
+CPU_POLL_INTERVAL_S = 0.05
+HANDSHAKE_TIMEOUT_S = 10.0
+DRAIN_AFTER_EXIT_S = 1.0
+SUPERVISOR_PROCESSES = 1  # the job's init counts against pids.max
+SUPERVISOR_MEMORY_BYTES = 16 * 1024 * 1024  # init is a copy of the zygote
+
+
+@dataclass(frozen=True)
+class SlotSettings:
+    index: int
+    python: str
+    slot_uid: int
+    seccomp_bpf: bytes
+    bwrap: str = "bwrap"
+    start_timeout_s: float = 20.0
+
+
+@dataclass
+class _Stream:
+    fd: int
+    cap: int
+    data: bytearray = field(default_factory=bytearray)
+    truncated: bool = False
+    eof: bool = False
+
+    def read(self) -> bool:
+        """Read what is there; True when the cap was crossed."""
+        chunk = os.read(self.fd, READ_CHUNK_BYTES)
+        if not chunk:
+            self.eof = True
+            return False
+        room = self.cap - len(self.data)
+        self.data += chunk[:room]
+        if len(chunk) > room:
+            self.truncated = True
+        return self.truncated
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace").replace("\x00", "")
+
+
+class Slot:
+    """A sandbox slot. ``run`` is not reentrant; the pool hands a slot to one caller."""
+
+    def __init__(self, settings: SlotSettings, cgroup: JobCgroup | None) -> None:
+        self.settings = settings
+        self.cgroup = cgroup
+        self.process: subprocess.Popen[bytes] | None = None
+        self.control: socket.socket | None = None
+        self.plan: LaunchPlan | None = None
+        self.probe: dict[str, Any] = {}
+        self._kill_requested: KillReason | None = None
+        self._lock = threading.Lock()
+
+    # --- life cycle -------------------------------------------------------------
+
+    def start(self) -> dict[str, Any]:
+        """Start bubblewrap and the zygote; return the zygote's self-test report.
+
+        If the kernel refuses per-job namespaces the slot restarts without them, so
+        the service runs with what the host allows; the report says what is missing.
+        """
+        init = {
+            "namespaces": True,
+            "fresh_proc": False,
+            "seccomp_bpf": self.settings.seccomp_bpf,
+            "cgroup_memory": self.cgroup is not None,
+            "cap_last_cap": int(open("/proc/sys/kernel/cap_last_cap").read()),
+        }
+        self._launch(init)
+        if not self.probe.get("namespaces"):
+            error = self.probe.get("error")
+            self.close()
+            self._launch({**init, "namespaces": False})
+            self.probe["namespaces_error"] = error
+        return self.probe
+
+    def _launch(self, init: dict[str, Any]) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.plan = plan_launch(
+                self.settings.python, theirs.fileno(), self.settings.slot_uid, self.settings.bwrap
+            )
+            self.process = subprocess.Popen(
+                self.plan.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                pass_fds=(theirs.fileno(),),
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},  # no secret reaches the slot
+            )
+        except OSError as exc:
+            ours.close()
+            raise SandboxStartError(self.settings.index, str(exc)) from exc
+        finally:
+            theirs.close()
+        self.control = ours
+        threading.Thread(target=self._log_stderr, daemon=True, name="slot-stderr").start()
+        init = {**init, "new_net": self.plan.mode == "direct", "fresh_proc": self.plan.fresh_proc}
+        ours.settimeout(self.settings.start_timeout_s)
+        try:
+            ours.sendall(marshal.dumps(init))
+            reply = ours.recv(65536)
+        except OSError as exc:
+            self.close()
+            raise SandboxStartError(self.settings.index, f"no answer from zygote: {exc}") from exc
+        if not reply:
+            self.close()
+            raise SandboxStartError(self.settings.index, "zygote exited during start-up")
+        ours.settimeout(None)
+        self.probe = marshal.loads(reply)["probe"]
+
+    def _log_stderr(self) -> None:
+        process = self.process
+        if process is None or process.stderr is None:
+            return
+        for line in process.stderr:
+            logger.warning(
+                "slot %d: %s",
+                self.settings.index,
+                line.decode(errors="replace").rstrip()[:500].encode("unicode_escape").decode(),
+            )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def close(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def request_kill(self, reason: KillReason) -> None:
+        """Ask a running job to be killed (from another thread, e.g. at shutdown)."""
+        self._kill_requested = reason
+
+    # --- one job ----------------------------------------------------------------
+
+    def run(self, request: ExecutionRequest) -> ExecutionRecord:
+        """Run one job to its end and return its record (never raises for the job's sake)."""
+        created_at = utc_now()
+        self._kill_requested = None
+        try:
+            return _Job(self, request, created_at).run()
+        except Exception:
+            # A broken slot is the service's failure: report it, restart the slot later.
+            logger.exception("slot %d failed a job", self.settings.index)
+            self.close()
+            return ExecutionRecord(
+                status=ExecutionStatus.INTERNAL_ERROR,
+                limits=request.limits.to_api(),
+                created_at=created_at,
+                finished_at=utc_now(),
+            )
+
+
+def _memfd_readonly(name: str, data: bytes) -> int:
+    """A read-only descriptor of an anonymous file holding ``data``."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(fd)
+
+
+class _Job:
+    def __init__(self, slot: Slot, request: ExecutionRequest, created_at: Any) -> None:
+        self.slot = slot
+        self.request = request
+        self.limits = request.limits
+        self.created_at = created_at
+        self.started_at = created_at
+        self.killed_for: KillReason | None = None
+        self.report: dict[str, Any] = {}
+        self.pidfd: int | None = None
+        self.closing: list[int] = []
+
+    def run(self) -> ExecutionRecord:
+        slot = self.slot
+        if not slot.alive() or slot.control is None:
+            raise RuntimeError("slot is not running")
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        host_sock, job_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.closing += [out_r, err_r]
+        try:
+            self._submit(host_sock, job_sock, out_w, err_w)
+            stdout = _Stream(out_r, self.limits.max_output_bytes)
+            stderr = _Stream(err_r, self.limits.max_output_bytes)
+            t0 = time.monotonic()
+            self._wait(host_sock, stdout, stderr, t0)
+            wall = time.monotonic() - t0
+        finally:
+            host_sock.close()
+            for fd in self.closing:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+        return self._record(stdout, stderr, wall)
+
+    def _submit(self, host_sock: socket.socket, job_sock: socket.socket, out_w: int, err_w: int) -> None:
+        payload = marshal.dumps({"code": self.request.code, "files": dict(self.request.files)})
+        fds = [
+            _memfd_readonly("payload", payload),
+            _memfd_readonly("stdin", self.request.stdin.encode()),
+            out_w,
+            err_w,
+            job_sock.fileno(),
+        ]
+        header = {"type": "run", "limits": self.limits.model_dump()}
+        host_sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        assert self.slot.control is not None
+        try:
+            self.slot.control.sendmsg(
+                [marshal.dumps(header)],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+            )
+        finally:
+            for fd in fds[:2]:
+                os.close(fd)
+            os.close(out_w)
+            os.close(err_w)
+            job_sock.close()
+        pid = self._handshake(host_sock)
+        self.pidfd = os.pidfd_open(pid)
+        if self.slot.cgroup is not None:
+            self.slot.cgroup.prepare(
+                self.limits.memory_bytes + SUPERVISOR_MEMORY_BYTES,
+                self.limits.max_processes + SUPERVISOR_PROCESSES,
+            )
+            self.oom_before = self.slot.cgroup.usage().oom_kills
+            self.slot.cgroup.add(pid)
+        self.started_at = utc_now()
+        host_sock.sendall(b"go")
+
+    def _handshake(self, host_sock: socket.socket) -> int:
+        host_sock.settimeout(HANDSHAKE_TIMEOUT_S)
+        msg, ancdata, _, _ = host_sock.recvmsg(16, socket.CMSG_SPACE(struct.calcsize("3i")))
+        host_sock.settimeout(None)
+        if msg != b"hello":
+            raise RuntimeError("zygote did not start the job")
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid, _uid, _gid = struct.unpack("3i", data[: struct.calcsize("3i")])
+                return int(pid)
+        raise RuntimeError("no credentials from the job's supervisor")
+
+    def _wait(self, host_sock: socket.socket, stdout: _Stream, stderr: _Stream, t0: float) -> None:
+        assert self.pidfd is not None
+        deadline = t0 + self.limits.wall_timeout_s
+        exited_at: float | None = None
+        with selectors.DefaultSelector() as sel:
+            sel.register(stdout.fd, selectors.EVENT_READ, stdout)
+            sel.register(stderr.fd, selectors.EVENT_READ, stderr)
+            sel.register(host_sock, selectors.EVENT_READ, "report")
+            sel.register(self.pidfd, selectors.EVENT_READ, "exit")
+            while not (exited_at is not None and stdout.eof and stderr.eof):
+                now = time.monotonic()
+                if exited_at is not None and now - exited_at > DRAIN_AFTER_EXIT_S:
+                    self._kill(None)  # something outlived the job's namespace: fallback modes
+                    if now - exited_at > 2 * DRAIN_AFTER_EXIT_S:
+                        break
+                if exited_at is None:
+                    self._enforce(now, deadline)
+                timeout = CPU_POLL_INTERVAL_S if exited_at is None else 0.05
+                for key, _ in sel.select(min(timeout, max(0.0, deadline - now) + 0.001)):
+                    if key.data == "report":
+                        self._read_report(host_sock, sel)
+                    elif key.data == "exit":
+                        exited_at = time.monotonic()
+                        sel.unregister(self.pidfd)
+                    elif key.data.read():
+                        self._kill(KillReason.OUTPUT_LIMIT)
+                    if isinstance(key.data, _Stream) and key.data.eof:
+                        sel.unregister(key.data.fd)
+
+    def _enforce(self, now: float, deadline: float) -> None:
+        if self.slot._kill_requested is not None:
+            self._kill(self.slot._kill_requested)
+        elif now >= deadline:
+            self._kill(KillReason.WALL_TIMEOUT)
+        elif self.slot.cgroup is not None and self.killed_for is None:
+            if self.slot.cgroup.cpu_time_s() > self.limits.cpu_time_s:
+                self._kill(KillReason.CPU_TIMEOUT)
+
+    def _read_report(self, host_sock: socket.socket, sel: selectors.BaseSelector) -> None:
+        try:
+            msg = host_sock.recv(65536)
+        except OSError:
+            msg = b""
+        if not msg:
+            sel.unregister(host_sock)
+            return
+        self.report.update(marshal.loads(msg))
+
+    def _kill(self, reason: KillReason | None) -> None:
+        if reason is not None and self.killed_for is None and "wstatus" not in self.report:
+            self.killed_for = reason
+        if self.pidfd is not None:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        if self.slot.cgroup is not None:
+            self.slot.cgroup.kill_all(timeout_s=2.0)
+
+    def _record(self, stdout: _Stream, stderr: _Stream, wall_s: float) -> ExecutionRecord:
+        usage = self.slot.cgroup.usage() if self.slot.cgroup is not None else None
+        cpu = usage.cpu_time_s if usage else float(self.report.get("cpu_time_s", 0.0))
+        verdict = decide(
+            JobFacts(
+                wait_status=self.report.get("wstatus"),
+                killed_for=self.killed_for,
+                oom_kills=(usage.oom_kills - self.oom_before) if usage else 0,
+                memory_error=bool(self.report.get("memory_error")),
+                cpu_time_s=cpu,
+                cpu_limit_s=self.limits.cpu_time_s,
+                internal=self.report.get("internal"),
+            )
+        )
+        if verdict.detail and verdict.status == ExecutionStatus.INTERNAL_ERROR:
+            logger.error("slot %d: internal error: %s", self.slot.settings.index, verdict.detail)
+        peak = usage.peak_memory_bytes if usage else int(self.report.get("maxrss_bytes", 0))
+        return ExecutionRecord(
+            status=verdict.status,
+            exit_code=verdict.exit_code,
+            signal=verdict.signal,
+            stdout=stdout.text(),
+            stderr=stderr.text(),
+            stdout_truncated=stdout.truncated,
+            stderr_truncated=stderr.truncated,
+            wall_time_s=round(wall_s, 6),
+            cpu_time_s=round(cpu, 6),
+            peak_memory_bytes=peak,
+            limits=self.limits.to_api(),
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=utc_now(),
+        )

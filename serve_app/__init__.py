@@ -1,0 +1,26 @@
+"""The HTTP service and command line of the Python Execution Agent.
+
+The sandbox engine lives in :mod:`executors`; this package configures it (:mod:`.settings`),
+exposes it over HTTP on Ray Serve, and drives it from the ``exec-agent`` command line
+(:mod:`.cli`).
+"""
+
+from __future__ import annotations
+
+from serve_app.errors import (
+    ApiClientError,
+    ApiErrorResponse,
+    ConfigurationError,
+    InvalidRequestError,
+    ServerUnreachableError,
+    ServiceError,
+)
+
+__all__ = [
+    "ApiClientError",
+    "ApiErrorResponse",
+    "ConfigurationError",
+    "InvalidRequestError",
+    "ServerUnreachableError",
+    "ServiceError",
+]

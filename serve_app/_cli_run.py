@@ -1,0 +1,174 @@
+"""The ``exec-agent run`` command: one program, in a local sandbox or through a server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
+
+import executors
+from executors import ExecutionRequest, LimitsRequest
+from serve_app import _exit
+from serve_app.client import post_execution
+from serve_app.errors import (
+    ApiErrorResponse,
+    InvalidRequestError,
+    ServerUnreachableError,
+    describe_validation_error,
+)
+from serve_app.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+__all__ = ["add_run_parser", "run_command"]
+
+KEY_ENV_VAR = "EXEC_AGENT_API_KEY"
+# (option, LimitsRequest field, type, metavar, help): the limits a caller may ask for.
+LIMIT_OPTIONS: tuple[tuple[str, str, type, str, str], ...] = (
+    ("--wall-timeout-s", "wall_timeout_s", float, "S", "wall-clock time, seconds"),
+    ("--cpu-time-s", "cpu_time_s", float, "S", "CPU time of the process tree, seconds"),
+    ("--memory-mb", "memory_mb", int, "N", "memory of the process tree, MiB"),
+    ("--max-output-bytes", "max_output_bytes", int, "N", "bytes per stream (stdout, stderr)"),
+    ("--max-processes", "max_processes", int, "N", "processes and threads at once"),
+    ("--max-file-bytes", "max_file_bytes", int, "N", "size of any one written file, bytes"),
+)
+
+
+def add_run_parser(subparsers: Subparsers) -> None:
+    """Register ``run`` and its options."""
+    parser = subparsers.add_parser(
+        "run",
+        help="run one program in a local sandbox, or through a server with --server",
+        description="Run one Python program in a sandbox and mirror its output and exit status.",
+        epilog=_exit.EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "file", nargs="?", default="-", metavar="FILE", help="the program; '-' (default): stdin"
+    )
+    parser.add_argument(
+        "--stdin",
+        metavar="TEXT",
+        help="the program's standard input (default: with FILE, this command's own standard "
+        "input unless it is a terminal; with '-', none)",
+    )
+    limits = parser.add_argument_group("limits (default: the server's defaults)")
+    for option, field, kind, metavar, text in LIMIT_OPTIONS:
+        limits.add_argument(option, dest=field, type=kind, metavar=metavar, help=text)
+    parser.add_argument(
+        "--json", action="store_true", help="print the execution record as the API returns it"
+    )
+    remote = parser.add_argument_group("through a server instead of a local sandbox")
+    remote.add_argument("--server", metavar="URL", help="base URL, e.g. http://127.0.0.1:8000")
+    remote.add_argument(
+        "--key",
+        default=os.environ.get(KEY_ENV_VAR),
+        metavar="KEY",
+        help=f"API key (default: ${KEY_ENV_VAR}, which keeps it out of the process list)",
+    )
+    parser.set_defaults(handler=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the program ``args`` describe; print the result; return the exit status."""
+    if args.server and not args.key:
+        return _refuse(f"--server needs --key (or ${KEY_ENV_VAR})")
+    try:
+        record = _execute(args)
+    except ApiErrorResponse as exc:
+        # The server's answer is already in the API's error format: pass it on as it is.
+        _write(sys.stderr, exc.body.rstrip("\n") + "\n" if exc.body else f"{exc}\n")
+        return _exit.EX_USAGE
+    except InvalidRequestError as exc:
+        return _refuse(str(exc))
+    except ServerUnreachableError as exc:
+        _write(sys.stderr, f"exec-agent run: {exc}\n")
+        return _exit.EX_UNAVAILABLE
+    except executors.ExecutorError as exc:
+        _write(sys.stderr, f"exec-agent run: the sandbox failed: {exc}\n")
+        return _exit.EX_SOFTWARE
+    return _emit(record, as_json=args.json)
+
+
+def _execute(args: argparse.Namespace) -> dict[str, Any]:
+    code = _read_program(args.file)
+    stdin = _program_stdin(args.stdin, program_from_stdin=args.file == "-")
+    asked = _limits_request(args)
+    if args.server:
+        body = {"code": code, "stdin": stdin, "limits": asked.model_dump(exclude_none=True)}
+        return post_execution(args.server, args.key, body)
+    return _run_local(code, stdin, asked, get_settings())
+
+
+def _read_program(source: str) -> str:
+    try:
+        if source == "-":
+            if sys.stdin is None:  # started with file descriptor 0 closed
+                raise InvalidRequestError("no standard input to read the program from")
+            return sys.stdin.read()
+        return Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"cannot read the program from {source}: {exc}") from None
+
+
+def _program_stdin(given: str | None, *, program_from_stdin: bool) -> str:
+    """``--stdin``, else our own piped stdin (``run prog.py < input.txt``, as with python)."""
+    if given is not None:
+        return given
+    # sys.stdin is None when the command was started with file descriptor 0 closed.
+    if program_from_stdin or sys.stdin is None or sys.stdin.isatty():
+        return ""
+    try:
+        return sys.stdin.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"cannot read standard input: {exc}") from None
+
+
+def _limits_request(args: argparse.Namespace) -> LimitsRequest:
+    asked = {option[1]: getattr(args, option[1]) for option in LIMIT_OPTIONS}
+    try:
+        return LimitsRequest(**asked)
+    except ValueError as exc:
+        raise InvalidRequestError(describe_validation_error(exc)) from None
+
+
+def _run_local(code: str, stdin: str, asked: LimitsRequest, settings: Settings) -> dict[str, Any]:
+    """Run in a one-slot sandbox pool of this process: no server, no Ray."""
+    try:
+        limits = asked.resolve(settings.default_limits(), settings.max_limits())
+        request = ExecutionRequest(code=code, stdin=stdin, limits=limits)
+    except ValueError as exc:
+        raise InvalidRequestError(describe_validation_error(exc)) from None
+    # Looked up on the package at call time so tests can stand a fake pool in for the engine.
+    pool = executors.SandboxPool(settings.sandbox_config(), slots=1)
+    with pool:
+        return pool.run(request).to_api()
+
+
+def _emit(record: dict[str, Any], *, as_json: bool) -> int:
+    if as_json:
+        _write(sys.stdout, json.dumps(record) + "\n")
+        return 1 if record.get("status") == "internal_error" else _exit.EX_OK
+    _write(sys.stdout, record.get("stdout") or "")
+    _write(sys.stderr, record.get("stderr") or "")
+    return _exit.exit_status(record)
+
+
+def _write(stream: TextIO, text: str) -> None:
+    """Write ``text`` as UTF-8 whatever the locale: the program's output passes unchanged."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:  # a replaced stream (tests), already text
+        stream.write(text)
+    else:
+        stream.flush()
+        buffer.write(text.encode("utf-8", "surrogateescape"))
+    stream.flush()
+
+
+def _refuse(message: str) -> int:
+    _write(sys.stderr, f"exec-agent run: {message}\n")
+    return _exit.EX_USAGE

@@ -1,0 +1,109 @@
+"""``exec-agent``: the service's command line (see "Command line" in the API contract).
+
+exec-agent serve [FILES...]     start Ray, deploy the service, serve HTTP until interrupted
+exec-agent run [FILE or -] ...  run one program, locally or through a server
+exec-agent keys create/list/revoke, db upgrade, audit   (arrive with the HTTP service)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from serve_app import _exit
+from serve_app._cli_run import add_run_parser
+from serve_app.errors import ConfigurationError
+from serve_app.settings import get_settings
+
+if TYPE_CHECKING:
+    from serve_app._cli_run import Subparsers
+
+__all__ = ["build_parser", "main"]
+
+NOT_YET = "not available yet: arrives with the HTTP service"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``exec-agent`` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already reported
+        return exc.code if isinstance(exc.code, int) else _exit.EX_USAGE
+    try:
+        status: int = args.handler(args)
+    except ConfigurationError as exc:
+        print(f"exec-agent: {exc}", file=sys.stderr)
+        return _exit.EX_CONFIG
+    except KeyboardInterrupt:
+        return _exit.EX_INTERRUPTED
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: every subcommand of the contract, implemented or not yet."""
+    parser = argparse.ArgumentParser(
+        prog="exec-agent", description="Python Execution Agent: run untrusted Python in sandboxes."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_serve_parser(subparsers)
+    add_run_parser(subparsers)
+    _add_keys_parser(subparsers)
+    _add_db_parser(subparsers)
+    _add_audit_parser(subparsers)
+    return parser
+
+
+def _add_serve_parser(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="start (or join, with RAY_ADDRESS) Ray and serve the HTTP API on HOST:PORT",
+        description="Serve the API until interrupted, then drain and stop.",
+    )
+    parser.add_argument("files", nargs="*", metavar="FILES", help="programs for the local demo")
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    # Imported here: it pulls in Ray, which every other command does without.
+    from serve_app import _local_demo
+
+    return _local_demo.main(settings, args.files)
+
+
+def _add_keys_parser(subparsers: Subparsers) -> None:
+    keys = subparsers.add_parser("keys", help="manage API keys")
+    actions = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="create a key; prints it as the last line")
+    create.add_argument("--name", required=True)
+    create.add_argument("--rate-limit-per-minute", type=int, metavar="N")
+    actions.add_parser("list", help="list keys")
+    revoke = actions.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("name", metavar="NAME")
+    keys.set_defaults(handler=_not_yet)
+
+
+def _add_db_parser(subparsers: Subparsers) -> None:
+    db = subparsers.add_parser("db", help="database maintenance")
+    actions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("upgrade", help="apply database migrations")
+    db.set_defaults(handler=_not_yet)
+
+
+def _add_audit_parser(subparsers: Subparsers) -> None:
+    audit = subparsers.add_parser("audit", help="list security events")
+    audit.add_argument("--since", metavar="T", help="ISO 8601 time")
+    audit.add_argument("--key", metavar="NAME", help="only this key's events")
+    audit.set_defaults(handler=_not_yet)
+
+
+def _not_yet(args: argparse.Namespace) -> int:
+    print(f"exec-agent {args.command}: {NOT_YET}", file=sys.stderr)
+    return _exit.EX_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

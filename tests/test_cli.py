@@ -1,0 +1,386 @@
+"""The ``exec-agent`` command line: parsing, exit statuses, ``run --server`` and local ``run``."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+import executors
+from executors._models import MIB, ExecutionRecord, ExecutionRequest
+from serve_app import _exit
+from serve_app.cli import NOT_YET, build_parser, main
+from serve_app.settings import Settings, get_settings
+
+KEY = "test-key-0123456789"
+
+
+def record(**fields: Any) -> dict[str, Any]:
+    """A finished execution record in API form."""
+    base = {"status": "ok", "exit_code": 0, "stdout": "", "stderr": "", "limits": {}}
+    return ExecutionRecord.model_validate({**base, **fields}).to_api()
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Default settings, no API key from the environment, and no .env from the repo."""
+    for name, info in Settings.model_fields.items():
+        monkeypatch.delenv(name.upper(), raising=False)
+        monkeypatch.delenv(str(info.validation_alias), raising=False)
+    monkeypatch.delenv("EXEC_AGENT_API_KEY", raising=False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # an empty pipe, not pytest's stdin
+    monkeypatch.chdir(tmp_path)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+# --- parsing
+
+
+def test_run_defaults() -> None:
+    args = build_parser().parse_args(["run"])
+    assert (args.file, args.stdin, args.json, args.server) == ("-", None, False, None)
+    assert args.wall_timeout_s is None and args.memory_mb is None
+
+
+def test_run_limit_options() -> None:
+    argv = ["run", "p.py", "--wall-timeout-s", "2.5", "--cpu-time-s", "1", "--memory-mb", "64"]
+    argv += ["--max-output-bytes", "100", "--max-processes", "4", "--max-file-bytes", "10"]
+    args = build_parser().parse_args(argv)
+    assert args.file == "p.py"
+    assert (args.wall_timeout_s, args.cpu_time_s, args.memory_mb) == (2.5, 1.0, 64)
+    assert (args.max_output_bytes, args.max_processes, args.max_file_bytes) == (100, 4, 10)
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["run", "--memory-mb", "1.5"], ["run", "--bogus"], ["keys"], ["db"]]
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_run_help_documents_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    for status in ("124", "128+N", "137", "internal_error"):
+        assert status in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["keys", "create", "--name", "ci"],
+        ["keys", "list"],
+        ["keys", "revoke", "ci"],
+        ["db", "upgrade"],
+        ["audit", "--since", "2024-01-01T00:00:00Z"],
+    ],
+)
+def test_later_commands_exist_but_are_not_available(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert NOT_YET in capsys.readouterr().err
+
+
+def test_server_needs_a_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "-", "--server", "http://127.0.0.1:1"]) == 2
+    assert "--key" in capsys.readouterr().err
+
+
+# --- exit statuses
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"status": "ok", "exit_code": 0}, 0),
+        ({"status": "nonzero_exit", "exit_code": 3}, 3),
+        ({"status": "crashed", "exit_code": None, "signal": 11}, 139),
+        ({"status": "timeout", "exit_code": None, "signal": 9}, 124),
+        ({"status": "memory_limit", "exit_code": None, "signal": 9}, 137),
+        ({"status": "memory_limit", "exit_code": 1}, 1),
+        ({"status": "output_limit", "exit_code": None, "signal": 9}, 1),
+        ({"status": "internal_error", "exit_code": None}, 70),
+        ({"status": "queued", "exit_code": None}, 70),
+    ],
+)
+def test_exit_status_mirrors_the_program(fields: dict[str, Any], expected: int) -> None:
+    assert _exit.exit_status(fields) == expected
+
+
+# --- run --server, against a small local HTTP server
+
+
+@dataclass
+class FakeApi:
+    """What the fake server answers, and what it was sent."""
+
+    url: str
+    status: int = 200
+    answer: dict[str, Any] = field(default_factory=record)
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApi]:
+    fake = FakeApi(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            fake.received.append(
+                {
+                    "path": self.path,
+                    "authorization": self.headers["Authorization"],
+                    "body": json.loads(self.rfile.read(length)),
+                }
+            )
+            payload = json.dumps(fake.answer).encode()
+            self.send_response(fake.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep the test output clean
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    # A short poll interval: shutdown() waits for the loop to notice.
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield fake
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def write_program(tmp_path: Path, code: str = "print('hello')\n") -> str:
+    path = tmp_path / "prog.py"
+    path.write_text(code)
+    return str(path)
+
+
+def test_server_mode_sends_code_stdin_limits_and_key(api: FakeApi, tmp_path: Path) -> None:
+    program = write_program(tmp_path)
+    argv = ["run", program, "--stdin", "3 4", "--wall-timeout-s", "2", "--memory-mb", "64"]
+    assert main([*argv, "--server", api.url + "/", "--key", KEY, "--json"]) == 0
+    [sent] = api.received
+    assert sent["path"] == "/v1/executions"
+    assert sent["authorization"] == f"Bearer {KEY}"
+    assert sent["body"] == {
+        "code": "print('hello')\n",
+        "stdin": "3 4",
+        "limits": {"wall_timeout_s": 2.0, "memory_mb": 64},
+    }
+
+
+def test_program_stdin_comes_from_our_stdin_when_given_a_file(
+    api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("piped\n"))
+    assert main(["run", write_program(tmp_path), "--server", api.url, "--key", KEY]) == 0
+    assert api.received[0]["body"]["stdin"] == "piped\n"
+
+
+def test_program_read_from_stdin_gets_only_the_stdin_option(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("print(input())\n"))
+    assert main(["run", "-", "--server", api.url, "--key", KEY]) == 0
+    assert main(["run", "-", "--stdin", "x", "--server", api.url, "--key", KEY]) == 0
+    assert [sent["body"]["stdin"] for sent in api.received] == ["", "x"]
+
+
+def test_server_mode_json_prints_the_record_as_returned(
+    api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.answer = record(status="nonzero_exit", exit_code=3, stdout="partial\n")
+    argv = ["run", write_program(tmp_path), "--server", api.url, "--key", KEY, "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == api.answer
+
+
+def test_server_mode_mirrors_output_and_exit_code(
+    api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.answer = record(status="nonzero_exit", exit_code=3, stdout="out ✓\n", stderr="err\n")
+    argv = ["run", write_program(tmp_path), "--server", api.url, "--key", KEY]
+    assert main(argv) == 3
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("out ✓\n", "err\n")
+
+
+def test_server_mode_key_from_environment(
+    api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXEC_AGENT_API_KEY", KEY)
+    assert main(["run", write_program(tmp_path), "--server", api.url]) == 0
+    assert api.received[0]["authorization"] == f"Bearer {KEY}"
+
+
+def test_server_error_answer_goes_to_stderr_with_exit_2(
+    api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.status = 422
+    api.answer = {
+        "error": {"code": "invalid_request", "message": "limits.memory_mb", "request_id": "r1"}
+    }
+    argv = ["run", write_program(tmp_path), "--server", api.url, "--key", KEY, "--json"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert json.loads(captured.err) == api.answer
+
+
+def test_server_internal_error_with_json_exits_1(
+    api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.answer = record(status="internal_error", exit_code=None)
+    argv = ["run", write_program(tmp_path), "--server", api.url, "--key", KEY, "--json"]
+    assert main(argv) == 1
+    assert json.loads(capsys.readouterr().out)["status"] == "internal_error"
+
+
+def test_unreachable_server_exits_69(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as probe:  # a port nothing listens on once the probe closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = ["run", write_program(tmp_path), "--server", f"http://127.0.0.1:{port}", "--key", KEY]
+    assert main(argv) == 69
+    assert "cannot reach" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
+def test_invalid_limits_are_refused_before_sending(
+    api: FakeApi, tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["run", write_program(tmp_path), "--wall-timeout-s", value]
+    assert main([*argv, "--server", api.url, "--key", KEY]) == 2
+    assert api.received == []
+    assert "wall_timeout_s" in capsys.readouterr().err
+
+
+def test_missing_program_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(tmp_path / "absent.py"), "--server", "http://x", "--key", KEY]) == 2
+    assert "absent.py" in capsys.readouterr().err
+
+
+# --- run, locally (the engine replaced by a fake pool)
+
+
+class FakePool:
+    """Stands in for executors.SandboxPool: records what it was given, answers a fixed record."""
+
+    instances: ClassVar[list[FakePool]] = []
+
+    def __init__(self, config: object, slots: int) -> None:
+        self.config, self.slots = config, slots
+        self.requests: list[ExecutionRequest] = []
+        self.entered = self.exited = False
+        FakePool.instances.append(self)
+
+    def __enter__(self) -> FakePool:
+        self.entered = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.exited = True
+
+    def run(self, request: ExecutionRequest) -> ExecutionRecord:
+        self.requests.append(request)
+        return ExecutionRecord(
+            status="ok", exit_code=0, stdout="hi\n", limits=request.limits.to_api()
+        )
+
+
+@pytest.fixture
+def fake_pool(monkeypatch: pytest.MonkeyPatch) -> type[FakePool]:
+    FakePool.instances = []
+    monkeypatch.setattr(executors, "SandboxPool", FakePool, raising=False)
+    return FakePool
+
+
+def test_local_mode_runs_one_request_in_a_one_slot_pool(
+    fake_pool: type[FakePool], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("print('hi')\n"))
+    assert main(["run", "-", "--stdin", "in", "--memory-mb", "128"]) == 0
+    [pool] = fake_pool.instances
+    assert pool.slots == 1 and pool.entered and pool.exited
+    [sent] = pool.requests
+    assert (sent.code, sent.stdin) == ("print('hi')\n", "in")
+    assert sent.limits.memory_bytes == 128 * MIB
+    assert sent.limits.wall_timeout_s == 5  # the settings' default
+    assert capsys.readouterr().out == "hi\n"
+
+
+def test_local_mode_refuses_limits_over_the_maxima(
+    fake_pool: type[FakePool], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", write_program(tmp_path), "--memory-mb", "100000"]) == 2
+    assert "memory_bytes" in capsys.readouterr().err
+    assert fake_pool.instances == []
+
+
+def test_local_mode_refuses_nul_in_the_program(
+    fake_pool: type[FakePool], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", write_program(tmp_path, "print(1)\x00")]) == 2
+    assert "NUL" in capsys.readouterr().err
+
+
+def test_invalid_configuration_exits_78(
+    fake_pool: type[FakePool],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("MAX_TIMEOUT", "nan")
+    assert main(["run", write_program(tmp_path)]) == 78
+    assert "MAX_TIMEOUT" in capsys.readouterr().err
+
+
+# --- run, locally, in a real sandbox
+
+
+@pytest.mark.sandbox
+def test_local_run_in_a_real_sandbox(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not hasattr(executors, "SandboxPool"):
+        pytest.skip("the sandbox engine (executors.SandboxPool) is not there yet")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("print('hello')\n"))
+    assert main(["run", "-", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["status"] == "ok"
+    assert answer["stdout"] == "hello\n"
+
+
+# --- the package's public surface
+
+
+def test_serve_app_exports_its_error_tree() -> None:
+    import serve_app
+    from serve_app import errors
+
+    assert sorted(serve_app.__all__) == sorted(
+        name for name in errors.__all__ if name != "describe_validation_error"
+    )
+    classes = [getattr(errors, name) for name in serve_app.__all__]
+    assert all(issubclass(cls, errors.ServiceError) for cls in classes)
+    codes = [cls.code for cls in classes if cls is not errors.ApiErrorResponse]
+    assert len(codes) == len(set(codes))  # stable codes never collide

@@ -1,0 +1,187 @@
+"""The engine's value objects (executors/_models.py): limits, requests, records."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from executors._models import MIB, ExecutionRecord, ExecutionRequest, Limits, LimitsRequest
+
+DEFAULTS = Limits(
+    wall_timeout_s=5,
+    cpu_time_s=5,
+    memory_bytes=256 * MIB,
+    max_output_bytes=MIB,
+    max_processes=64,
+    max_file_bytes=16 * MIB,
+)
+MAXIMA = Limits(
+    wall_timeout_s=30,
+    cpu_time_s=30,
+    memory_bytes=512 * MIB,
+    max_output_bytes=MIB,
+    max_processes=64,
+    max_file_bytes=64 * MIB,
+)
+LIMIT_FIELDS = [
+    "wall_timeout_s",
+    "cpu_time_s",
+    "memory_mb",
+    "max_output_bytes",
+    "max_processes",
+    "max_file_bytes",
+]
+
+
+def request(**overrides: object) -> ExecutionRequest:
+    fields: dict[str, object] = {"code": "print(1)", "limits": DEFAULTS, **overrides}
+    return ExecutionRequest.model_validate(fields)
+
+
+# --- LimitsRequest.resolve
+
+
+def test_resolve_of_empty_request_is_the_defaults() -> None:
+    assert LimitsRequest().resolve(DEFAULTS, MAXIMA) == DEFAULTS
+
+
+def test_resolve_fills_gaps_and_converts_memory_mb() -> None:
+    limits = LimitsRequest(memory_mb=100, wall_timeout_s=2.5).resolve(DEFAULTS, MAXIMA)
+    assert limits.memory_bytes == 100 * MIB
+    assert limits.wall_timeout_s == 2.5
+    assert limits.cpu_time_s == DEFAULTS.cpu_time_s
+    assert limits.max_processes == DEFAULTS.max_processes
+
+
+def test_resolve_names_every_field_over_the_maximum() -> None:
+    asked = LimitsRequest(wall_timeout_s=31, memory_mb=513, max_processes=65)
+    with pytest.raises(ValueError, match="over the server maximum") as caught:
+        asked.resolve(DEFAULTS, MAXIMA)
+    message = str(caught.value)
+    for name in ("wall_timeout_s", "memory_bytes", "max_processes"):
+        assert name in message
+    assert "cpu_time_s" not in message
+
+
+def test_resolve_accepts_exactly_the_maximum() -> None:
+    asked = LimitsRequest(wall_timeout_s=30, memory_mb=512, max_file_bytes=64 * MIB)
+    assert asked.resolve(DEFAULTS, MAXIMA).within(MAXIMA) == []
+
+
+@pytest.mark.parametrize("field", LIMIT_FIELDS)
+@pytest.mark.parametrize("value", [0, -1])
+def test_limits_request_refuses_zero_and_negative(field: str, value: int) -> None:
+    with pytest.raises(ValidationError, match=field):
+        LimitsRequest.model_validate({field: value})
+
+
+@pytest.mark.parametrize("field", ["wall_timeout_s", "cpu_time_s"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_limits_request_refuses_nan_and_infinity(field: str, value: float) -> None:
+    with pytest.raises(ValidationError, match=field):
+        LimitsRequest.model_validate({field: value})
+
+
+@pytest.mark.parametrize("field", ["memory_mb", "max_processes"])
+def test_integer_limits_refuse_fractions(field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        LimitsRequest.model_validate({field: 1.5})
+
+
+def test_limits_request_refuses_unknown_fields() -> None:
+    with pytest.raises(ValidationError, match="memory_bytes"):
+        LimitsRequest.model_validate({"memory_bytes": 1})
+
+
+@given(
+    wall=st.none() | st.floats(min_value=1e-3, max_value=60),
+    memory_mb=st.none() | st.integers(min_value=1, max_value=1024),
+    processes=st.none() | st.integers(min_value=1, max_value=128),
+)
+def test_resolve_never_exceeds_the_maxima(
+    wall: float | None, memory_mb: int | None, processes: int | None
+) -> None:
+    asked = LimitsRequest(wall_timeout_s=wall, memory_mb=memory_mb, max_processes=processes)
+    try:
+        limits = asked.resolve(DEFAULTS, MAXIMA)
+    except ValueError:
+        return
+    assert limits.within(MAXIMA) == []
+
+
+# --- Limits
+
+
+def test_limits_to_api_speaks_memory_mb() -> None:
+    api = DEFAULTS.to_api()
+    assert api["memory_mb"] == 256
+    assert isinstance(api["memory_mb"], int)
+    assert "memory_bytes" not in api
+    assert set(api) == set(LIMIT_FIELDS)
+
+
+def test_limits_to_api_keeps_fractional_mebibytes() -> None:
+    limits = DEFAULTS.model_copy(update={"memory_bytes": 3 * MIB // 2})
+    assert limits.to_api()["memory_mb"] == 1.5
+
+
+def test_limits_refuse_a_file_larger_than_the_disk() -> None:
+    with pytest.raises(ValidationError, match="disk_bytes"):
+        Limits.model_validate({**DEFAULTS.model_dump(), "max_file_bytes": 65 * MIB})
+
+
+# --- ExecutionRequest
+
+
+@pytest.mark.parametrize("field", ["code", "stdin"])
+def test_request_refuses_nul(field: str) -> None:
+    with pytest.raises(ValidationError, match="NUL"):
+        request(**{field: "a\x00b"})
+
+
+@pytest.mark.parametrize("field", ["code", "stdin"])
+def test_request_refuses_lone_surrogates(field: str) -> None:
+    with pytest.raises(ValidationError, match="surrogate"):
+        request(**{field: "x = '\ud800'"})
+
+
+def test_request_refuses_nul_in_file_content() -> None:
+    with pytest.raises(ValidationError, match="NUL"):
+        request(files={"data.txt": "a\x00"})
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/etc/passwd", "../escape.txt", "a/../../b", "a/..", "./x", "", "a\\b", "a\nb", "\ud800"],
+)
+def test_request_refuses_paths_outside_the_working_directory(path: str) -> None:
+    with pytest.raises(ValidationError):
+        request(files={path: "content"})
+
+
+def test_request_accepts_plain_relative_paths() -> None:
+    files = {"data.txt": "1 2\n", "pkg/module.py": "X = 1\n"}
+    assert request(files=files).files == files
+
+
+def test_request_refuses_unknown_fields() -> None:
+    with pytest.raises(ValidationError, match="wait"):
+        request(wait=False)
+
+
+# --- ExecutionRecord
+
+
+def test_record_to_api_is_plain_json() -> None:
+    record = ExecutionRecord(status="ok", exit_code=0, stdout="hi\n", limits=DEFAULTS.to_api())
+    api = record.to_api()
+    assert json.loads(json.dumps(api)) == api
+    assert api["status"] == "ok"
+    assert api["limits"]["memory_mb"] == 256
+    assert isinstance(api["id"], str)
+    assert api["passed"] is None
