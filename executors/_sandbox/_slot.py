@@ -20,6 +20,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from executors._errors import SandboxStartError
@@ -85,7 +86,7 @@ class Slot:
         self.plan: LaunchPlan | None = None
         self.probe: dict[str, Any] = {}
         self._kill_requested: KillReason | None = None
-        self._lock = threading.Lock()
+        self._stderr_reader: threading.Thread | None = None
 
     # --- life cycle -------------------------------------------------------------
 
@@ -100,7 +101,7 @@ class Slot:
             "fresh_proc": False,
             "seccomp_bpf": self.settings.seccomp_bpf,
             "cgroup_memory": self.cgroup is not None,
-            "cap_last_cap": int(open("/proc/sys/kernel/cap_last_cap").read()),
+            "cap_last_cap": int(Path("/proc/sys/kernel/cap_last_cap").read_text()),
         }
         self._launch(init)
         if not self.probe.get("namespaces"):
@@ -130,7 +131,10 @@ class Slot:
         finally:
             theirs.close()
         self.control = ours
-        threading.Thread(target=self._log_stderr, daemon=True, name="slot-stderr").start()
+        self._stderr_reader = threading.Thread(
+            target=self._log_stderr, daemon=True, name=f"slot-{self.settings.index}-stderr"
+        )
+        self._stderr_reader.start()
         init = {**init, "new_net": self.plan.mode == "direct", "fresh_proc": self.plan.fresh_proc}
         ours.settimeout(self.settings.start_timeout_s)
         try:
@@ -169,6 +173,10 @@ class Slot:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+            if self._stderr_reader is not None:
+                self._stderr_reader.join(timeout=2)  # it ends at EOF, now that bwrap is gone
+            if self.process.stderr is not None:
+                self.process.stderr.close()
             self.process = None
 
     def request_kill(self, reason: KillReason) -> None:
