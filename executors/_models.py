@@ -16,12 +16,12 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "TERMINAL_STATUSES",
     "ExecutionRecord",
     "ExecutionRequest",
     "ExecutionStatus",
     "Limits",
     "LimitsRequest",
-    "TERMINAL_STATUSES",
 ]
 
 MIB = 1024 * 1024
@@ -192,4 +192,3 @@ class ExecutionRecord(BaseModel):
     def to_api(self) -> dict[str, Any]:
         """The JSON object the API returns."""
         return self.model_dump(mode="json")
-

@@ -98,7 +98,8 @@ class SandboxPool:
 
     def _report(self, probe: dict[str, Any], errors: list[str]) -> IsolationReport:
         slot = self._slots[0]
-        assert slot.plan is not None
+        if slot.plan is None:
+            raise SandboxStartError(0, "slot started without a launch plan")
         namespaces = bool(probe.get("namespaces"))
         in_bwrap = slot.plan.mode.startswith("bubblewrap")
         cgroup = slot.cgroup is not None
@@ -202,18 +203,20 @@ class SandboxPool:
 
     def _acquire(self) -> Slot:
         while True:
-            if self._closed:
-                raise PoolClosedError("the pool is closed")
+            self._raise_if_closed()
             try:
                 slot = self._free.get(timeout=0.5)
             except queue.Empty:
                 continue
             with self._lock:
-                if self._closed:
-                    self._free.put(slot)
-                    raise PoolClosedError("the pool is closed")
-                self._busy.add(slot)
-            return slot
+                if not self._closed:
+                    self._busy.add(slot)
+                    return slot
+            self._free.put(slot)
+
+    def _raise_if_closed(self) -> None:
+        if self._closed:
+            raise PoolClosedError("the pool is closed")
 
     def _release(self, slot: Slot) -> None:
         with self._lock:

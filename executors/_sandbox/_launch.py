@@ -17,9 +17,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LaunchPlan", "ZYGOTE_SOURCE", "plan_launch"]
+__all__ = ["ZYGOTE_SOURCE", "LaunchPlan", "plan_launch"]
 
-ZYGOTE_SOURCE = Path(__import__("os").environ.get("ZYGOTE_OVERRIDE") or Path(__file__).with_name("zygote.py"))
+ZYGOTE_SOURCE = Path(
+    __import__("os").environ.get("ZYGOTE_OVERRIDE") or Path(__file__).with_name("zygote.py")
+)
 ZYGOTE_IN_SANDBOX = "/opt/exec-agent/zygote.py"
 SANDBOX_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -137,4 +139,3 @@ def plan_launch(python: str, control_fd: int, slot_uid: int, bwrap: str = "bwrap
         ]  # fmt: skip
         return LaunchPlan(argv, "direct", slot_uid, fresh_proc=False)
     return LaunchPlan(argv, "direct", os.geteuid(), fresh_proc=False)
-

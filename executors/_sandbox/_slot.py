@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import array
 import contextlib
-import marshal
+import json
 import logging
+import marshal
 import os
 import selectors
 import signal
@@ -147,7 +148,7 @@ class Slot:
             self.close()
             raise SandboxStartError(self.settings.index, "zygote exited during start-up")
         ours.settimeout(None)
-        self.probe = marshal.loads(reply)["probe"]
+        self.probe = json.loads(reply)
 
     def _log_stderr(self) -> None:
         process = self.process
@@ -251,7 +252,9 @@ class _Job:
                 os.close(self.pidfd)
         return self._record(stdout, stderr, wall)
 
-    def _submit(self, host_sock: socket.socket, job_sock: socket.socket, out_w: int, err_w: int) -> None:
+    def _submit(
+        self, host_sock: socket.socket, job_sock: socket.socket, out_w: int, err_w: int
+    ) -> None:
         payload = marshal.dumps({"code": self.request.code, "files": dict(self.request.files)})
         fds = [
             _memfd_readonly("payload", payload),
@@ -262,9 +265,11 @@ class _Job:
         ]
         header = {"type": "run", "limits": self.limits.model_dump()}
         host_sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        assert self.slot.control is not None
+        control = self.slot.control
+        if control is None:
+            raise RuntimeError("slot has no control socket")
         try:
-            self.slot.control.sendmsg(
+            control.sendmsg(
                 [marshal.dumps(header)],
                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
             )
@@ -299,7 +304,8 @@ class _Job:
         raise RuntimeError("no credentials from the job's supervisor")
 
     def _wait(self, host_sock: socket.socket, stdout: _Stream, stderr: _Stream, t0: float) -> None:
-        assert self.pidfd is not None
+        if self.pidfd is None:
+            raise RuntimeError("job has no pidfd")
         deadline = t0 + self.limits.wall_timeout_s
         exited_at: float | None = None
         with selectors.DefaultSelector() as sel:
@@ -332,9 +338,12 @@ class _Job:
             self._kill(self.slot._kill_requested)
         elif now >= deadline:
             self._kill(KillReason.WALL_TIMEOUT)
-        elif self.slot.cgroup is not None and self.killed_for is None:
-            if self.slot.cgroup.cpu_time_s() > self.limits.cpu_time_s:
-                self._kill(KillReason.CPU_TIMEOUT)
+        elif (
+            self.slot.cgroup is not None
+            and self.killed_for is None
+            and self.slot.cgroup.cpu_time_s() > self.limits.cpu_time_s
+        ):
+            self._kill(KillReason.CPU_TIMEOUT)
 
     def _read_report(self, host_sock: socket.socket, sel: selectors.BaseSelector) -> None:
         try:
@@ -344,7 +353,7 @@ class _Job:
         if not msg:
             sel.unregister(host_sock)
             return
-        self.report.update(marshal.loads(msg))
+        self.report.update(json.loads(msg))
 
     def _kill(self, reason: KillReason | None) -> None:
         if reason is not None and self.killed_for is None and "wstatus" not in self.report:

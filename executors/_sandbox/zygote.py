@@ -19,9 +19,10 @@ Why this shape: a fresh interpreter costs ~10 ms here, a fork of a small Python 
 ~0.5 ms. Imports are kept few because fork time grows with the zygote's memory.
 """
 
-import sys
+from __future__ import annotations
 
-import _signal
+import _json
+import _signal  # type: ignore[import-not-found]  # signal.py would import enum
 import _socket
 import array
 import atexit
@@ -30,6 +31,7 @@ import ctypes
 import marshal
 import os
 import resource
+import sys
 
 SANDBOX_UID = 1000
 WORKDIR = "/work"
@@ -58,6 +60,13 @@ LINUX_CAPABILITY_VERSION_3 = 0x20080522
 AS_HEADROOM_BYTES = 256 * 1024 * 1024
 """With a memory cgroup as the real cap, RLIMIT_AS only stops absurd single allocations."""
 
+_TYPE_CHECKING = False  # typing is too heavy to import here; mypy sets this (always_true)
+if _TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, NoReturn
+
+    Message = dict[str, Any]
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -78,12 +87,12 @@ class SetupError(Exception):
     """A step of building the job's sandbox failed (the service's fault, not the job's)."""
 
 
-def _check(result, what):
+def _check(result: int, what: str) -> None:
     if result != 0:
         raise SetupError(f"{what}: {os.strerror(ctypes.get_errno())}")
 
 
-def _mount(source, target, fstype, flags, data):
+def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
     _check(
         _libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
                     ctypes.c_ulong(flags), data.encode() if data else None),
@@ -94,7 +103,7 @@ def _mount(source, target, fstype, flags, data):
 class Zygote:
     """What is fixed for the zygote's lifetime, from the host's init message."""
 
-    def __init__(self, init):
+    def __init__(self, init: Message) -> None:
         self.namespaces = bool(init["namespaces"])
         self.new_net = bool(init.get("new_net"))
         self.fresh_proc = bool(init.get("fresh_proc"))
@@ -108,7 +117,7 @@ class Zygote:
 # --- messages -----------------------------------------------------------------
 
 
-def _recv(sock):
+def _recv(sock: _socket.socket) -> tuple[Message, list[int]]:
     msg, ancdata, _flags, _addr = sock.recvmsg(
         MAX_MESSAGE_BYTES, _socket.CMSG_SPACE(MAX_FDS * INT_SIZE)
     )
@@ -123,22 +132,37 @@ def _recv(sock):
     return marshal.loads(msg), list(fds)
 
 
-def _send(sock, message):
+def _report(sock: _socket.socket, message: Message) -> None:
+    """Send a flat message to the host as JSON: the host never unmarshals sandbox data."""
     try:
-        sock.send(marshal.dumps(message))
+        sock.send(_to_json(message).encode())
     except OSError:
         pass  # the host went away: nobody is left to tell
+
+
+def _to_json(message: Message) -> str:
+    """JSON for flat dicts of str, int, float, bool and None (``json`` is too heavy here)."""
+    items = []
+    for key, value in message.items():
+        if isinstance(value, str):
+            encoded = _json.encode_basestring_ascii(value)
+        elif value is None or isinstance(value, bool):
+            encoded = {None: "null", True: "true", False: "false"}[value]
+        else:
+            encoded = repr(float(value)) if isinstance(value, float) else str(int(value))
+        items.append(f"{_json.encode_basestring_ascii(key)}: {encoded}")
+    return "{" + ", ".join(items) + "}"
 
 
 # --- the zygote loop ----------------------------------------------------------
 
 
-def serve(control_fd):
+def serve(control_fd: int) -> Job | None:
     """Serve jobs until the host closes the control socket; in a job's program, return it."""
     control = _socket.socket(fileno=control_fd)
     init, _ = _recv(control)
     zygote = Zygote(init)
-    _send(control, {"type": "ready", "probe": probe(zygote)})
+    control.send(probe(zygote).encode())  # "ready", with what works here
     import gc
 
     gc.freeze()  # forked jobs then neither scan nor copy the zygote's objects
@@ -156,7 +180,7 @@ def serve(control_fd):
             return job
 
 
-def _clone_into_namespaces(zygote):
+def _clone_into_namespaces(zygote: Zygote) -> int:
     """Like fork, but the child is pid 1 of new user, mount, pid and IPC namespaces.
 
     A raw clone saves a whole process per job. The child skips Python's after-fork
@@ -168,18 +192,20 @@ def _clone_into_namespaces(zygote):
     flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | _signal.SIGCHLD
     if zygote.new_net:
         flags |= CLONE_NEWNET
-    pid = _libc.syscall(SYS_CLONE, ctypes.c_ulong(flags), None, None, None, None)
+    pid: int = _libc.syscall(SYS_CLONE, ctypes.c_ulong(flags), None, None, None, None)
     if pid < 0:
         raise SetupError(f"clone: {os.strerror(ctypes.get_errno())}")
     return pid
 
 
-def _start_job(zygote, control, header, fds):
+def _start_job(
+    zygote: Zygote, control: _socket.socket, header: Message, fds: list[int]
+) -> Job | None:
     try:
         pid = _clone_into_namespaces(zygote)
     except SetupError as exc:
         job_sock = _socket.socket(fileno=fds[4])
-        _send(job_sock, {"internal": str(exc)})
+        _report(job_sock, {"internal": str(exc)})
         for fd in fds:
             os.close(fd)
         return None
@@ -195,7 +221,7 @@ def _start_job(zygote, control, header, fds):
 # --- init: pid 1 of the job ---------------------------------------------------
 
 
-def _init(zygote, header, fds):
+def _init(zygote: Zygote, header: Message, fds: list[int]) -> Job:
     payload_fd, stdin_fd, stdout_fd, stderr_fd, job_fd = fds
     job_sock = _socket.socket(fileno=job_fd)
     try:
@@ -214,7 +240,7 @@ def _init(zygote, header, fds):
         status_r, status_w = os.pipe()
         pid = os.fork()
     except Exception as exc:  # noqa: BLE001 - anything here is the service's failure
-        _send(job_sock, {"internal": f"init: {exc}"})
+        _report(job_sock, {"internal": f"init: {exc}"})
         os._exit(0)
     if pid == 0:
         job_sock.close()
@@ -224,11 +250,11 @@ def _init(zygote, header, fds):
         os.close(fd)
     report = _reap_until(pid)
     report.update(_read_status(status_r))
-    _send(job_sock, report)
+    _report(job_sock, report)
     os._exit(0)
 
 
-def _map_ids(zygote):
+def _map_ids(zygote: Zygote) -> None:
     with open("/proc/self/uid_map", "w") as f:
         f.write(f"{SANDBOX_UID} {zygote.outer_uid} 1")
     with open("/proc/self/setgroups", "w") as f:
@@ -237,7 +263,7 @@ def _map_ids(zygote):
         f.write(f"{SANDBOX_UID} {zygote.outer_gid} 1")
 
 
-def _build_filesystem(disk_bytes, fresh_proc):
+def _build_filesystem(disk_bytes: int, fresh_proc: bool) -> None:
     _mount("none", "/", None, MS_REC | MS_PRIVATE, None)
     if fresh_proc:
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
@@ -254,7 +280,7 @@ def _build_filesystem(disk_bytes, fresh_proc):
     _check(_libc.umount2(SCRATCH.encode(), MNT_DETACH), "umount scratch")
 
 
-def _write_files(files):
+def _write_files(files: dict[str, str]) -> None:
     for rel, content in files.items():
         path = os.path.join(WORKDIR, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -263,7 +289,7 @@ def _write_files(files):
             f.write(content)
 
 
-def _reap_until(program):
+def _reap_until(program: int) -> Message:
     """Reap every child (orphans re-parent to init) until the program itself exits."""
     while True:
         try:
@@ -275,7 +301,7 @@ def _reap_until(program):
                     "maxrss_bytes": usage.ru_maxrss * 1024}  # fmt: skip
 
 
-def _read_status(status_r):
+def _read_status(status_r: int) -> Message:
     """What the program's harness said: ``M`` uncaught MemoryError, ``I...`` setup failure.
 
     Descendants may still hold the pipe, so read once without waiting for EOF.
@@ -296,13 +322,15 @@ def _read_status(status_r):
 class Job:
     """The program's process: finishes the sandbox, then hands over to the user's code."""
 
-    def __init__(self, zygote, limits, code, fds):
+    def __init__(
+        self, zygote: Zygote, limits: Message, code: str, fds: tuple[int, int, int, int]
+    ) -> None:
         self.zygote = zygote
         self.limits = limits
         self.code = code
         self.fds = fds
 
-    def run_as_main(self, namespace):
+    def run_as_main(self, namespace: dict[str, Any]) -> NoReturn:
         """Lock the process down, make ``namespace`` a fresh ``__main__``, run the code.
 
         ``namespace`` is this module's globals, so every frame between the program
@@ -332,7 +360,7 @@ class Job:
             finish(1)
         finish(0)
 
-    def _lock_down(self):
+    def _lock_down(self) -> None:
         os.setsid()  # own session and process group, no controlling terminal
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         if self.zygote.seccomp:
@@ -347,7 +375,7 @@ class Job:
         os.umask(0o022)
         _drop_capabilities(self.zygote.cap_last_cap)
 
-    def _set_rlimits(self):
+    def _set_rlimits(self) -> None:
         lim = self.limits
         memory = int(lim["memory_bytes"])
         address_space = memory + AS_HEADROOM_BYTES if self.zygote.cgroup_memory else memory
@@ -365,7 +393,7 @@ class Job:
             resource.setrlimit(kind, (soft, hard))
 
 
-def _drop_capabilities(cap_last_cap):
+def _drop_capabilities(cap_last_cap: int) -> None:
     for cap in range(cap_last_cap + 1):
         _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # EPERM once gone: fine
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
@@ -373,13 +401,13 @@ def _drop_capabilities(cap_last_cap):
     _check(_libc.capset(ctypes.byref(header), (_CapData * 2)()), "capset")
 
 
-def _load_seccomp(bpf):
+def _load_seccomp(bpf: bytes) -> None:
     buffer = ctypes.create_string_buffer(bpf, len(bpf))
     prog = _SockFprog(len(bpf) // 8, ctypes.cast(buffer, ctypes.c_void_p))
     _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "seccomp")
 
 
-def _exit_status(exc, _sys=sys):
+def _exit_status(exc: SystemExit, _sys: Any = sys) -> int:
     """The status ``python`` exits with for ``SystemExit(exc.code)``."""
     if exc.code is None:
         return 0
@@ -389,10 +417,15 @@ def _exit_status(exc, _sys=sys):
     return 1
 
 
-def _finisher(_os=os, _sys=sys, _atexit=atexit, _exit_status=_exit_status):
+def _finisher(
+    _exit: Callable[[int], NoReturn] = os._exit,
+    _sys: Any = sys,
+    _atexit: Any = atexit,
+    _exit_status: Any = _exit_status,
+) -> Callable[[int], NoReturn]:
     """What the interpreter does at exit, minus tearing down modules (the slow part)."""
 
-    def finish(status):
+    def finish(status: int) -> NoReturn:
         try:
             threading = _sys.modules.get("threading")
             if threading is not None:
@@ -407,24 +440,24 @@ def _finisher(_os=os, _sys=sys, _atexit=atexit, _exit_status=_exit_status):
                 stream.flush()
             except Exception:  # noqa: BLE001, S110 - a closed stream must not hide the status
                 pass
-        _os._exit(status)
+        _exit(status)
 
     return finish
 
 
-def _reset_interpreter(namespace, source):
+def _reset_interpreter(namespace: dict[str, Any], source: str) -> Callable[[int], NoReturn]:
     """Make this interpreter look like a fresh ``python main.py``: stdio, argv, globals."""
     import io
 
-    sys.stdin = io.TextIOWrapper(io.open(0, "rb", closefd=False), encoding="utf-8")
+    sys.stdin = io.TextIOWrapper(open(0, "rb", closefd=False), encoding="utf-8")
     sys.stdout = io.TextIOWrapper(
-        io.open(1, "wb", buffering=0, closefd=False), encoding="utf-8", write_through=True
+        open(1, "wb", buffering=0, closefd=False), encoding="utf-8", write_through=True
     )
     sys.stderr = io.TextIOWrapper(
-        io.open(2, "wb", buffering=0, closefd=False), encoding="utf-8",
+        open(2, "wb", buffering=0, closefd=False), encoding="utf-8",
         errors="backslashreplace", write_through=True,
     )  # fmt: skip
-    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr  # type: ignore[misc]
     sys.argv = ["main.py"]
     sys.excepthook = _make_excepthook(source)
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
@@ -436,7 +469,7 @@ def _reset_interpreter(namespace, source):
     return finish
 
 
-def _add_site_builtins():
+def _add_site_builtins() -> None:
     """``exit``, ``quit`` and friends, which ``site`` would add (the zygote runs with -S)."""
     import _sitebuiltins
 
@@ -445,8 +478,10 @@ def _add_site_builtins():
     builtins.help = _sitebuiltins._Helper()
 
 
-def _make_excepthook(source, _os=os, _file=__file__):
-    def excepthook(kind, value, tb):
+def _make_excepthook(
+    source: str, _os: Any = os, _file: str = __file__
+) -> Callable[[type[BaseException], BaseException, Any], None]:
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
         """Tell init about an uncaught MemoryError (or ENOMEM), then print as Python would.
 
         A program can write the same byte itself: it can only mislabel its own failure
@@ -455,7 +490,8 @@ def _make_excepthook(source, _os=os, _file=__file__):
         import linecache
         import traceback
 
-        exc, depth, memory = value, 0, False
+        exc: BaseException | None = value
+        depth, memory = 0, False
         while exc is not None and depth < 16:
             if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == 12):
                 memory = True
@@ -467,7 +503,9 @@ def _make_excepthook(source, _os=os, _file=__file__):
                 pass
         while tb is not None and tb.tb_frame.f_code.co_filename == _file:
             tb = tb.tb_next
-        linecache.cache.setdefault("main.py", (len(source), None, source.splitlines(True), "main.py"))
+        linecache.cache.setdefault(
+            "main.py", (len(source), None, source.splitlines(True), "main.py")
+        )
         traceback.print_exception(kind, value, tb)
 
     return excepthook
@@ -476,16 +514,16 @@ def _make_excepthook(source, _os=os, _file=__file__):
 # --- self-test at start-up ----------------------------------------------------
 
 
-def probe(zygote):
-    """Build one job's sandbox without running code; report which layers work here."""
+def probe(zygote: Zygote) -> str:
+    """Build one job's sandbox without running code; say (as JSON) which layers work here."""
     r, w = os.pipe()
-    result = {"namespaces": False, "filesystem": False, "capabilities_dropped": False,
+    result: Message = {"namespaces": False, "filesystem": False, "capabilities_dropped": False,
               "seccomp": False, "no_new_privs": False, "uid": os.getuid(), "error": None}  # fmt: skip
     try:
         pid = _clone_into_namespaces(zygote)
     except SetupError as exc:
         result["error"] = str(exc)
-        return result
+        return _to_json(result)
     if pid == 0:
         os.close(r)
         try:
@@ -504,7 +542,7 @@ def probe(zygote):
                 result["seccomp"] = _libc.unshare(CLONE_NEWUSER) != 0
         except Exception as exc:  # noqa: BLE001
             result["error"] = str(exc)
-        os.write(w, marshal.dumps(result))
+        os.write(w, _to_json(result).encode())
         os._exit(0)
     os.close(w)
     chunks = []
@@ -512,10 +550,10 @@ def probe(zygote):
         chunks.append(chunk)
     os.close(r)
     os.waitpid(pid, 0)
-    return marshal.loads(b"".join(chunks)) if chunks else {**result, "error": "probe died"}
+    return b"".join(chunks).decode() if chunks else _to_json({**result, "error": "probe died"})
 
 
-def _no_capabilities():
+def _no_capabilities() -> bool:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("CapEff:"):
