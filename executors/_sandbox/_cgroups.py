@@ -19,6 +19,8 @@ __all__ = ["CgroupUsage", "JobCgroup", "detect_cgroup_version", "open_job_cgroup
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpuacct")
+SETTLED_BYTES = 16 * 1024 * 1024
+SETTLE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -51,16 +53,38 @@ def _write(path: Path, value: str) -> None:
         f.write(value)
 
 
-def _read_int(path: Path) -> int:
-    return int(path.read_text().split()[0])
+class _Files:
+    """Descriptors of a cgroup's control files, opened once: jobs touch them every run."""
 
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
 
-def _read_key(path: Path, key: str) -> int:
-    for line in path.read_text().splitlines():
-        name, _, value = line.partition(" ")
-        if name == key:
-            return int(value)
-    return 0
+    def _fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        return fd
+
+    def write(self, path: Path, value: str) -> None:
+        os.pwrite(self._fd(path), value.encode(), 0)
+
+    def read(self, path: Path) -> str:
+        return os.pread(self._fd(path), 65536, 0).decode()
+
+    def read_int(self, path: Path) -> int:
+        return int(self.read(path).split()[0])
+
+    def read_key(self, path: Path, key: str) -> int:
+        for line in self.read(path).splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+        return 0
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 class JobCgroup:
@@ -70,9 +94,37 @@ class JobCgroup:
 
     def __init__(self, dirs: list[Path]) -> None:
         self.dirs = dirs
+        self.files = _Files()
+        self._limits: tuple[int, int] | None = None
 
-    def prepare(self, memory_bytes: int, max_processes: int) -> None:
-        """Set the next job's limits and reset its counters."""
+    def prepare(self, memory_bytes: int, max_processes: int) -> int:
+        """Set the next job's limits (when they changed), reset its counters.
+
+        Returns the memory charged before the job starts (the zygote and cached pages).
+        """
+        self._settle()
+        if self._limits != (memory_bytes, max_processes):
+            self._set_limits(memory_bytes, max_processes)
+            self._limits = (memory_bytes, max_processes)
+        return self._reset_counters()
+
+    def _settle(self) -> None:
+        """Wait for the kernel to release what the last job held (e.g. its SysV shared
+        memory, freed when its IPC namespace is torn down after it exited), so that
+        one job's leftovers never eat into the next one's memory.
+        """
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while self._held_bytes() > SETTLED_BYTES and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def _held_bytes(self) -> int:
+        """Anonymous and shared memory charged now (page cache excluded)."""
+        raise NotImplementedError
+
+    def _set_limits(self, memory_bytes: int, max_processes: int) -> None:
+        raise NotImplementedError
+
+    def _reset_counters(self) -> int:
         raise NotImplementedError
 
     def usage(self) -> CgroupUsage:
@@ -81,17 +133,23 @@ class JobCgroup:
     def cpu_time_s(self) -> float:
         raise NotImplementedError
 
+    def oom_kills(self) -> int:
+        """How many processes the memory cap has killed so far (a counter)."""
+        return self.usage().oom_kills
+
     def add(self, pid: int) -> None:
         for d in self.dirs:
-            _write(d / "cgroup.procs", str(pid))
+            self.files.write(d / "cgroup.procs", str(pid))
 
     def pids(self) -> list[int]:
-        return [int(p) for p in (self.dirs[0] / "cgroup.procs").read_text().split()]
+        return [int(p) for p in self.files.read(self.dirs[0] / "cgroup.procs").split()]
 
-    def kill_all(self, timeout_s: float = 5.0) -> bool:
-        """SIGKILL every process in the cgroup until it is empty; False if it stayed busy."""
+    def kill_all(
+        self, timeout_s: float = 5.0, spare: frozenset[int] | set[int] = frozenset()
+    ) -> bool:
+        """SIGKILL every process in the cgroup but ``spare`` until none is left."""
         deadline = time.monotonic() + timeout_s
-        while pids := self.pids():
+        while pids := [pid for pid in self.pids() if pid not in spare]:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -102,6 +160,7 @@ class JobCgroup:
 
     def remove(self) -> None:
         self.kill_all()
+        self.files.close()
         for d in self.dirs:
             for _ in range(50):
                 try:
@@ -116,67 +175,86 @@ class JobCgroup:
 class _V1(JobCgroup):
     version = 1
 
-    def _dir(self, controller: str) -> Path:
-        return next(d for d in self.dirs if d.parts[len(CGROUP_ROOT.parts)] == controller)
+    def __init__(self, dirs: list[Path]) -> None:
+        super().__init__(dirs)
+        by_controller = {d.parts[len(CGROUP_ROOT.parts)]: d for d in dirs}
+        self.memory, self.pids_dir, self.cpuacct = (by_controller[c] for c in V1_CONTROLLERS)
 
-    def prepare(self, memory_bytes: int, max_processes: int) -> None:
-        memory = self._dir("memory")
-        memsw = memory / "memory.memsw.limit_in_bytes"
+    def _set_limits(self, memory_bytes: int, max_processes: int) -> None:
         # memsw must stay >= limit: order the writes by direction.
-        current = _read_int(memory / "memory.limit_in_bytes")
-        order = ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
-        if memory_bytes > current:
-            order.reverse()
-        for name in order:
-            if name.startswith("memory.memsw") and not memsw.exists():
-                continue
-            _write(memory / name, str(memory_bytes))
-        _write(memory / "memory.max_usage_in_bytes", "0")
-        _write(self._dir("pids") / "pids.max", str(max_processes))
-        _write(self._dir("cpuacct") / "cpuacct.usage", "0")
+        current = self.files.read_int(self.memory / "memory.limit_in_bytes")
+        names = ["memory.limit_in_bytes"]
+        if (self.memory / "memory.memsw.limit_in_bytes").exists():
+            names.append("memory.memsw.limit_in_bytes")
+        for name in reversed(names) if memory_bytes > current else names:
+            self.files.write(self.memory / name, str(memory_bytes))
+        self.files.write(self.pids_dir / "pids.max", str(max_processes))
+
+    def _held_bytes(self) -> int:
+        stat = self.memory / "memory.stat"
+        return self.files.read_key(stat, "rss") + self.files.read_key(stat, "shmem")
+
+    def _reset_counters(self) -> int:
+        self.files.write(self.memory / "memory.max_usage_in_bytes", "0")
+        self.files.write(self.cpuacct / "cpuacct.usage", "0")
+        return self.files.read_int(self.memory / "memory.usage_in_bytes")
 
     def cpu_time_s(self) -> float:
-        return _read_int(self._dir("cpuacct") / "cpuacct.usage") / 1e9
+        return self.files.read_int(self.cpuacct / "cpuacct.usage") / 1e9
+
+    def oom_kills(self) -> int:
+        return self.files.read_key(self.memory / "memory.oom_control", "oom_kill")
 
     def usage(self) -> CgroupUsage:
-        memory = self._dir("memory")
         return CgroupUsage(
-            peak_memory_bytes=_read_int(memory / "memory.max_usage_in_bytes"),
+            peak_memory_bytes=self.files.read_int(self.memory / "memory.max_usage_in_bytes"),
             cpu_time_s=self.cpu_time_s(),
-            oom_kills=_read_key(memory / "memory.oom_control", "oom_kill"),
+            oom_kills=self.files.read_key(self.memory / "memory.oom_control", "oom_kill"),
         )
 
 
 class _V2(JobCgroup):
     version = 2
 
-    def prepare(self, memory_bytes: int, max_processes: int) -> None:
+    def _set_limits(self, memory_bytes: int, max_processes: int) -> None:
         d = self.dirs[0]
-        _write(d / "memory.max", str(memory_bytes))
+        self.files.write(d / "memory.max", str(memory_bytes))
         with contextlib.suppress(OSError):
-            _write(d / "memory.swap.max", "0")
+            self.files.write(d / "memory.swap.max", "0")
+        self.files.write(d / "pids.max", str(max_processes))
+
+    def _held_bytes(self) -> int:
+        stat = self.dirs[0] / "memory.stat"
+        return self.files.read_key(stat, "anon") + self.files.read_key(stat, "shmem")
+
+    def _reset_counters(self) -> int:
+        d = self.dirs[0]
         with contextlib.suppress(OSError):
-            _write(d / "memory.peak", "0")  # resettable on Linux >= 6.12
-        _write(d / "pids.max", str(max_processes))
-        self._cpu_base_usec = _read_key(d / "cpu.stat", "usage_usec")
+            # Resettable on Linux >= 6.12, as seen through the descriptor that wrote.
+            self.files.write(d / "memory.peak", "0")
+        self._cpu_base_usec = self.files.read_key(d / "cpu.stat", "usage_usec")
+        return self.files.read_int(d / "memory.current")
 
     def cpu_time_s(self) -> float:
-        return (_read_key(self.dirs[0] / "cpu.stat", "usage_usec") - self._cpu_base_usec) / 1e6
+        usec = self.files.read_key(self.dirs[0] / "cpu.stat", "usage_usec")
+        return (usec - self._cpu_base_usec) / 1e6
 
     def usage(self) -> CgroupUsage:
         d = self.dirs[0]
         peak = d / "memory.peak"
         return CgroupUsage(
-            peak_memory_bytes=_read_int(peak) if peak.exists() else 0,
+            peak_memory_bytes=self.files.read_int(peak) if peak.exists() else 0,
             cpu_time_s=self.cpu_time_s(),
-            oom_kills=_read_key(d / "memory.events", "oom_kill"),
+            oom_kills=self.files.read_key(d / "memory.events", "oom_kill"),
         )
 
-    def kill_all(self, timeout_s: float = 5.0) -> bool:
+    def kill_all(
+        self, timeout_s: float = 5.0, spare: frozenset[int] | set[int] = frozenset()
+    ) -> bool:
         kill = self.dirs[0] / "cgroup.kill"
-        if kill.exists():
+        if kill.exists() and not spare:
             _write(kill, "1")
-        return super().kill_all(timeout_s)
+        return super().kill_all(timeout_s, spare)
 
 
 def _v2_parent(own: str) -> Path:

@@ -38,8 +38,9 @@ READ_CHUNK_BYTES = 65536
 CPU_POLL_INTERVAL_S = 0.05
 HANDSHAKE_TIMEOUT_S = 10.0
 DRAIN_AFTER_EXIT_S = 1.0
-SUPERVISOR_PROCESSES = 1  # the job's init counts against pids.max
-SUPERVISOR_MEMORY_BYTES = 16 * 1024 * 1024  # init is a copy of the zygote
+SANDBOX_PROCESSES = 2  # the zygote and the job's init count against the cgroup's pids.max
+SANDBOX_OVERHEAD_BYTES = 32 * 1024 * 1024
+"""The zygote and the job's init, charged to the cgroup on top of the job's memory limit."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Slot:
         self.probe: dict[str, Any] = {}
         self._kill_requested: KillReason | None = None
         self._stderr_reader: threading.Thread | None = None
+        self.zygote_pid = 0
 
     # --- life cycle -------------------------------------------------------------
 
@@ -138,9 +140,10 @@ class Slot:
         self._stderr_reader.start()
         init = {**init, "new_net": self.plan.mode == "direct", "fresh_proc": self.plan.fresh_proc}
         ours.settimeout(self.settings.start_timeout_s)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         try:
             ours.sendall(marshal.dumps(init))
-            reply = ours.recv(65536)
+            reply, self.zygote_pid = _recv_with_pid(ours, 65536)
         except OSError as exc:
             self.close()
             raise SandboxStartError(self.settings.index, f"no answer from zygote: {exc}") from exc
@@ -149,6 +152,17 @@ class Slot:
             raise SandboxStartError(self.settings.index, "zygote exited during start-up")
         ours.settimeout(None)
         self.probe = json.loads(reply)
+        if self.cgroup is not None:
+            self._adopt_zygote(self.cgroup)
+
+    def _adopt_zygote(self, cgroup: JobCgroup) -> None:
+        """Move the zygote into the job cgroup once, so every job is born inside it.
+
+        Moving a process between cgroups is slow (milliseconds); a job forked inside
+        costs nothing. The zygote's memory is part of the cap's allowance, and its jobs
+        volunteer as the OOM killer's first choice, so it never picks the zygote.
+        """
+        cgroup.add(self.zygote_pid)
 
     def _log_stderr(self) -> None:
         process = self.process
@@ -202,6 +216,16 @@ class Slot:
                 created_at=created_at,
                 finished_at=utc_now(),
             )
+
+
+def _recv_with_pid(sock: socket.socket, size: int) -> tuple[bytes, int]:
+    """A message and its sender's pid in our PID namespace (``SO_PASSCRED`` must be on)."""
+    msg, ancdata, _, _ = sock.recvmsg(size, socket.CMSG_SPACE(struct.calcsize("3i")))
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid, _uid, _gid = struct.unpack("3i", data[: struct.calcsize("3i")])
+            return msg, int(pid)
+    return msg, 0
 
 
 def _memfd_readonly(name: str, data: bytes) -> int:
@@ -282,26 +306,21 @@ class _Job:
         pid = self._handshake(host_sock)
         self.pidfd = os.pidfd_open(pid)
         if self.slot.cgroup is not None:
-            self.slot.cgroup.prepare(
-                self.limits.memory_bytes + SUPERVISOR_MEMORY_BYTES,
-                self.limits.max_processes + SUPERVISOR_PROCESSES,
+            self.memory_before = self.slot.cgroup.prepare(
+                self.limits.memory_bytes + SANDBOX_OVERHEAD_BYTES,
+                self.limits.max_processes + SANDBOX_PROCESSES,
             )
-            self.oom_before = self.slot.cgroup.usage().oom_kills
-            self.slot.cgroup.add(pid)
+            self.oom_before = self.slot.cgroup.oom_kills()
         self.started_at = utc_now()
         host_sock.sendall(b"go")
 
     def _handshake(self, host_sock: socket.socket) -> int:
         host_sock.settimeout(HANDSHAKE_TIMEOUT_S)
-        msg, ancdata, _, _ = host_sock.recvmsg(16, socket.CMSG_SPACE(struct.calcsize("3i")))
+        msg, pid = _recv_with_pid(host_sock, 16)
         host_sock.settimeout(None)
-        if msg != b"hello":
+        if msg != b"hello" or not pid:
             raise RuntimeError("zygote did not start the job")
-        for level, kind, data in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                pid, _uid, _gid = struct.unpack("3i", data[: struct.calcsize("3i")])
-                return int(pid)
-        raise RuntimeError("no credentials from the job's supervisor")
+        return pid
 
     def _wait(self, host_sock: socket.socket, stdout: _Stream, stderr: _Stream, t0: float) -> None:
         if self.pidfd is None:
@@ -361,8 +380,9 @@ class _Job:
         if self.pidfd is not None:
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        if self.slot.cgroup is not None:
-            self.slot.cgroup.kill_all(timeout_s=2.0)
+        if self.slot.cgroup is not None and not self.slot.probe.get("namespaces"):
+            # Without a job PID namespace, stragglers are found through the cgroup.
+            self.slot.cgroup.kill_all(timeout_s=2.0, spare={self.slot.zygote_pid})
 
     def _record(self, stdout: _Stream, stderr: _Stream, wall_s: float) -> ExecutionRecord:
         usage = self.slot.cgroup.usage() if self.slot.cgroup is not None else None
@@ -380,7 +400,10 @@ class _Job:
         )
         if verdict.detail and verdict.status == ExecutionStatus.INTERNAL_ERROR:
             logger.error("slot %d: internal error: %s", self.slot.settings.index, verdict.detail)
-        peak = usage.peak_memory_bytes if usage else int(self.report.get("maxrss_bytes", 0))
+        if usage:
+            peak = max(0, usage.peak_memory_bytes - self.memory_before)
+        else:
+            peak = int(self.report.get("maxrss_bytes", 0))
         return ExecutionRecord(
             status=verdict.status,
             exit_code=verdict.exit_code,
