@@ -38,7 +38,9 @@ READ_CHUNK_BYTES = 65536
 CPU_POLL_INTERVAL_S = 0.05
 HANDSHAKE_TIMEOUT_S = 10.0
 DRAIN_AFTER_EXIT_S = 1.0
-SANDBOX_PROCESSES = 2  # the zygote and the job's init count against the cgroup's pids.max
+SANDBOX_PROCESSES = 4
+"""Counted by the cgroup's pids.max beside the job: the zygote, the job's init, and the
+next spare's init and program, built while the job runs."""
 SANDBOX_OVERHEAD_BYTES = 32 * 1024 * 1024
 """The zygote and the job's init, charged to the cgroup on top of the job's memory limit."""
 
@@ -77,6 +79,25 @@ class _Stream:
         return self.data.decode("utf-8", errors="replace").replace("\x00", "")
 
 
+@dataclass
+class _Spare:
+    """A job sandbox that is built and locked down, waiting for its program."""
+
+    sock: socket.socket
+    pid: int
+    """The job's init, in our PID namespace: killing it ends the whole job."""
+    pidfd: int
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        os.close(self.pidfd)
+
+
 class Slot:
     """A sandbox slot. ``run`` is not reentrant; the pool hands a slot to one caller."""
 
@@ -90,6 +111,7 @@ class Slot:
         self._kill_requested: KillReason | None = None
         self._stderr_reader: threading.Thread | None = None
         self.zygote_pid = 0
+        self._spare_pending = False
 
     # --- life cycle -------------------------------------------------------------
 
@@ -151,6 +173,7 @@ class Slot:
             self.close()
             raise SandboxStartError(self.settings.index, "zygote exited during start-up")
         ours.settimeout(None)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)  # room for SCM_RIGHTS only
         self.probe = json.loads(reply)
         if self.cgroup is not None:
             self._adopt_zygote(self.cgroup)
@@ -194,6 +217,52 @@ class Slot:
                 self.process.stderr.close()
             self.process = None
 
+    def _request_spare(self, disk_bytes: int) -> None:
+        if self.control is None or not self.alive():
+            raise RuntimeError("slot is not running")
+        self.control.sendall(marshal.dumps({"type": "spare", "disk_bytes": disk_bytes}))
+        self._spare_pending = True
+        self._spare_disk_bytes = disk_bytes
+
+    def _take_spare(self, disk_bytes: int) -> _Spare:
+        """The waiting job sandbox, built to ``disk_bytes`` (asked for now if need be)."""
+        if self._spare_pending and self._spare_disk_bytes != disk_bytes:
+            self._receive_spare().discard()
+        if not self._spare_pending:
+            self._request_spare(disk_bytes)
+        return self._receive_spare()
+
+    def _receive_spare(self) -> _Spare:
+        if self.control is None:
+            raise RuntimeError("slot is not running")
+        self._spare_pending = False
+        self.control.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            msg, ancdata, _, _ = self.control.recvmsg(4096, socket.CMSG_SPACE(4))
+        finally:
+            self.control.settimeout(None)
+        fds = [
+            fd
+            for level, kind, data in ancdata
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+            for fd in array.array("i", data[: len(data) - len(data) % 4])
+        ]
+        reply = json.loads(msg or b"{}")
+        if reply.get("type") != "spare" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise RuntimeError(f"no spare sandbox: {reply.get('error', 'zygote gone')}")
+        sock = socket.socket(fileno=fds[0])
+        sock.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            hello, pid = _recv_with_pid(sock, 65536)
+        finally:
+            sock.settimeout(None)
+        if hello != b"hello" or not pid:
+            sock.close()
+            raise RuntimeError(f"spare sandbox failed: {hello[:200]!r}")
+        return _Spare(sock, pid, os.pidfd_open(pid))
+
     def request_kill(self, reason: KillReason) -> None:
         """Ask a running job to be killed (from another thread, e.g. at shutdown)."""
         self._kill_requested = reason
@@ -205,7 +274,9 @@ class Slot:
         created_at = utc_now()
         self._kill_requested = None
         try:
-            return _Job(self, request, created_at).run()
+            spare = self._take_spare(request.limits.disk_bytes)
+            self._request_spare(request.limits.disk_bytes)  # built while this job runs
+            return _Job(self, request, created_at, spare).run()
         except Exception:
             # A broken slot is the service's failure: report it, restart the slot later.
             logger.exception("slot %d failed a job", self.settings.index)
@@ -241,86 +312,60 @@ def _memfd_readonly(name: str, data: bytes) -> int:
 
 
 class _Job:
-    def __init__(self, slot: Slot, request: ExecutionRequest, created_at: Any) -> None:
+    def __init__(
+        self, slot: Slot, request: ExecutionRequest, created_at: Any, spare: _Spare
+    ) -> None:
         self.slot = slot
         self.request = request
         self.limits = request.limits
         self.created_at = created_at
         self.started_at = created_at
+        self.spare = spare
+        self.pidfd = spare.pidfd
         self.killed_for: KillReason | None = None
         self.report: dict[str, Any] = {}
-        self.pidfd: int | None = None
-        self.closing: list[int] = []
+        self.memory_before = 0
+        self.oom_before = 0
 
     def run(self) -> ExecutionRecord:
-        slot = self.slot
-        if not slot.alive() or slot.control is None:
-            raise RuntimeError("slot is not running")
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        host_sock, job_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.closing += [out_r, err_r]
         try:
-            self._submit(host_sock, job_sock, out_w, err_w)
+            self._submit(out_w, err_w)
             stdout = _Stream(out_r, self.limits.max_output_bytes)
             stderr = _Stream(err_r, self.limits.max_output_bytes)
             t0 = time.monotonic()
-            self._wait(host_sock, stdout, stderr, t0)
+            self._wait(self.spare.sock, stdout, stderr, t0)
             wall = time.monotonic() - t0
         finally:
-            host_sock.close()
-            for fd in self.closing:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            if self.pidfd is not None:
-                os.close(self.pidfd)
+            os.close(out_r)
+            os.close(err_r)
+            self.spare.close()
         return self._record(stdout, stderr, wall)
 
-    def _submit(
-        self, host_sock: socket.socket, job_sock: socket.socket, out_w: int, err_w: int
-    ) -> None:
+    def _submit(self, out_w: int, err_w: int) -> None:
         payload = marshal.dumps({"code": self.request.code, "files": dict(self.request.files)})
         fds = [
             _memfd_readonly("payload", payload),
             _memfd_readonly("stdin", self.request.stdin.encode()),
             out_w,
             err_w,
-            job_sock.fileno(),
         ]
-        header = {"type": "run", "limits": self.limits.model_dump()}
-        host_sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        control = self.slot.control
-        if control is None:
-            raise RuntimeError("slot has no control socket")
         try:
-            control.sendmsg(
-                [marshal.dumps(header)],
+            if self.slot.cgroup is not None:
+                self.memory_before = self.slot.cgroup.prepare(
+                    self.limits.memory_bytes + SANDBOX_OVERHEAD_BYTES,
+                    self.limits.max_processes + SANDBOX_PROCESSES,
+                )
+                self.oom_before = self.slot.cgroup.oom_kills()
+            self.started_at = utc_now()
+            self.spare.sock.sendmsg(
+                [marshal.dumps({"limits": self.limits.model_dump()})],
                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
             )
         finally:
-            for fd in fds[:2]:
+            for fd in fds:
                 os.close(fd)
-            os.close(out_w)
-            os.close(err_w)
-            job_sock.close()
-        pid = self._handshake(host_sock)
-        self.pidfd = os.pidfd_open(pid)
-        if self.slot.cgroup is not None:
-            self.memory_before = self.slot.cgroup.prepare(
-                self.limits.memory_bytes + SANDBOX_OVERHEAD_BYTES,
-                self.limits.max_processes + SANDBOX_PROCESSES,
-            )
-            self.oom_before = self.slot.cgroup.oom_kills()
-        self.started_at = utc_now()
-        host_sock.sendall(b"go")
-
-    def _handshake(self, host_sock: socket.socket) -> int:
-        host_sock.settimeout(HANDSHAKE_TIMEOUT_S)
-        msg, pid = _recv_with_pid(host_sock, 16)
-        host_sock.settimeout(None)
-        if msg != b"hello" or not pid:
-            raise RuntimeError("zygote did not start the job")
-        return pid
 
     def _wait(self, host_sock: socket.socket, stdout: _Stream, stderr: _Stream, t0: float) -> None:
         if self.pidfd is None:

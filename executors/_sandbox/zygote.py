@@ -118,9 +118,12 @@ class Zygote:
 
 
 def _recv(sock: _socket.socket) -> tuple[Message, list[int]]:
-    msg, ancdata, _flags, _addr = sock.recvmsg(
-        MAX_MESSAGE_BYTES, _socket.CMSG_SPACE(MAX_FDS * INT_SIZE)
-    )
+    try:
+        msg, ancdata, _flags, _addr = sock.recvmsg(
+            MAX_MESSAGE_BYTES, _socket.CMSG_SPACE(MAX_FDS * INT_SIZE)
+        )
+    except ConnectionResetError:
+        raise EOFError from None  # the host closed with a reply of ours unread
     fds = array.array("i")
     for level, kind, data in ancdata:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
@@ -158,7 +161,10 @@ def _to_json(message: Message) -> str:
 
 
 def serve(control_fd: int) -> Job | None:
-    """Serve jobs until the host closes the control socket; in a job's program, return it."""
+    """Build spare job sandboxes on request until the host closes the control socket.
+
+    Returns only in a spare's program process, once the host handed it a job.
+    """
     control = _socket.socket(fileno=control_fd)
     init, _ = _recv(control)
     zygote = Zygote(init)
@@ -168,16 +174,25 @@ def serve(control_fd: int) -> Job | None:
     gc.freeze()  # forked jobs then neither scan nor copy the zygote's objects
     while True:
         try:
-            header, fds = _recv(control)
+            request, fds = _recv(control)
         except EOFError:
             return None
-        if header.get("type") != "run" or len(fds) != 5:
-            for fd in fds:
-                os.close(fd)
-            continue
-        job = _start_job(zygote, control, header, fds)
-        if job is not None:
-            return job
+        for fd in fds:
+            os.close(fd)
+        _reap_finished()
+        if request.get("type") == "spare":
+            job = _build_spare(zygote, control, int(request["disk_bytes"]))
+            if job is not None:
+                return job
+
+
+def _reap_finished() -> None:
+    """Collect the inits of finished jobs (the zygote's only children)."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
 
 
 def _clone_into_namespaces(zygote: Zygote) -> int:
@@ -198,57 +213,59 @@ def _clone_into_namespaces(zygote: Zygote) -> int:
     return pid
 
 
-def _start_job(
-    zygote: Zygote, control: _socket.socket, header: Message, fds: list[int]
-) -> Job | None:
+def _build_spare(zygote: Zygote, control: _socket.socket, disk_bytes: int) -> Job | None:
+    """Start a job sandbox that waits for its program; hand its socket to the host.
+
+    The spare is built while the slot runs the previous job, so a job's latency
+    excludes the namespaces, mounts, forks and lock-down. Nothing about a job is known
+    yet: the spare is the same for every job, and is used once.
+    """
+    host_end, job_end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    # Set before init says hello: credentials are attached when a message is sent.
+    host_end.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
     try:
         pid = _clone_into_namespaces(zygote)
     except SetupError as exc:
-        job_sock = _socket.socket(fileno=fds[4])
-        _report(job_sock, {"internal": str(exc)})
-        for fd in fds:
-            os.close(fd)
+        _report(control, {"type": "spare", "error": str(exc)})
+        host_end.close()
+        job_end.close()
         return None
     if pid == 0:
         control.close()
-        return _init(zygote, header, fds)
-    for fd in fds:
-        os.close(fd)
-    os.waitpid(pid, 0)
+        host_end.close()
+        return _init(zygote, job_end, disk_bytes)
+    job_end.close()
+    message = _to_json({"type": "spare"}).encode()
+    rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [host_end.fileno()]))]
+    try:
+        control.sendmsg([message], rights)
+    except OSError:
+        pass  # the host is gone; EOF on the control socket ends the loop
+    host_end.close()
     return None
 
 
 # --- init: pid 1 of the job ---------------------------------------------------
 
 
-def _init(zygote: Zygote, header: Message, fds: list[int]) -> Job:
-    payload_fd, stdin_fd, stdout_fd, stderr_fd, job_fd = fds
-    job_sock = _socket.socket(fileno=job_fd)
+def _init(zygote: Zygote, job_sock: _socket.socket, disk_bytes: int) -> Job:
     try:
         _check(_libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0), "pdeathsig")
         _first_to_go_on_oom()
         if zygote.namespaces:
             _map_ids(zygote)
         job_sock.send(b"hello")  # the host learns our pid from SCM_CREDENTIALS
-        if job_sock.recv(16) != b"go":
-            os._exit(0)
-        limits = header["limits"]
-        with open(payload_fd, "rb") as f:
-            payload = marshal.loads(f.read())
         if zygote.namespaces:
-            _build_filesystem(int(limits["disk_bytes"]), zygote.fresh_proc)
-        _write_files(payload["files"])
+            _build_filesystem(disk_bytes, zygote.fresh_proc)
         status_r, status_w = os.pipe()
         pid = os.fork()
     except Exception as exc:  # noqa: BLE001 - anything here is the service's failure
         _report(job_sock, {"internal": f"init: {exc}"})
         os._exit(0)
     if pid == 0:
-        job_sock.close()
         os.close(status_r)
-        return Job(zygote, limits, payload["code"], (stdin_fd, stdout_fd, stderr_fd, status_w))
-    for fd in (stdin_fd, stdout_fd, stderr_fd, status_w):
-        os.close(fd)
+        return Job(zygote, job_sock, status_w)
+    os.close(status_w)
     report = _reap_until(pid)
     report.update(_read_status(status_r))
     _report(job_sock, report)
@@ -300,15 +317,20 @@ def _write_files(files: dict[str, str]) -> None:
 
 
 def _reap_until(program: int) -> Message:
-    """Reap every child (orphans re-parent to init) until the program itself exits."""
+    """Reap every child (orphans re-parent to init) until the program itself exits.
+
+    CPU time adds up the program and every orphan reaped here, so it covers the
+    program's whole tree (processes still running when init exits are killed).
+    """
+    cpu_s = 0.0
     while True:
         try:
             pid, wstatus, usage = os.wait4(-1, 0)
         except ChildProcessError:
             return {"internal": "program vanished"}
+        cpu_s += usage.ru_utime + usage.ru_stime
         if pid == program:
-            return {"wstatus": wstatus, "cpu_time_s": usage.ru_utime + usage.ru_stime,
-                    "maxrss_bytes": usage.ru_maxrss * 1024}  # fmt: skip
+            return {"wstatus": wstatus, "cpu_time_s": cpu_s, "maxrss_bytes": usage.ru_maxrss * 1024}
 
 
 def _read_status(status_r: int) -> Message:
@@ -330,18 +352,17 @@ def _read_status(status_r: int) -> Message:
 
 
 class Job:
-    """The program's process: finishes the sandbox, then hands over to the user's code."""
+    """The program's process: locks itself down, waits for a job, then runs its code."""
 
-    def __init__(
-        self, zygote: Zygote, limits: Message, code: str, fds: tuple[int, int, int, int]
-    ) -> None:
+    def __init__(self, zygote: Zygote, job_sock: _socket.socket, status_w: int) -> None:
         self.zygote = zygote
-        self.limits = limits
-        self.code = code
-        self.fds = fds
+        self.job_sock = job_sock
+        self.status_w = status_w
+        self.limits: Message = {}
+        self.code = ""
 
     def run_as_main(self, namespace: dict[str, Any]) -> NoReturn:
-        """Lock the process down, make ``namespace`` a fresh ``__main__``, run the code.
+        """Lock down, receive the job, make ``namespace`` a fresh ``__main__``, run it.
 
         ``namespace`` is this module's globals, so every frame between the program
         and the outermost one shows only the program's globals. Never returns.
@@ -350,13 +371,14 @@ class Job:
         syntax_error = None
         try:
             self._lock_down()
+            self._receive()
             try:
                 code = compile(self.code, "main.py", "exec", dont_inherit=True)
             except (SyntaxError, ValueError) as exc:
                 syntax_error = exc
             finish = _reset_interpreter(namespace, self.code)
         except Exception as exc:  # noqa: BLE001 - the service's failure, not the program's
-            _os.write(3, f"I{exc}".encode())
+            _os.write(self.status_w, f"I{exc}".encode())
             _os._exit(0)
         if syntax_error is not None:
             _sys.excepthook(type(syntax_error), syntax_error, None)
@@ -371,19 +393,34 @@ class Job:
         finish(0)
 
     def _lock_down(self) -> None:
+        """Everything that does not depend on the job: done while the spare waits."""
         os.setsid()  # own session and process group, no controlling terminal
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         if self.zygote.seccomp:
-            # Before the rlimits: under them this one call costs ~1.5 ms more here.
             _load_seccomp(self.zygote.seccomp)
-        for target, fd in enumerate(self.fds):
-            os.dup2(fd, target, inheritable=target < 3)
-        os.closerange(4, 1 << 20)
-        os.set_inheritable(3, False)
-        self._set_rlimits()
         os.chdir(WORKDIR if os.path.isdir(WORKDIR) else "/tmp")
         os.umask(0o022)
         _drop_capabilities(self.zygote.cap_last_cap)
+
+    def _receive(self) -> None:
+        """Take the job from the host, put its streams on 0-2, its files in /work."""
+        try:
+            header, fds = _recv(self.job_sock)
+        except EOFError:
+            os._exit(0)  # the host dropped this spare
+        if len(fds) != 4:
+            raise SetupError(f"expected 4 descriptors, got {len(fds)}")
+        payload_fd, stdin_fd, stdout_fd, stderr_fd = fds
+        with open(payload_fd, "rb") as f:
+            payload = marshal.loads(f.read())
+        self.limits, self.code = header["limits"], payload["code"]
+        _write_files(payload["files"])
+        for target, fd in enumerate((stdin_fd, stdout_fd, stderr_fd, self.status_w)):
+            os.dup2(fd, target, inheritable=target < 3)
+        self.status_w = 3
+        os.closerange(4, 1 << 20)  # the job socket too: the program cannot talk to the host
+        os.set_inheritable(3, False)
+        self._set_rlimits()
 
     def _set_rlimits(self) -> None:
         lim = self.limits
