@@ -14,14 +14,13 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ZYGOTE_SOURCE", "LaunchPlan", "plan_launch"]
+__all__ = ["ZYGOTE_SOURCE", "LaunchPlan", "UnusableInterpreter", "plan_launch"]
 
-ZYGOTE_SOURCE = Path(
-    __import__("os").environ.get("ZYGOTE_OVERRIDE") or Path(__file__).with_name("zygote.py")
-)
+ZYGOTE_SOURCE = Path(__file__).with_name("zygote.py")
 ZYGOTE_IN_SANDBOX = "/opt/exec-agent/zygote.py"
 SANDBOX_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -102,6 +101,19 @@ def _zygote_argv(python: str, control_fd: int, script: str) -> list[str]:
     return [python, "-I", "-S", "-B", script, str(control_fd)]
 
 
+def _reachable_by_others(path: str) -> bool:
+    """Whether an unrelated uid can reach ``path`` (every parent searchable, file readable)."""
+    real = Path(os.path.realpath(path))
+    for parent in real.parents:
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            return False
+    return bool(os.stat(real).st_mode & stat.S_IROTH)
+
+
+class UnusableInterpreter(Exception):
+    """The slot's uid could not run the interpreter without bubblewrap's mounts."""
+
+
 def plan_launch(python: str, control_fd: int, slot_uid: int, bwrap: str = "bwrap") -> LaunchPlan:
     """How to start a slot on this host with the strongest isolation available."""
     bwrap_path = shutil.which(bwrap)
@@ -133,6 +145,12 @@ def plan_launch(python: str, control_fd: int, slot_uid: int, bwrap: str = "bwrap
         return LaunchPlan(argv, "bubblewrap-userns", uid, fresh_proc=False)
     argv = _zygote_argv(python, control_fd, str(ZYGOTE_SOURCE))
     if is_root and setpriv:
+        for needed in (python, str(ZYGOTE_SOURCE)):
+            if not _reachable_by_others(needed):
+                raise UnusableInterpreter(
+                    f"without bubblewrap the slot's uid {slot_uid} must reach {needed}, "
+                    "but a parent directory or the file is closed to other users"
+                )
         argv = [
             setpriv, f"--reuid={slot_uid}", f"--regid={slot_uid}", "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", *argv,

@@ -27,7 +27,7 @@ from typing import Any
 from executors._errors import SandboxStartError
 from executors._models import ExecutionRecord, ExecutionRequest, ExecutionStatus, utc_now
 from executors._sandbox._cgroups import JobCgroup
-from executors._sandbox._launch import LaunchPlan, plan_launch
+from executors._sandbox._launch import LaunchPlan, UnusableInterpreter, plan_launch
 from executors._sandbox._verdict import JobFacts, KillReason, decide
 
 __all__ = ["Slot", "SlotSettings"]
@@ -150,7 +150,7 @@ class Slot:
                 pass_fds=(theirs.fileno(),),
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},  # no secret reaches the slot
             )
-        except OSError as exc:
+        except (OSError, UnusableInterpreter) as exc:
             ours.close()
             raise SandboxStartError(self.settings.index, str(exc)) from exc
         finally:
