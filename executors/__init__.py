@@ -7,9 +7,11 @@ Public surface::
         record = pool.run(ExecutionRequest(code="print(1)", limits=limits))
 
 ``pool.isolation`` tells which isolation layers are in force on this host.
+``SandboxExecutor`` and ``build_executor_app`` put pools on Ray (which only the latter imports).
 """
 
 from executors._config import SandboxConfig
+from executors._deployment import SandboxExecutor, build_executor_app
 from executors._errors import (
     ExecutorError,
     PoolClosedError,
@@ -39,7 +41,9 @@ __all__ = [
     "LimitsRequest",
     "PoolClosedError",
     "SandboxConfig",
+    "SandboxExecutor",
     "SandboxPool",
     "SandboxStartError",
     "SandboxUnavailableError",
+    "build_executor_app",
 ]

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Self
 
@@ -20,7 +21,12 @@ from executors._config import SandboxConfig
 from executors._errors import PoolClosedError, SandboxStartError, SandboxUnavailableError
 from executors._isolation import IsolationReport
 from executors._models import ExecutionRecord, ExecutionRequest, ExecutionStatus
-from executors._sandbox._cgroups import JobCgroup, detect_cgroup_version, open_job_cgroup
+from executors._sandbox._cgroups import (
+    JobCgroup,
+    detect_cgroup_version,
+    open_job_cgroup,
+    remove_group,
+)
 from executors._sandbox._seccomp import SeccompUnavailable, compile_filter
 from executors._sandbox._slot import Slot, SlotSettings
 from executors._sandbox._verdict import KillReason
@@ -48,6 +54,9 @@ class SandboxPool:
         self._closed = False
         self._group = f"exec-agent-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._cgroups: list[JobCgroup] = []
+        # Slots start on this one long-lived thread: bubblewrap's --die-with-parent
+        # follows the thread that started it, which must outlive the slot.
+        self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-launcher")
         self.isolation: IsolationReport | None = None
 
     # --- life cycle -------------------------------------------------------------
@@ -74,7 +83,7 @@ class SandboxPool:
                 cgroup,
             )
             try:
-                probes.append(slot.start())
+                probes.append(self._launcher.submit(slot.start).result())
             except SandboxStartError:
                 self.close()
                 raise
@@ -174,9 +183,20 @@ class SandboxPool:
             slot.close()
         for cgroup in self._cgroups:
             cgroup.remove()
+        remove_group(self._group, self.config.cgroup_parent)
         self._slots, self._cgroups = [], []
+        self._launcher.shutdown(wait=False)
 
     # --- work -------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def alive_slots(self) -> int:
+        """Slots whose sandbox is running (a dead one restarts on its next use)."""
+        return sum(slot.alive() for slot in self._slots)
 
     @property
     def free_slots(self) -> int:
@@ -227,4 +247,4 @@ class SandboxPool:
     def _restart(self, slot: Slot) -> None:
         logger.warning("restarting sandbox slot %d", slot.settings.index)
         slot.close()
-        slot.start()
+        self._launcher.submit(slot.start).result()

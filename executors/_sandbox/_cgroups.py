@@ -15,7 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CgroupUsage", "JobCgroup", "detect_cgroup_version", "open_job_cgroup"]
+__all__ = [
+    "CgroupUsage",
+    "JobCgroup",
+    "detect_cgroup_version",
+    "open_job_cgroup",
+    "remove_group",
+]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpuacct")
@@ -303,3 +309,20 @@ def open_job_cgroup(name: str, parent: str | None = None) -> JobCgroup:
             _write(dirs[0] / "memory.swappiness", "0")
         return _V1(dirs)
     raise OSError("no cgroup hierarchy with memory, pids and cpu accounting")
+
+
+def remove_group(name: str, parent: str | None = None) -> None:
+    """Remove the (empty) cgroup directory ``name`` that held a pool's slot cgroups."""
+    version = detect_cgroup_version()
+    own = _own_cgroup_paths()
+    if version == 2:
+        dirs = [CGROUP_ROOT / (parent or own.get("", "/")).lstrip("/") / name]
+    elif version == 1:
+        dirs = [
+            CGROUP_ROOT / c / (parent or own.get(c, "/")).lstrip("/") / name for c in V1_CONTROLLERS
+        ]
+    else:
+        return
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            d.rmdir()

@@ -1,0 +1,205 @@
+"""The engine on Ray: a sandbox pool as a Ray actor or a Ray Serve deployment.
+
+:class:`SandboxExecutor` is a plain class, so the same code runs both ways::
+
+    actor = ray.remote(SandboxExecutor).options(num_cpus=2).remote(config, 2)
+    record = ray.get(actor.run.remote(request))                  # a JSON-able dict
+
+    handle = serve.run(build_executor_app(config, 2, min_replicas=1, max_replicas=4))
+    record = handle.run.remote(request).result()
+
+Records travel as the API's JSON objects; callers re-validate them with
+``ExecutionRecord.model_validate``. Ray is imported only inside :func:`build_executor_app`:
+the rest of the engine (and ``exec-agent run``) works without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from executors._config import SandboxConfig
+from executors._errors import ExecutorError, PoolClosedError
+from executors._models import ExecutionRequest
+from executors._pool import SandboxPool
+
+if TYPE_CHECKING:
+    from ray import serve
+
+__all__ = ["SandboxExecutor", "build_executor_app"]
+
+logger = logging.getLogger("executors.deployment")
+
+RequestLike = ExecutionRequest | dict[str, Any]
+
+
+class SandboxExecutor:
+    """A pool of ``slots`` sandboxes behind async methods; one replica or actor holds one.
+
+    Each job runs on a thread of its own (one per slot), so up to ``slots`` jobs run at
+    once while the actor keeps answering ``stats`` and health checks. A request cancelled
+    before its job starts never runs; a started job runs to its own limits.
+
+    Shutdown: ``close`` (or ``__del__``, which Ray Serve calls once a replica has drained)
+    stops taking work, lets running jobs finish for ``shutdown_grace_s``, then kills them;
+    killed jobs end as records, never as lost requests.
+    """
+
+    def __init__(self, config: SandboxConfig, slots: int, *, shutdown_grace_s: float = 5.0) -> None:
+        self._closed = True  # until the pool runs: __del__ must not touch a half-built object
+        self._closing = threading.Lock()
+        self._pool = SandboxPool(config, slots)
+        # Raises SandboxStartError or SandboxUnavailableError: a replica without sandboxes
+        # must fail to start, not accept work.
+        self._report = self._pool.start()
+        # One thread per slot, so up to ``slots`` jobs run at once whatever the size of
+        # the event loop's default executor.
+        self._threads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="sandbox-job")
+        self._shutdown_grace_s = shutdown_grace_s
+        self._closed = False
+
+    async def run(self, request: RequestLike) -> dict[str, Any]:
+        """Run one program in the next free slot; return its record in API form."""
+        checked = ExecutionRequest.model_validate(request)
+        try:
+            job = self._threads.submit(self._pool.run, checked)
+        except RuntimeError:  # the threads are shut down: close() ran
+            raise PoolClosedError("the executor is shut down") from None
+        record = await asyncio.wrap_future(job)
+        return record.to_api()
+
+    async def run_batch(self, requests: Sequence[RequestLike]) -> list[dict[str, Any]]:
+        """Run ``requests`` concurrently, at most one per slot; records in request order.
+
+        A batch is one request to Serve: its replica cannot drain until the whole batch is
+        done, so callers send batches of about ``slots`` items, not thousands.
+        """
+        checked = [ExecutionRequest.model_validate(request) for request in requests]
+        return list(await asyncio.gather(*(self.run(request) for request in checked)))
+
+    def isolation(self) -> dict[str, Any]:
+        """The isolation layers in force in this pool (the ``sandbox`` readiness check)."""
+        return self._report.summary()
+
+    def stats(self) -> dict[str, Any]:
+        """Slot counts for metrics and readiness; ``pid`` is the process holding the pool."""
+        return {
+            "slots": self._pool.size,
+            "free_slots": self._pool.free_slots,
+            "busy_slots": self._pool.busy_slots,
+            "alive_slots": self._pool.alive_slots,
+            "closed": self._closed,
+            "pid": os.getpid(),
+        }
+
+    def check_health(self) -> None:
+        """Ray Serve's health check: raise when this replica can no longer run jobs."""
+        if self._closed:
+            raise PoolClosedError("the executor is shut down")
+        if self._pool.alive_slots == 0:
+            # A dead slot restarts on its next use; all of them dead at once means the
+            # sandbox itself is broken here, and Serve should replace the replica.
+            raise ExecutorError("no sandbox slot is alive")
+
+    async def close(self, grace_s: float | None = None) -> None:
+        """Stop taking work; let running jobs finish for ``grace_s`` (default: the
+        constructor's ``shutdown_grace_s``), then kill them. Idempotent."""
+        await asyncio.to_thread(self._close, grace_s)
+
+    def __del__(self) -> None:
+        # Ray Serve calls this on replica shutdown, after it has waited (up to the
+        # deployment's graceful_shutdown_timeout_s) for ongoing requests to finish.
+        # Ray's actor-class wrapper inherits this method without running __init__.
+        if not getattr(self, "_closed", True):
+            self._close(None)
+
+    def _close(self, grace_s: float | None) -> None:
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.close(self._shutdown_grace_s if grace_s is None else grace_s)
+        # Jobs still queued for a thread find the pool closed and raise PoolClosedError.
+        self._threads.shutdown(wait=False)
+        logger.info("sandbox executor closed")
+
+
+def build_executor_app(
+    config: SandboxConfig,
+    slots: int,
+    *,
+    min_replicas: int,
+    max_replicas: int,
+    name: str = "SandboxExecutor",
+    num_cpus: float | None = None,
+    memory_bytes: int | None = None,
+    max_ongoing_requests: int | None = None,
+    target_ongoing_requests: float | None = None,
+    max_queued_requests: int = -1,
+    graceful_shutdown_timeout_s: float = 35.0,
+    graceful_shutdown_wait_loop_s: float = 0.5,
+    shutdown_grace_s: float = 5.0,
+    health_check_period_s: float = 10.0,
+    health_check_timeout_s: float = 30.0,
+    max_constructor_retry_count: int = 3,
+) -> serve.Application:
+    """The executor as a Ray Serve application, ready for ``serve.run``.
+
+    Every replica holds ``slots`` sandboxes (``config``). Sizing and scaling:
+
+    - ``num_cpus`` (default ``slots``: a core per running job) and ``memory_bytes`` (Ray's
+      ``memory`` resource per replica; default none reserved) are what Ray schedules a
+      replica by, and what a cluster autoscaler adds nodes for.
+    - ``min_replicas``/``max_replicas`` bound Serve's autoscaler, which aims at
+      ``target_ongoing_requests`` per replica (default ``slots``: every slot busy).
+    - ``max_ongoing_requests`` (default ``2 * slots``) is how many requests a replica takes
+      at once: one job per slot plus one waiting per slot, so a slot never idles between
+      jobs. ``max_queued_requests`` caps the requests waiting in each caller (handle or
+      proxy) beyond that; more raise ``BackPressureError`` (``-1``: no cap).
+
+    Shutdown: a stopping replica takes no new requests and waits, checking every
+    ``graceful_shutdown_wait_loop_s``, for its ongoing ones; after
+    ``graceful_shutdown_timeout_s`` Serve kills it. So that a drain never kills a job, this
+    must cover ``max_ongoing_requests / slots`` runs of the longest wall timeout. Then the
+    pool closes, giving stragglers ``shutdown_grace_s`` before killing them.
+
+    Health: Serve calls ``check_health`` every ``health_check_period_s`` (failing after
+    ``health_check_timeout_s``) and replaces a replica that keeps failing. A replica whose
+    sandboxes cannot start is retried ``max_constructor_retry_count`` times, then the
+    deployment fails: a broken host should fail fast, not loop.
+    """
+    from ray import serve
+
+    if slots < 1:
+        raise ValueError("a replica needs at least one slot")
+    if not 1 <= min_replicas <= max_replicas:
+        raise ValueError("need 1 <= min_replicas <= max_replicas")
+    actor_options: dict[str, Any] = {"num_cpus": float(slots) if num_cpus is None else num_cpus}
+    if memory_bytes is not None:
+        actor_options["memory"] = memory_bytes
+    deployment = serve.deployment(
+        name=name,
+        ray_actor_options=actor_options,
+        max_ongoing_requests=2 * slots if max_ongoing_requests is None else max_ongoing_requests,
+        max_queued_requests=max_queued_requests,
+        autoscaling_config={
+            "min_replicas": min_replicas,
+            "initial_replicas": min_replicas,
+            "max_replicas": max_replicas,
+            "target_ongoing_requests": (
+                slots if target_ongoing_requests is None else target_ongoing_requests
+            ),
+        },
+        graceful_shutdown_timeout_s=graceful_shutdown_timeout_s,
+        graceful_shutdown_wait_loop_s=graceful_shutdown_wait_loop_s,
+        health_check_period_s=health_check_period_s,
+        health_check_timeout_s=health_check_timeout_s,
+        max_constructor_retry_count=max_constructor_retry_count,
+    )(SandboxExecutor)
+    app: serve.Application = deployment.bind(config, slots, shutdown_grace_s=shutdown_grace_s)
+    return app
