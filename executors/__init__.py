@@ -11,7 +11,12 @@ Public surface::
 """
 
 from executors._config import SandboxConfig
-from executors._deployment import SandboxExecutor, build_executor_app
+from executors._deployment import (
+    ExecutorAppArgs,
+    SandboxExecutor,
+    app_builder,
+    build_executor_app,
+)
 from executors._errors import (
     ExecutorError,
     PoolClosedError,
@@ -35,6 +40,7 @@ __all__ = [
     "ExecutionRecord",
     "ExecutionRequest",
     "ExecutionStatus",
+    "ExecutorAppArgs",
     "ExecutorError",
     "IsolationReport",
     "Limits",
@@ -45,5 +51,6 @@ __all__ = [
     "SandboxPool",
     "SandboxStartError",
     "SandboxUnavailableError",
+    "app_builder",
     "build_executor_app",
 ]

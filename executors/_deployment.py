@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from executors._config import SandboxConfig
 from executors._errors import ExecutorError, PoolClosedError
 from executors._models import ExecutionRequest
@@ -31,7 +33,7 @@ from executors._pool import SandboxPool
 if TYPE_CHECKING:
     from ray import serve
 
-__all__ = ["SandboxExecutor", "build_executor_app"]
+__all__ = ["ExecutorAppArgs", "SandboxExecutor", "app_builder", "build_executor_app"]
 
 logger = logging.getLogger("executors.deployment")
 
@@ -203,3 +205,36 @@ def build_executor_app(
     )(SandboxExecutor)
     app: serve.Application = deployment.bind(config, slots, shutdown_grace_s=shutdown_grace_s)
     return app
+
+
+class ExecutorAppArgs(BaseModel):
+    """The ``args`` of the executor application in a Serve config file (``serve run``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    slots: int = Field(default=2, ge=1)
+    num_cpus: float | None = Field(default=None, gt=0)
+    """CPUs Ray reserves per replica; default one per slot."""
+    min_replicas: int = Field(default=1, ge=1)
+    max_replicas: int = Field(default=2, ge=1)
+    max_queued_requests: int = -1
+    graceful_shutdown_timeout_s: float = Field(default=35.0, gt=0)
+    require_full_isolation: bool = False
+    python_executable: str | None = None
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """Serve's application builder: ``import_path: executors._deployment:app_builder``."""
+    parsed = ExecutorAppArgs.model_validate(args)
+    config = SandboxConfig(require_full_isolation=parsed.require_full_isolation)
+    if parsed.python_executable:
+        config = config.model_copy(update={"python_executable": parsed.python_executable})
+    return build_executor_app(
+        config,
+        parsed.slots,
+        num_cpus=parsed.num_cpus,
+        min_replicas=parsed.min_replicas,
+        max_replicas=parsed.max_replicas,
+        max_queued_requests=parsed.max_queued_requests,
+        graceful_shutdown_timeout_s=parsed.graceful_shutdown_timeout_s,
+    )

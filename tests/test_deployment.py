@@ -25,6 +25,7 @@ from executors import (
     PoolClosedError,
     SandboxConfig,
     SandboxExecutor,
+    app_builder,
     build_executor_app,
 )
 
@@ -181,6 +182,19 @@ def test_deployment_runs_through_its_handle(serve_instance: None) -> None:
         assert handle.isolation.remote().result()["layers"]
     finally:
         serve.delete("exec-agent-test-handle")
+
+
+def test_the_serve_config_builder_deploys(serve_instance: None) -> None:
+    """What `serve run cluster/serve-config.yaml` does, with a replica sized for this test."""
+    from ray import serve
+
+    args = {"slots": 1, "num_cpus": ACTOR_CPUS, "min_replicas": 1, "max_replicas": 1}
+    handle = serve.run(app_builder(args), name="exec-agent-test-builder", route_prefix=None)
+    try:
+        record = ExecutionRecord.model_validate(handle.run.remote(request("print(2)")).result())
+        assert (record.status, record.stdout) == ("ok", "2\n")
+    finally:
+        serve.delete("exec-agent-test-builder")
 
 
 def test_delete_drains_running_jobs_and_ends_sandboxes(serve_instance: None) -> None:
