@@ -49,7 +49,6 @@ SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
 MNT_DETACH = 0x2
-PR_SET_PDEATHSIG = 1
 PR_SET_SECCOMP = 22
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -172,6 +171,8 @@ def serve(control_fd: int) -> Job | None:
     import gc
 
     gc.freeze()  # forked jobs then neither scan nor copy the zygote's objects
+    # The kernel reaps finished jobs' inits at once: no zombie waits for our next command.
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
     while True:
         try:
             request, fds = _recv(control)
@@ -179,20 +180,10 @@ def serve(control_fd: int) -> Job | None:
             return None
         for fd in fds:
             os.close(fd)
-        _reap_finished()
         if request.get("type") == "spare":
             job = _build_spare(zygote, control, int(request["disk_bytes"]))
             if job is not None:
                 return job
-
-
-def _reap_finished() -> None:
-    """Collect the inits of finished jobs (the zygote's only children)."""
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-    except ChildProcessError:
-        pass
 
 
 def _clone_into_namespaces(zygote: Zygote) -> int:
@@ -249,14 +240,14 @@ def _build_spare(zygote: Zygote, control: _socket.socket, disk_bytes: int) -> Jo
 
 
 def _init(zygote: Zygote, job_sock: _socket.socket, disk_bytes: int) -> Job:
+    """Pid 1 of the job: fork the program, reap, report. The program process builds the
+    job's mounts itself: every page a Python process touches after a fork costs a copy,
+    so init does as little as it can. If the zygote dies, bubblewrap's init tears the
+    slot's PID namespace down, and this one with it.
+    """
     try:
-        _check(_libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0), "pdeathsig")
-        _first_to_go_on_oom()
-        if zygote.namespaces:
-            _map_ids(zygote)
+        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)  # the zygote ignores it; we reap
         job_sock.send(b"hello")  # the host learns our pid from SCM_CREDENTIALS
-        if zygote.namespaces:
-            _build_filesystem(disk_bytes, zygote.fresh_proc)
         status_r, status_w = os.pipe()
         pid = os.fork()
     except Exception as exc:  # noqa: BLE001 - anything here is the service's failure
@@ -264,7 +255,7 @@ def _init(zygote: Zygote, job_sock: _socket.socket, disk_bytes: int) -> Job:
         os._exit(0)
     if pid == 0:
         os.close(status_r)
-        return Job(zygote, job_sock, status_w)
+        return Job(zygote, job_sock, status_w, disk_bytes)
     os.close(status_w)
     report = _reap_until(pid)
     report.update(_read_status(status_r))
@@ -273,7 +264,7 @@ def _init(zygote: Zygote, job_sock: _socket.socket, disk_bytes: int) -> Job:
 
 
 def _first_to_go_on_oom() -> None:
-    """Make the job, not the zygote beside it in the cgroup, the OOM killer's choice."""
+    """Make the program, not the zygote beside it in the cgroup, the OOM killer's choice."""
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("1000")
@@ -354,10 +345,13 @@ def _read_status(status_r: int) -> Message:
 class Job:
     """The program's process: locks itself down, waits for a job, then runs its code."""
 
-    def __init__(self, zygote: Zygote, job_sock: _socket.socket, status_w: int) -> None:
+    def __init__(
+        self, zygote: Zygote, job_sock: _socket.socket, status_w: int, disk_bytes: int
+    ) -> None:
         self.zygote = zygote
         self.job_sock = job_sock
         self.status_w = status_w
+        self.disk_bytes = disk_bytes
         self.limits: Message = {}
         self.code = ""
 
@@ -394,6 +388,10 @@ class Job:
 
     def _lock_down(self) -> None:
         """Everything that does not depend on the job: done while the spare waits."""
+        _first_to_go_on_oom()
+        if self.zygote.namespaces:
+            _map_ids(self.zygote)
+            _build_filesystem(self.disk_bytes, self.zygote.fresh_proc)
         os.setsid()  # own session and process group, no controlling terminal
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         if self.zygote.seccomp:
