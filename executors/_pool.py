@@ -27,6 +27,7 @@ from executors._sandbox._cgroups import (
     open_job_cgroup,
     remove_group,
 )
+from executors._sandbox._launch import launch_mode
 from executors._sandbox._seccomp import SeccompUnavailable, compile_filter
 from executors._sandbox._slot import Slot, SlotSettings
 from executors._sandbox._verdict import KillReason
@@ -36,6 +37,8 @@ __all__ = ["SandboxPool"]
 logger = logging.getLogger("executors.pool")
 
 SANDBOX_UID = 1000  # the uid programs have inside their user namespace (see zygote.py)
+WITHOUT_BUBBLEWRAP = ("bubblewrap", "read_only_root", "uts_namespace")
+"""The layers only bubblewrap provides: missing for certain when it is not installed."""
 
 
 class SandboxPool:
@@ -64,6 +67,8 @@ class SandboxPool:
     def start(self) -> IsolationReport:
         """Start every slot; refuse (when configured to) if a layer is missing."""
         errors: list[str] = []
+        if self.config.require_full_isolation and launch_mode(self.config.bwrap_path) == "direct":
+            raise SandboxUnavailableError(list(WITHOUT_BUBBLEWRAP))
         try:
             seccomp = compile_filter()
         except SeccompUnavailable as exc:
@@ -120,7 +125,7 @@ class SandboxPool:
             "network_namespace": in_bwrap or (namespaces and slot.plan.mode == "direct"),
             "ipc_namespace": namespaces,
             "uts_namespace": in_bwrap,
-            "private_proc": namespaces and slot.plan.fresh_proc,
+            "private_proc": bool(probe.get("private_proc")),
             "private_tmpfs": bool(probe.get("filesystem")),
             "read_only_root": in_bwrap,
             "unprivileged_uid": slot.plan.host_uid != 0 and probe.get("uid") != 0,

@@ -197,6 +197,7 @@ class WatchedPool:
         self._record_ids: set[uuid.UUID] = set()
         self._ids_lock = threading.Lock()
         self.zygotes = self._find_zygotes() if self.tracks_processes else {}
+        assert len(self.zygotes) == (pool.size if self.tracks_processes else 0), self.zygotes
         self.run_on_every_slot(CONTROL_CODE)  # every slot in its steady state (spare, last init)
 
     # --- running programs -------------------------------------------------------------
@@ -293,14 +294,13 @@ class WatchedPool:
 
         The host's /tmp is shared with everything else on the machine, so not everything
         new there is ours: a job can create files only as its slot's uid (or the overflow
-        uid), and the engine's own would say so in their names.
+        uid), and the engine's own would carry its name.
         """
         try:
             owner = path.lstat().st_uid
         except FileNotFoundError:
             return False
-        words = ("exec-agent", "sandbox", "zygote", "sbx", "slot")
-        return owner in self.uids | {OVERFLOW_UID} or any(w in path.name.lower() for w in words)
+        return owner in self.uids | {OVERFLOW_UID} or path.name.startswith("exec-agent")
 
     def _slot_processes(self) -> list[HostProcess]:
         """Running processes of our slots' uids, other than the zygotes."""

@@ -18,21 +18,27 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ZYGOTE_SOURCE", "LaunchPlan", "UnusableInterpreter", "plan_launch"]
+__all__ = ["ZYGOTE_SOURCE", "LaunchPlan", "UnusableInterpreter", "launch_mode", "plan_launch"]
 
 ZYGOTE_SOURCE = Path(__file__).with_name("zygote.py")
 ZYGOTE_IN_SANDBOX = "/opt/exec-agent/zygote.py"
+BWRAP_WORKDIR = "/work"
+DIRECT_WORKDIR = "/tmp/work"
 SANDBOX_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "LANG": "C.UTF-8",
     "LC_ALL": "C.UTF-8",
-    "HOME": "/work",
+    "HOME": BWRAP_WORKDIR,
+    "PWD": BWRAP_WORKDIR,
     "TMPDIR": "/tmp",
     "PYTHONUNBUFFERED": "1",
     "PYTHONDONTWRITEBYTECODE": "1",
     "MALLOC_ARENA_MAX": "2",
 }
 """The whole environment of sandboxed programs: an allowlist, nothing inherited."""
+DIRECT_ENV = {**SANDBOX_ENV, "HOME": DIRECT_WORKDIR, "PWD": DIRECT_WORKDIR}
+LAUNCH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+"""bubblewrap starts with this and gives the sandbox ``SANDBOX_ENV``: no secret passes."""
 ROOT_LINKS_OR_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "localtime")
 ZYGOTE_TMP_BYTES = 1024 * 1024
@@ -44,8 +50,10 @@ class LaunchPlan:
     mode: str
     """"bubblewrap" (root), "bubblewrap-userns" (not root) or "direct" (no bubblewrap)."""
     host_uid: int
-    fresh_proc: bool
-    """Whether each job can mount its own /proc (needs a full /proc in the slot)."""
+    workdir: str
+    """The jobs' working directory (and HOME)."""
+    env: dict[str, str]
+    """The environment the launched process starts with (bubblewrap then sets its own)."""
 
 
 def _python_prefixes(python: str) -> list[str]:
@@ -92,7 +100,7 @@ def _bwrap_layout(python: str) -> list[str]:
         "--size", str(ZYGOTE_TMP_BYTES), "--perms", "01777", "--tmpfs", "/tmp",
         *_parents_755(ZYGOTE_IN_SANDBOX),
         "--ro-bind", str(ZYGOTE_SOURCE), ZYGOTE_IN_SANDBOX,
-        "--chdir", "/",
+        "--chdir", BWRAP_WORKDIR,  # bubblewrap sets PWD to it
     ]  # fmt: skip
     return args
 
@@ -134,7 +142,7 @@ def plan_launch(python: str, control_fd: int, slot_uid: int, bwrap: str = "bwrap
             "--perms", "0555", "--dir", "/proc",
             "--", "/bin/sh", "-c", script,
         ]  # fmt: skip
-        return LaunchPlan(argv, "bubblewrap", slot_uid, fresh_proc=True)
+        return LaunchPlan(argv, "bubblewrap", slot_uid, BWRAP_WORKDIR, LAUNCH_ENV)
     if bwrap_path:
         uid = os.geteuid()
         argv = [
@@ -142,7 +150,7 @@ def plan_launch(python: str, control_fd: int, slot_uid: int, bwrap: str = "bwrap
             "--cap-drop", "ALL", *_bwrap_layout(python), "--proc", "/proc",
             "--", *_zygote_argv(python, control_fd, ZYGOTE_IN_SANDBOX),
         ]  # fmt: skip
-        return LaunchPlan(argv, "bubblewrap-userns", uid, fresh_proc=False)
+        return LaunchPlan(argv, "bubblewrap-userns", uid, BWRAP_WORKDIR, LAUNCH_ENV)
     argv = _zygote_argv(python, control_fd, str(ZYGOTE_SOURCE))
     if is_root and setpriv:
         for needed in (python, str(ZYGOTE_SOURCE)):
@@ -155,5 +163,12 @@ def plan_launch(python: str, control_fd: int, slot_uid: int, bwrap: str = "bwrap
             setpriv, f"--reuid={slot_uid}", f"--regid={slot_uid}", "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", *argv,
         ]  # fmt: skip
-        return LaunchPlan(argv, "direct", slot_uid, fresh_proc=False)
-    return LaunchPlan(argv, "direct", os.geteuid(), fresh_proc=False)
+        return LaunchPlan(argv, "direct", slot_uid, DIRECT_WORKDIR, DIRECT_ENV)
+    return LaunchPlan(argv, "direct", os.geteuid(), DIRECT_WORKDIR, DIRECT_ENV)
+
+
+def launch_mode(bwrap: str = "bwrap") -> str:
+    """The mode ``plan_launch`` will choose on this host (see ``LaunchPlan.mode``)."""
+    if shutil.which(bwrap) is None:
+        return "direct"
+    return "bubblewrap" if os.geteuid() == 0 and shutil.which("setpriv") else "bubblewrap-userns"

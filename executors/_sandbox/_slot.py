@@ -76,7 +76,17 @@ class _Stream:
         return self.truncated
 
     def text(self) -> str:
-        return self.data.decode("utf-8", errors="replace").replace("\x00", "")
+        """Valid text of at most ``cap`` UTF-8 bytes: invalid bytes replaced, NUL removed.
+
+        A replacement character takes 3 bytes, so replacing can lengthen the output:
+        cut again after decoding, on a character boundary, and say so.
+        """
+        text = self.data.decode("utf-8", errors="replace").replace("\x00", "")
+        encoded = text.encode("utf-8")
+        if len(encoded) <= self.cap:
+            return text
+        self.truncated = True
+        return encoded[: self.cap].decode("utf-8", errors="ignore")
 
 
 @dataclass
@@ -123,7 +133,6 @@ class Slot:
         """
         init = {
             "namespaces": True,
-            "fresh_proc": False,
             "seccomp_bpf": self.settings.seccomp_bpf,
             "cgroup_memory": self.cgroup is not None,
             "cap_last_cap": int(Path("/proc/sys/kernel/cap_last_cap").read_text()),
@@ -148,7 +157,7 @@ class Slot:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 pass_fds=(theirs.fileno(),),
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},  # no secret reaches the slot
+                env=self.plan.env,  # never the service's own: no secret reaches a slot
             )
         except (OSError, UnusableInterpreter) as exc:
             ours.close()
@@ -160,7 +169,7 @@ class Slot:
             target=self._log_stderr, daemon=True, name=f"slot-{self.settings.index}-stderr"
         )
         self._stderr_reader.start()
-        init = {**init, "new_net": self.plan.mode == "direct", "fresh_proc": self.plan.fresh_proc}
+        init = {**init, "new_net": self.plan.mode == "direct", "workdir": self.plan.workdir}
         ours.settimeout(self.settings.start_timeout_s)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         try:

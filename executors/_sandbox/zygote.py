@@ -34,8 +34,7 @@ import resource
 import sys
 
 SANDBOX_UID = 1000
-WORKDIR = "/work"
-SCRATCH = "/scratch"  # an empty mount point in the slot's root; hidden again per job
+SCRATCH = "/scratch"  # bubblewrap layout: an empty mount point, hidden again per job
 MAX_MESSAGE_BYTES = 65536
 MAX_FDS = 8
 INT_SIZE = array.array("i").itemsize
@@ -105,7 +104,8 @@ class Zygote:
     def __init__(self, init: Message) -> None:
         self.namespaces = bool(init["namespaces"])
         self.new_net = bool(init.get("new_net"))
-        self.fresh_proc = bool(init.get("fresh_proc"))
+        self.workdir = str(init.get("workdir", "/work"))
+        """``/work`` in bubblewrap's root; ``/tmp/work`` on the host's root (direct mode)."""
         self.seccomp = init.get("seccomp_bpf") or b""
         self.cgroup_memory = bool(init.get("cgroup_memory"))
         self.cap_last_cap = int(init.get("cap_last_cap", 40))
@@ -281,26 +281,46 @@ def _map_ids(zygote: Zygote) -> None:
         f.write(f"{SANDBOX_UID} {zygote.outer_gid} 1")
 
 
-def _build_filesystem(disk_bytes: int, fresh_proc: bool) -> None:
+def _build_filesystem(disk_bytes: int, workdir: str) -> bool:
+    """The job's private mounts: a fresh /proc where the kernel allows it (the return
+    value), and one size-capped tmpfs for the working directory, /tmp and /dev/shm (a
+    single cap on the job's disk use)."""
     _mount("none", "/", None, MS_REC | MS_PRIVATE, None)
-    if fresh_proc:
+    try:
+        # Refused when the /proc we see has mounts over parts of it (bubblewrap's own
+        # --proc does): the job then sees the slot's processes, and the report says so.
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+        private_proc = True
+    except SetupError:
+        private_proc = False
     inodes = max(1024, disk_bytes // 4096)
     opts = f"size={disk_bytes},nr_inodes={inodes},mode=0755,uid={SANDBOX_UID},gid={SANDBOX_UID}"
-    # One tmpfs for /work, /tmp and /dev/shm: a single cap for the job's disk use.
-    _mount("tmpfs", SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, opts)
-    for name, target, mode in (("work", WORKDIR, 0o755), ("tmp", "/tmp", 0o1777),
-                               ("shm", "/dev/shm", 0o1777)):  # fmt: skip
-        path = f"{SCRATCH}/{name}"
-        os.mkdir(path)
-        os.chmod(path, mode)
-        _mount(path, target, None, MS_BIND | MS_NOSUID | MS_NODEV, None)
-    _check(_libc.umount2(SCRATCH.encode(), MNT_DETACH), "umount scratch")
+    if workdir == "/work":
+        # bubblewrap's root has /scratch, /work, /tmp and /dev/shm as empty mount points.
+        _mount("tmpfs", SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, opts)
+        _bind_subdir(SCRATCH, "work", workdir, 0o755)
+        _bind_subdir(SCRATCH, "tmp", "/tmp", 0o1777)
+        _bind_subdir(SCRATCH, "shm", "/dev/shm", 0o1777)
+        _check(_libc.umount2(SCRATCH.encode(), MNT_DETACH), "umount scratch")
+        return private_proc
+    # The host's root (no bubblewrap): the tmpfs covers /tmp, the workdir lives inside it.
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, opts.replace("mode=0755", "mode=1777"))
+    os.mkdir(workdir, 0o755)
+    if os.path.isdir("/dev/shm"):
+        _bind_subdir("/tmp", ".shm", "/dev/shm", 0o1777)
+    return private_proc
 
 
-def _write_files(files: dict[str, str]) -> None:
+def _bind_subdir(scratch: str, name: str, target: str, mode: int) -> None:
+    path = f"{scratch}/{name}"
+    os.mkdir(path)
+    os.chmod(path, mode)
+    _mount(path, target, None, MS_BIND | MS_NOSUID | MS_NODEV, None)
+
+
+def _write_files(workdir: str, files: dict[str, str]) -> None:
     for rel, content in files.items():
-        path = os.path.join(WORKDIR, rel)
+        path = os.path.join(workdir, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         with open(os.open(path, flags, 0o644), "w", encoding="utf-8") as f:
@@ -391,12 +411,12 @@ class Job:
         _first_to_go_on_oom()
         if self.zygote.namespaces:
             _map_ids(self.zygote)
-            _build_filesystem(self.disk_bytes, self.zygote.fresh_proc)
+            _build_filesystem(self.disk_bytes, self.zygote.workdir)
         os.setsid()  # own session and process group, no controlling terminal
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         if self.zygote.seccomp:
             _load_seccomp(self.zygote.seccomp)
-        os.chdir(WORKDIR if os.path.isdir(WORKDIR) else "/tmp")
+        os.chdir(self.zygote.workdir if os.path.isdir(self.zygote.workdir) else "/tmp")
         os.umask(0o022)
         _drop_capabilities(self.zygote.cap_last_cap)
 
@@ -412,7 +432,7 @@ class Job:
         with open(payload_fd, "rb") as f:
             payload = marshal.loads(f.read())
         self.limits, self.code = header["limits"], payload["code"]
-        _write_files(payload["files"])
+        _write_files(self.zygote.workdir, payload["files"])
         for target, fd in enumerate((stdin_fd, stdout_fd, stderr_fd, self.status_w)):
             os.dup2(fd, target, inheritable=target < 3)
         self.status_w = 3
@@ -504,6 +524,7 @@ def _reset_interpreter(namespace: dict[str, Any], source: str) -> Callable[[int]
     )  # fmt: skip
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr  # type: ignore[misc]
     sys.argv = ["main.py"]
+    sys.path.insert(0, os.getcwd())  # as `python main.py` does: the job's files import
     sys.excepthook = _make_excepthook(source)
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     _add_site_builtins()
@@ -560,10 +581,14 @@ def _make_excepthook(
 
 
 def probe(zygote: Zygote) -> str:
-    """Build one job's sandbox without running code; say (as JSON) which layers work here."""
+    """Build one job's sandbox without running code; say (as JSON) which layers work here.
+
+    Each layer is tried on its own, so one that fails does not hide the others.
+    """
     r, w = os.pipe()
     result: Message = {"namespaces": False, "filesystem": False, "capabilities_dropped": False,
-              "seccomp": False, "no_new_privs": False, "uid": os.getuid(), "error": None}  # fmt: skip
+                       "seccomp": False, "no_new_privs": False, "uid": os.getuid(), "error": None,
+                       "private_proc": False}  # fmt: skip
     try:
         pid = _clone_into_namespaces(zygote)
     except SetupError as exc:
@@ -571,22 +596,24 @@ def probe(zygote: Zygote) -> str:
         return _to_json(result)
     if pid == 0:
         os.close(r)
-        try:
-            if zygote.namespaces:
-                _map_ids(zygote)
-                result["namespaces"] = True
-                _build_filesystem(1 << 20, zygote.fresh_proc)
-                result["filesystem"] = True
-            _drop_capabilities(zygote.cap_last_cap)
-            result["capabilities_dropped"] = _no_capabilities()
-            _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-            result["no_new_privs"] = True
-            result["uid"] = os.getuid()
-            if zygote.seccomp:
-                _load_seccomp(zygote.seccomp)
-                result["seccomp"] = _libc.unshare(CLONE_NEWUSER) != 0
-        except Exception as exc:  # noqa: BLE001
-            result["error"] = str(exc)
+        errors = []
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("namespaces", lambda: _map_ids(zygote) if zygote.namespaces else _fail("off")),
+            ("filesystem", lambda: _probe_filesystem(zygote, result)),
+            ("capabilities_dropped", lambda: _drop_capabilities(zygote.cap_last_cap)),
+            ("no_new_privs", lambda: _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "nnp")),
+            ("seccomp", lambda: _load_seccomp(zygote.seccomp) if zygote.seccomp else _fail("off")),
+        ]
+        for layer, step in steps:
+            try:
+                step()
+                result[layer] = True
+            except Exception as exc:  # noqa: BLE001 - reported, not raised
+                errors.append(f"{layer}: {exc}")
+        result["capabilities_dropped"] = result["capabilities_dropped"] and _no_capabilities()
+        result["seccomp"] = result["seccomp"] and _libc.unshare(CLONE_NEWUSER) != 0
+        result["uid"] = os.getuid()
+        result["error"] = "; ".join(errors) or None
         os.write(w, _to_json(result).encode())
         os._exit(0)
     os.close(w)
@@ -596,6 +623,16 @@ def probe(zygote: Zygote) -> str:
     os.close(r)
     os.waitpid(pid, 0)
     return b"".join(chunks).decode() if chunks else _to_json({**result, "error": "probe died"})
+
+
+def _fail(why: str) -> None:
+    raise SetupError(why)
+
+
+def _probe_filesystem(zygote: Zygote, result: Message) -> None:
+    if not zygote.namespaces:
+        _fail("needs the job's namespaces")
+    result["private_proc"] = _build_filesystem(1 << 20, zygote.workdir)
 
 
 def _no_capabilities() -> bool:
