@@ -108,13 +108,13 @@ class JobCgroup:
 
         Returns the memory charged before the job starts (the zygote and cached pages).
         """
-        self._settle()
+        self.settle()
         if self._limits != (memory_bytes, max_processes):
             self._set_limits(memory_bytes, max_processes)
             self._limits = (memory_bytes, max_processes)
         return self._reset_counters()
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
         """Wait for the kernel to release what the last job held (e.g. its SysV shared
         memory, freed when its IPC namespace is torn down after it exited), so that
         one job's leftovers never eat into the next one's memory.

@@ -37,6 +37,7 @@ logger = logging.getLogger("executors.sandbox")
 READ_CHUNK_BYTES = 65536
 CPU_POLL_INTERVAL_S = 0.05
 HANDSHAKE_TIMEOUT_S = 10.0
+SPARE_ATTEMPTS = 3
 DRAIN_AFTER_EXIT_S = 1.0
 SANDBOX_PROCESSES = 4
 """Counted by the cgroup's pids.max beside the job: the zygote, the job's init, and the
@@ -87,6 +88,10 @@ class _Stream:
             return text
         self.truncated = True
         return encoded[: self.cap].decode("utf-8", errors="ignore")
+
+
+class SpareFailed(Exception):
+    """A spare job sandbox broke before it was given a job."""
 
 
 @dataclass
@@ -234,12 +239,30 @@ class Slot:
         self._spare_disk_bytes = disk_bytes
 
     def _take_spare(self, disk_bytes: int) -> _Spare:
-        """The waiting job sandbox, built to ``disk_bytes`` (asked for now if need be)."""
-        if self._spare_pending and self._spare_disk_bytes != disk_bytes:
-            self._receive_spare().discard()
-        if not self._spare_pending:
-            self._request_spare(disk_bytes)
-        return self._receive_spare()
+        """A ready job sandbox built to ``disk_bytes`` (asked for now if need be).
+
+        A spare built while the previous job ran may have failed for that job's sake
+        (it shares the slot's cgroup: a fork bomb leaves it no process to start, a
+        memory hog no memory). Such a spare is replaced, now that the slot is quiet: one
+        job's behaviour never becomes the next job's failure.
+        """
+        for attempt in range(SPARE_ATTEMPTS):
+            if self._spare_pending and self._spare_disk_bytes != disk_bytes:
+                with contextlib.suppress(SpareFailed):
+                    self._receive_spare().discard()
+            if not self._spare_pending:
+                if self.cgroup is not None:
+                    self.cgroup.settle()
+                self._request_spare(disk_bytes)
+            try:
+                return self._receive_spare()
+            except SpareFailed as exc:
+                logger.warning(
+                    "slot %d: spare failed (%s), building another", self.settings.index, exc
+                )
+                if attempt + 1 == SPARE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     def _receive_spare(self) -> _Spare:
         if self.control is None:
@@ -265,11 +288,17 @@ class Slot:
         sock.settimeout(HANDSHAKE_TIMEOUT_S)
         try:
             hello, pid = _recv_with_pid(sock, 65536)
+            # The program process says "ready" once locked down; a report instead
+            # means the spare broke before any job was given to it.
+            ready = sock.recv(65536) if hello == b"hello" and pid else b""
+        except OSError as exc:
+            sock.close()
+            raise SpareFailed(str(exc)) from exc
         finally:
             sock.settimeout(None)
-        if hello != b"hello" or not pid:
+        if ready != b"ready":
             sock.close()
-            raise RuntimeError(f"spare sandbox failed: {hello[:200]!r}")
+            raise SpareFailed((hello + b" " + ready)[:300].decode(errors="replace"))
         return _Spare(sock, pid, os.pidfd_open(pid))
 
     def request_kill(self, reason: KillReason) -> None:
@@ -283,9 +312,16 @@ class Slot:
         created_at = utc_now()
         self._kill_requested = None
         try:
-            spare = self._take_spare(request.limits.disk_bytes)
-            self._request_spare(request.limits.disk_bytes)  # built while this job runs
-            return _Job(self, request, created_at, spare).run()
+            for attempt in range(SPARE_ATTEMPTS):
+                spare = self._take_spare(request.limits.disk_bytes)
+                self._request_spare(request.limits.disk_bytes)  # built while this job runs
+                try:
+                    return _Job(self, request, created_at, spare).run()
+                except SpareFailed as exc:  # it died before it took the job: take another
+                    logger.warning("slot %d: spare lost (%s)", self.settings.index, exc)
+                    if attempt + 1 == SPARE_ATTEMPTS:
+                        raise
+            raise AssertionError("unreachable")
         except Exception:
             # A broken slot is the service's failure: report it, restart the slot later.
             logger.exception("slot %d failed a job", self.settings.index)
@@ -349,7 +385,7 @@ class _Job:
         finally:
             os.close(out_r)
             os.close(err_r)
-            self.spare.close()
+            self.spare.discard()  # init is gone already, unless the job never started
         return self._record(stdout, stderr, wall)
 
     def _submit(self, out_w: int, err_w: int) -> None:
@@ -372,9 +408,25 @@ class _Job:
                 [marshal.dumps({"limits": self.limits.model_dump()})],
                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
             )
+        except OSError as exc:
+            raise SpareFailed(f"could not hand over the job: {exc}") from exc
         finally:
             for fd in fds:
                 os.close(fd)
+        self._await_start()
+
+    def _await_start(self) -> None:
+        """The program's word that it took the job: before it, a dead spare is no job's."""
+        sock = self.spare.sock
+        sock.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            message = sock.recv(65536)
+        except OSError as exc:
+            raise SpareFailed(f"no answer to the job: {exc}") from exc
+        finally:
+            sock.settimeout(None)
+        if message != b"started":
+            raise SpareFailed(f"the spare did not take the job: {message[:200]!r}")
 
     def _wait(self, host_sock: socket.socket, stdout: _Stream, stderr: _Stream, t0: float) -> None:
         if self.pidfd is None:

@@ -385,6 +385,7 @@ class Job:
         syntax_error = None
         try:
             self._lock_down()
+            self.job_sock.send(b"ready")  # to the host: a spare, waiting for its job
             self._receive()
             try:
                 code = compile(self.code, "main.py", "exec", dont_inherit=True)
@@ -428,6 +429,7 @@ class Job:
             os._exit(0)  # the host dropped this spare
         if len(fds) != 4:
             raise SetupError(f"expected 4 descriptors, got {len(fds)}")
+        self.job_sock.send(b"started")  # from here on, what happens is the job's
         payload_fd, stdin_fd, stdout_fd, stderr_fd = fds
         with open(payload_fd, "rb") as f:
             payload = marshal.loads(f.read())

@@ -1,0 +1,79 @@
+"""One job's behaviour never becomes the next job's failure, and broken parts are replaced.
+
+Each slot builds the next job's sandbox (a spare) while the current job runs, inside the
+same cgroup: these tests use a one-slot pool, so the job after a hostile one is certain to
+run in the same slot, on a spare built beside the hostile job.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from executors import ExecutionStatus, Limits
+from tests.conftest import ZYGOTE_SCRIPT, host_processes
+
+if TYPE_CHECKING:
+    from tests.conftest import PoolFactory, WatchedPool
+
+pytestmark = pytest.mark.sandbox
+
+FORK_BOMB = "import os, time\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.01)\n"
+MEMORY_HOG = "b = bytearray(240 << 20)\nimport time\ntime.sleep(1)\n"
+
+
+@pytest.fixture(scope="module")
+def one_slot(pool_factory: PoolFactory) -> Iterator[WatchedPool]:
+    pool = pool_factory(slots=1)
+    yield pool
+    pool.close()
+
+
+def _short(pool: WatchedPool, **changes: float) -> Limits:
+    return pool.limits.model_copy(update={"wall_timeout_s": 2.0, "cpu_time_s": 2.0, **changes})
+
+
+@pytest.mark.parametrize(
+    ("hostile", "changes"),
+    [(FORK_BOMB, {"max_processes": 16}), (MEMORY_HOG, {})],
+    ids=["fork_bomb", "memory_hog"],
+)
+def test_the_job_after_an_exhausting_one_runs_normally(
+    one_slot: WatchedPool, hostile: str, changes: dict[str, float]
+) -> None:
+    with one_slot.watch():
+        one_slot.run(hostile, limits=_short(one_slot, **changes))
+        record = one_slot.run('print("next")')
+    assert (record.status, record.stdout) == (ExecutionStatus.OK, "next\n"), record
+
+
+def _spare_processes(pool: WatchedPool) -> list[int]:
+    """The waiting spare's processes: the slot's uid, the zygote's command line, not it."""
+    zygotes = {pid for pid, _ in pool.zygotes.values()}
+    return [
+        p.pid
+        for p in host_processes()
+        if p.uid in pool.uids
+        and ZYGOTE_SCRIPT in p.cmdline
+        and p.pid not in zygotes
+        and p.state != "Z"
+    ]
+
+
+def test_a_spare_that_died_before_its_job_is_replaced(one_slot: WatchedPool) -> None:
+    if not one_slot.tracks_processes:
+        pytest.skip("needs slots with host uids of their own (root and bubblewrap)")
+    one_slot.run("pass")
+    deadline = time.monotonic() + 5
+    while not (spare := _spare_processes(one_slot)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert spare, "no spare sandbox waiting after a job"
+    for pid in spare:
+        os.kill(pid, signal.SIGKILL)
+    record = one_slot.run('print("on a new spare")')
+    assert (record.status, record.stdout) == (ExecutionStatus.OK, "on a new spare\n"), record
