@@ -106,7 +106,7 @@ class Zygote:
         self.new_net = bool(init.get("new_net"))
         self.workdir = str(init.get("workdir", "/work"))
         """``/work`` in bubblewrap's root; ``/tmp/work`` on the host's root (direct mode)."""
-        self.seccomp = init.get("seccomp_bpf") or b""
+        self.seccomp = _SeccompProgram(init["seccomp_bpf"]) if init.get("seccomp_bpf") else None
         self.cgroup_memory = bool(init.get("cgroup_memory"))
         self.cap_last_cap = int(init.get("cap_last_cap", 40))
         self.outer_uid = os.getuid()
@@ -168,6 +168,7 @@ def serve(control_fd: int) -> Job | None:
     init, _ = _recv(control)
     zygote = Zygote(init)
     control.send(probe(zygote).encode())  # "ready", with what works here
+    _warm_up()
     import gc
 
     gc.freeze()  # forked jobs then neither scan nor copy the zygote's objects
@@ -184,6 +185,17 @@ def serve(control_fd: int) -> Job | None:
             job = _build_spare(zygote, control, int(request["disk_bytes"]))
             if job is not None:
                 return job
+
+
+def _warm_up() -> None:
+    """Do once, here, what every job would otherwise do first: CPython builds the AST's
+    classes at the first ``compile`` and looks codecs up at first use, and a job doing
+    that itself pays for it (and for copying the pages it writes) each time."""
+    import io
+
+    compile("def f(x):\n    return [x for _ in ()]\n", "<warm-up>", "exec", dont_inherit=True)
+    io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace").write("é")
+    "é".encode().decode("utf-8", errors="replace")
 
 
 def _clone_into_namespaces(zygote: Zygote) -> int:
@@ -460,18 +472,30 @@ class Job:
             resource.setrlimit(kind, (soft, hard))
 
 
+# Built once in the zygote: ctypes makes a new type for every array shape on first use,
+# and creating types in each job would cost every job.
+_CAP_HEADER = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+_NO_CAPABILITIES = (_CapData * 2)()
+
+
 def _drop_capabilities(cap_last_cap: int) -> None:
     for cap in range(cap_last_cap + 1):
         _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # EPERM once gone: fine
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
-    _check(_libc.capset(ctypes.byref(header), (_CapData * 2)()), "capset")
+    _check(_libc.capset(ctypes.byref(_CAP_HEADER), _NO_CAPABILITIES), "capset")
 
 
-def _load_seccomp(bpf: bytes) -> None:
-    buffer = ctypes.create_string_buffer(bpf, len(bpf))
-    prog = _SockFprog(len(bpf) // 8, ctypes.cast(buffer, ctypes.c_void_p))
-    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "seccomp")
+class _SeccompProgram:
+    """The host's compiled filter as a ``sock_fprog``, built once, loaded in each job."""
+
+    def __init__(self, bpf: bytes) -> None:
+        self.buffer = ctypes.create_string_buffer(bpf, len(bpf))
+        self.prog = _SockFprog(len(bpf) // 8, ctypes.cast(self.buffer, ctypes.c_void_p))
+
+
+def _load_seccomp(program: _SeccompProgram) -> None:
+    prog = ctypes.byref(program.prog)
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prog, 0, 0), "seccomp")
 
 
 def _exit_status(exc: SystemExit, _sys: Any = sys) -> int:
