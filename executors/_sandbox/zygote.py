@@ -194,6 +194,8 @@ def _warm_up() -> None:
     import io
 
     compile("def f(x):\n    return [x for _ in ()]\n", "<warm-up>", "exec", dont_inherit=True)
+    for name in ("mount", "umount2", "prctl", "capset", "syscall", "unshare"):
+        getattr(_libc, name)  # ctypes makes (and caches) each function object on first use
     io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace").write("é")
     "é".encode().decode("utf-8", errors="replace")
 
