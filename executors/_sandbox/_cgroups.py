@@ -222,6 +222,10 @@ class _V1(JobCgroup):
 class _V2(JobCgroup):
     version = 2
 
+    def __init__(self, dirs: list[Path]) -> None:
+        super().__init__(dirs)
+        self._cpu_base_usec = 0
+
     def _set_limits(self, memory_bytes: int, max_processes: int) -> None:
         d = self.dirs[0]
         self.files.write(d / "memory.max", str(memory_bytes))
