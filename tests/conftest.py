@@ -73,6 +73,29 @@ OVERFLOW_UID = 65534
 """What the host shows for a uid that a job's user namespace does not map."""
 CONTROL_CODE = 'print("hello")'
 
+ALLOWED_ENV = frozenset(
+    {
+        "PATH",
+        "LANG",
+        "LC_ALL",
+        "HOME",
+        "TMPDIR",
+        "PYTHONUNBUFFERED",
+        "PYTHONDONTWRITEBYTECODE",
+        "MALLOC_ARENA_MAX",
+        "PWD",
+    }
+)
+"""The whole environment a sandboxed program may see."""
+
+OK = ExecutionStatus.OK
+NONZERO_EXIT = ExecutionStatus.NONZERO_EXIT
+CRASHED = ExecutionStatus.CRASHED
+TIMEOUT = ExecutionStatus.TIMEOUT
+MEMORY_LIMIT = ExecutionStatus.MEMORY_LIMIT
+OUTPUT_LIMIT = ExecutionStatus.OUTPUT_LIMIT
+INTERNAL_ERROR = ExecutionStatus.INTERNAL_ERROR
+
 
 @dataclass(frozen=True)
 class Canary:

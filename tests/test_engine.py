@@ -30,6 +30,16 @@ from executors import (
 )
 from executors._sandbox._seccomp import compile_filter
 from executors._sandbox._verdict import JobFacts, KillReason, Verdict, decide
+from tests.conftest import (
+    ALLOWED_ENV,
+    CRASHED,
+    INTERNAL_ERROR,
+    MEMORY_LIMIT,
+    NONZERO_EXIT,
+    OK,
+    OUTPUT_LIMIT,
+    TIMEOUT,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import Canary, PoolFactory, WatchedPool
@@ -38,28 +48,6 @@ pytestmark = pytest.mark.sandbox
 
 MIB = 1024 * 1024
 SANDBOX_UID = 1000
-ALLOWED_ENV = frozenset(
-    {
-        "PATH",
-        "LANG",
-        "LC_ALL",
-        "HOME",
-        "TMPDIR",
-        "PYTHONUNBUFFERED",
-        "PYTHONDONTWRITEBYTECODE",
-        "MALLOC_ARENA_MAX",
-        "PWD",
-    }
-)
-"""The whole environment a sandboxed program may see."""
-
-OK = ExecutionStatus.OK
-NONZERO_EXIT = ExecutionStatus.NONZERO_EXIT
-CRASHED = ExecutionStatus.CRASHED
-TIMEOUT = ExecutionStatus.TIMEOUT
-MEMORY_LIMIT = ExecutionStatus.MEMORY_LIMIT
-OUTPUT_LIMIT = ExecutionStatus.OUTPUT_LIMIT
-INTERNAL_ERROR = ExecutionStatus.INTERNAL_ERROR
 
 
 def with_limits(sandbox: WatchedPool, **changes: float) -> Limits:

@@ -25,6 +25,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from executors import ExecutionRecord, ExecutionStatus
+from tests.conftest import (
+    ALLOWED_ENV,
+    CRASHED,
+    MEMORY_LIMIT,
+    NONZERO_EXIT,
+    OK,
+    OUTPUT_LIMIT,
+    TIMEOUT,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import HostSnapshot, PoolFactory, WatchedPool
@@ -46,30 +55,9 @@ SLOW = (
 """Entries that run until the wall limit: they run all at once, each in a slot of its own."""
 GRACE_S = 3.0
 """A generous GRACE: every answer comes within WALL + GRACE_S."""
-ALLOWED_ENV = frozenset(
-    {
-        "PATH",
-        "LANG",
-        "LC_ALL",
-        "HOME",
-        "TMPDIR",
-        "PYTHONUNBUFFERED",
-        "PYTHONDONTWRITEBYTECODE",
-        "MALLOC_ARENA_MAX",
-        "PWD",
-    }
-)
-"""The whole environment a sandboxed program may see."""
 ZOMBIE_FARM_RUNS = 10
 SYSV_SHM_RUNS = 3
 SHM_SEGMENT_BYTES = 64 << 20
-
-OK = ExecutionStatus.OK
-NONZERO_EXIT = ExecutionStatus.NONZERO_EXIT
-CRASHED = ExecutionStatus.CRASHED
-TIMEOUT = ExecutionStatus.TIMEOUT
-MEMORY_LIMIT = ExecutionStatus.MEMORY_LIMIT
-OUTPUT_LIMIT = ExecutionStatus.OUTPUT_LIMIT
 
 
 # --- each entry's expectation -----------------------------------------------------------------
