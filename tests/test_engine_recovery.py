@@ -77,3 +77,18 @@ def test_a_spare_that_died_before_its_job_is_replaced(one_slot: WatchedPool) -> 
         os.kill(pid, signal.SIGKILL)
     record = one_slot.run('print("on a new spare")')
     assert (record.status, record.stdout) == (ExecutionStatus.OK, "on a new spare\n"), record
+
+
+def test_a_slot_whose_zygote_died_is_restarted(pool_factory: PoolFactory) -> None:
+    pool = pool_factory(slots=1)
+    if not pool.tracks_processes:
+        pytest.skip("needs slots with host uids of their own (root and bubblewrap)")
+    ((zygote_pid, _),) = pool.zygotes.values()
+    os.kill(zygote_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while pool.pool.alive_slots and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pool.pool.alive_slots == 0
+    record = pool.run('print("restarted")')
+    assert (record.status, record.stdout) == (ExecutionStatus.OK, "restarted\n"), record
+    assert pool.pool.alive_slots == 1

@@ -216,6 +216,7 @@ class Slot:
         return self.process is not None and self.process.poll() is None
 
     def close(self) -> None:
+        self._spare_pending = False  # a spare asked of this zygote dies with it
         if self.control is not None:
             self.control.close()
             self.control = None
