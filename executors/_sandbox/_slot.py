@@ -127,6 +127,7 @@ class Slot:
         self._stderr_reader: threading.Thread | None = None
         self.zygote_pid = 0
         self._spare_pending = False
+        self._spare_disk_bytes = 0
 
     # --- life cycle -------------------------------------------------------------
 
@@ -289,18 +290,25 @@ class Slot:
         sock.settimeout(HANDSHAKE_TIMEOUT_S)
         try:
             hello, pid = _recv_with_pid(sock, 65536)
-            # The program process says "ready" once locked down; a report instead
-            # means the spare broke before any job was given to it.
-            ready = sock.recv(65536) if hello == b"hello" and pid else b""
         except OSError as exc:
             sock.close()
             raise SpareFailed(str(exc)) from exc
-        finally:
-            sock.settimeout(None)
-        if ready != b"ready":
+        if hello != b"hello" or not pid:
             sock.close()
-            raise SpareFailed((hello + b" " + ready)[:300].decode(errors="replace"))
-        return _Spare(sock, pid, os.pidfd_open(pid))
+            raise SpareFailed(f"no hello from the spare: {hello[:200]!r}")
+        spare = _Spare(sock, pid, os.pidfd_open(pid))
+        try:
+            # The program process says "ready" once locked down; a report instead
+            # means the spare broke before any job was given to it.
+            ready = sock.recv(65536)
+        except OSError as exc:
+            spare.discard()
+            raise SpareFailed(str(exc)) from exc
+        if ready != b"ready":
+            spare.discard()
+            raise SpareFailed(f"the spare is not ready: {ready[:200]!r}")
+        sock.settimeout(None)
+        return spare
 
     def request_kill(self, reason: KillReason) -> None:
         """Ask a running job to be killed (from another thread, e.g. at shutdown)."""
