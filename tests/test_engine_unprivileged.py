@@ -1,0 +1,97 @@
+"""The engine run by a service that is not root (a pod without privileges, say).
+
+bubblewrap then builds the slots in a user namespace of its own; cgroups are out of reach,
+so the pool reports those layers missing and runs with rlimits for them. The service is
+started here as ``nobody`` with the system's Python 3.11 (the development interpreter lives
+under /root, which ``nobody`` cannot read) and the project's installed packages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEM_PYTHON = "/usr/bin/python3.11"
+SERVICE = """
+import json
+from executors import ExecutionRequest, Limits, SandboxConfig, SandboxPool
+
+limits = Limits(wall_timeout_s=5, cpu_time_s=5, memory_bytes=256 << 20,
+                max_output_bytes=1 << 20, max_processes=64, max_file_bytes=16 << 20)
+programs = {
+    "whoami": "import os; print(os.getuid(), os.getcwd(), os.getpid())",
+    "database": "import socket; socket.create_connection(('127.0.0.1', 5432), timeout=1)",
+    "memory": "b = bytearray(8 << 30)",
+}
+with SandboxPool(SandboxConfig(python_executable=%r), slots=1) as pool:
+    out = {"isolation": pool.isolation.summary()}
+    for name, code in programs.items():
+        out[name] = pool.run(ExecutionRequest(code=code, limits=limits)).to_api()
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def unprivileged_run() -> dict[str, dict[str, object]]:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("bwrap") is None:
+        pytest.skip("needs root (to become nobody), setpriv and bubblewrap")
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        pytest.skip(f"needs {SYSTEM_PYTHON}, an interpreter nobody can run")
+    nobody = pwd.getpwnam("nobody")
+    packages = sysconfig.get_paths()["purelib"]
+    for needed in (ROOT / "executors" / "__init__.py", Path(packages) / "pydantic"):
+        if not all(os.stat(d).st_mode & stat.S_IXOTH for d in needed.parents):
+            pytest.skip(f"{needed} is closed to other users: nobody cannot import the project")
+    result = subprocess.run(
+        [
+            str(shutil.which("setpriv")),
+            f"--reuid={nobody.pw_uid}",
+            f"--regid={nobody.pw_gid}",
+            "--clear-groups",
+            SYSTEM_PYTHON,
+            "-c",
+            SERVICE % SYSTEM_PYTHON,
+        ],
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": f"{ROOT}:{packages}"},
+        cwd="/tmp",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded: dict[str, dict[str, object]] = json.loads(result.stdout.splitlines()[-1])
+    return loaded
+
+
+def test_without_root_the_slots_are_built_in_a_user_namespace(
+    unprivileged_run: dict[str, dict[str, object]],
+) -> None:
+    isolation = unprivileged_run["isolation"]
+    assert isolation["mode"] == "bubblewrap-userns"
+    assert isolation["host_uid"] == pwd.getpwnam("nobody").pw_uid
+    assert isolation["missing"] == ["cgroup_memory", "cgroup_pids", "cgroup_cpu"]
+
+
+def test_without_root_programs_still_run_isolated(
+    unprivileged_run: dict[str, dict[str, object]],
+) -> None:
+    whoami = unprivileged_run["whoami"]
+    assert whoami["status"] == "ok"
+    uid, cwd, pid = str(whoami["stdout"]).split()
+    assert (uid, cwd, pid) == ("1000", "/work", "2")
+    database = unprivileged_run["database"]
+    assert database["status"] == "nonzero_exit"
+    assert "Connection refused" in str(database["stderr"])
+    assert unprivileged_run["memory"]["status"] == "memory_limit"
