@@ -215,6 +215,8 @@ class ExecutorAppArgs(BaseModel):
     slots: int = Field(default=2, ge=1)
     num_cpus: float | None = Field(default=None, gt=0)
     """CPUs Ray reserves per replica; default one per slot."""
+    memory_bytes: int | None = Field(default=None, gt=0)
+    """Memory Ray reserves per replica: the replica itself plus each slot's largest job."""
     min_replicas: int = Field(default=1, ge=1)
     max_replicas: int = Field(default=2, ge=1)
     max_queued_requests: int = -1
@@ -233,6 +235,7 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
         config,
         parsed.slots,
         num_cpus=parsed.num_cpus,
+        memory_bytes=parsed.memory_bytes,
         min_replicas=parsed.min_replicas,
         max_replicas=parsed.max_replicas,
         max_queued_requests=parsed.max_queued_requests,
