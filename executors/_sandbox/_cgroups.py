@@ -81,11 +81,16 @@ class _Files:
         return int(self.read(path).split()[0])
 
     def read_key(self, path: Path, key: str) -> int:
+        return self.read_keys(path).get(key, 0)
+
+    def read_keys(self, path: Path) -> dict[str, int]:
+        """A flat-keyed file (``memory.stat``, ``cpu.stat``...) as a dict."""
+        keys = {}
         for line in self.read(path).splitlines():
             name, _, value = line.partition(" ")
-            if name == key:
-                return int(value)
-        return 0
+            if value.isdigit():
+                keys[name] = int(value)
+        return keys
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -197,8 +202,8 @@ class _V1(JobCgroup):
         self.files.write(self.pids_dir / "pids.max", str(max_processes))
 
     def _held_bytes(self) -> int:
-        stat = self.memory / "memory.stat"
-        return self.files.read_key(stat, "rss") + self.files.read_key(stat, "shmem")
+        stat = self.files.read_keys(self.memory / "memory.stat")
+        return stat.get("rss", 0) + stat.get("shmem", 0)
 
     def _reset_counters(self) -> int:
         self.files.write(self.memory / "memory.max_usage_in_bytes", "0")
@@ -234,8 +239,8 @@ class _V2(JobCgroup):
         self.files.write(d / "pids.max", str(max_processes))
 
     def _held_bytes(self) -> int:
-        stat = self.dirs[0] / "memory.stat"
-        return self.files.read_key(stat, "anon") + self.files.read_key(stat, "shmem")
+        stat = self.files.read_keys(self.dirs[0] / "memory.stat")
+        return stat.get("anon", 0) + stat.get("shmem", 0)
 
     def _reset_counters(self) -> int:
         d = self.dirs[0]

@@ -380,6 +380,7 @@ class _Job:
         self.report: dict[str, Any] = {}
         self.memory_before = 0
         self.oom_before = 0
+        self.next_cpu_check = 0.0
 
     def run(self) -> ExecutionRecord:
         out_r, out_w = os.pipe()
@@ -472,12 +473,10 @@ class _Job:
             self._kill(self.slot._kill_requested)
         elif now >= deadline:
             self._kill(KillReason.WALL_TIMEOUT)
-        elif (
-            self.slot.cgroup is not None
-            and self.killed_for is None
-            and self.slot.cgroup.cpu_time_s() > self.limits.cpu_time_s
-        ):
-            self._kill(KillReason.CPU_TIMEOUT)
+        elif self.slot.cgroup is not None and now >= self.next_cpu_check:
+            self.next_cpu_check = now + CPU_POLL_INTERVAL_S
+            if self.slot.cgroup.cpu_time_s() > self.limits.cpu_time_s:
+                self._kill(KillReason.CPU_TIMEOUT)
 
     def _read_report(self, host_sock: socket.socket, sel: selectors.BaseSelector) -> None:
         try:
