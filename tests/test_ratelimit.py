@@ -344,9 +344,13 @@ def test_the_factory_follows_redis_url() -> None:
     embedded = build_rate_limiter(Settings(_env_file=None, redis_url=None))
     assert isinstance(embedded, MemoryLimiter)
     shared = build_rate_limiter(
-        Settings(_env_file=None, redis_url=REDIS_URL),
-        fail_closed=True,
-        timeout_s=0.1,
+        Settings(
+            _env_file=None,
+            redis_url=REDIS_URL,
+            rate_limit_fail_closed=True,
+            redis_timeout_s=0.1,
+            concurrency_lease_ttl_s=60,
+        )
     )
     assert isinstance(shared, RedisLimiter) and shared.fail_closed
     run(shared.aclose())
