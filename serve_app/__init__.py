@@ -11,7 +11,10 @@ from serve_app.errors import (
     ApiClientError,
     ApiErrorResponse,
     ConfigurationError,
+    ConflictError,
+    DatabaseNotReadyError,
     InvalidRequestError,
+    NotFoundError,
     ServerUnreachableError,
     ServiceError,
 )
@@ -20,7 +23,10 @@ __all__ = [
     "ApiClientError",
     "ApiErrorResponse",
     "ConfigurationError",
+    "ConflictError",
+    "DatabaseNotReadyError",
     "InvalidRequestError",
+    "NotFoundError",
     "ServerUnreachableError",
     "ServiceError",
 ]

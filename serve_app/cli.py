@@ -2,7 +2,9 @@
 
 exec-agent serve [FILES...]     start Ray, deploy the service, serve HTTP until interrupted
 exec-agent run [FILE or -] ...  run one program, locally or through a server
-exec-agent keys create/list/revoke, db upgrade, audit   (arrive with the HTTP service)
+exec-agent keys ACTION          create, list or revoke API keys (in DATABASE_URL's database)
+exec-agent db upgrade           apply database migrations
+exec-agent audit                list security events (arrives with observability)
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from serve_app import _exit
+from serve_app._cli_keys import add_db_parser, add_keys_parser
 from serve_app._cli_run import add_run_parser
 from serve_app.errors import ConfigurationError
 from serve_app.settings import get_settings
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["build_parser", "main"]
 
-NOT_YET = "not available yet: arrives with the HTTP service"
+NOT_YET = "not available yet: arrives with observability (security events)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_serve_parser(subparsers)
     add_run_parser(subparsers)
-    _add_keys_parser(subparsers)
-    _add_db_parser(subparsers)
+    add_keys_parser(subparsers)
+    add_db_parser(subparsers)
     _add_audit_parser(subparsers)
     return parser
 
@@ -72,25 +75,6 @@ def _serve(args: argparse.Namespace) -> int:
     from serve_app import _local_demo
 
     return _local_demo.main(settings, args.files)
-
-
-def _add_keys_parser(subparsers: Subparsers) -> None:
-    keys = subparsers.add_parser("keys", help="manage API keys")
-    actions = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
-    create = actions.add_parser("create", help="create a key; prints it as the last line")
-    create.add_argument("--name", required=True)
-    create.add_argument("--rate-limit-per-minute", type=int, metavar="N")
-    actions.add_parser("list", help="list keys")
-    revoke = actions.add_parser("revoke", help="revoke a key")
-    revoke.add_argument("name", metavar="NAME")
-    keys.set_defaults(handler=_not_yet)
-
-
-def _add_db_parser(subparsers: Subparsers) -> None:
-    db = subparsers.add_parser("db", help="database maintenance")
-    actions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("upgrade", help="apply database migrations")
-    db.set_defaults(handler=_not_yet)
 
 
 def _add_audit_parser(subparsers: Subparsers) -> None:

@@ -3,6 +3,9 @@
     ServiceError                  base of everything raised here; ``code`` is a stable string
     ├── ConfigurationError        the settings are invalid or unsafe; the service refuses to start
     ├── InvalidRequestError       a request (or command line) asks for something not allowed
+    ├── NotFoundError             no such record for this caller (another key's id included)
+    ├── ConflictError             the record's state forbids the change (finished twice, name taken)
+    ├── DatabaseNotReadyError     the database schema is missing or not at this version's revision
     └── ApiClientError            the command line's HTTP client could not get a record
         ├── ServerUnreachableError  no answer from the server (connection, timeout, not JSON)
         └── ApiErrorResponse        the server answered with an error in the API's error format
@@ -19,7 +22,10 @@ __all__ = [
     "ApiClientError",
     "ApiErrorResponse",
     "ConfigurationError",
+    "ConflictError",
+    "DatabaseNotReadyError",
     "InvalidRequestError",
+    "NotFoundError",
     "ServerUnreachableError",
     "ServiceError",
     "describe_validation_error",
@@ -42,6 +48,25 @@ class InvalidRequestError(ServiceError):
     """What was asked for is malformed or over the server's limits; nothing was run."""
 
     code = "invalid_request"
+
+
+class NotFoundError(ServiceError):
+    """Nothing by that id or name is visible to the caller; nothing was changed."""
+
+    code = "not_found"
+
+
+class ConflictError(ServiceError):
+    """The change contradicts what is stored: a second terminal write, a name already taken,
+    an ``Idempotency-Key`` reused with a different body."""
+
+    code = "conflict"
+
+
+class DatabaseNotReadyError(ServiceError):
+    """The database has no schema, or one of another revision: ``exec-agent db upgrade``."""
+
+    code = "database_not_ready"
 
 
 class ApiClientError(ServiceError):

@@ -1,0 +1,253 @@
+"""Executions: inserted when accepted (``queued``), finished exactly once, read by their key only.
+
+Every lookup takes the caller's key id: another key's execution is indistinguishable from one that
+does not exist. Finishing is a conditional UPDATE (``WHERE status`` is not terminal), so of two
+racing writers exactly one wins, on both backends, without locks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest, ExecutionStatus, Limits
+from serve_app.db import cursor as cursors
+from serve_app.db.models import Execution
+from serve_app.errors import ConflictError, InvalidRequestError, NotFoundError
+
+__all__ = [
+    "IDEMPOTENCY_TTL",
+    "Idempotency",
+    "Page",
+    "find_by_idempotency_key",
+    "finish_execution",
+    "get_execution",
+    "insert_execution",
+    "list_executions",
+    "request_fingerprint",
+    "start_execution",
+    "to_record",
+]
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+MAX_PAGE_ITEMS = 100
+_UNFINISHED = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """An ``Idempotency-Key`` header and the fingerprint of the body it came with."""
+
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a key's executions, newest first; ``next_cursor`` is None on the last."""
+
+    items: list[Execution]
+    next_cursor: str | None
+
+
+def request_fingerprint(body: Any) -> str:
+    """SHA-256 of ``body`` as canonical JSON: equal for equal requests, however formatted."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def insert_execution(
+    session: Session,
+    key_id: int,
+    request: ExecutionRequest,
+    *,
+    request_id: str | None = None,
+    idempotency: Idempotency | None = None,
+    test_code: str | None = None,
+    cases: list[dict[str, Any]] | None = None,
+    batch_id: uuid.UUID | None = None,
+    position: int | None = None,
+) -> Execution:
+    """Record an accepted request, status ``queued``.
+
+    With ``idempotency``, raise :class:`ConflictError` if the key's ``Idempotency-Key`` is held
+    by another execution of the last 24 h (a racing request: look it up with
+    :func:`find_by_idempotency_key`); an older holder gives it up.
+    """
+    now = datetime.now(UTC)
+    if idempotency is not None:
+        _release_stale_idempotency_key(session, key_id, idempotency.key, now)
+    row = Execution(
+        key_id=key_id,
+        request_id=request_id,
+        idempotency_key=idempotency.key if idempotency else None,
+        request_fingerprint=idempotency.fingerprint if idempotency else None,
+        code=request.code,
+        stdin=request.stdin,
+        files=dict(request.files),
+        test_code=test_code,
+        cases=cases,
+        limits=request.limits.model_dump(),
+        status=ExecutionStatus.QUEUED,
+        batch_id=batch_id,
+        position=position,
+        created_at=now,
+    )
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        # Most likely a racing request with the same Idempotency-Key; else a batch position
+        # taken twice, or a key or batch that does not exist (a bug of the caller).
+        raise ConflictError(
+            "conflicts with a stored execution: Idempotency-Key or batch position in use"
+        ) from None
+    return row
+
+
+def _release_stale_idempotency_key(
+    session: Session, key_id: int, idempotency_key: str, now: datetime
+) -> None:
+    # The unique constraint holds forever; the promise lasts 24 h. Past that, the old execution
+    # forgets the key so a new one can take it.
+    session.execute(
+        update(Execution)
+        .where(
+            Execution.key_id == key_id,
+            Execution.idempotency_key == idempotency_key,
+            Execution.created_at < now - IDEMPOTENCY_TTL,
+        )
+        .values(idempotency_key=None),
+        execution_options={"synchronize_session": False},
+    )
+
+
+def find_by_idempotency_key(
+    session: Session, key_id: int, idempotency: Idempotency
+) -> Execution | None:
+    """The key's execution of the last 24 h under this ``Idempotency-Key``, or None.
+
+    Raise :class:`ConflictError` if it was made from a different body.
+    """
+    row = session.scalar(
+        select(Execution).where(
+            Execution.key_id == key_id,
+            Execution.idempotency_key == idempotency.key,
+            Execution.created_at >= datetime.now(UTC) - IDEMPOTENCY_TTL,
+        )
+    )
+    if row is not None and row.request_fingerprint != idempotency.fingerprint:
+        raise ConflictError("Idempotency-Key was used with a different request body")
+    return row
+
+
+def start_execution(session: Session, execution_id: uuid.UUID) -> bool:
+    """Mark a queued execution ``running``; False if it is not queued (any more)."""
+    started = session.scalars(
+        update(Execution)
+        .where(Execution.id == execution_id, Execution.status == ExecutionStatus.QUEUED)
+        .values(status=ExecutionStatus.RUNNING, started_at=datetime.now(UTC))
+        .returning(Execution.id)
+    ).one_or_none()
+    return started is not None
+
+
+def finish_execution(
+    session: Session, execution_id: uuid.UUID, record: ExecutionRecord
+) -> Execution:
+    """Write ``record``'s terminal result; only the first terminal write succeeds.
+
+    Raise :class:`ConflictError` if the execution is terminal already, :class:`NotFoundError`
+    if there is no such execution.
+    """
+    if record.status not in TERMINAL_STATUSES:
+        raise ValueError(f"not a terminal status: {record.status}")
+    finished = session.scalars(
+        update(Execution)
+        .where(Execution.id == execution_id, Execution.status.in_(_UNFINISHED))
+        .values(**_result_values(record))
+        .returning(Execution),
+        execution_options={"populate_existing": True},
+    ).one_or_none()
+    if finished is not None:
+        return finished
+    if session.get(Execution, execution_id) is None:
+        raise NotFoundError(f"no execution {execution_id}")
+    raise ConflictError(f"execution {execution_id} is finished already")
+
+
+def _result_values(record: ExecutionRecord) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "status": record.status,
+        "exit_code": record.exit_code,
+        "signal": record.signal,
+        "stdout": record.stdout,
+        "stderr": record.stderr,
+        "stdout_truncated": record.stdout_truncated,
+        "stderr_truncated": record.stderr_truncated,
+        "wall_time_s": record.wall_time_s,
+        "cpu_time_s": record.cpu_time_s,
+        "peak_memory_bytes": record.peak_memory_bytes,
+        "passed": record.passed,
+        "cached": record.cached,
+        "cached_from": record.cached_from,
+        "finished_at": record.finished_at or datetime.now(UTC),
+    }
+    if record.started_at is not None:  # else keep the time start_execution wrote, if any
+        values["started_at"] = record.started_at
+    return values
+
+
+def get_execution(session: Session, key_id: int, execution_id: uuid.UUID) -> Execution | None:
+    """The key's execution ``execution_id``; None if absent or another key's."""
+    return session.scalar(
+        select(Execution).where(Execution.id == execution_id, Execution.key_id == key_id)
+    )
+
+
+def list_executions(
+    session: Session, key_id: int, *, limit: int, cursor: str | None = None
+) -> Page:
+    """A page of the key's executions, newest first, after ``cursor`` (a previous page's)."""
+    if not 1 <= limit <= MAX_PAGE_ITEMS:
+        raise InvalidRequestError(f"limit must be between 1 and {MAX_PAGE_ITEMS}")
+    query = select(Execution).where(Execution.key_id == key_id)
+    if cursor is not None:
+        query = query.where(cursors.older_than(cursors.decode(cursor)))
+    query = query.order_by(Execution.created_at.desc(), Execution.id.desc()).limit(limit + 1)
+    rows = list(session.scalars(query))
+    if len(rows) <= limit:
+        return Page(items=rows, next_cursor=None)
+    return Page(items=rows[:limit], next_cursor=cursors.encode(rows[limit - 1]))
+
+
+def to_record(row: Execution) -> ExecutionRecord:
+    """The API's execution record of a stored execution."""
+    return ExecutionRecord(
+        id=row.id,
+        status=row.status,
+        exit_code=row.exit_code,
+        signal=row.signal,
+        stdout=row.stdout,
+        stderr=row.stderr,
+        stdout_truncated=row.stdout_truncated,
+        stderr_truncated=row.stderr_truncated,
+        wall_time_s=row.wall_time_s,
+        cpu_time_s=row.cpu_time_s,
+        peak_memory_bytes=row.peak_memory_bytes,
+        limits=Limits.model_validate(row.limits).to_api(),
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        cached=row.cached,
+        cached_from=row.cached_from,
+        passed=row.passed,
+    )

@@ -1,0 +1,164 @@
+"""The database schema: API keys, executions, batches and audit events.
+
+The migrations in ``serve_app/migrations/versions/`` create exactly these tables; a test applies
+them to an empty database and compares the result with this module. Column types come from
+:mod:`serve_app.db.types`: text is cleaned on the way in, times are aware UTC.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from executors import ExecutionStatus
+from serve_app.db.types import CleanJSON, CleanText, UTCDateTime
+
+__all__ = ["ApiKey", "AuditEvent", "Base", "Batch", "BatchStatus", "Execution"]
+
+# Deterministic constraint names, so that migrations can name what they alter or drop.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+STATUS_CHARS = 32  # room for statuses yet to come, without a migration
+
+
+class BatchStatus(enum.StrEnum):
+    """Lifecycle of a batch (API.md, Batches)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+
+def _status_type(enum_class: type[enum.StrEnum]) -> Enum:
+    # Stored as the plain values ("ok"), in VARCHAR without a CHECK: a new status is a code
+    # change, not a schema change.
+    return Enum(
+        enum_class,
+        native_enum=False,
+        create_constraint=False,
+        length=STATUS_CHARS,
+        values_callable=lambda members: [member.value for member in members],
+        validate_strings=True,
+    )
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ApiKey(Base):
+    """An API key: its name, the public lookup id and the HMAC of the whole key; never the key."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(CleanText, unique=True)
+    lookup_id: Mapped[str] = mapped_column(CleanText, unique=True)
+    key_hash: Mapped[str] = mapped_column(CleanText)
+    # None: the settings' RATE_LIMIT_PER_MINUTE and MAX_CONCURRENT_PER_KEY apply.
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
+    max_concurrency: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Batch(Base):
+    """A batch of executions; how many are done is counted from its items, never stored."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index(None, "key_id", "created_at", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    total: Mapped[int] = mapped_column(Integer)
+    status: Mapped[BatchStatus] = mapped_column(_status_type(BatchStatus))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Execution(Base):
+    """One execution: the request as accepted, then its result (written once, when terminal)."""
+
+    __tablename__ = "executions"
+    __table_args__ = (
+        # A key's executions, newest first, paged by (created_at, id).
+        Index(None, "key_id", "created_at", "id"),
+        # Unfinished work to resume or fail after a restart (few rows have these statuses).
+        Index(None, "status"),
+        UniqueConstraint("key_id", "idempotency_key"),
+        UniqueConstraint("batch_id", "position"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    request_id: Mapped[str | None] = mapped_column(CleanText)
+    idempotency_key: Mapped[str | None] = mapped_column(CleanText)
+    request_fingerprint: Mapped[str | None] = mapped_column(CleanText)  # SHA-256 of the body
+
+    # --- the request
+    code: Mapped[str] = mapped_column(CleanText)
+    stdin: Mapped[str] = mapped_column(CleanText, default="")
+    files: Mapped[dict[str, str]] = mapped_column(CleanJSON, default=dict)
+    test_code: Mapped[str | None] = mapped_column(CleanText)
+    cases: Mapped[list[dict[str, Any]] | None] = mapped_column(CleanJSON)
+    limits: Mapped[dict[str, Any]] = mapped_column(CleanJSON)  # Limits.model_dump(): bytes
+
+    # --- the result
+    status: Mapped[ExecutionStatus] = mapped_column(_status_type(ExecutionStatus))
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    signal: Mapped[int | None] = mapped_column(Integer)
+    stdout: Mapped[str] = mapped_column(CleanText, default="")
+    stderr: Mapped[str] = mapped_column(CleanText, default="")
+    stdout_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    stderr_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    wall_time_s: Mapped[float | None] = mapped_column(Float)
+    cpu_time_s: Mapped[float | None] = mapped_column(Float)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    passed: Mapped[bool | None] = mapped_column(Boolean)
+    case_results: Mapped[list[dict[str, Any]] | None] = mapped_column(CleanJSON)
+    cached: Mapped[bool] = mapped_column(Boolean, default=False)
+    # No foreign key: a cache source may be deleted by retention while its copies remain.
+    cached_from: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id"))
+    position: Mapped[int | None] = mapped_column(Integer)  # index in the batch's request
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEvent(Base):
+    """A security event: authentication failures, keys created or revoked, refused requests."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index(None, "at"), Index(None, "key_name", "at"))
+
+    # BIGINT on PostgreSQL (events accumulate); SQLite's auto-increment needs INTEGER.
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(CleanText)
+    key_name: Mapped[str | None] = mapped_column(CleanText)
+    source_address: Mapped[str | None] = mapped_column(CleanText)
+    request_id: Mapped[str | None] = mapped_column(CleanText)
+    details: Mapped[dict[str, Any]] = mapped_column(CleanJSON, default=dict)

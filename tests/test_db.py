@@ -1,0 +1,541 @@
+"""The persistence layer against real databases: SQLite (a temporary file) and PostgreSQL.
+
+PostgreSQL is the server at 127.0.0.1:5432 (user postgres, database test). Each use gets a schema
+of its own (``exec_agent_test_<random>``, selected through ``search_path``), dropped afterwards,
+so runs never collide; the PostgreSQL half is skipped, saying why, only if the server is down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from pydantic import SecretStr
+from sqlalchemy import Column, Integer, MetaData, select, text, update
+from sqlalchemy.exc import OperationalError, StatementError
+from sqlalchemy.pool import NullPool
+
+from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus, Limits
+from serve_app.db import Database, executions, keys, migrate
+from serve_app.db.engine import POOL_SIZE, create_engine, normalize_url
+from serve_app.db.executions import Idempotency
+from serve_app.db.models import ApiKey, AuditEvent, Base, Execution
+from serve_app.db.types import CleanJSON, CleanText, clean_text
+from serve_app.errors import (
+    ConfigurationError,
+    ConflictError,
+    DatabaseNotReadyError,
+    InvalidRequestError,
+    NotFoundError,
+)
+from serve_app.settings import Settings
+
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+SECRET = SecretStr("test-api-key-secret-0123456789abcdef")
+MIB = 1024 * 1024
+LIMITS = Limits(
+    wall_timeout_s=2,
+    cpu_time_s=1.5,
+    memory_bytes=64 * MIB,
+    max_output_bytes=4096,
+    max_processes=4,
+    max_file_bytes=MIB,
+)
+BACKENDS = ["sqlite", "postgresql"]
+
+
+# --- databases
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A URL whose connections use a new, empty schema; the schema is dropped afterwards."""
+    name = f"exec_agent_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(
+        POSTGRES_URL, poolclass=NullPool, connect_args={"connect_timeout": 3}
+    )
+    try:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f'CREATE SCHEMA "{name}"')
+    except OperationalError as exc:
+        admin.dispose()
+        reason = str(exc.orig).strip().splitlines()[0]
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test) unreachable: {reason}")
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{name}"
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f'DROP SCHEMA "{name}" CASCADE')
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def empty_database(backend: str, directory: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{directory / 'exec_agent.db'}"
+    else:
+        with postgres_schema() as url:
+            yield url
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def migrated_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One migrated database per backend for the session (tests clean up after themselves)."""
+    with empty_database(request.param, tmp_path_factory.mktemp("db")) as url:
+        migrate.upgrade(Settings(database_url=url))
+        yield url
+
+
+@pytest.fixture
+def database(migrated_url: str) -> Iterator[Database]:
+    database = Database.from_url(migrated_url)
+    yield database
+    with database.session() as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(table.delete())
+    database.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with empty_database(request.param, tmp_path) as url:
+        yield url
+
+
+# --- helpers
+
+
+def new_key(
+    database: Database,
+    name: str = "alice",
+    rate_limit_per_minute: int | None = None,
+    max_concurrency: int | None = None,
+) -> keys.NewKey:
+    with database.session() as session:
+        return keys.create_key(
+            session,
+            SECRET,
+            name,
+            rate_limit_per_minute=rate_limit_per_minute,
+            max_concurrency=max_concurrency,
+        )
+
+
+def authenticate(database: Database, presented: str, secret: SecretStr = SECRET) -> ApiKey | None:
+    with database.session() as session:
+        return keys.authenticate(session, presented, secret)
+
+
+def insert(database: Database, key_id: int, code: str = "print(1)", **options: object) -> Execution:
+    with database.session() as session:
+        request = ExecutionRequest(code=code, stdin="in", files={"a.txt": "A"}, limits=LIMITS)
+        return executions.insert_execution(session, key_id, request, **options)  # type: ignore[arg-type]
+
+
+def finish(database: Database, execution_id: uuid.UUID, **fields: object) -> Execution:
+    record = ExecutionRecord.model_validate(
+        {"status": "ok", "exit_code": 0, "stdout": "1\n", "limits": {}, **fields}
+    )
+    with database.session() as session:
+        return executions.finish_execution(session, execution_id, record)
+
+
+def set_created_at(database: Database, execution_id: uuid.UUID, moment: datetime) -> None:
+    with database.session() as session:
+        session.execute(
+            update(Execution).where(Execution.id == execution_id).values(created_at=moment)
+        )
+
+
+# --- migrations and engines
+
+
+def test_migrations_create_exactly_the_models(empty_url: str) -> None:
+    settings = Settings(database_url=empty_url)
+    database = Database.from_url(empty_url)
+    try:
+        with pytest.raises(DatabaseNotReadyError, match="exec-agent db upgrade"):
+            migrate.check_schema(database.engine)
+        migrate.upgrade(settings)
+        migrate.upgrade(settings)  # a current database is left as it is
+        migrate.check_schema(database.engine)
+        assert migrate.current_revision(database.engine) == migrate.head_revision()
+        with database.engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+
+        command.downgrade(migrate.alembic_config(settings), "base")
+        tables = sqlalchemy.inspect(database.engine).get_table_names()
+        assert set(tables) <= {"alembic_version"}
+    finally:
+        database.dispose()
+
+
+def test_schema_comparison_sees_a_difference(database: Database) -> None:
+    # The comparison above proves something only if it notices what differs.
+    altered = MetaData()
+    for table in Base.metadata.tables.values():
+        table.to_metadata(altered)
+    altered.tables["api_keys"].append_column(Column("extra", Integer))
+    with database.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, altered) != []
+
+
+def test_check_schema_refuses_an_unknown_revision(database: Database) -> None:
+    set_version = text("UPDATE alembic_version SET version_num = :revision")
+    with database.engine.begin() as connection:
+        connection.execute(set_version, {"revision": "future"})
+    try:
+        with pytest.raises(DatabaseNotReadyError, match="unknown to this version"):
+            migrate.check_schema(database.engine)
+    finally:
+        with database.engine.begin() as connection:
+            connection.execute(set_version, {"revision": migrate.head_revision()})
+
+
+def test_sqlite_engine_is_configured(tmp_path: Path) -> None:
+    path = tmp_path / "not" / "yet" / "there.db"
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as connection:
+            pragma = connection.exec_driver_sql
+            assert pragma("PRAGMA journal_mode").scalar() == "wal"
+            assert pragma("PRAGMA foreign_keys").scalar() == 1
+            assert pragma("PRAGMA busy_timeout").scalar() == 5000
+        assert path.exists()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "driver"),
+    [
+        ("postgresql://u:p@db:5432/x", "postgresql+psycopg"),
+        ("postgres://u@db/x", "postgresql+psycopg"),
+        ("postgresql+psycopg://u@db/x", "postgresql+psycopg"),
+        ("sqlite:///./data/exec_agent.db", "sqlite"),
+    ],
+)
+def test_urls_pick_psycopg_3(url: str, driver: str) -> None:
+    assert normalize_url(url).drivername == driver
+
+
+@pytest.mark.parametrize("url", ["nonsense", "mysql://u:pw@db/x", "foo://u:pw@db/x"])
+def test_other_urls_are_a_configuration_error(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="DATABASE_URL") as caught:
+        create_engine(url)
+    assert "pw" not in str(caught.value)
+
+
+def test_postgres_engine_has_a_sized_pool() -> None:
+    engine = create_engine("postgresql://u@127.0.0.1:1/x")  # never connected
+    assert engine.dialect.driver == "psycopg"
+    assert engine.pool.size() == POOL_SIZE  # type: ignore[attr-defined]
+    assert engine.pool._pre_ping
+    engine.dispose()
+
+
+def test_foreign_keys_are_enforced(database: Database) -> None:
+    with pytest.raises(ConflictError):
+        insert(database, key_id=424242)
+
+
+def test_times_are_aware_utc(database: Database) -> None:
+    key = new_key(database)
+    with database.session() as session:
+        stored = session.get(ApiKey, key.row.id)
+        assert stored is not None
+        session.expire(stored)
+        assert stored.created_at.tzinfo is UTC
+    with pytest.raises(StatementError, match="naive datetime"), database.session() as session:
+        session.execute(update(ApiKey).values(revoked_at=datetime(2024, 1, 1)))
+
+
+# --- API keys
+
+
+def test_key_is_created_and_authenticates(database: Database) -> None:
+    new = new_key(database, "alice", rate_limit_per_minute=30, max_concurrency=2)
+    assert new.plaintext.startswith("ea_") and len(new.plaintext) == keys.KEY_CHARS
+    found = authenticate(database, new.plaintext)
+    assert found is not None
+    assert (found.name, found.rate_limit_per_minute, found.max_concurrency) == ("alice", 30, 2)
+    assert authenticate(database, new.plaintext, SecretStr("another secret")) is None
+
+
+def test_revoked_key_is_refused_at_once(database: Database) -> None:
+    new = new_key(database)
+    with database.session() as session:
+        revoked = keys.revoke_key(session, "alice")
+    assert revoked.revoked_at is not None
+    assert authenticate(database, new.plaintext) is None
+    with database.session() as session:  # again: nothing changes, no error
+        assert keys.revoke_key(session, "alice").revoked_at == revoked.revoked_at
+    with pytest.raises(NotFoundError), database.session() as session:
+        keys.revoke_key(session, "nobody")
+
+
+def _near_misses(key: str) -> dict[str, str]:
+    flip = {"a": "b", "b": "a", "0": "1", "1": "0", "-": "_", "_": "-"}
+
+    def changed(index: int) -> str:
+        char = key[index]
+        return key[:index] + flip.get(char, "a" if char != "a" else "b") + key[index + 1 :]
+
+    return {
+        "last character": changed(-1),
+        "first secret character": changed(16),
+        "lookup id": changed(5),
+        "prefix": "eb" + key[2:],
+        "upper case": key.upper(),
+        "truncated": key[:-1],
+        "only the lookup part": key[:15],
+        "only the prefix": "ea_",
+        "empty": "",
+        "trailing space": key + " ",
+        "trailing newline": key + "\n",
+        "trailing CRLF": key + "\r\n",
+        "leading space": " " + key,
+        "a character more": key + "A",
+        "very long": key + "A" * 1_000_000,
+        "NUL inside": key[:20] + "\x00" + key[21:],
+        "lone surrogate": key[:20] + "\udcff" + key[21:],
+        "non-ASCII": key[:20] + "é" + key[21:],
+    }
+
+
+def test_near_miss_keys_are_refused(database: Database) -> None:
+    key = new_key(database).plaintext
+    other = new_key(database, "bob").plaintext
+    misses = _near_misses(key)
+    misses["another key's secret"] = key[:16] + other[16:]
+    for what, presented in misses.items():
+        assert presented != key, what
+        assert authenticate(database, presented) is None, what
+    assert authenticate(database, key) is not None
+
+
+def test_keys_are_stored_only_as_hmacs(database: Database) -> None:
+    new = new_key(database)
+    with database.session() as session:
+        keys.revoke_key(session, "alice")
+    secret_part = new.plaintext[16:]
+    with database.engine.connect() as connection:
+        for table in (ApiKey.__table__, AuditEvent.__table__):
+            dump = repr(connection.execute(select(table)).all())
+            assert new.plaintext not in dump and secret_part not in dump
+        stored = connection.exec_driver_sql("SELECT key_hash FROM api_keys").scalar_one()
+    assert stored == keys.hash_key(new.plaintext, SECRET)
+
+
+def test_key_names_are_unique_and_plain(database: Database) -> None:
+    new_key(database, "ci.runner@team-1_a")
+    with pytest.raises(ConflictError, match="exists"):
+        new_key(database, "ci.runner@team-1_a")
+    for name in ("", " alice", "a b", "alice\n", "é", "-dash", "x" * 65):
+        with pytest.raises(InvalidRequestError):
+            new_key(database, name)
+    with pytest.raises(InvalidRequestError):
+        new_key(database, "zero", rate_limit_per_minute=0)
+    with database.session() as session:
+        assert [key.name for key in keys.list_keys(session)] == ["ci.runner@team-1_a"]
+
+
+def test_key_changes_are_audited(database: Database) -> None:
+    new_key(database)
+    with database.session() as session:
+        keys.revoke_key(session, "alice", source_address="cli")
+        keys.revoke_key(session, "alice")  # already revoked: no second event
+        events = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
+    assert [(event.kind, event.key_name) for event in events] == [
+        ("key_created", "alice"),
+        ("key_revoked", "alice"),
+    ]
+    assert events[1].source_address == "cli"
+
+
+# --- executions
+
+
+def test_execution_is_inserted_queued_and_finished_once(database: Database) -> None:
+    key = new_key(database).row
+    execution = insert(database, key.id, request_id="req-1")
+    record = executions.to_record(execution)
+    assert record.status == ExecutionStatus.QUEUED and record.finished_at is None
+    assert record.limits == LIMITS.to_api()
+
+    with database.session() as session:
+        assert executions.start_execution(session, execution.id)
+        assert not executions.start_execution(session, execution.id)
+    done = finish(database, execution.id, wall_time_s=0.01, peak_memory_bytes=5 * MIB)
+    with pytest.raises(ConflictError, match="finished already"):
+        finish(database, execution.id, status="internal_error", stdout="second")
+    with database.session() as session:
+        stored = executions.get_execution(session, key.id, execution.id)
+        assert stored is not None
+        record = executions.to_record(stored)
+    assert record.status == ExecutionStatus.OK and record.stdout == "1\n"
+    assert record.peak_memory_bytes == 5 * MIB and record.finished_at == done.finished_at
+    assert record.started_at is not None and record.created_at <= record.started_at
+    assert stored.code == "print(1)" and stored.files == {"a.txt": "A"}
+    assert stored.request_id == "req-1"
+
+
+def test_finishing_needs_a_known_execution_and_a_terminal_status(database: Database) -> None:
+    key = new_key(database).row
+    with pytest.raises(NotFoundError):
+        finish(database, uuid.uuid4())
+    execution = insert(database, key.id)
+    with pytest.raises(ValueError, match="terminal"):
+        finish(database, execution.id, status="running")
+
+
+def test_racing_finishers_write_once(database: Database) -> None:
+    execution = insert(database, new_key(database).row.id)
+    racers = 6
+    barrier = threading.Barrier(racers)
+    outcomes: list[str] = []
+
+    def race(index: int) -> None:
+        barrier.wait()
+        try:
+            finish(database, execution.id, stdout=f"racer {index}")
+            outcomes.append(f"won {index}")
+        except ConflictError:
+            outcomes.append("lost")
+
+    threads = [threading.Thread(target=race, args=(index,)) for index in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [outcome for outcome in outcomes if outcome.startswith("won")]
+    assert len(outcomes) == racers and len(winners) == 1
+    with database.session() as session:
+        stored = session.get(Execution, execution.id)
+        assert stored is not None and stored.stdout == f"racer {winners[0].split()[1]}"
+
+
+def test_dirty_text_is_stored_clean(database: Database) -> None:
+    key = new_key(database).row
+    cases = [{"stdin": "x\x00y", "expected_stdout": "\ud800!", "bad\x00key": 1}]
+    execution = insert(database, key.id, request_id="id\x00\udcff", test_code="t\x00", cases=cases)
+    undecodable = b"ok\xff\xfe".decode("utf-8", "surrogateescape")
+    finish(database, execution.id, stdout="a\x00b\x00", stderr=undecodable + "\udfff\ud800")
+    with database.session() as session:
+        stored = session.get(Execution, execution.id, populate_existing=True)
+        assert stored is not None
+        assert stored.stdout == "ab"
+        assert stored.stderr == "ok\ufffd\ufffd\ufffd\ufffd"
+        assert stored.request_id == "id\ufffd" and stored.test_code == "t"
+        assert stored.cases == [{"stdin": "xy", "expected_stdout": "\ufffd!", "badkey": 1}]
+
+
+def test_every_text_column_is_cleaned() -> None:
+    # The one sanitising function reaches every column through its type; a plain Text would not.
+    # (Enums are strings too, but only their members get in.)
+    columns = [column for table in Base.metadata.tables.values() for column in table.columns]
+    for column in columns:
+        plain = isinstance(column.type, sqlalchemy.String | sqlalchemy.JSON)
+        assert not plain or isinstance(column.type, sqlalchemy.Enum), column
+    cleaned = [column for column in columns if isinstance(column.type, CleanText | CleanJSON)]
+    assert len(cleaned) >= 20  # names, hashes, code, outputs, JSON request parts, ...
+
+
+def test_clean_text() -> None:
+    assert clean_text("plain é ✓") == "plain é ✓"
+    assert clean_text(b"\xff\xfeok\x00") == "\ufffd\ufffdok"
+    assert clean_text("a\x00\x00b\udc80") == "ab\ufffd"
+    assert clean_text("") == ""
+
+
+def test_another_keys_execution_is_invisible(database: Database) -> None:
+    alice, bob = new_key(database, "alice").row, new_key(database, "bob").row
+    idempotency = Idempotency(key="k1", fingerprint="f")
+    execution = insert(database, alice.id, idempotency=idempotency)
+    with database.session() as session:
+        assert executions.get_execution(session, bob.id, execution.id) is None
+        assert executions.get_execution(session, alice.id, execution.id) is not None
+        assert executions.list_executions(session, bob.id, limit=10).items == []
+        assert executions.find_by_idempotency_key(session, bob.id, idempotency) is None
+
+
+@pytest.mark.parametrize("limit", [1, 4, 5, 100])
+def test_cursor_pages_every_execution_once_newest_first(database: Database, limit: int) -> None:
+    alice, bob = new_key(database, "alice").row, new_key(database, "bob").row
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    created: dict[uuid.UUID, datetime] = {}
+    for index in range(20):
+        execution = insert(database, alice.id)
+        # Five moments, four executions each: ties must be ordered by id, not skipped.
+        created[execution.id] = base + timedelta(microseconds=index // 4)
+        set_created_at(database, execution.id, created[execution.id])
+        insert(database, bob.id)
+    expected = sorted(created, key=lambda id_: (created[id_], id_), reverse=True)
+
+    seen: list[uuid.UUID] = []
+    cursor: str | None = None
+    for page_number in range(100):
+        with database.session() as session:
+            page = executions.list_executions(session, alice.id, limit=limit, cursor=cursor)
+        assert len(page.items) <= limit
+        seen += [execution.id for execution in page.items]
+        if page_number == 0:
+            insert(database, alice.id)  # newer than everything: must not shift later pages
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == expected
+
+
+def test_bad_cursors_and_limits_are_refused(database: Database) -> None:
+    key = new_key(database).row
+    good = "MjAyNi0wMS0wMVQwMDowMDowMCswMDowMHw" + "0" * 10
+    for cursor in ("garbage!", "", "eHx5", "A" * 500, good):
+        with pytest.raises(InvalidRequestError), database.session() as session:
+            executions.list_executions(session, key.id, limit=5, cursor=cursor)
+    for limit in (0, -1, executions.MAX_PAGE_ITEMS + 1):
+        with pytest.raises(InvalidRequestError), database.session() as session:
+            executions.list_executions(session, key.id, limit=limit)
+
+
+def test_idempotency_key_returns_the_first_execution(database: Database) -> None:
+    alice, bob = new_key(database, "alice").row, new_key(database, "bob").row
+    body = {"code": "print(1)", "stdin": ""}
+    fingerprint = executions.request_fingerprint(body)
+    assert fingerprint == executions.request_fingerprint(dict(reversed(body.items())))
+    assert fingerprint != executions.request_fingerprint({**body, "stdin": "x"})
+    idempotency = Idempotency(key="retry-1", fingerprint=fingerprint)
+
+    first = insert(database, alice.id, idempotency=idempotency)
+    with database.session() as session:
+        found = executions.find_by_idempotency_key(session, alice.id, idempotency)
+        assert found is not None and found.id == first.id
+    with pytest.raises(ConflictError, match="different request body"), database.session() as s:
+        executions.find_by_idempotency_key(s, alice.id, Idempotency("retry-1", "other"))
+    with pytest.raises(ConflictError):  # a racing second insert loses
+        insert(database, alice.id, idempotency=idempotency)
+    insert(database, bob.id, idempotency=idempotency)  # keys are scoped to their API key
+
+    # After 24 h the promise ends: lookups miss, and a new execution takes the key over.
+    set_created_at(database, first.id, datetime.now(UTC) - timedelta(hours=25))
+    with database.session() as session:
+        assert executions.find_by_idempotency_key(session, alice.id, idempotency) is None
+    second = insert(database, alice.id, idempotency=idempotency)
+    with database.session() as session:
+        found = executions.find_by_idempotency_key(session, alice.id, idempotency)
+        assert found is not None and found.id == second.id
+        old = session.get(Execution, first.id, populate_existing=True)
+        assert old is not None and old.idempotency_key is None
