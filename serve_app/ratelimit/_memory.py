@@ -6,12 +6,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from types import TracebackType
-from typing import Self
 
 from serve_app.ratelimit._gcra import PERIOD_US, gcra
 from serve_app.ratelimit._types import (
     US_PER_S,
+    ClosesOnExit,
     ConcurrencyDecision,
     Lease,
     LimiterHealth,
@@ -23,7 +22,7 @@ from serve_app.ratelimit._validate import positive
 DEFAULT_LEASE_TTL_S = 300.0
 
 
-class MemoryLimiter:
+class MemoryLimiter(ClosesOnExit):
     """Rate and concurrency limits held in this process (not shared between replicas).
 
     Each operation runs without awaiting and under a lock, so it is atomic for asyncio tasks
@@ -108,17 +107,6 @@ class MemoryLimiter:
         with self._lock:
             self._tats.clear()
             self._leases.clear()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _now_us(self) -> int:
         return _us(self._clock())

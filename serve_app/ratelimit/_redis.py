@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, Self
 
 from redis.asyncio import Redis
@@ -20,6 +19,7 @@ from serve_app.ratelimit._guard import StoreGuard, StoreUnavailableError
 from serve_app.ratelimit._memory import DEFAULT_LEASE_TTL_S
 from serve_app.ratelimit._types import (
     US_PER_S,
+    ClosesOnExit,
     ConcurrencyDecision,
     Lease,
     LimiterHealth,
@@ -34,7 +34,7 @@ DEFAULT_TIMEOUT_S = 0.25
 DEFAULT_KEY_PREFIX = "exec-agent:limits:"
 
 
-class RedisLimiter:
+class RedisLimiter(ClosesOnExit):
     """Rate and concurrency limits in Redis, shared by all replicas.
 
     Keys are ``{key_prefix}rate:{key}`` (a GCRA TAT) and ``{key_prefix}lease:{key}`` (a sorted
@@ -166,17 +166,6 @@ class RedisLimiter:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _eval(self, script: AsyncScript, key: str, *args: int | str) -> Any:
         """Run a script on one key, through the guard; the time is always the last argument."""

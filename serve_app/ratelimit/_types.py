@@ -106,6 +106,24 @@ class LimiterHealth:
         return result
 
 
+class ClosesOnExit:
+    """``async with`` support for the backends: leaving the block calls ``aclose``."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
 class RateLimiter(Protocol):
     """Per-key request rate: ``limit_per_minute`` hits per rolling minute, bursts included."""
 
