@@ -31,6 +31,9 @@ from executors._models import (
     ExecutionStatus,
     Limits,
     LimitsRequest,
+    check_files,
+    check_relative_path,
+    check_text,
 )
 from executors._pool import SandboxPool
 
@@ -53,4 +56,7 @@ __all__ = [
     "SandboxUnavailableError",
     "app_builder",
     "build_executor_app",
+    "check_files",
+    "check_relative_path",
+    "check_text",
 ]

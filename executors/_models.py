@@ -22,6 +22,9 @@ __all__ = [
     "ExecutionStatus",
     "Limits",
     "LimitsRequest",
+    "check_files",
+    "check_relative_path",
+    "check_text",
 ]
 
 MIB = 1024 * 1024
@@ -110,7 +113,8 @@ class LimitsRequest(_Frozen):
         return limits
 
 
-def _check_text(value: str, what: str) -> str:
+def check_text(value: str, what: str) -> str:
+    """Refuse text that cannot be stored or run: NUL, lone surrogates."""
     if "\x00" in value:
         raise ValueError(f"{what} must not contain NUL")
     try:
@@ -131,22 +135,27 @@ class ExecutionRequest(_Frozen):
     @field_validator("code", "stdin")
     @classmethod
     def _text(cls, value: str) -> str:
-        return _check_text(value, "text")
+        return check_text(value, "text")
 
     @field_validator("files")
     @classmethod
     def _files(cls, files: dict[str, str]) -> dict[str, str]:
-        if len(files) > MAX_FILES:
-            raise ValueError(f"at most {MAX_FILES} files")
-        for path, content in files.items():
-            check_relative_path(path)
-            _check_text(content, f"file {path!r}")
-        return files
+        return check_files(files)
+
+
+def check_files(files: dict[str, str]) -> dict[str, str]:
+    """The files of a request: few enough, relative paths, storable text."""
+    if len(files) > MAX_FILES:
+        raise ValueError(f"at most {MAX_FILES} files")
+    for path, content in files.items():
+        check_relative_path(path)
+        check_text(content, f"file {path!r}")
+    return files
 
 
 def check_relative_path(path: str) -> str:
     """Refuse anything but a plain relative path inside the working directory."""
-    _check_text(path, "file path")
+    check_text(path, "file path")
     parts = PurePosixPath(path).parts
     if (
         not path

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from serve_app.errors import ServiceError
+from serve_app.errors import UnavailableError
 from serve_app.ratelimit._validate import positive
 
 logger = logging.getLogger(__name__)
@@ -23,14 +23,11 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
-class StoreUnavailableError(ServiceError):
+class StoreUnavailableError(UnavailableError):
     """The limiter's store failed or is known down; the caller applies its failure policy."""
 
-    code = "unavailable"
-
     def __init__(self, retry_after_s: float) -> None:
-        super().__init__(f"store unavailable; next attempt in {retry_after_s:.3f} s")
-        self.retry_after_s = retry_after_s
+        super().__init__(retry_after_s, f"store unavailable; next attempt in {retry_after_s:.3f} s")
 
 
 class StoreGuard:

@@ -1,0 +1,249 @@
+"""The one place where exceptions become HTTP answers in the API's error format.
+
+    {"error": {"code": "<stable code>", "message": "<for a person>", "request_id": "...",
+               "details": [...]}}          # details: 422 only
+
+Client errors (4xx) carry the exception's own message, cut to a bounded length; server errors
+(5xx) carry a fixed message, so no stack trace, DSN or internal address can leave the service.
+``details`` never holds the input that failed, only where (``field``) and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from executors import PoolClosedError, SandboxUnavailableError
+from serve_app.errors import (
+    ConflictError,
+    DatabaseNotReadyError,
+    InvalidFieldsError,
+    InvalidJsonError,
+    InvalidRequestError,
+    NotFoundError,
+    OverloadedError,
+    PayloadTooLargeError,
+    PolicyViolationError,
+    RateLimitedError,
+    ServiceError,
+    UnauthorizedError,
+    UnavailableError,
+    UnsupportedMediaTypeError,
+)
+from serve_app.ratelimit import StoreUnavailableError
+
+__all__ = [
+    "ApiError",
+    "api_error",
+    "error_response",
+    "install_error_handlers",
+    "log_error",
+    "request_id_of",
+    "validation_details",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 300
+MAX_FIELD_PART_CHARS = 64
+MAX_DETAILS = 20
+DEFAULT_RETRY_AFTER_S = 1.0
+
+_EXECUTOR_ERRORS = (SandboxUnavailableError, PoolClosedError)
+# Client errors, most specific first: (exception, HTTP status, public code).
+_CLIENT_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
+    (InvalidJsonError, 400, "invalid_json"),
+    (UnauthorizedError, 401, "unauthorized"),
+    (NotFoundError, 404, "not_found"),
+    (ConflictError, 409, "conflict"),
+    (PayloadTooLargeError, 413, "payload_too_large"),
+    (UnsupportedMediaTypeError, 415, "unsupported_media_type"),
+    (PolicyViolationError, 422, "policy_violation"),
+    (InvalidRequestError, 422, "invalid_request"),
+    (RateLimitedError, 429, "rate_limited"),
+)
+# Server-side refusals: (exceptions, public code, fixed message); all 503 with Retry-After.
+_UNAVAILABLE: tuple[tuple[tuple[type[Exception], ...], str, str], ...] = (
+    ((OverloadedError,), "overloaded", "the service is at capacity; retry later"),
+    (
+        (UnavailableError, StoreUnavailableError, DatabaseNotReadyError, *_EXECUTOR_ERRORS),
+        "unavailable",
+        "the service is temporarily unavailable; retry later",
+    ),
+)
+# Framework errors (routing, FastAPI's own parsing) by status.
+_HTTP_CODES = {
+    400: "invalid_json",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+    503: "unavailable",
+}
+_PASSED_HEADERS = frozenset({"allow", "retry-after", "www-authenticate"})
+
+
+@dataclass(frozen=True, slots=True)
+class ApiError:
+    """An error as the API answers it."""
+
+    status: int
+    code: str
+    message: str
+    details: tuple[Mapping[str, str], ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def body(self, request_id: str) -> dict[str, Any]:
+        error: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "request_id": request_id,
+        }
+        if self.details:
+            error["details"] = [dict(detail) for detail in self.details]
+        return {"error": error}
+
+
+def api_error(exc: BaseException) -> ApiError:
+    """How the API answers ``exc``: the single mapping from exceptions to statuses and codes."""
+    for kind, status, code in _CLIENT_ERRORS:
+        if isinstance(exc, kind):
+            return ApiError(status, code, _clean(str(exc)), _details(exc), _headers(exc, status))
+    for kinds, code, message in _UNAVAILABLE:
+        if isinstance(exc, kinds):
+            return ApiError(503, code, message, headers=_retry_after(exc))
+    if isinstance(exc, HTTPException):
+        return _http_error(exc.status_code, exc.headers)
+    if isinstance(exc, RequestValidationError):
+        details = validation_details(exc.errors())
+        return ApiError(422, "invalid_request", "the request failed validation", details)
+    return ApiError(500, "internal_error", "internal error")
+
+
+def error_response(
+    error: ApiError, request_id: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The JSON response for ``error``; ``headers`` are added to the error's own."""
+    return JSONResponse(
+        error.body(request_id),
+        status_code=error.status,
+        headers={**error.headers, **(headers or {})},
+    )
+
+
+def validation_details(errors: Iterable[Mapping[str, Any]]) -> tuple[dict[str, str], ...]:
+    """``details`` entries for pydantic errors: field path, message and type, all bounded."""
+    details: list[dict[str, str]] = []
+    for error in errors:
+        if len(details) == MAX_DETAILS:
+            break
+        details.append(
+            {
+                "field": _field_path(error.get("loc", ())),
+                "message": _clean(_message(error)),
+                "type": _clean(str(error.get("type", "invalid")), MAX_FIELD_PART_CHARS),
+            }
+        )
+    return tuple(details)
+
+
+def install_error_handlers(app: Starlette) -> None:
+    """Answer service and framework errors in the API's format.
+
+    Anything else that escapes a route becomes a generic 500 in
+    :class:`~serve_app.api.middleware.RequestContextMiddleware`, which also logs it.
+    """
+    handled = (ServiceError, HTTPException, RequestValidationError, *_EXECUTOR_ERRORS)
+    for kind in handled:
+        app.add_exception_handler(kind, _handle)
+
+
+async def _handle(request: Request, exc: Exception) -> Response:
+    error = api_error(exc)
+    log_error(error, exc)
+    return error_response(error, request_id_of(request))
+
+
+def log_error(error: ApiError, exc: BaseException) -> None:
+    """Log what the client cannot see: the trace of a 500, the cause of a 503."""
+    if error.status == 500:
+        logger.error("internal error: %s", type(exc).__name__, exc_info=exc)
+    elif error.status >= 500:
+        logger.warning("answered %d %s: %s", error.status, error.code, type(exc).__name__)
+
+
+def request_id_of(request: Request) -> str:
+    """The request id the middleware assigned (a placeholder if it is not installed)."""
+    request_id = request.scope.get("state", {}).get("request_id")
+    return request_id if isinstance(request_id, str) else "-"
+
+
+def _http_error(status: int, headers: Mapping[str, str] | None) -> ApiError:
+    if status >= 500:
+        code = _HTTP_CODES.get(status, "internal_error")
+        return ApiError(status, code, "internal error" if status == 500 else "retry later")
+    code = _HTTP_CODES.get(status, "bad_request")
+    try:
+        message = HTTPStatus(status).phrase.lower()
+    except ValueError:
+        message = "bad request"
+    passed = {k: v for k, v in (headers or {}).items() if k.lower() in _PASSED_HEADERS}
+    return ApiError(status, code, message, headers=passed)
+
+
+def _details(exc: BaseException) -> tuple[Mapping[str, str], ...]:
+    if isinstance(exc, InvalidFieldsError):
+        # Raised anywhere, maybe with a client's key in it: bound and sanitise here, once.
+        return tuple(
+            {name: _clean(str(value)) for name, value in detail.items()}
+            for detail in exc.details[:MAX_DETAILS]
+        )
+    if isinstance(exc, PolicyViolationError):
+        return tuple({"module": _clean(name, MAX_FIELD_PART_CHARS)} for name in exc.modules)
+    return ()
+
+
+def _headers(exc: BaseException, status: int) -> dict[str, str]:
+    if status == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    if status == 429:
+        return _retry_after(exc)
+    return {}
+
+
+def _retry_after(exc: BaseException) -> dict[str, str]:
+    seconds = getattr(exc, "retry_after_s", None)
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds):
+        seconds = DEFAULT_RETRY_AFTER_S
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    message = str(error.get("msg", "invalid"))
+    # pydantic prefixes the text of a validator's ValueError; the field already says where.
+    return message.removeprefix("Value error, ")
+
+
+def _field_path(loc: Sequence[Any]) -> str:
+    parts = [_clean(str(part), MAX_FIELD_PART_CHARS) for part in loc]
+    return ".".join(parts) or "(body)"
+
+
+def _clean(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Bounded and always encodable: a lone surrogate must not turn a 4xx into a 500."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

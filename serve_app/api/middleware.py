@@ -1,0 +1,293 @@
+"""Pure ASGI middleware of the HTTP edge: nothing here buffers a body or needs Ray or a database.
+
+Outermost first, as :func:`install_edge` stacks them::
+
+    RequestContextMiddleware   request id (header, contextvar, log filter), security headers,
+                               a generic 500 for anything a route let escape
+    CORSMiddleware             Starlette's, only when CORS_ORIGINS lists origins
+    BodyGuardMiddleware        media type, Content-Encoding and the size cap, before parsing
+    the app                    exception handlers of :mod:`serve_app.api.errors`, routes
+
+So every answer (413 and 415 from the guard, CORS preflights, the last-resort 500) carries the
+request id and the security headers, and the guard's refusals get CORS headers too.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Iterable
+from contextvars import ContextVar
+
+from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve_app.api.errors import api_error, error_response, install_error_handlers, log_error
+from serve_app.api.schemas import RequestBounds
+from serve_app.errors import PayloadTooLargeError, ServiceError, UnsupportedMediaTypeError
+from serve_app.settings import Settings
+
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "SECURITY_HEADERS",
+    "BodyGuardMiddleware",
+    "RequestContextMiddleware",
+    "RequestIdLogFilter",
+    "current_request_id",
+    "install_edge",
+]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+"""A client's request id is kept only if it is short and cannot smuggle anything into logs."""
+
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+_NO_STORE = (b"cache-control", b"no-store")
+_CORS_HEADERS = ("Authorization", "X-API-Key", "Content-Type", "Idempotency-Key", "X-Request-ID")
+_CORS_EXPOSED = (
+    "X-Request-ID",
+    "Location",
+    "Retry-After",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+)
+
+logger = logging.getLogger(__name__)
+_request_id: ContextVar[str | None] = ContextVar("exec_agent_request_id", default=None)
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served in this context (``None`` outside a request)."""
+    return _request_id.get()
+
+
+class RequestIdLogFilter(logging.Filter):
+    """Puts ``request_id`` on every log record (``-`` outside a request), for the formatter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = _request_id.get() or "-"
+        return True
+
+
+def install_edge(app: Starlette, settings: Settings) -> None:
+    """Install the error handlers and the middleware stack described in the module docstring,
+    and keep the settings' :class:`RequestBounds` in ``app.state.request_bounds``."""
+    app.state.request_bounds = RequestBounds.from_settings(settings)
+    install_error_handlers(app)
+    # add_middleware wraps what is there already: the last one added is the outermost.
+    app.add_middleware(BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=("GET", "POST"),
+            allow_headers=_CORS_HEADERS,
+            expose_headers=_CORS_EXPOSED,
+            allow_credentials=False,  # keys travel in headers, never in cookies
+            max_age=600,
+        )
+    app.add_middleware(RequestContextMiddleware)
+
+
+class RequestContextMiddleware:
+    """Request id, security headers on every response, and the last-resort 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _client_request_id(scope["headers"]) or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = _request_id.set(request_id)
+        extra = _extra_headers(request_id, _is_api_path(scope))
+        started = False
+
+        async def send_decorated(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": _merge(message.get("headers", ()), extra)}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_decorated)
+        except Exception as exc:  # the last resort: logged, answered generically
+            if started:
+                raise  # the status is out: only the server can end the response
+            error = api_error(exc)
+            log_error(error, exc)
+            await error_response(error, request_id)(scope, receive, send_decorated)
+        finally:
+            _request_id.reset(token)
+
+
+def _client_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    values = [value for name, value in headers if name.lower() == b"x-request-id"]
+    if len(values) == 1 and _SANE_REQUEST_ID.fullmatch(values[0]):
+        return values[0].decode("ascii")
+    return None
+
+
+def _is_api_path(scope: Scope) -> bool:
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        path = path[len(root_path) :]
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def _extra_headers(request_id: str, api_path: bool) -> list[tuple[bytes, bytes]]:
+    headers = [(b"x-request-id", request_id.encode("ascii"))]
+    return [*headers, _NO_STORE] if api_path else headers
+
+
+def _merge(
+    headers: Iterable[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """The app's headers with ``extra`` forced and the security headers it did not set."""
+    forced = {name for name, _ in extra}
+    merged = [(name, value) for name, value in headers if name.lower() not in forced]
+    present = {name.lower() for name, _ in merged}
+    merged += extra
+    merged += [header for header in SECURITY_HEADERS if header[0] not in present]
+    return merged
+
+
+class BodyGuardMiddleware:
+    """Checks a request body before anything parses it.
+
+    Media type ``application/json`` (``charset=utf-8`` allowed) and no ``Content-Encoding``,
+    else 415; a ``Content-Length`` over ``max_body_bytes`` is 413 at once, without reading; a
+    body without a (trustworthy) length is counted while it is read, and refused with 413 the
+    moment it crosses the cap: the app never holds more than the cap.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        if max_body_bytes <= 0:
+            raise ValueError("max_body_bytes must be positive")
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = _header_map(scope["headers"])
+        media_problem = _media_problem(headers)
+        declared, length = _declared_body(headers)
+        if declared and media_problem is not None:
+            await _refuse(media_problem, scope, receive, send)
+        elif length is not None and length > self.max_body_bytes:
+            await _refuse(PayloadTooLargeError(self.max_body_bytes), scope, receive, send)
+        else:
+            # A body that arrives undeclared (no Content-Length, no Transfer-Encoding) still
+            # meets the media-type check, on its first byte.
+            guard = _Guard(self.max_body_bytes, media_problem, receive, send)
+            await guard.run(self.app, scope)
+
+
+class _Guard:
+    """One request's counted receive, and a send that yields to the guard's own refusal."""
+
+    def __init__(
+        self, cap: int, media_problem: ServiceError | None, receive: Receive, send: Send
+    ) -> None:
+        self.cap = cap
+        self.media_problem = media_problem
+        self.refusal: ServiceError | None = None
+        self.received = 0
+        self.started = False
+        self._receive = receive
+        self._send = send
+
+    async def run(self, app: ASGIApp, scope: Scope) -> None:
+        try:
+            await app(scope, self.receive, self.send)
+        except Exception:
+            if self.refusal is None or self.started:
+                raise
+            # The app failed on the refusal we raised in it: the guard answers below.
+        if self.refusal is not None and not self.started:
+            await _refuse(self.refusal, scope, self._receive, self._send)
+
+    async def receive(self) -> Message:
+        if self.refusal is not None:
+            raise self.refusal
+        message = await self._receive()
+        size = len(message.get("body", b"")) if message["type"] == "http.request" else 0
+        if size:
+            self.received += size
+            if self.media_problem is not None:
+                self.refusal = self.media_problem
+            elif self.received > self.cap:
+                self.refusal = PayloadTooLargeError(self.cap)
+            if self.refusal is not None:
+                raise self.refusal
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.refusal is not None and not self.started:
+            return  # whatever the app makes of the refusal, the guard's answer is the one sent
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+
+async def _refuse(exc: ServiceError, scope: Scope, receive: Receive, send: Send) -> None:
+    request_id = scope.get("state", {}).get("request_id") or current_request_id() or "-"
+    # The unread body stays on the connection: close it rather than parse it as a request.
+    response = error_response(api_error(exc), request_id, {"Connection": "close"})
+    await response(scope, receive, send)
+
+
+def _header_map(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
+    mapped: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        mapped.setdefault(name.lower(), []).append(value)
+    return mapped
+
+
+def _declared_body(headers: dict[bytes, list[bytes]]) -> tuple[bool, int | None]:
+    """Whether the headers announce a body, and its length if they state one we can trust."""
+    lengths = set(headers.get(b"content-length", ()))
+    if b"transfer-encoding" in headers:
+        return True, None
+    if not lengths:
+        return False, None
+    if len(lengths) == 1 and (value := lengths.pop().strip()).isdigit():
+        return int(value) > 0, int(value)
+    return True, None  # contradictory or malformed: count the bytes instead
+
+
+def _media_problem(headers: dict[bytes, list[bytes]]) -> ServiceError | None:
+    if b"content-encoding" in headers:
+        return UnsupportedMediaTypeError("Content-Encoding is not supported: send plain JSON")
+    content_types = headers.get(b"content-type", [])
+    if len(content_types) != 1 or not _is_json_utf8(content_types[0]):
+        return UnsupportedMediaTypeError("the body must be application/json in UTF-8")
+    return None
+
+
+def _is_json_utf8(content_type: bytes) -> bool:
+    try:
+        media_type, _, parameters = content_type.decode("ascii").partition(";")
+    except UnicodeDecodeError:
+        return False
+    if media_type.strip().lower() != "application/json":
+        return False
+    for parameter in filter(str.strip, parameters.split(";")):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() != "charset" or value.strip().strip('"').lower() != "utf-8":
+            return False
+    return True

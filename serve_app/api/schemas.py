@@ -1,0 +1,181 @@
+"""Request bodies of the API (``API.md``), strict: what is stored is exactly what runs.
+
+Every model forbids unknown fields, refuses NaN and infinities, and validates in strict mode
+(``"5"`` is not a number, ``5.0`` is not an integer, ``true`` is neither). Text (code, input,
+files, tests) may hold neither NUL nor lone surrogates: the engine's own checks decide
+(``executors._models``), so the API refuses with 422 what the engine would refuse later.
+
+The server's maxima are not module globals: validate with :func:`validate_body` and the
+:class:`RequestBounds` the app built from its :class:`~serve_app.settings.Settings`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
+
+from executors import Limits, LimitsRequest, check_files, check_text
+from serve_app.errors import describe_validation_error
+from serve_app.settings import Settings
+
+__all__ = [
+    "MAX_CASES",
+    "MAX_JSON_DEPTH",
+    "BatchCreate",
+    "BatchItem",
+    "Case",
+    "ExecutionCreate",
+    "RequestBounds",
+    "validate_body",
+]
+
+MAX_CASES = 100
+"""API.md: at most 100 cases per judged execution."""
+MAX_JSON_DEPTH = 64
+"""Nesting allowed in a request body; the deepest valid body needs 4 (batch, item, cases, case)."""
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBounds:
+    """The server's maxima for request bodies, taken from the settings when the app is built."""
+
+    max_body_bytes: int
+    max_code_bytes: int
+    max_batch_items: int
+    default_limits: Limits
+    max_limits: Limits
+    max_cases: int = MAX_CASES
+    max_json_depth: int = MAX_JSON_DEPTH
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RequestBounds:
+        return cls(
+            max_body_bytes=settings.max_body_bytes,
+            max_code_bytes=settings.max_code_bytes,
+            max_batch_items=settings.max_batch_items,
+            default_limits=settings.default_limits(),
+            max_limits=settings.max_limits(),
+        )
+
+
+def validate_body(model: type[_Body], data: Any, bounds: RequestBounds) -> _Body:
+    """Validate decoded JSON ``data`` as ``model`` under ``bounds`` (strict mode)."""
+    return model.model_validate(data, strict=True, context=bounds)
+
+
+def _bounds(info: ValidationInfo) -> RequestBounds:
+    if isinstance(info.context, RequestBounds):
+        return info.context
+    # A programming error, not a client's: it must surface as a 500, not as a 422.
+    raise TypeError("validate request bodies with validate_body(model, data, bounds)")
+
+
+def _text(value: str) -> str:
+    return check_text(value, "text")
+
+
+Text = Annotated[StrictStr, AfterValidator(_text)]
+"""A string the engine accepts: no NUL, no lone surrogate."""
+
+
+def _check_code_bytes(value: str | None, info: ValidationInfo) -> str | None:
+    limit = _bounds(info).max_code_bytes
+    # Only strings near the cap pay for the encoding (a character is 1 to 4 bytes).
+    if value is not None and len(value) * 4 > limit and len(value.encode()) > limit:
+        raise ValueError(f"at most {limit} bytes of UTF-8")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+
+class Case(_Strict):
+    """One input of a judged execution and the output it must produce."""
+
+    stdin: Text = ""
+    expected_stdout: Text
+
+
+class _ExecutionBody(_Strict):
+    code: Text
+    stdin: Text = ""
+    files: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    limits: LimitsRequest = Field(default_factory=LimitsRequest)
+    cache: StrictBool = False
+    test_code: Text | None = None
+    cases: list[Case] | None = Field(default=None, min_length=1, max_length=MAX_CASES)
+
+    @field_validator("code", "test_code")
+    @classmethod
+    def _code_bytes(cls, code: str | None, info: ValidationInfo) -> str | None:
+        return _check_code_bytes(code, info)
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, files: dict[str, str]) -> dict[str, str]:
+        return check_files(files)
+
+    @field_validator("limits")
+    @classmethod
+    def _within_maxima(cls, limits: LimitsRequest, info: ValidationInfo) -> LimitsRequest:
+        bounds = _bounds(info)
+        # Named in the API's units, with the maximum: the engine's check speaks memory_bytes.
+        maxima = bounds.max_limits.to_api()
+        asked = limits.model_dump(exclude_none=True)
+        over = [
+            f"{name} (at most {maxima[name]})"
+            for name, value in asked.items()
+            if value > maxima[name]
+        ]
+        if over:
+            raise ValueError(f"over the server maximum: {', '.join(over)}")
+        try:
+            limits.resolve(bounds.default_limits, bounds.max_limits)
+        except ValueError as exc:  # a pydantic ValidationError too: resolve re-validates
+            raise ValueError(describe_validation_error(exc)) from None
+        return limits
+
+
+class BatchItem(_ExecutionBody):
+    """One execution of a batch: an execution request without ``wait``."""
+
+
+class ExecutionCreate(_ExecutionBody):
+    """The body of ``POST /v1/executions``."""
+
+    wait: StrictBool = True
+
+
+class BatchCreate(_Strict):
+    """The body of ``POST /v1/batches``: 1 to ``MAX_BATCH_ITEMS`` executions."""
+
+    items: list[BatchItem] = Field(min_length=1)
+
+    @field_validator("items", mode="before")
+    @classmethod
+    def _at_most_max_items(cls, items: Any, info: ValidationInfo) -> Any:
+        # Before validating the items: a refused batch should cost nothing per item.
+        limit = _bounds(info).max_batch_items
+        if isinstance(items, list) and len(items) > limit:
+            raise ValueError(f"at most {limit} items")
+        return items
