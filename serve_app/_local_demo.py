@@ -77,11 +77,12 @@ def main(settings: Settings, files: list[str]) -> int:
     return _exit.EX_OK if all(produced) else _exit.EX_SOFTWARE
 
 
-def executor_app(settings: Settings) -> serve.Application:
+def executor_app(settings: Settings, *, num_cpus: float | None = None) -> serve.Application:
     """The executor deployment as the settings size it.
 
     A replica takes at most one request per slot (no queue inside it), so that draining it
     never outlasts the longest run: ``GRACEFUL_SHUTDOWN_TIMEOUT_S >= MAX_TIMEOUT`` holds.
+    ``num_cpus`` (default: one per slot) is what Ray reserves per replica.
     """
     slots = settings.max_concurrent_executions
     job_memory_bytes = settings.max_memory_mb * MIB + SLOT_OVERHEAD_BYTES
@@ -91,6 +92,7 @@ def executor_app(settings: Settings) -> serve.Application:
         min_replicas=settings.executor_num_replicas_min,
         max_replicas=settings.executor_num_replicas_max,
         memory_bytes=REPLICA_BASE_MEMORY_BYTES + slots * job_memory_bytes,
+        num_cpus=num_cpus,
         max_ongoing_requests=slots,
         max_queued_requests=settings.executor_max_queued_requests,
         graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,

@@ -1,6 +1,6 @@
 """``exec-agent``: the service's command line (see "Command line" in the API contract).
 
-exec-agent serve [FILES...]     start Ray, deploy the service, serve HTTP until interrupted
+exec-agent serve [--demo FILES] start Ray, deploy the service, serve HTTP until interrupted
 exec-agent run [FILE or -] ...  run one program, locally or through a server
 exec-agent keys ACTION          create, list or revoke API keys (in DATABASE_URL's database)
 exec-agent db upgrade           apply database migrations
@@ -65,16 +65,29 @@ def _add_serve_parser(subparsers: Subparsers) -> None:
         help="start (or join, with RAY_ADDRESS) Ray and serve the HTTP API on HOST:PORT",
         description="Serve the API until interrupted, then drain and stop.",
     )
-    parser.add_argument("files", nargs="*", metavar="FILES", help="programs for the local demo")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="instead of serving HTTP: run FILES (or three samples) through the executor "
+        "deployment, print their records and stop",
+    )
+    parser.add_argument("files", nargs="*", metavar="FILES", help="programs for --demo")
     parser.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = get_settings()
-    # Imported here: it pulls in Ray, which every other command does without.
-    from serve_app import _local_demo
+    # Imported here: they pull in Ray, which every other command does without.
+    if args.demo:
+        from serve_app import _local_demo
 
-    return _local_demo.main(settings, args.files)
+        return _local_demo.main(settings, args.files)
+    if args.files:
+        print("exec-agent serve: FILES need --demo", file=sys.stderr)
+        return _exit.EX_USAGE
+    from serve_app import _serve
+
+    return _serve.main(settings)
 
 
 def _add_audit_parser(subparsers: Subparsers) -> None:

@@ -291,7 +291,7 @@ def test_serve_runs_programs_on_its_own_ray(tmp_path: Path) -> None:
     }
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run(
-        [sys.executable, "-m", "serve_app.cli", "serve", str(program)],
+        [sys.executable, "-m", "serve_app.cli", "serve", "--demo", str(program)],
         cwd=tmp_path,  # no .env from the repository
         env=env,
         capture_output=True,

@@ -1,0 +1,125 @@
+"""``GET /health/ready``: one check per dependency, each ``{"ok": bool, ...details}``.
+
+``database`` and ``executors`` are required: without one, nothing can run (``unavailable``).
+``redis``, ``sandbox``, ``disk`` and ``memory`` are not: the service still runs, with the
+limiter's failure policy, fewer isolation layers (the engine's loud warning; production refuses
+to start instead) or less headroom (``degraded``). Either way the answer is 503; 200 only
+when every check passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from serve_app.http._service import ExecutionService
+
+__all__ = ["CHECK_TIMEOUT_S", "readiness"]
+
+CHECK_TIMEOUT_S = 2.0
+MIN_FREE_DISK_BYTES = 256 * 1024 * 1024
+MIN_AVAILABLE_MEMORY_BYTES = 256 * 1024 * 1024
+REQUIRED = ("database", "executors")
+
+Check = dict[str, Any]
+
+
+async def readiness(
+    service: ExecutionService, isolation_cache: dict[str, Any]
+) -> tuple[int, Check]:
+    """The HTTP status and body of ``/health/ready``.
+
+    ``isolation_cache`` keeps the executors' isolation summary once read: it does not change
+    while a replica lives, and asking again would queue behind running jobs.
+    """
+    database, redis, executors = await asyncio.gather(
+        _database(service), _redis(service), _executors(service)
+    )
+    sandbox = await _sandbox(service, isolation_cache)
+    checks = {
+        "database": database,
+        "redis": redis,
+        "executors": executors,
+        "sandbox": sandbox,
+        "disk": _disk(),
+        "memory": _memory(),
+    }
+    if all(check["ok"] for check in checks.values()):
+        return 200, {"status": "ready", "checks": checks}
+    required_ok = all(checks[name]["ok"] for name in REQUIRED)
+    return 503, {"status": "degraded" if required_ok else "unavailable", "checks": checks}
+
+
+async def _timed(work: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = await asyncio.wait_for(work, CHECK_TIMEOUT_S)
+    return result, round((time.perf_counter() - started) * 1000, 2)
+
+
+def _failure(exc: BaseException) -> Check:
+    # The class only: a message may hold a DSN or an internal address.
+    name = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+    return {"ok": False, "error": name}
+
+
+async def _database(service: ExecutionService) -> Check:
+    def round_trip() -> None:
+        with service.database.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    try:
+        _, rtt_ms = await _timed(asyncio.to_thread(round_trip))
+    except Exception as exc:  # noqa: BLE001 - a failed check is an answer, not an error
+        return _failure(exc)
+    return {"ok": True, "backend": service.database.engine.dialect.name, "rtt_ms": rtt_ms}
+
+
+async def _redis(service: ExecutionService) -> Check:
+    try:
+        health, _ = await _timed(service.limiter.check())
+    except Exception as exc:  # noqa: BLE001 - a failed check is an answer, not an error
+        return _failure(exc)
+    return health.as_dict()  # type: ignore[no-any-return]
+
+
+async def _executors(service: ExecutionService) -> Check:
+    try:
+        stats, rtt_ms = await _timed(service.executor.stats.remote())
+    except Exception as exc:  # noqa: BLE001 - a failed check is an answer, not an error
+        return _failure(exc)
+    ok = bool(stats.get("alive_slots")) and not stats.get("closed")
+    details = {name: stats.get(name) for name in ("slots", "free_slots", "busy_slots")}
+    return {"ok": ok, **details, "alive_slots": stats.get("alive_slots"), "rtt_ms": rtt_ms}
+
+
+async def _sandbox(service: ExecutionService, cache: dict[str, Any]) -> Check:
+    if not cache:
+        try:
+            summary, _ = await _timed(service.executor.isolation.remote())
+        except Exception as exc:  # noqa: BLE001 - a failed check is an answer, not an error
+            return _failure(exc)
+        cache.update(summary)
+    return dict(cache)
+
+
+def _disk() -> Check:
+    try:
+        usage = shutil.disk_usage(Path.cwd())  # where the embedded database and logs live
+    except OSError as exc:
+        return _failure(exc)
+    return {"ok": usage.free >= MIN_FREE_DISK_BYTES, "free_bytes": usage.free}
+
+
+def _memory() -> Check:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError) as exc:
+        return _failure(exc)
+    return {"ok": available >= MIN_AVAILABLE_MEMORY_BYTES, "available_bytes": available}

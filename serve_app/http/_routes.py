@@ -1,0 +1,140 @@
+"""The FastAPI app of the API: routes over an :class:`ExecutionService`, behind the edge.
+
+Bodies are read with :func:`serve_app.api.read_model` (never FastAPI's own body parsing); every
+error is a :mod:`serve_app.errors` exception mapped by the edge's handlers. ``/v1/`` answers
+to an authenticated caller carry the ``RateLimit-*`` headers, errors included: the caller
+dependency leaves them in the request's state and :class:`RateLimitHeadersMiddleware` adds them
+to whatever answer goes out.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the routes' annotations at run time,
+# and ``Caller`` is local to build_api.
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve_app.api import ExecutionCreate, current_request_id, install_edge, read_model
+from serve_app.api.json_body import request_bounds
+from serve_app.db.models import ApiKey
+from serve_app.http._health import readiness
+from serve_app.http._service import MAX_WAIT_S, ExecutionService, rate_limit_headers
+from serve_app.settings import Settings
+
+__all__ = ["RateLimitHeadersMiddleware", "build_api"]
+
+STATE_HEADERS = "ratelimit_headers"
+DEFAULT_PAGE_ITEMS = 20
+MAX_PAGE_ITEMS = 100
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+
+
+class RateLimitHeadersMiddleware:
+    """Adds the headers a route left in ``scope["state"]["ratelimit_headers"]``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = scope.get("state", {}).get(STATE_HEADERS)
+                if extra:
+                    headers = list(message.get("headers", []))
+                    headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def presented_key(request: Request) -> str | None:
+    """``Authorization: Bearer <key>``, else ``X-API-Key``."""
+    authorization = request.headers.get("authorization")
+    if authorization is not None:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            return credentials.strip() or None
+        return None
+    return request.headers.get("x-api-key")
+
+
+def build_api(settings: Settings, service: ExecutionService) -> FastAPI:
+    """The app one ingress replica serves."""
+    isolation_cache: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await service.aclose(settings.graceful_shutdown_timeout_s)
+
+    app = FastAPI(
+        title="Python Execution Agent",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.add_middleware(RateLimitHeadersMiddleware)  # innermost: sees the handlers' answers
+    install_edge(app, settings)
+
+    async def caller(request: Request) -> ApiKey:
+        key = await service.authenticate(presented_key(request))
+        decision = await service.hit(key)
+        # Set before refusing: a 429 tells the caller its allowance too.
+        request.state.ratelimit_headers = rate_limit_headers(decision)
+        service.admit(decision)
+        return key
+
+    Caller = Annotated[ApiKey, Depends(caller)]
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health/ready")
+    async def ready() -> JSONResponse:
+        status, body = await readiness(service, isolation_cache)
+        return JSONResponse(body, status_code=status)
+
+    @app.post("/v1/executions")
+    async def create_execution(request: Request, key: Caller) -> JSONResponse:
+        body = await read_model(request, ExecutionCreate, request_bounds(request))
+        idempotency_key = request.headers.get("idempotency-key")
+        if idempotency_key is not None:
+            idempotency_key = idempotency_key[:MAX_IDEMPOTENCY_KEY_CHARS]
+        created = await service.create(
+            key, body, idempotency_key=idempotency_key, request_id=current_request_id()
+        )
+        record = created.record
+        return JSONResponse(
+            record.to_api(),
+            status_code=200 if created.terminal else 202,
+            headers={"Location": f"/v1/executions/{record.id}"},
+        )
+
+    @app.get("/v1/executions/{execution_id}")
+    async def get_execution(
+        execution_id: str,
+        key: Caller,
+        wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S, allow_inf_nan=False)] = 0.0,
+    ) -> JSONResponse:
+        record = await service.get(key, execution_id, wait_s)
+        return JSONResponse(record.to_api())
+
+    @app.get("/v1/executions")
+    async def list_executions(
+        key: Caller,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_ITEMS)] = DEFAULT_PAGE_ITEMS,
+        cursor: Annotated[str | None, Query(max_length=512)] = None,
+    ) -> JSONResponse:
+        return JSONResponse(await service.list(key, limit, cursor))
+
+    return app

@@ -1,0 +1,338 @@
+"""What the routes do, without HTTP: keys, rate limits, persistence and the executor handle.
+
+Database work is synchronous SQLAlchemy, run in worker threads (one short transaction each) so
+the replica's event loop keeps serving. Every accepted execution is inserted ``queued`` first,
+then finished exactly once (``executions.finish_execution``): with the executor's record, or
+with an ``internal_error`` record when the executors failed; a failure of the service never
+reaches the client as a 500. A request the executors' bounded queue refuses
+(``BackPressureError``) was never accepted: its row is removed and the client gets 503
+``overloaded``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from ray.serve.exceptions import BackPressureError
+from sqlalchemy import delete
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest, ExecutionStatus
+from serve_app.api import ExecutionCreate
+from serve_app.db import Database, executions, keys
+from serve_app.db.models import ApiKey, Execution
+from serve_app.errors import (
+    ConflictError,
+    InvalidFieldsError,
+    NotFoundError,
+    OverloadedError,
+    RateLimitedError,
+    UnauthorizedError,
+    UnavailableError,
+)
+from serve_app.ratelimit import Lease, Limiter, RateDecision, Reason
+from serve_app.settings import Settings
+
+__all__ = ["MAX_WAIT_S", "Created", "ExecutionService", "rate_limit_headers"]
+
+logger = logging.getLogger(__name__)
+
+MAX_WAIT_S = 60.0
+"""API.md: ``wait_s`` is at most 60."""
+OVERLOADED_RETRY_AFTER_S = 1.0
+POLL_FIRST_S = 0.05
+POLL_MAX_S = 0.5
+BACKGROUND_RETRY_S = 0.5
+"""A background run the executors' queue refused tries again after this long..."""
+BACKGROUND_DEADLINE_S = 60.0
+"""...until this long has passed; then it ends as ``internal_error``."""
+FINISH_RETRY_MAX_S = 30.0
+"""A result the database could not take is written again, backing off up to this long."""
+HANDLE_MARGIN_S = 60.0
+"""How long past its wall timeout a run may take through the handle (queueing included)."""
+
+_T = TypeVar("_T")
+
+
+def rate_limit_headers(decision: RateDecision) -> dict[str, str]:
+    """The ``RateLimit-*`` headers of one decision (``Reset`` in whole seconds, rounded up)."""
+    return {
+        "RateLimit-Limit": str(decision.limit),
+        "RateLimit-Remaining": str(max(0, decision.remaining)),
+        "RateLimit-Reset": str(max(0, math.ceil(decision.reset_after_s))),
+    }
+
+
+class Created:
+    """The outcome of ``create``: the record to answer with, and whether it is finished."""
+
+    def __init__(self, record: ExecutionRecord) -> None:
+        self.record = record
+
+    @property
+    def terminal(self) -> bool:
+        return self.record.status in TERMINAL_STATUSES
+
+
+class ExecutionService:
+    """One per ingress replica: its database, its limiter and the executor handle."""
+
+    def __init__(
+        self, settings: Settings, database: Database, limiter: Limiter, executor: Any
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.limiter = limiter
+        self.executor = executor
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --- database in worker threads
+
+    async def _db(self, work: Callable[[Session], _T]) -> _T:
+        def in_transaction() -> _T:
+            with self.database.session() as session:
+                return work(session)
+
+        return await asyncio.to_thread(in_transaction)
+
+    # --- callers
+
+    async def authenticate(self, presented: str | None) -> ApiKey:
+        """The live key presented, or :class:`UnauthorizedError`."""
+        if not presented:
+            raise UnauthorizedError("an API key is required")
+        secret = self.settings.api_key_secret
+        row = await self._db(lambda session: keys.authenticate(session, presented, secret))
+        if row is None:
+            raise UnauthorizedError("unknown or revoked API key")
+        return row
+
+    async def hit(self, key: ApiKey) -> RateDecision:
+        """Count one request against the key's rate; :meth:`admit` says whether it may pass."""
+        limit = key.rate_limit_per_minute or self.settings.rate_limit_per_minute
+        return await self.limiter.hit(key.lookup_id, limit)
+
+    @staticmethod
+    def admit(decision: RateDecision) -> None:
+        """Raise the refusal ``decision`` stands for: 429 over the rate, 503 when the limiter's
+        store is down and the policy is fail-closed."""
+        if decision.reason is Reason.LIMITED:
+            raise RateLimitedError(decision.retry_after_s or 1.0)
+        if not decision.allowed:
+            raise UnavailableError(decision.retry_after_s or 1.0)
+
+    async def _lease(self, key: ApiKey) -> Lease | None:
+        cap = key.max_concurrency or self.settings.max_concurrent_per_key
+        decision = await self.limiter.acquire(key.lookup_id, cap)
+        if decision.reason is Reason.LIMITED:
+            raise RateLimitedError(1.0, f"at most {cap} executions in flight per key")
+        if not decision.allowed:
+            raise UnavailableError(decision.retry_after_s or 1.0)
+        return decision.lease
+
+    async def _release(self, lease: Lease | None) -> None:
+        if lease is not None:
+            await self.limiter.release(lease)
+
+    # --- executions
+
+    async def create(
+        self,
+        key: ApiKey,
+        body: ExecutionCreate,
+        *,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> Created:
+        """Accept ``body``: run it now (``wait``) or in the background; or replay the execution
+        an ``Idempotency-Key`` already names."""
+        if body.test_code is not None or body.cases is not None:
+            raise InvalidFieldsError(
+                "judged executions are not available yet",
+                [
+                    {"field": name, "message": "not supported yet", "type": "unsupported"}
+                    for name in ("test_code", "cases")
+                    if getattr(body, name) is not None
+                ],
+            )
+        limits = body.limits.resolve(self.settings.default_limits(), self.settings.max_limits())
+        request = ExecutionRequest(
+            code=body.code, stdin=body.stdin, files=body.files, limits=limits
+        )
+        idempotency = None
+        if idempotency_key is not None:
+            fingerprint = executions.request_fingerprint(body.model_dump(mode="json"))
+            idempotency = executions.Idempotency(idempotency_key, fingerprint)
+            replay = await self._replay(key, idempotency)
+            if replay is not None:
+                return replay
+        if not body.wait and len(self._background) >= self.settings.executor_max_queued_requests:
+            raise OverloadedError(OVERLOADED_RETRY_AFTER_S)
+        lease = await self._lease(key)
+        try:
+            try:
+                row = await self._db(
+                    lambda session: executions.insert_execution(
+                        session, key.id, request, request_id=request_id, idempotency=idempotency
+                    )
+                )
+            except ConflictError:
+                replay = await self._replay(key, idempotency) if idempotency else None
+                if replay is None:
+                    raise
+                return replay
+            if body.wait:
+                return Created(await self._run(row.id, request, background=False))
+            task = asyncio.create_task(self._run_in_background(row.id, request, lease))
+            lease = None  # the task gives it back
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return Created(executions.to_record(row))
+        finally:
+            await self._release(lease)
+
+    async def _replay(self, key: ApiKey, idempotency: executions.Idempotency) -> Created | None:
+        row = await self._db(
+            lambda session: executions.find_by_idempotency_key(session, key.id, idempotency)
+        )
+        return None if row is None else Created(executions.to_record(row))
+
+    async def _run(
+        self, execution_id: uuid.UUID, request: ExecutionRequest, *, background: bool
+    ) -> ExecutionRecord:
+        """Run through the executor handle and finish the stored execution."""
+        await self._db(lambda session: executions.start_execution(session, execution_id))
+        try:
+            result = await asyncio.wait_for(
+                self.executor.run.remote(request),
+                timeout=request.limits.wall_timeout_s + HANDLE_MARGIN_S,
+            )
+            record = ExecutionRecord.model_validate(result)
+        except BackPressureError:
+            if background:
+                raise
+            await self._db(lambda session: _discard_unfinished(session, execution_id))
+            raise OverloadedError(OVERLOADED_RETRY_AFTER_S) from None
+        except asyncio.CancelledError:
+            # The client went away (or the replica is stopping): the record still ends.
+            self._spawn(self._finish(execution_id, _internal_error(request)))
+            raise
+        except Exception as exc:  # noqa: BLE001 - any executor failure ends as internal_error
+            logger.warning("execution %s failed in the executors: %r", execution_id, exc)
+            record = _internal_error(request)
+        return await self._finish(execution_id, record)
+
+    async def _run_in_background(
+        self, execution_id: uuid.UUID, request: ExecutionRequest, lease: Lease | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BACKGROUND_DEADLINE_S
+        try:
+            while True:
+                try:
+                    await self._run(execution_id, request, background=True)
+                    return
+                except BackPressureError:
+                    if loop.time() >= deadline:
+                        logger.warning("execution %s: executors stayed at capacity", execution_id)
+                        await self._finish(execution_id, _internal_error(request))
+                        return
+                    await asyncio.sleep(BACKGROUND_RETRY_S)
+        finally:
+            await self._release(lease)
+
+    async def _finish(self, execution_id: uuid.UUID, record: ExecutionRecord) -> ExecutionRecord:
+        """Store the terminal record; if the database is down, keep retrying in the background
+        and answer with the record as it will be stored."""
+        try:
+            row = await self._db(
+                lambda session: executions.finish_execution(session, execution_id, record)
+            )
+        except DBAPIError as exc:
+            logger.warning("execution %s: result not stored yet: %s", execution_id, type(exc))
+            self._spawn(self._finish_later(execution_id, record))
+            return record.model_copy(update={"id": execution_id})
+        return executions.to_record(row)
+
+    async def _finish_later(self, execution_id: uuid.UUID, record: ExecutionRecord) -> None:
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._db(
+                    lambda session: executions.finish_execution(session, execution_id, record)
+                )
+                return
+            except ConflictError:
+                return  # finished meanwhile: exactly once still holds
+            except DBAPIError:
+                delay = min(delay * 2, FINISH_RETRY_MAX_S)
+
+    def _spawn(self, work: Any) -> None:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def get(self, key: ApiKey, execution_id: str, wait_s: float = 0.0) -> ExecutionRecord:
+        """The key's execution; with ``wait_s``, once terminal or after that long."""
+        try:
+            wanted = uuid.UUID(execution_id)
+        except ValueError:
+            raise NotFoundError("no such execution") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(wait_s, 0.0), MAX_WAIT_S)
+        interval = POLL_FIRST_S
+        while True:
+            row = await self._db(lambda session: executions.get_execution(session, key.id, wanted))
+            if row is None:
+                raise NotFoundError("no such execution")
+            remaining = deadline - loop.time()
+            if row.status in TERMINAL_STATUSES or remaining <= 0:
+                return executions.to_record(row)
+            await asyncio.sleep(min(interval, remaining))
+            interval = min(interval * 1.5, POLL_MAX_S)
+
+    async def list(self, key: ApiKey, limit: int, cursor: str | None) -> dict[str, Any]:
+        """A page of the key's executions, newest first, in the API's shape."""
+        page = await self._db(
+            lambda session: executions.list_executions(session, key.id, limit=limit, cursor=cursor)
+        )
+        return {
+            "items": [executions.to_record(row).to_api() for row in page.items],
+            "next_cursor": page.next_cursor,
+        }
+
+    async def aclose(self, timeout_s: float) -> None:
+        """Let background runs finish (up to ``timeout_s``), then release the connections."""
+        pending = set(self._background)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=timeout_s)
+            for task in late:
+                task.cancel()
+        await self.limiter.aclose()
+        await asyncio.to_thread(self.database.dispose)
+
+
+def _internal_error(request: ExecutionRequest) -> ExecutionRecord:
+    return ExecutionRecord(
+        status=ExecutionStatus.INTERNAL_ERROR,
+        limits=request.limits.to_api(),
+        finished_at=datetime.now(UTC),
+    )
+
+
+def _discard_unfinished(session: Session, execution_id: uuid.UUID) -> None:
+    """Forget an execution the executors refused before it ran (the client got 503)."""
+    session.execute(
+        delete(Execution).where(
+            Execution.id == execution_id,
+            Execution.status.in_((ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)),
+        )
+    )

@@ -1,0 +1,334 @@
+"""The HTTP service end to end: one Serve deployment (ingress + executor) for the module.
+
+Real Ray Serve with its HTTP proxy on a free loopback port, real sandboxes, a temporary SQLite
+database, and the real Redis at 127.0.0.1:6379 when it answers (else the in-memory limiter).
+Limiter keys are the API keys' random lookup ids, so runs never share rate state.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import func, select
+
+from executors import TERMINAL_STATUSES, ExecutionRecord
+from serve_app.db import Database, keys, migrate
+from serve_app.db.models import Execution
+from serve_app.settings import Settings
+
+pytestmark = [pytest.mark.ray, pytest.mark.sandbox]
+
+APP_NAME = "exec-agent-http-test"
+SECRET = SecretStr("http-test-api-key-secret-0123456789abcdef")
+REDIS_URL = "redis://127.0.0.1:6379/0"
+MAX_BODY_BYTES = 64 * 1024
+RECORD_FIELDS = set(ExecutionRecord.model_fields)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def redis_answers() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Server:
+    url: str
+    database: Database
+    key: str
+    other_key: str
+
+    def new_key(self, name: str, rate_limit_per_minute: int | None = None) -> str:
+        with self.database.session() as session:
+            new = keys.create_key(
+                session, SECRET, name, rate_limit_per_minute=rate_limit_per_minute
+            )
+            return new.plaintext
+
+
+@pytest.fixture(scope="module")
+def server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    from ray import serve
+
+    from serve_app._local_demo import executor_app
+    from serve_app.http import service_app
+
+    directory: Path = tmp_path_factory.mktemp("http")
+    port = free_port()
+    settings = Settings(
+        database_url=f"sqlite:///{directory / 'api.db'}",
+        redis_url=REDIS_URL if redis_answers() else None,
+        api_key_secret=SECRET,
+        port=port,
+        max_body_bytes=MAX_BODY_BYTES,
+        max_code_bytes=MAX_BODY_BYTES // 2,
+        rate_limit_per_minute=1000,
+        max_concurrent_executions=2,
+        executor_num_replicas_min=1,
+        executor_num_replicas_max=1,
+        executor_max_queued_requests=8,
+    )
+    migrate.upgrade(settings)
+    database = Database.from_settings(settings)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        app = service_app(settings, executor_app(settings, num_cpus=0.5), num_cpus=0.1)
+        serve.run(app, name=APP_NAME, route_prefix="/")
+        fixture = Server(f"http://127.0.0.1:{port}", database, "", "")
+        fixture.key = fixture.new_key("main")
+        fixture.other_key = fixture.new_key("other")
+        yield fixture
+    finally:
+        serve.delete(APP_NAME)
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        database.dispose()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        yield http
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def run(client: httpx.Client, key: str, code: str, **fields: object) -> httpx.Response:
+    return client.post("/v1/executions", json={"code": code, **fields}, headers=auth(key))
+
+
+def error_code(response: httpx.Response) -> str:
+    code: str = response.json()["error"]["code"]
+    return code
+
+
+# --- health
+
+
+def test_liveness_needs_no_key(client: httpx.Client) -> None:
+    response = client.get("/health")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert response.headers["x-request-id"]
+
+
+def test_readiness_reports_every_check(client: httpx.Client) -> None:
+    response = client.get("/health/ready")
+    body = response.json()
+    checks = body["checks"]
+    assert set(checks) == {"database", "redis", "executors", "sandbox", "disk", "memory"}
+    assert checks["database"]["ok"] and checks["executors"]["ok"]
+    assert checks["executors"]["slots"] == 2
+    assert "layers" in checks["sandbox"]
+    everything_ok = all(check["ok"] for check in checks.values())
+    assert (response.status_code, body["status"]) == (
+        (200, "ready") if everything_ok else (503, "degraded")
+    )
+
+
+# --- authentication
+
+
+def test_keys_are_required_and_checked(server: Server, client: httpx.Client) -> None:
+    body = {"code": "print(1)"}
+    for headers in (
+        {},
+        {"X-API-Key": "wrong"},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {server.key}"},
+        {"X-API-Key": server.key[:-1] + "x"},
+        {"X-API-Key": "A" * 10_000},
+    ):
+        response = client.post("/v1/executions", json=body, headers=headers)
+        assert response.status_code == 401, headers
+        assert error_code(response) == "unauthorized"
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert client.get("/v1/executions").status_code == 401
+
+
+# --- running
+
+
+def test_a_synchronous_run_answers_the_record(server: Server, client: httpx.Client) -> None:
+    response = run(client, server.key, "print('hi')")
+    assert response.status_code == 200
+    record = response.json()
+    assert set(record) == RECORD_FIELDS
+    ExecutionRecord.model_validate(record)
+    assert (record["status"], record["exit_code"], record["stdout"]) == ("ok", 0, "hi\n")
+    assert record["limits"]["memory_mb"] == 256
+    assert response.headers["location"] == f"/v1/executions/{record['id']}"
+    for name in ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"):
+        assert response.headers[name].isdigit()
+    # Stored once, exactly as answered.
+    with server.database.session() as session:
+        count = session.scalar(select(func.count()).where(Execution.id == uuid.UUID(record["id"])))
+    assert count == 1
+    again = client.get(f"/v1/executions/{record['id']}", headers=auth(server.key))
+    assert again.json() == record
+
+
+def test_x_api_key_and_program_failures(server: Server, client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/executions",
+        json={"code": "import sys; sys.exit(3)", "limits": {"wall_timeout_s": 2}},
+        headers={"X-API-Key": server.key},
+    )
+    record = response.json()
+    assert (response.status_code, record["status"], record["exit_code"]) == (
+        200,
+        "nonzero_exit",
+        3,
+    )
+    assert record["limits"]["wall_timeout_s"] == 2
+
+
+def test_a_background_run_is_read_with_wait(server: Server, client: httpx.Client) -> None:
+    response = run(client, server.key, "import time; time.sleep(0.3); print('late')", wait=False)
+    assert response.status_code == 202
+    queued = response.json()
+    assert queued["status"] == "queued"
+    assert response.headers["location"] == f"/v1/executions/{queued['id']}"
+    done = client.get(f"/v1/executions/{queued['id']}?wait_s=30", headers=auth(server.key))
+    record = done.json()
+    assert (done.status_code, record["status"], record["stdout"]) == (200, "ok", "late\n")
+    assert record["id"] == queued["id"]
+
+
+def test_executions_are_listed_newest_first_by_pages(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("lister")
+    ids = [run(client, key, f"print({n})").json()["id"] for n in range(3)]
+    first = client.get("/v1/executions?limit=2", headers=auth(key)).json()
+    assert [item["id"] for item in first["items"]] == ids[:0:-1]
+    assert first["next_cursor"]
+    second = client.get(
+        "/v1/executions", params={"limit": 2, "cursor": first["next_cursor"]}, headers=auth(key)
+    ).json()
+    assert ([item["id"] for item in second["items"]], second["next_cursor"]) == ([ids[0]], None)
+    assert client.get("/v1/executions?limit=0", headers=auth(key)).status_code == 422
+    bad_cursor = client.get("/v1/executions?cursor=nonsense", headers=auth(key))
+    assert bad_cursor.status_code == 422
+
+
+def test_other_keys_and_malformed_ids_answer_404(server: Server, client: httpx.Client) -> None:
+    mine = run(client, server.key, "print(1)").json()["id"]
+    response = client.get(f"/v1/executions/{mine}", headers=auth(server.other_key))
+    assert (response.status_code, error_code(response)) == (404, "not_found")
+    assert response.headers["ratelimit-limit"]
+    for bad in ("1", "1 OR 1=1", "00000000-0000-0000-0000-000000000001", "%00", "..%2f..%2fetc"):
+        response = client.get(f"/v1/executions/{bad}", headers=auth(server.key))
+        assert response.status_code == 404, bad
+    listed = client.get("/v1/executions?limit=100", headers=auth(server.other_key)).json()
+    assert mine not in {item["id"] for item in listed["items"]}
+
+
+def test_wait_s_is_bounded(server: Server, client: httpx.Client) -> None:
+    mine = run(client, server.key, "print(1)").json()["id"]
+    for wait in ("61", "-1", "nan", "inf", "x"):
+        response = client.get(f"/v1/executions/{mine}?wait_s={wait}", headers=auth(server.key))
+        assert (response.status_code, error_code(response)) == (422, "invalid_request"), wait
+
+
+def test_idempotency_key_replays_the_first_execution(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("idempotent")
+    headers = {**auth(key), "Idempotency-Key": "order-42"}
+    body = {"code": "print('once')"}
+    first = client.post("/v1/executions", json=body, headers=headers)
+    second = client.post("/v1/executions", json=body, headers=headers)
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+    with server.database.session() as session:
+        count = session.scalar(select(func.count()).where(Execution.idempotency_key == "order-42"))
+    assert count == 1
+    listed = client.get("/v1/executions", headers=auth(key)).json()["items"]
+    assert [item["id"] for item in listed] == [first.json()["id"]]
+    other_body = client.post("/v1/executions", json={"code": "print(2)"}, headers=headers)
+    assert (other_body.status_code, error_code(other_body)) == (409, "conflict")
+
+
+def test_a_burst_is_rate_limited_per_key(server: Server, client: httpx.Client) -> None:
+    limited, bystander = server.new_key("bursty", rate_limit_per_minute=3), server.new_key("calm")
+    answers = [client.get("/v1/executions", headers=auth(limited)) for _ in range(5)]
+    assert [answer.status_code for answer in answers[:3]] == [200, 200, 200]
+    refused = answers[3]
+    assert (refused.status_code, error_code(refused)) == (429, "rate_limited")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit-limit"] == "3"
+    assert refused.headers["ratelimit-remaining"] == "0"
+    assert answers[4].status_code == 429
+    assert client.get("/v1/executions", headers=auth(bystander)).status_code == 200
+
+
+# --- the HTTP entries of the security corpus, end to end
+
+
+def test_malformed_json_is_400(server: Server, client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/executions",
+        content=b'{"code": "print(1)"',
+        headers={**auth(server.key), "Content-Type": "application/json"},
+    )
+    assert (response.status_code, error_code(response)) == (400, "invalid_json")
+    assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e309"])
+def test_non_finite_limits_are_422(server: Server, client: httpx.Client, literal: str) -> None:
+    raw = '{"code": "print(1)", "limits": {"wall_timeout_s": ' + literal + "}}"
+    response = client.post(
+        "/v1/executions",
+        content=raw.encode(),
+        headers={**auth(server.key), "Content-Type": "application/json"},
+    )
+    assert (response.status_code, error_code(response)) == (422, "invalid_request")
+
+
+def test_refusals_before_parsing(server: Server, client: httpx.Client) -> None:
+    oversize = client.post(
+        "/v1/executions",
+        content=b'{"code": "' + b"x" * MAX_BODY_BYTES + b'"}',
+        headers={**auth(server.key), "Content-Type": "application/json"},
+    )
+    assert (oversize.status_code, error_code(oversize)) == (413, "payload_too_large")
+    text = client.post(
+        "/v1/executions",
+        content=b"print(1)",
+        headers={**auth(server.key), "Content-Type": "text/plain"},
+    )
+    assert (text.status_code, error_code(text)) == (415, "unsupported_media_type")
+    unknown = run(client, server.key, "print(1)", timeout=5)
+    assert (unknown.status_code, error_code(unknown)) == (422, "invalid_request")
+    escape = run(client, server.key, "print(1)", files={"../x": "y"})
+    assert escape.status_code == 422
+    over_max = run(client, server.key, "print(1)", limits={"memory_mb": 10**6})
+    assert over_max.status_code == 422
+    method = client.delete("/v1/executions", headers=auth(server.key))
+    assert (method.status_code, error_code(method)) == (405, "method_not_allowed")
+
+
+def test_every_stored_execution_is_terminal_once(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("finisher")
+    ids = [run(client, key, "print(1)", wait=False).json()["id"] for _ in range(3)]
+    records = [
+        client.get(f"/v1/executions/{one}?wait_s=30", headers=auth(key)).json() for one in ids
+    ]
+    assert {record["status"] for record in records} == {"ok"}
+    with server.database.session() as session:
+        rows = session.scalars(select(Execution).where(Execution.id.in_(map(uuid.UUID, ids))))
+        assert {row.status for row in rows} <= TERMINAL_STATUSES
