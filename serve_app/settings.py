@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from executors import Limits, SandboxConfig
 from serve_app.errors import ConfigurationError, describe_validation_error
+from serve_app.policy import ImportPolicy
 
 __all__ = ["Settings", "get_settings", "load_settings"]
 
@@ -81,6 +82,9 @@ class Settings(BaseSettings):
     max_batch_items: int = _env("MAX_BATCH_ITEMS", 1000, gt=0)
     result_cache_ttl_s: int = _env("RESULT_CACHE_TTL_S", 3600, gt=0)
     graceful_shutdown_timeout_s: float = _env("GRACEFUL_SHUTDOWN_TIMEOUT_S", 35.0, gt=0)
+    # The import policy (serve_app/policy.py): top-level module names; empty: no restriction.
+    allowed_imports: Annotated[list[str], NoDecode] = _env("ALLOWED_IMPORTS", [])
+    denied_imports: Annotated[list[str], NoDecode] = _env("DENIED_IMPORTS", [])
 
     # --- server maxima for one execution
     max_wall_timeout_s: float = _env("MAX_TIMEOUT", 30.0, gt=0)
@@ -132,15 +136,26 @@ class Settings(BaseSettings):
         # `REDIS_URL=` in a .env file means "not set", not "an empty URL".
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_imports", "denied_imports", mode="before")
     @classmethod
-    def _split_origins(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         # Accept a JSON list or the friendlier comma-separated form.
         if not isinstance(value, str):
             return value
         if value.lstrip().startswith("["):
             return json.loads(value)
-        return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return [item.strip() for item in value.split(",") if item.strip()]
+
+    @field_validator("allowed_imports", "denied_imports")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        names = [name.strip() for name in value]
+        bad = [name for name in names if not name.isidentifier() or not name.isascii()]
+        if bad:
+            raise ValueError(
+                "must list top-level module names (no dots), not: " + ", ".join(map(repr, bad))
+            )
+        return sorted(set(names))
 
     @field_validator("sandbox_python")
     @classmethod
@@ -178,6 +193,10 @@ class Settings(BaseSettings):
             problems.append("GRACEFUL_SHUTDOWN_TIMEOUT_S must be at least MAX_TIMEOUT")
         if self.max_code_bytes > self.max_body_bytes:
             problems.append("MAX_CODE_BYTES must not exceed MAX_BODY_BYTES")
+        if both := sorted(set(self.allowed_imports) & set(self.denied_imports)):
+            problems.append(
+                "ALLOWED_IMPORTS and DENIED_IMPORTS must not share a module: " + ", ".join(both)
+            )
         if len({self.port, self.ray_gcs_port, self.ray_metrics_export_port}) < 3:
             problems.append("PORT, RAY_GCS_PORT and RAY_METRICS_EXPORT_PORT must differ")
         return problems
@@ -198,6 +217,10 @@ class Settings(BaseSettings):
     def require_full_isolation(self) -> bool:
         """Whether a missing isolation layer must stop the service (always so in production)."""
         return self.environment == "production" or self.sandbox_require_full_isolation
+
+    def import_policy(self) -> ImportPolicy:
+        """The import policy of ``ALLOWED_IMPORTS`` and ``DENIED_IMPORTS``."""
+        return ImportPolicy.of(self.allowed_imports, self.denied_imports)
 
     def default_limits(self) -> Limits:
         """Limits applied where a request leaves a field out."""

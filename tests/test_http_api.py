@@ -8,6 +8,7 @@ Limiter keys are the API keys' random lookup ids, so runs never share rate state
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from sqlalchemy import func, select
 
 from executors import TERMINAL_STATUSES, ExecutionRecord
 from serve_app.db import Database, keys, migrate
-from serve_app.db.models import Execution
+from serve_app.db.models import ApiKey, AuditEvent, Execution
 from serve_app.settings import Settings
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox]
@@ -83,6 +84,7 @@ def server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
         executor_num_replicas_min=1,
         executor_num_replicas_max=1,
         executor_max_queued_requests=8,
+        denied_imports=["os", "socket"],
     )
     migrate.upgrade(settings)
     database = Database.from_settings(settings)
@@ -332,3 +334,127 @@ def test_every_stored_execution_is_terminal_once(server: Server, client: httpx.C
     with server.database.session() as session:
         rows = session.scalars(select(Execution).where(Execution.id.in_(map(uuid.UUID, ids))))
         assert {row.status for row in rows} <= TERMINAL_STATUSES
+
+
+# --- the import policy (DENIED_IMPORTS=os,socket in this deployment)
+
+
+def stored_for(server: Server, key_name: str) -> int:
+    with server.database.session() as session:
+        count = session.scalar(
+            select(func.count())
+            .select_from(Execution)
+            .join(ApiKey, ApiKey.id == Execution.key_id)
+            .where(ApiKey.name == key_name)
+        )
+    return int(count or 0)
+
+
+def audit_events(
+    server: Server, kind: str, request_id: str, timeout_s: float = 10
+) -> list[AuditEvent]:
+    """The events of ``kind`` for ``request_id`` (written in the background: wait a little)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with server.database.session() as session:
+            events = list(
+                session.scalars(
+                    select(AuditEvent).where(
+                        AuditEvent.kind == kind, AuditEvent.request_id == request_id
+                    )
+                )
+            )
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.1)
+
+
+def test_a_denied_import_is_refused_before_anything_is_stored(
+    server: Server, client: httpx.Client
+) -> None:
+    key = server.new_key("policy-denied")
+    request_id = f"policy-{uuid.uuid4().hex}"
+    response = client.post(
+        "/v1/executions",
+        json={"code": "import math\ndef f():\n    from os import path\n", "wait": True},
+        headers={**auth(key), "X-Request-ID": request_id},
+    )
+    assert (response.status_code, error_code(response)) == (422, "policy_violation")
+    assert response.json()["error"]["details"] == [{"module": "os"}]
+    assert response.headers["ratelimit-limit"]
+    background = run(client, key, "__import__('socket')", wait=False)
+    assert (background.status_code, error_code(background)) == (422, "policy_violation")
+    assert stored_for(server, "policy-denied") == 0
+    [event] = audit_events(server, "policy_refused", request_id)
+    assert (event.key_name, event.details) == ("policy-denied", {"modules": ["os"]})
+    # Code that does not parse is the sandbox's to report.
+    broken = run(client, key, "import os\ndef broken(:")
+    assert (broken.status_code, broken.json()["status"]) == (200, "nonzero_exit")
+    assert "SyntaxError" in broken.json()["stderr"]
+
+
+def test_an_evaded_policy_still_meets_the_sandbox(server: Server, client: httpx.Client) -> None:
+    code = """
+o = __import__("".join(["o", "s"]))
+s = __import__("".join(["soc", "ket"]))
+print("os", o.getpid() > 0)
+try:
+    s.create_connection(("127.0.0.1", 5432), timeout=2).close()
+    print("reached")
+except OSError as exc:
+    print("blocked", type(exc).__name__)
+"""
+    response = run(client, server.key, code)
+    record = response.json()
+    assert (response.status_code, record["status"]) == (200, "ok"), record
+    assert record["stdout"].startswith("os True\nblocked ")
+    assert "reached" not in record["stdout"]
+
+
+# --- audit events of refusals
+
+
+def test_refusals_are_audited(server: Server, client: httpx.Client) -> None:
+    request_id = f"auth-{uuid.uuid4().hex}"
+    refused = client.get(
+        "/v1/executions", headers={"X-API-Key": "not-a-key", "X-Request-ID": request_id}
+    )
+    assert refused.status_code == 401
+    [event] = audit_events(server, "auth_failed", request_id)
+    assert event.key_name is None
+    assert event.source_address == "127.0.0.1"
+    assert event.details == {"reason": "unknown_or_revoked"}
+    assert "not-a-key" not in str(event.details)
+    missing_id = f"auth-{uuid.uuid4().hex}"
+    assert client.get("/v1/executions", headers={"X-Request-ID": missing_id}).status_code == 401
+    assert audit_events(server, "auth_failed", missing_id)[0].details == {"reason": "missing"}
+
+    limited = server.new_key("audited-burst", rate_limit_per_minute=1)
+    assert client.get("/v1/executions", headers=auth(limited)).status_code == 200
+    limited_id = f"rate-{uuid.uuid4().hex}"
+    answer = client.get("/v1/executions", headers={**auth(limited), "X-Request-ID": limited_id})
+    assert answer.status_code == 429
+    [event] = audit_events(server, "rate_limited", limited_id)
+    assert (event.key_name, event.details["limit"]) == ("audited-burst", "rate")
+
+
+# --- request ids: exactly one X-Request-ID, Serve's proxy included
+
+
+def test_exactly_one_request_id_header(server: Server, client: httpx.Client) -> None:
+    mine = client.get("/health", headers={"X-Request-ID": "client-id-42"})
+    assert mine.headers.get_list("x-request-id") == ["client-id-42"]
+    generated = client.get("/health")
+    [value] = generated.headers.get_list("x-request-id")
+    assert value
+    error = client.get(
+        "/v1/executions/nothing", headers={**auth(server.key), "X-Request-ID": "e-1"}
+    )
+    assert error.status_code == 404
+    assert (
+        error.headers.get_list("x-request-id") == ["e-1"] == [error.json()["error"]["request_id"]]
+    )
+    unsane = client.get("/v1/executions", headers={"X-Request-ID": "a b"})
+    # Serve echoes a client's id as it came; there is still only one.
+    assert len(unsane.headers.get_list("x-request-id")) == 1
+    assert unsane.json()["error"]["request_id"] != "a b"

@@ -10,6 +10,16 @@ Outermost first, as :func:`install_edge` stacks them::
 
 So every answer (413 and 415 from the guard, CORS preflights, the last-resort 500) carries the
 request id and the security headers, and the guard's refusals get CORS headers too.
+
+Exactly one ``X-Request-ID`` goes out. Standing alone, the middleware sends it: the client's id
+if it sent exactly one sane id, else a fresh one. Behind Ray Serve (``upstream_request_id``),
+Serve's own ``RequestIdMiddleware`` (in its proxy, or in the replica in direct-ingress mode)
+sits outside the app: it takes the first ``x-request-id`` the client sent (or generates a
+UUID and adds it to the request's headers) and appends ``X-Request-ID`` with that value to
+every answer, whatever the app sent. So there the middleware sends none and adopts that id.
+One case cannot be made consistent from inside the app: a client id that is not sane is
+echoed by Serve as it came, while the service (logs, stored records, error bodies) uses a
+fresh id of its own.
 """
 
 from __future__ import annotations
@@ -77,9 +87,11 @@ class RequestIdLogFilter(logging.Filter):
         return True
 
 
-def install_edge(app: Starlette, settings: Settings) -> None:
+def install_edge(app: Starlette, settings: Settings, *, upstream_request_id: bool = False) -> None:
     """Install the error handlers and the middleware stack described in the module docstring,
-    and keep the settings' :class:`RequestBounds` in ``app.state.request_bounds``."""
+    and keep the settings' :class:`RequestBounds` in ``app.state.request_bounds``.
+
+    ``upstream_request_id``: the app runs behind Ray Serve, which sends ``X-Request-ID``."""
     app.state.request_bounds = RequestBounds.from_settings(settings)
     install_error_handlers(app)
     # add_middleware wraps what is there already: the last one added is the outermost.
@@ -94,23 +106,28 @@ def install_edge(app: Starlette, settings: Settings) -> None:
             allow_credentials=False,  # keys travel in headers, never in cookies
             max_age=600,
         )
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, upstream_request_id=upstream_request_id)
 
 
 class RequestContextMiddleware:
-    """Request id, security headers on every response, and the last-resort 500."""
+    """Request id, security headers on every response, and the last-resort 500.
 
-    def __init__(self, app: ASGIApp) -> None:
+    ``upstream_request_id``: something outside the app (Ray Serve) sends ``X-Request-ID`` with
+    the first ``x-request-id`` of the request; adopt that id and send none (module docstring).
+    """
+
+    def __init__(self, app: ASGIApp, *, upstream_request_id: bool = False) -> None:
         self.app = app
+        self.upstream_request_id = upstream_request_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _client_request_id(scope["headers"]) or uuid.uuid4().hex
+        request_id, send_header = self._request_id(scope["headers"])
         scope.setdefault("state", {})["request_id"] = request_id
         token = _request_id.set(request_id)
-        extra = _extra_headers(request_id, _is_api_path(scope))
+        extra = _extra_headers(request_id, _is_api_path(scope), send_header=send_header)
         started = False
 
         async def send_decorated(message: Message) -> None:
@@ -131,12 +148,17 @@ class RequestContextMiddleware:
         finally:
             _request_id.reset(token)
 
+    def _request_id(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, bool]:
+        """The request's id, and whether this middleware must send it."""
+        values = [value for name, value in headers if name.lower() == b"x-request-id"]
+        if self.upstream_request_id and values:
+            # Serve echoes the first value as it is: adopt it when it is sane.
+            return _sane(values[0]) or uuid.uuid4().hex, False
+        return (_sane(values[0]) if len(values) == 1 else None) or uuid.uuid4().hex, True
 
-def _client_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    values = [value for name, value in headers if name.lower() == b"x-request-id"]
-    if len(values) == 1 and _SANE_REQUEST_ID.fullmatch(values[0]):
-        return values[0].decode("ascii")
-    return None
+
+def _sane(value: bytes) -> str | None:
+    return value.decode("ascii") if _SANE_REQUEST_ID.fullmatch(value) else None
 
 
 def _is_api_path(scope: Scope) -> bool:
@@ -147,16 +169,19 @@ def _is_api_path(scope: Scope) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
 
-def _extra_headers(request_id: str, api_path: bool) -> list[tuple[bytes, bytes]]:
-    headers = [(b"x-request-id", request_id.encode("ascii"))]
+def _extra_headers(
+    request_id: str, api_path: bool, *, send_header: bool = True
+) -> list[tuple[bytes, bytes]]:
+    headers = [(b"x-request-id", request_id.encode("ascii"))] if send_header else []
     return [*headers, _NO_STORE] if api_path else headers
 
 
 def _merge(
     headers: Iterable[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
-    """The app's headers with ``extra`` forced and the security headers it did not set."""
-    forced = {name for name, _ in extra}
+    """The app's headers with ``extra`` forced and the security headers it did not set; any
+    ``x-request-id`` the app set is dropped (the middleware or Serve sends the one)."""
+    forced = {b"x-request-id", *(name for name, _ in extra)}
     merged = [(name, value) for name, value in headers if name.lower() not in forced]
     present = {name.lower() for name, _ in merged}
     merged += extra

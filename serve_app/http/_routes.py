@@ -83,14 +83,16 @@ def build_api(settings: Settings, service: ExecutionService) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(RateLimitHeadersMiddleware)  # innermost: sees the handlers' answers
-    install_edge(app, settings)
+    # Ray Serve's RequestIdMiddleware sends X-Request-ID around this app (see the edge).
+    install_edge(app, settings, upstream_request_id=True)
 
     async def caller(request: Request) -> ApiKey:
-        key = await service.authenticate(presented_key(request))
+        source = request.client.host if request.client else None
+        key = await service.authenticate(presented_key(request), source_address=source)
         decision = await service.hit(key)
         # Set before refusing: a 429 tells the caller its allowance too.
         request.state.ratelimit_headers = rate_limit_headers(decision)
-        service.admit(decision)
+        service.admit(decision, key)
         return key
 
     Caller = Annotated[ApiKey, Depends(caller)]

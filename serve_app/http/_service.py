@@ -7,6 +7,11 @@ with an ``internal_error`` record when the executors failed; a failure of the se
 reaches the client as a 500. A request the executors' bounded queue refuses
 (``BackPressureError``) was never accepted: its row is removed and the client gets 503
 ``overloaded``.
+
+Refusals are audited (:mod:`serve_app.db.audit`): failed authentication, rate-limited requests
+and requests the import policy refuses each add one event, written in the background so that
+neither the refusal's answer nor a successful request ever waits on (or fails with) that write.
+The import policy (:mod:`serve_app.policy`) is checked before anything is stored or run.
 """
 
 from __future__ import annotations
@@ -25,14 +30,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest, ExecutionStatus
-from serve_app.api import ExecutionCreate
-from serve_app.db import Database, executions, keys
+from serve_app.api import ExecutionCreate, current_request_id
+from serve_app.db import Database, audit, executions, keys
 from serve_app.db.models import ApiKey, Execution
 from serve_app.errors import (
     ConflictError,
     InvalidFieldsError,
     NotFoundError,
     OverloadedError,
+    PolicyViolationError,
     RateLimitedError,
     UnauthorizedError,
     UnavailableError,
@@ -57,6 +63,12 @@ FINISH_RETRY_MAX_S = 30.0
 """A result the database could not take is written again, backing off up to this long."""
 HANDLE_MARGIN_S = 60.0
 """How long past its wall timeout a run may take through the handle (queueing included)."""
+AUDIT_MAX_PENDING = 64
+"""Audit writes one replica keeps in flight; beyond, events are dropped (and logged): a flood
+of refusals must not become a flood of database writes."""
+AUDIT_CLOSE_TIMEOUT_S = 5.0
+POLICY_INLINE_CHARS = 16 * 1024
+"""Sources up to this size are parsed on the event loop; larger ones in a worker thread."""
 
 _T = TypeVar("_T")
 
@@ -91,7 +103,10 @@ class ExecutionService:
         self.database = database
         self.limiter = limiter
         self.executor = executor
+        self.policy = settings.import_policy()
         self._background: set[asyncio.Task[None]] = set()
+        self._audit_tasks: set[asyncio.Task[None]] = set()
+        self.audit_dropped = 0
 
     # --- database in worker threads
 
@@ -102,15 +117,65 @@ class ExecutionService:
 
         return await asyncio.to_thread(in_transaction)
 
+    # --- audit events of refusals
+
+    def audit(
+        self,
+        kind: audit.AuditKind,
+        *,
+        key_name: str | None = None,
+        source_address: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record one event in the background (with the current request id); a failed write is
+        logged, never raised."""
+        if len(self._audit_tasks) >= AUDIT_MAX_PENDING:
+            self.audit_dropped += 1
+            logger.warning("audit event %s dropped: too many writes pending", kind.value)
+            return
+        request_id = current_request_id()
+
+        def write(session: Session) -> None:
+            audit.record(
+                session,
+                kind,
+                key_name=key_name,
+                source_address=source_address,
+                request_id=request_id,
+                details=details,
+            )
+
+        async def store() -> None:
+            try:
+                await self._db(write)
+            except Exception as exc:  # noqa: BLE001 - the refusal stands; the event is logged
+                logger.warning("audit event %s not stored: %s", kind.value, type(exc).__name__)
+
+        task = asyncio.get_running_loop().create_task(store())
+        self._audit_tasks.add(task)
+        task.add_done_callback(self._audit_tasks.discard)
+
     # --- callers
 
-    async def authenticate(self, presented: str | None) -> ApiKey:
-        """The live key presented, or :class:`UnauthorizedError`."""
+    async def authenticate(
+        self, presented: str | None, *, source_address: str | None = None
+    ) -> ApiKey:
+        """The live key presented, or :class:`UnauthorizedError` (audited, without the key)."""
         if not presented:
+            self.audit(
+                audit.AuditKind.AUTH_FAILED,
+                source_address=source_address,
+                details={"reason": "missing"},
+            )
             raise UnauthorizedError("an API key is required")
         secret = self.settings.api_key_secret
         row = await self._db(lambda session: keys.authenticate(session, presented, secret))
         if row is None:
+            self.audit(
+                audit.AuditKind.AUTH_FAILED,
+                source_address=source_address,
+                details={"reason": "unknown_or_revoked"},
+            )
             raise UnauthorizedError("unknown or revoked API key")
         return row
 
@@ -119,11 +184,16 @@ class ExecutionService:
         limit = key.rate_limit_per_minute or self.settings.rate_limit_per_minute
         return await self.limiter.hit(key.lookup_id, limit)
 
-    @staticmethod
-    def admit(decision: RateDecision) -> None:
-        """Raise the refusal ``decision`` stands for: 429 over the rate, 503 when the limiter's
-        store is down and the policy is fail-closed."""
+    def admit(self, decision: RateDecision, key: ApiKey | None = None) -> None:
+        """Raise the refusal ``decision`` stands for: 429 over the rate (audited with ``key``'s
+        name), 503 when the limiter's store is down and the policy is fail-closed."""
         if decision.reason is Reason.LIMITED:
+            if key is not None:
+                self.audit(
+                    audit.AuditKind.RATE_LIMITED,
+                    key_name=key.name,
+                    details={"limit": "rate", "per_minute": decision.limit},
+                )
             raise RateLimitedError(decision.retry_after_s or 1.0)
         if not decision.allowed:
             raise UnavailableError(decision.retry_after_s or 1.0)
@@ -132,6 +202,11 @@ class ExecutionService:
         cap = key.max_concurrency or self.settings.max_concurrent_per_key
         decision = await self.limiter.acquire(key.lookup_id, cap)
         if decision.reason is Reason.LIMITED:
+            self.audit(
+                audit.AuditKind.RATE_LIMITED,
+                key_name=key.name,
+                details={"limit": "concurrency", "max_in_flight": cap},
+            )
             raise RateLimitedError(1.0, f"at most {cap} executions in flight per key")
         if not decision.allowed:
             raise UnavailableError(decision.retry_after_s or 1.0)
@@ -152,7 +227,9 @@ class ExecutionService:
         request_id: str | None = None,
     ) -> Created:
         """Accept ``body``: run it now (``wait``) or in the background; or replay the execution
-        an ``Idempotency-Key`` already names."""
+        an ``Idempotency-Key`` already names. Code the import policy refuses is refused first,
+        before anything is stored or run."""
+        await self.check_policy(key, body)
         if body.test_code is not None or body.cases is not None:
             raise InvalidFieldsError(
                 "judged executions are not available yet",
@@ -197,6 +274,26 @@ class ExecutionService:
             return Created(executions.to_record(row))
         finally:
             await self._release(lease)
+
+    async def check_policy(self, key: ApiKey, body: ExecutionCreate) -> None:
+        """Raise :class:`PolicyViolationError` (audited) if ``body`` imports modules the import
+        policy refuses; without a policy, nothing is parsed."""
+        if not self.policy.active:
+            return
+        sources = (body.code, body.test_code)
+        size = sum(len(text or "") for text in sources) + sum(map(len, body.files.values()))
+        try:
+            if size <= POLICY_INLINE_CHARS:
+                self.policy.check(sources, body.files)
+            else:
+                await asyncio.to_thread(self.policy.check, sources, body.files)
+        except PolicyViolationError as exc:
+            self.audit(
+                audit.AuditKind.POLICY_REFUSED,
+                key_name=key.name,
+                details={"modules": list(exc.modules)},
+            )
+            raise
 
     async def _replay(self, key: ApiKey, idempotency: executions.Idempotency) -> Created | None:
         row = await self._db(
@@ -316,6 +413,8 @@ class ExecutionService:
             _, late = await asyncio.wait(pending, timeout=timeout_s)
             for task in late:
                 task.cancel()
+        if self._audit_tasks:
+            await asyncio.wait(set(self._audit_tasks), timeout=AUDIT_CLOSE_TIMEOUT_S)
         await self.limiter.aclose()
         await asyncio.to_thread(self.database.dispose)
 
