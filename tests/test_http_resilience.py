@@ -1,0 +1,427 @@
+"""The HTTP service under stress and failure: one Serve deployment (ingress + executor).
+
+Unlike ``test_http_api.py`` (SQLite, the shared Redis), this module's service stores in real
+PostgreSQL (a schema of its own for the run, through ``search_path``, dropped at the end) and
+limits through a private ``redis-server`` on a free loopback port, which the tests stop and
+start again; the shared Redis at 6379 is never touched. The executors' queue is small
+(``EXECUTOR_MAX_QUEUED_REQUESTS=2`` beside 2 slots), so a burst meets back-pressure.
+
+In order: the PostgreSQL path (create, read, list, idempotency); back-pressure (503
+``overloaded`` with ``Retry-After``, every admitted run terminal and stored once); Redis going
+down and coming back (fail-open, readiness degraded then recovered); a client that disconnects
+during a ``wait: true`` run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy
+from pydantic import SecretStr
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
+
+from executors import TERMINAL_STATUSES, ExecutionRecord
+from serve_app.db import Database, keys, migrate
+from serve_app.db.models import ApiKey, Execution
+from serve_app.settings import Settings
+
+pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow]
+
+APP_NAME = "exec-agent-http-resilience-test"
+SECRET = SecretStr("http-resilience-test-api-key-secret-0123456789")
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+SLOTS = 2
+QUEUED = 2
+BURST = 12
+SLEEPER = "import time\ntime.sleep(2)\nprint('slept')"
+RECORD_FIELDS = set(ExecutionRecord.model_fields)
+TERMINAL = {str(status) for status in TERMINAL_STATUSES}
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def eventually(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """``check()``'s first truthy result within ``timeout_s``; fail saying ``what`` otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout_s} s: {what}")
+        time.sleep(0.2)
+
+
+# --- the private dependencies
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A URL whose connections use a new, empty schema; the schema is dropped afterwards."""
+    name = f"exec_agent_http_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(
+        POSTGRES_URL, poolclass=NullPool, connect_args={"connect_timeout": 3}
+    )
+    try:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f'CREATE SCHEMA "{name}"')
+    except OperationalError as exc:
+        admin.dispose()
+        reason = str(exc.orig).strip().splitlines()[0]
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test) unreachable: {reason}")
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{name}"
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f'DROP SCHEMA "{name}" CASCADE')
+        admin.dispose()
+
+
+class PrivateRedis:
+    """A ``redis-server`` of this module's own on a loopback port: no persistence, no disk."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert self._process is None and REDIS_SERVER is not None
+        self._process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        eventually(self.answers, 10, f"redis-server on port {self.port} answers")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        assert not self.answers()
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as connection:
+                connection.sendall(b"PING\r\n")
+                return connection.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+# --- the service
+
+
+@dataclass
+class Server:
+    url: str
+    database: Database
+    redis: PrivateRedis
+    key: str
+
+    def new_key(self, name: str) -> str:
+        with self.database.session() as session:
+            return keys.create_key(session, SECRET, name).plaintext
+
+    def stored(self, key_name: str) -> list[Execution]:
+        """Every execution row of the key named ``key_name``."""
+        with self.database.session() as session:
+            rows = session.scalars(
+                select(Execution)
+                .join(ApiKey, ApiKey.id == Execution.key_id)
+                .where(ApiKey.name == key_name)
+            )
+            return list(rows)
+
+
+@pytest.fixture(scope="module")
+def server(ray_session: None) -> Iterator[Server]:
+    from ray import serve
+
+    from serve_app._local_demo import executor_app
+    from serve_app.http import service_app
+
+    if REDIS_SERVER is None:
+        pytest.skip("no redis-server binary for a private Redis")
+    with contextlib.ExitStack() as stack:
+        database_url = stack.enter_context(postgres_schema())
+        redis = PrivateRedis(free_port())
+        redis.start()
+        stack.callback(redis.stop)
+        port = free_port()
+        settings = Settings(
+            database_url=database_url,
+            redis_url=redis.url,
+            api_key_secret=SECRET,
+            port=port,
+            rate_limit_per_minute=1000,
+            max_concurrent_per_key=64,
+            max_concurrent_executions=SLOTS,
+            executor_num_replicas_min=1,
+            executor_num_replicas_max=1,
+            executor_max_queued_requests=QUEUED,
+        )
+        migrate.upgrade(settings)
+        database = Database.from_settings(settings)
+        stack.callback(database.dispose)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        stack.callback(serve.shutdown)
+        stack.callback(serve.delete, APP_NAME)
+        app = service_app(settings, executor_app(settings, num_cpus=0.5), num_cpus=0.1)
+        serve.run(app, name=APP_NAME, route_prefix="/")
+        fixture = Server(f"http://127.0.0.1:{port}", database, redis, "")
+        fixture.key = fixture.new_key("main")
+        yield fixture
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        yield http
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def run(client: httpx.Client, key: str, code: str, **fields: object) -> httpx.Response:
+    return client.post("/v1/executions", json={"code": code, **fields}, headers=auth(key))
+
+
+def error_code(response: httpx.Response) -> str:
+    code: str = response.json()["error"]["code"]
+    return code
+
+
+# --- 1. PostgreSQL
+
+
+def test_the_service_runs_on_postgresql(server: Server, client: httpx.Client) -> None:
+    ready = client.get("/health/ready").json()
+    assert ready["checks"]["database"]["ok"], ready
+    assert ready["checks"]["database"]["backend"] == "postgresql"
+    assert ready["checks"]["redis"]["ok"], ready
+    with server.database.session() as session:
+        assert session.connection().dialect.name == "postgresql"
+
+
+def test_run_read_and_list_on_postgresql(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("pg-runner")
+    response = run(client, key, "print('from postgres')")
+    assert response.status_code == 200, response.text
+    record = response.json()
+    assert set(record) == RECORD_FIELDS
+    assert (record["status"], record["exit_code"], record["stdout"]) == (
+        "ok",
+        0,
+        "from postgres\n",
+    )
+    assert response.headers["location"] == f"/v1/executions/{record['id']}"
+    again = client.get(f"/v1/executions/{record['id']}", headers=auth(key))
+    assert (again.status_code, again.json()) == (200, record)
+    rows = server.stored("pg-runner")
+    assert [(str(row.id), str(row.status)) for row in rows] == [(record["id"], "ok")]
+
+    background = run(client, key, "print('later')", wait=False)
+    assert background.status_code == 202
+    late_id = background.json()["id"]
+    done = client.get(f"/v1/executions/{late_id}?wait_s=30", headers=auth(key)).json()
+    assert (done["status"], done["stdout"]) == ("ok", "later\n")
+
+    first = client.get("/v1/executions?limit=1", headers=auth(key)).json()
+    assert [item["id"] for item in first["items"]] == [late_id]
+    assert first["next_cursor"]
+    second = client.get(
+        "/v1/executions", params={"limit": 1, "cursor": first["next_cursor"]}, headers=auth(key)
+    ).json()
+    assert [item["id"] for item in second["items"]] == [record["id"]]
+    assert second["next_cursor"] is None
+    stranger = client.get(f"/v1/executions/{record['id']}", headers=auth(server.key))
+    assert (stranger.status_code, error_code(stranger)) == (404, "not_found")
+
+
+def test_idempotency_on_postgresql(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("pg-idempotent")
+    headers = {**auth(key), "Idempotency-Key": "pg-order-7"}
+    body = {"code": "print('once')"}
+    first = client.post("/v1/executions", json=body, headers=headers)
+    second = client.post("/v1/executions", json=body, headers=headers)
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+    assert len(server.stored("pg-idempotent")) == 1
+    other = client.post("/v1/executions", json={"code": "print(2)"}, headers=headers)
+    assert (other.status_code, error_code(other)) == (409, "conflict")
+    assert len(server.stored("pg-idempotent")) == 1
+
+
+# --- the request id through Serve's proxy
+
+
+def test_every_answer_carries_one_request_id(server: Server, client: httpx.Client) -> None:
+    """Serve's proxy appends its own ``X-Request-ID``; the app must not send a second one.
+
+    (A client id that is not sane is echoed by Serve as sent while the service uses its own:
+    a documented limitation, see ``serve_app/api/middleware.py``; not checked here.)
+    """
+    plain = client.get("/health")
+    assert len(plain.headers.get_list("x-request-id")) == 1, plain.headers.raw
+    sane = client.get("/health", headers={"X-Request-ID": "client-id-1"})
+    assert sane.headers.get_list("x-request-id") == ["client-id-1"]
+    missing = client.get("/v1/executions/nope", headers={**auth(server.key), "X-Request-ID": "r-2"})
+    assert missing.status_code == 404
+    assert missing.headers.get_list("x-request-id") == ["r-2"]
+    assert missing.json()["error"]["request_id"] == "r-2"
+
+
+# --- 2. back-pressure
+
+
+def test_a_burst_beyond_the_queue_is_refused_with_503(server: Server) -> None:
+    key = server.new_key("burst")
+
+    def one(_: int) -> tuple[httpx.Response, float]:
+        started = time.monotonic()
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            response = run(http, key, SLEEPER)
+        return response, time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=BURST) as pool:
+        answers = list(pool.map(one, range(BURST)))
+
+    refused = [(r, s) for r, s in answers if r.status_code == 503]
+    admitted = [r for r, _ in answers if r.status_code != 503]
+    assert refused, f"{BURST} runs at once on {SLOTS} slots + {QUEUED} queued: none refused"
+    assert len(admitted) >= SLOTS, [r.status_code for r, _ in answers]
+    for response, seconds in refused:
+        body = response.json()
+        assert set(body) == {"error"}
+        assert body["error"]["code"] == "overloaded"
+        assert body["error"]["message"]
+        assert response.headers.get_list("x-request-id") == [body["error"]["request_id"]]
+        assert int(response.headers["retry-after"]) >= 1
+        assert "Traceback" not in response.text
+        assert seconds < 10, "a refusal should not wait for the runs ahead of it"
+    for response in admitted:
+        assert response.status_code == 200, response.text
+        record = response.json()
+        assert record["status"] in TERMINAL
+        assert (record["status"], record["stdout"]) == ("ok", "slept\n"), record
+    # Only admitted runs are stored, each once, terminal.
+    rows = server.stored("burst")
+    assert sorted(str(row.id) for row in rows) == sorted(r.json()["id"] for r in admitted)
+    assert {str(row.status) for row in rows} <= TERMINAL
+
+    # Afterwards the service is healthy and runs a normal request.
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        assert http.get("/health").status_code == 200
+        ready = http.get("/health/ready").json()
+        assert ready["checks"]["executors"]["ok"], ready
+        after = run(http, key, "print('after the burst')")
+        assert after.status_code == 200, after.text
+        assert after.json()["stdout"] == "after the burst\n"
+
+
+# --- 3. Redis down
+
+
+def test_redis_down_fails_open_and_readiness_recovers(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("redis-outage")
+    assert run(client, key, "print(1)").status_code == 200
+    server.redis.stop()
+    try:
+        for n in range(3):
+            response = run(client, key, f"print({n})")
+            assert response.status_code == 200, response.text
+            assert response.json()["stdout"] == f"{n}\n"
+        listed = client.get("/v1/executions", headers=auth(key))
+        assert listed.status_code == 200, listed.text
+        assert len(listed.json()["items"]) == 4
+
+        ready = client.get("/health/ready")
+        body = ready.json()
+        assert (ready.status_code, body["status"]) == (503, "degraded"), body
+        assert body["checks"]["redis"]["ok"] is False
+        assert body["checks"]["database"]["ok"] and body["checks"]["executors"]["ok"]
+        assert str(server.redis.port) not in ready.text  # no internal address leaks
+    finally:
+        server.redis.start()
+
+    def redis_ok() -> dict[str, Any] | None:
+        body: dict[str, Any] = client.get("/health/ready").json()
+        return body if body["checks"]["redis"]["ok"] else None
+
+    body = eventually(redis_ok, 15, "readiness sees Redis again")
+    everything_ok = all(check["ok"] for check in body["checks"].values())
+    assert body["status"] == ("ready" if everything_ok else "degraded")
+    response = run(client, key, "print('back')")
+    assert response.status_code == 200, response.text
+
+
+# --- 4. a client that goes away
+
+
+def test_a_client_that_disconnects_leaves_one_terminal_record(
+    server: Server, client: httpx.Client
+) -> None:
+    key = server.new_key("impatient")
+    code = "import time\ntime.sleep(3)\nprint('finished')"
+    with (
+        httpx.Client(base_url=server.url, timeout=1.0) as impatient,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        run(impatient, key, code)
+
+    def stored_terminal() -> list[Execution] | None:
+        rows = server.stored("impatient")
+        return rows if rows and all(str(row.status) in TERMINAL for row in rows) else None
+
+    rows = eventually(stored_terminal, 30, "the abandoned run's record ends terminal")
+    assert len(rows) == 1
+    record = client.get(f"/v1/executions/{rows[0].id}", headers=auth(key)).json()
+    # Today: Serve's proxy cancels the request, the ingress stores ``internal_error`` (no
+    # output, no usage) and the executor call is cancelled; the sandboxed job itself runs to
+    # its own limits and its result is dropped. ``ok`` would mean the finished result is kept.
+    assert record["status"] in {"internal_error", "ok"}, record
+    time.sleep(4)  # past the program's own end: nothing finishes it a second time
+    again = client.get(f"/v1/executions/{rows[0].id}", headers=auth(key)).json()
+    assert again == record
+    assert len(server.stored("impatient")) == 1
+    after = run(client, key, "print('still serving')")
+    assert after.status_code == 200, after.text
