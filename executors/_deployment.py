@@ -68,11 +68,16 @@ class SandboxExecutor:
     async def run(self, request: RequestLike) -> dict[str, Any]:
         """Run one program in the next free slot; return its record in API form."""
         checked = ExecutionRequest.model_validate(request)
+        cancel = threading.Event()
         try:
-            job = self._threads.submit(self._pool.run, checked)
+            job = self._threads.submit(self._pool.run, checked, cancel)
         except RuntimeError:  # the threads are shut down: close() ran
             raise PoolClosedError("the executor is shut down") from None
-        record = await asyncio.wrap_future(job)
+        try:
+            record = await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            cancel.set()  # the caller went away (e.g. its client disconnected): stop the run
+            raise
         return record.to_api()
 
     async def run_batch(self, requests: Sequence[RequestLike]) -> list[dict[str, Any]]:

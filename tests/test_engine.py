@@ -628,6 +628,7 @@ def facts(**changes: object) -> JobFacts:
         (KillReason.CPU_TIMEOUT, TIMEOUT),
         (KillReason.OUTPUT_LIMIT, OUTPUT_LIMIT),
         (KillReason.SHUTDOWN, INTERNAL_ERROR),
+        (KillReason.CANCELLED, INTERNAL_ERROR),
     ],
 )
 def test_verdict_of_a_kill_by_the_host(reason: KillReason, status: ExecutionStatus) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import pytest
@@ -92,3 +94,17 @@ def test_a_slot_whose_zygote_died_is_restarted(pool_factory: PoolFactory) -> Non
     record = pool.run('print("restarted")')
     assert (record.status, record.stdout) == (ExecutionStatus.OK, "restarted\n"), record
     assert pool.pool.alive_slots == 1
+
+
+def test_a_cancelled_run_is_killed_at_once(one_slot: WatchedPool) -> None:
+    """A caller that goes away (a client disconnecting) stops its run: nothing keeps running."""
+    cancel = threading.Event()
+    request = one_slot.request("import time\nprint('started', flush=True)\ntime.sleep(30)\n")
+    with ThreadPoolExecutor(max_workers=1) as executor, one_slot.watch():
+        future = executor.submit(one_slot.pool.run, request, cancel)
+        time.sleep(0.5)
+        cancel.set()
+        record = future.result(timeout=10)
+    assert record.status == ExecutionStatus.INTERNAL_ERROR, record
+    assert record.signal == signal.SIGKILL
+    assert record.wall_time_s is not None and record.wall_time_s < 10

@@ -316,8 +316,13 @@ class Slot:
 
     # --- one job ----------------------------------------------------------------
 
-    def run(self, request: ExecutionRequest) -> ExecutionRecord:
-        """Run one job to its end and return its record (never raises for the job's sake)."""
+    def run(
+        self, request: ExecutionRequest, cancel: threading.Event | None = None
+    ) -> ExecutionRecord:
+        """Run one job to its end and return its record (never raises for the job's sake).
+
+        Setting ``cancel`` kills the job (within a poll interval): its caller went away.
+        """
         created_at = utc_now()
         self._kill_requested = None
         try:
@@ -325,7 +330,7 @@ class Slot:
                 spare = self._take_spare(request.limits.disk_bytes)
                 self._request_spare(request.limits.disk_bytes)  # built while this job runs
                 try:
-                    return _Job(self, request, created_at, spare).run()
+                    return _Job(self, request, created_at, spare, cancel).run()
                 except SpareFailed as exc:  # it died before it took the job: take another
                     logger.warning("slot %d: spare lost (%s)", self.settings.index, exc)
                     if attempt + 1 == SPARE_ATTEMPTS:
@@ -367,9 +372,15 @@ def _memfd_readonly(name: str, data: bytes) -> int:
 
 class _Job:
     def __init__(
-        self, slot: Slot, request: ExecutionRequest, created_at: Any, spare: _Spare
+        self,
+        slot: Slot,
+        request: ExecutionRequest,
+        created_at: Any,
+        spare: _Spare,
+        cancel: threading.Event | None,
     ) -> None:
         self.slot = slot
+        self.cancel = cancel
         self.request = request
         self.limits = request.limits
         self.created_at = created_at
@@ -471,6 +482,8 @@ class _Job:
     def _enforce(self, now: float, deadline: float) -> None:
         if self.slot._kill_requested is not None:
             self._kill(self.slot._kill_requested)
+        elif self.cancel is not None and self.cancel.is_set():
+            self._kill(KillReason.CANCELLED)
         elif now >= deadline:
             self._kill(KillReason.WALL_TIMEOUT)
         elif self.slot.cgroup is not None and now >= self.next_cpu_check:

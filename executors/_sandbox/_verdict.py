@@ -19,6 +19,8 @@ class KillReason(enum.Enum):
     CPU_TIMEOUT = "cpu_timeout"
     OUTPUT_LIMIT = "output_limit"
     SHUTDOWN = "shutdown"
+    CANCELLED = "cancelled"
+    """The caller gave up (a client went away): the service stopped the run."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ _KILL_STATUS = {
     KillReason.CPU_TIMEOUT: ExecutionStatus.TIMEOUT,
     KillReason.OUTPUT_LIMIT: ExecutionStatus.OUTPUT_LIMIT,
     KillReason.SHUTDOWN: ExecutionStatus.INTERNAL_ERROR,
+    KillReason.CANCELLED: ExecutionStatus.INTERNAL_ERROR,
 }
 
 
