@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from executors import (
     TERMINAL_STATUSES,
@@ -95,6 +98,32 @@ TIMEOUT = ExecutionStatus.TIMEOUT
 MEMORY_LIMIT = ExecutionStatus.MEMORY_LIMIT
 OUTPUT_LIMIT = ExecutionStatus.OUTPUT_LIMIT
 INTERNAL_ERROR = ExecutionStatus.INTERNAL_ERROR
+
+
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+"""The machine's PostgreSQL (trust auth); tests work in schemas of their own."""
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A URL whose connections use a new, empty schema; the schema is dropped afterwards."""
+    name = f"exec_agent_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(
+        POSTGRES_URL, poolclass=NullPool, connect_args={"connect_timeout": 3}
+    )
+    try:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f'CREATE SCHEMA "{name}"')
+    except OperationalError as exc:
+        admin.dispose()
+        reason = str(exc.orig).strip().splitlines()[0]
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test) unreachable: {reason}")
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{name}"
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f'DROP SCHEMA "{name}" CASCADE')
+        admin.dispose()
 
 
 @dataclass(frozen=True)

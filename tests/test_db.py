@@ -21,8 +21,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from pydantic import SecretStr
 from sqlalchemy import Column, Integer, MetaData, select, text, update
-from sqlalchemy.exc import OperationalError, StatementError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.exc import StatementError
 
 from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus, Limits
 from serve_app.db import Database, executions, keys, migrate
@@ -38,8 +37,8 @@ from serve_app.errors import (
     NotFoundError,
 )
 from serve_app.settings import Settings
+from tests.conftest import postgres_schema
 
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SECRET = SecretStr("test-api-key-secret-0123456789abcdef")
 MIB = 1024 * 1024
 LIMITS = Limits(
@@ -54,28 +53,6 @@ BACKENDS = ["sqlite", "postgresql"]
 
 
 # --- databases
-
-
-@contextlib.contextmanager
-def postgres_schema() -> Iterator[str]:
-    """A URL whose connections use a new, empty schema; the schema is dropped afterwards."""
-    name = f"exec_agent_test_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(
-        POSTGRES_URL, poolclass=NullPool, connect_args={"connect_timeout": 3}
-    )
-    try:
-        with admin.begin() as connection:
-            connection.exec_driver_sql(f'CREATE SCHEMA "{name}"')
-    except OperationalError as exc:
-        admin.dispose()
-        reason = str(exc.orig).strip().splitlines()[0]
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test) unreachable: {reason}")
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{name}"
-    finally:
-        with admin.begin() as connection:
-            connection.exec_driver_sql(f'DROP SCHEMA "{name}" CASCADE')
-        admin.dispose()
 
 
 @contextlib.contextmanager

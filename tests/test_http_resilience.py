@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,22 +26,19 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy
 from pydantic import SecretStr
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import NullPool
 
 from executors import TERMINAL_STATUSES, ExecutionRecord
 from serve_app.db import Database, keys, migrate
 from serve_app.db.models import ApiKey, Execution
 from serve_app.settings import Settings
+from tests.conftest import postgres_schema
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow]
 
 APP_NAME = "exec-agent-http-resilience-test"
 SECRET = SecretStr("http-resilience-test-api-key-secret-0123456789")
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SLOTS = 2
 QUEUED = 2
 BURST = 12
@@ -72,28 +68,6 @@ def eventually(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
 
 
 # --- the private dependencies
-
-
-@contextlib.contextmanager
-def postgres_schema() -> Iterator[str]:
-    """A URL whose connections use a new, empty schema; the schema is dropped afterwards."""
-    name = f"exec_agent_http_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(
-        POSTGRES_URL, poolclass=NullPool, connect_args={"connect_timeout": 3}
-    )
-    try:
-        with admin.begin() as connection:
-            connection.exec_driver_sql(f'CREATE SCHEMA "{name}"')
-    except OperationalError as exc:
-        admin.dispose()
-        reason = str(exc.orig).strip().splitlines()[0]
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test) unreachable: {reason}")
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{name}"
-    finally:
-        with admin.begin() as connection:
-            connection.exec_driver_sql(f'DROP SCHEMA "{name}" CASCADE')
-        admin.dispose()
 
 
 class PrivateRedis:

@@ -11,10 +11,10 @@ from pydantic import ValidationError
 
 from serve_app.errors import ConfigurationError
 from serve_app.settings import MIB, Settings, get_settings, load_settings
+from tests.conftest import POSTGRES_URL
 
 REPO = Path(__file__).resolve().parent.parent
 STRONG_SECRET = "s" * 40
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def env_names() -> list[str]:
