@@ -23,6 +23,7 @@ from executors import TERMINAL_STATUSES, ExecutionRecord
 from serve_app.db import Database, keys, migrate
 from serve_app.db.models import ApiKey, AuditEvent, Execution
 from serve_app.settings import Settings
+from tests.http_support import auth, error_code, free_port, run
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox]
 
@@ -31,13 +32,6 @@ SECRET = SecretStr("http-test-api-key-secret-0123456789abcdef")
 REDIS_URL = "redis://127.0.0.1:6379/0"
 MAX_BODY_BYTES = 64 * 1024
 RECORD_FIELDS = set(ExecutionRecord.model_fields)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def redis_answers() -> bool:
@@ -106,19 +100,6 @@ def server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def client(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60) as http:
         yield http
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def run(client: httpx.Client, key: str, code: str, **fields: object) -> httpx.Response:
-    return client.post("/v1/executions", json={"code": code, **fields}, headers=auth(key))
-
-
-def error_code(response: httpx.Response) -> str:
-    code: str = response.json()["error"]["code"]
-    return code
 
 
 # --- health

@@ -34,6 +34,7 @@ from serve_app.db import Database, keys, migrate
 from serve_app.db.models import ApiKey, Execution
 from serve_app.settings import Settings
 from tests.conftest import postgres_schema
+from tests.http_support import auth, error_code, free_port, run
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow]
 
@@ -46,13 +47,6 @@ SLEEPER = "import time\ntime.sleep(2)\nprint('slept')"
 RECORD_FIELDS = set(ExecutionRecord.model_fields)
 TERMINAL = {str(status) for status in TERMINAL_STATUSES}
 REDIS_SERVER = shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def eventually(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -189,19 +183,6 @@ def server(ray_session: None) -> Iterator[Server]:
 def client(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60) as http:
         yield http
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def run(client: httpx.Client, key: str, code: str, **fields: object) -> httpx.Response:
-    return client.post("/v1/executions", json={"code": code, **fields}, headers=auth(key))
-
-
-def error_code(response: httpx.Response) -> str:
-    code: str = response.json()["error"]["code"]
-    return code
 
 
 # --- 1. PostgreSQL
