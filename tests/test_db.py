@@ -370,6 +370,29 @@ def test_execution_is_inserted_queued_and_finished_once(database: Database) -> N
     assert stored.request_id == "req-1"
 
 
+def test_an_execution_inserted_running_is_finished_without_reading_back(
+    database: Database,
+) -> None:
+    key = new_key(database).row
+    inserted = insert(database, key.id, running=True)
+    assert inserted.status == ExecutionStatus.RUNNING
+    assert inserted.started_at is not None and inserted.started_at == inserted.created_at
+    with database.session() as session:
+        assert not executions.start_execution(session, inserted.id)  # running already
+    result = ExecutionRecord.model_validate(
+        {"status": "ok", "exit_code": 0, "stdout": "1\x00\n", "limits": {}, "wall_time_s": 0.5}
+    )
+    with database.session() as session:
+        answer = executions.finish_inserted_execution(session, inserted, result)
+    with database.session() as session:
+        stored = executions.get_execution(session, key.id, inserted.id)
+        assert stored is not None
+        assert answer == executions.to_record(stored)  # the answer is what is stored
+    assert answer.stdout == "1\n" and answer.started_at == inserted.started_at
+    with pytest.raises(ConflictError, match="finished already"), database.session() as session:
+        executions.finish_inserted_execution(session, inserted, result)
+
+
 def test_finishing_needs_a_known_execution_and_a_terminal_status(database: Database) -> None:
     key = new_key(database).row
     with pytest.raises(NotFoundError):

@@ -212,6 +212,35 @@ def test_the_service_refuses_before_storing_and_audits(service: ExecutionService
     ]
 
 
+def test_authenticated_keys_are_trusted_for_a_few_seconds_only(
+    service: ExecutionService,
+) -> None:
+    from serve_app.errors import UnauthorizedError
+    from serve_app.http._service import AUTH_CACHE_TTL_S
+
+    secret = service.settings.api_key_secret
+    with service.database.session() as session:
+        presented = keys.create_key(session, secret, "cached").plaintext
+    now = [1000.0]
+    service._clock = lambda: now[0]
+
+    async def authenticate() -> str:
+        return (await service.authenticate(presented)).name
+
+    assert asyncio.run(authenticate()) == "cached"
+    assert list(service._auth_cache) == [keys.hash_key(presented, secret)]  # never plaintext
+    with service.database.session() as session:
+        keys.revoke_key(session, "cached")
+    now[0] += AUTH_CACHE_TTL_S / 2
+    assert asyncio.run(authenticate()) == "cached"  # within the bound: still trusted
+    now[0] += AUTH_CACHE_TTL_S
+    with pytest.raises(UnauthorizedError):
+        asyncio.run(authenticate())  # past it: the revocation holds
+    with pytest.raises(UnauthorizedError):
+        wrong = presented[:-1] + ("x" if presented[-1] != "x" else "y")
+        asyncio.run(service.authenticate(wrong))  # a wrong key is never cached
+
+
 def test_a_failed_audit_write_is_logged_not_raised(
     service: ExecutionService, caplog: pytest.LogCaptureFixture
 ) -> None:

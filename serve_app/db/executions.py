@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest, ExecutionStatus, Limits
 from serve_app.db import cursor as cursors
 from serve_app.db.models import Execution
+from serve_app.db.types import clean_text
 from serve_app.errors import ConflictError, InvalidRequestError, NotFoundError
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Page",
     "find_by_idempotency_key",
     "finish_execution",
+    "finish_inserted_execution",
     "get_execution",
     "insert_execution",
     "list_executions",
@@ -75,8 +77,10 @@ def insert_execution(
     cases: list[dict[str, Any]] | None = None,
     batch_id: uuid.UUID | None = None,
     position: int | None = None,
+    running: bool = False,
 ) -> Execution:
-    """Record an accepted request, status ``queued``.
+    """Record an accepted request, status ``queued``; with ``running``, ``running`` at once
+    (started now: one write instead of insert then :func:`start_execution`).
 
     With ``idempotency``, raise :class:`ConflictError` if the key's ``Idempotency-Key`` is held
     by another execution of the last 24 h (a racing request: look it up with
@@ -96,10 +100,11 @@ def insert_execution(
         test_code=test_code,
         cases=cases,
         limits=request.limits.model_dump(),
-        status=ExecutionStatus.QUEUED,
+        status=ExecutionStatus.RUNNING if running else ExecutionStatus.QUEUED,
         batch_id=batch_id,
         position=position,
         created_at=now,
+        started_at=now if running else None,
     )
     session.add(row)
     try:
@@ -182,6 +187,49 @@ def finish_execution(
     if session.get(Execution, execution_id) is None:
         raise NotFoundError(f"no execution {execution_id}")
     raise ConflictError(f"execution {execution_id} is finished already")
+
+
+def finish_inserted_execution(
+    session: Session, inserted: Execution, record: ExecutionRecord
+) -> ExecutionRecord:
+    """:func:`finish_execution` for an execution this process inserted (``inserted``, as
+    :func:`insert_execution` returned it): one UPDATE, no row read back; the answer is what
+    :func:`to_record` of the stored row gives, built from ``inserted`` and the values written.
+    Same errors as :func:`finish_execution`.
+    """
+    if record.status not in TERMINAL_STATUSES:
+        raise ValueError(f"not a terminal status: {record.status}")
+    values = _result_values(record)
+    table: Table = Execution.__table__  # type: ignore[assignment]
+    written = session.connection().execute(
+        update(table)
+        .where(table.c.id == inserted.id, table.c.status.in_(_UNFINISHED))
+        .values(**values)
+    )
+    if written.rowcount != 1:
+        if session.get(Execution, inserted.id) is None:
+            raise NotFoundError(f"no execution {inserted.id}")
+        raise ConflictError(f"execution {inserted.id} is finished already")
+    return ExecutionRecord(
+        id=inserted.id,
+        status=record.status,
+        exit_code=record.exit_code,
+        signal=record.signal,
+        stdout=clean_text(record.stdout),
+        stderr=clean_text(record.stderr),
+        stdout_truncated=record.stdout_truncated,
+        stderr_truncated=record.stderr_truncated,
+        wall_time_s=record.wall_time_s,
+        cpu_time_s=record.cpu_time_s,
+        peak_memory_bytes=record.peak_memory_bytes,
+        limits=Limits.model_validate(inserted.limits).to_api(),
+        created_at=inserted.created_at,
+        started_at=values.get("started_at", inserted.started_at),
+        finished_at=values["finished_at"],
+        cached=record.cached,
+        cached_from=record.cached_from,
+        passed=record.passed,
+    )
 
 
 def _result_values(record: ExecutionRecord) -> dict[str, Any]:

@@ -1,12 +1,15 @@
 """What the routes do, without HTTP: keys, rate limits, persistence and the executor handle.
 
-Database work is synchronous SQLAlchemy, run in worker threads (one short transaction each) so
-the replica's event loop keeps serving. Every accepted execution is inserted ``queued`` first,
-then finished exactly once (``executions.finish_execution``): with the executor's record, or
-with an ``internal_error`` record when the executors failed; a failure of the service never
-reaches the client as a 500. A request the executors' bounded queue refuses
-(``BackPressureError``) was never accepted: its row is removed and the client gets 503
-``overloaded``.
+Database work is synchronous SQLAlchemy, run in worker threads (one short transaction each;
+on SQLite one thread, as SQLite takes one writer at a time) so the replica's event loop keeps
+serving. Every accepted execution is inserted first (``queued``; ``running`` at once when the
+request waits for it, saving a write), then finished exactly once
+(``executions.finish_execution``): with the executor's record, or with an ``internal_error``
+record when the executors failed; a failure of the service never reaches the client as a 500.
+A key that authenticated is trusted for ``AUTH_CACHE_TTL_S`` (revocation takes effect within
+that), so a request does not read its key from the database each time. A request the
+executors' bounded queue refuses (``BackPressureError``) was never accepted: its row is removed
+and the client gets 503 ``overloaded``.
 
 Refusals are audited (:mod:`serve_app.db.audit`): failed authentication, rate-limited requests
 and requests the import policy refuses each add one event, written in the background so that
@@ -17,10 +20,14 @@ The import policy (:mod:`serve_app.policy`) is checked before anything is stored
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import math
+import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -69,6 +76,12 @@ of refusals must not become a flood of database writes."""
 AUDIT_CLOSE_TIMEOUT_S = 5.0
 POLICY_INLINE_CHARS = 16 * 1024
 """Sources up to this size are parsed on the event loop; larger ones in a worker thread."""
+AUTH_CACHE_TTL_S = 2.0
+"""How long one replica trusts a key it authenticated (issue 3: "cache at most a few
+seconds"): a revoked key, or a key's new limits, take effect within this long. Entries are
+found by the presented key's HMAC (the stored form), never by the key itself."""
+AUTH_CACHE_MAX_ENTRIES = 1024
+"""Beyond this many cached keys the cache starts over (many keys at once is not the hot path)."""
 
 _T = TypeVar("_T")
 
@@ -107,6 +120,14 @@ class ExecutionService:
         self._background: set[asyncio.Task[None]] = set()
         self._audit_tasks: set[asyncio.Task[None]] = set()
         self.audit_dropped = 0
+        self._auth_cache: dict[str, tuple[float, ApiKey]] = {}
+        self._clock: Callable[[], float] = time.monotonic
+        # SQLite takes one writer at a time: writers in several threads of this process would
+        # meet on its lock and sleep in its busy handler (milliseconds each). One thread runs
+        # them back to back instead. PostgreSQL uses the default pool of worker threads.
+        self._db_thread: ThreadPoolExecutor | None = None
+        if database.engine.dialect.name == "sqlite":
+            self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
 
     # --- database in worker threads
 
@@ -115,7 +136,10 @@ class ExecutionService:
             with self.database.session() as session:
                 return work(session)
 
-        return await asyncio.to_thread(in_transaction)
+        if self._db_thread is None:
+            return await asyncio.to_thread(in_transaction)
+        call = functools.partial(contextvars.copy_context().run, in_transaction)
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, call)
 
     # --- audit events of refusals
 
@@ -169,7 +193,17 @@ class ExecutionService:
             )
             raise UnauthorizedError("an API key is required")
         secret = self.settings.api_key_secret
+        cache_key = keys.hash_key(presented, secret) if len(presented) == keys.KEY_CHARS else None
+        now = self._clock()
+        if cache_key is not None:
+            cached = self._auth_cache.get(cache_key)
+            if cached is not None and cached[0] > now:
+                return cached[1]
         row = await self._db(lambda session: keys.authenticate(session, presented, secret))
+        if row is not None and cache_key is not None:
+            if len(self._auth_cache) >= AUTH_CACHE_MAX_ENTRIES:
+                self._auth_cache.clear()
+            self._auth_cache[cache_key] = (now + AUTH_CACHE_TTL_S, row)
         if row is None:
             self.audit(
                 audit.AuditKind.AUTH_FAILED,
@@ -257,7 +291,12 @@ class ExecutionService:
             try:
                 row = await self._db(
                     lambda session: executions.insert_execution(
-                        session, key.id, request, request_id=request_id, idempotency=idempotency
+                        session,
+                        key.id,
+                        request,
+                        request_id=request_id,
+                        idempotency=idempotency,
+                        running=body.wait,
                     )
                 )
             except ConflictError:
@@ -266,7 +305,8 @@ class ExecutionService:
                     raise
                 return replay
             if body.wait:
-                return Created(await self._run(row.id, request, background=False))
+                # Inserted as running already: one write fewer before the run.
+                return Created(await self._run(row.id, request, background=False, inserted=row))
             task = asyncio.create_task(self._run_in_background(row.id, request, lease))
             lease = None  # the task gives it back
             self._background.add(task)
@@ -302,10 +342,17 @@ class ExecutionService:
         return None if row is None else Created(executions.to_record(row))
 
     async def _run(
-        self, execution_id: uuid.UUID, request: ExecutionRequest, *, background: bool
+        self,
+        execution_id: uuid.UUID,
+        request: ExecutionRequest,
+        *,
+        background: bool,
+        inserted: Execution | None = None,
     ) -> ExecutionRecord:
-        """Run through the executor handle and finish the stored execution."""
-        await self._db(lambda session: executions.start_execution(session, execution_id))
+        """Run through the executor handle and finish the stored execution: marked running
+        first, unless it was ``inserted`` running by this request."""
+        if inserted is None:
+            await self._db(lambda session: executions.start_execution(session, execution_id))
         try:
             result = await asyncio.wait_for(
                 self.executor.run.remote(request),
@@ -324,7 +371,7 @@ class ExecutionService:
         except Exception as exc:  # noqa: BLE001 - any executor failure ends as internal_error
             logger.warning("execution %s failed in the executors: %r", execution_id, exc)
             record = _internal_error(request)
-        return await self._finish(execution_id, record)
+        return await self._finish(execution_id, record, inserted)
 
     async def _run_in_background(
         self, execution_id: uuid.UUID, request: ExecutionRequest, lease: Lease | None
@@ -345,10 +392,21 @@ class ExecutionService:
         finally:
             await self._release(lease)
 
-    async def _finish(self, execution_id: uuid.UUID, record: ExecutionRecord) -> ExecutionRecord:
+    async def _finish(
+        self,
+        execution_id: uuid.UUID,
+        record: ExecutionRecord,
+        inserted: Execution | None = None,
+    ) -> ExecutionRecord:
         """Store the terminal record; if the database is down, keep retrying in the background
-        and answer with the record as it will be stored."""
+        and answer with the record as it will be stored. With the row this request
+        ``inserted``, the stored record is not read back (one statement fewer)."""
         try:
+            if inserted is not None:
+                row = inserted
+                return await self._db(
+                    lambda session: executions.finish_inserted_execution(session, row, record)
+                )
             row = await self._db(
                 lambda session: executions.finish_execution(session, execution_id, record)
             )
@@ -417,6 +475,8 @@ class ExecutionService:
             await asyncio.wait(set(self._audit_tasks), timeout=AUDIT_CLOSE_TIMEOUT_S)
         await self.limiter.aclose()
         await asyncio.to_thread(self.database.dispose)
+        if self._db_thread is not None:
+            self._db_thread.shutdown(wait=False)
 
 
 def _internal_error(request: ExecutionRequest) -> ExecutionRecord:
