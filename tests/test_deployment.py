@@ -135,6 +135,21 @@ def test_stats_count_slots(executor: Any) -> None:
     assert stats["closed"] is False
 
 
+def test_a_cancelled_call_kills_its_run(executor: Any) -> None:
+    """A caller that goes away (Serve cancels the call) frees the slot at once."""
+    import ray
+
+    ref = executor.run.remote(request("import time; time.sleep(30)"))
+    deadline = time.monotonic() + 10
+    while ray.get(executor.stats.remote())["busy_slots"] == 0:
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.05)
+    ray.cancel(ref)
+    while ray.get(executor.stats.remote())["busy_slots"] != 0:
+        assert time.monotonic() < deadline, "the cancelled run still holds its slot"
+        time.sleep(0.05)
+
+
 def test_health_follows_the_sandboxes_and_the_pool(ray_session: None) -> None:
     import ray
 

@@ -210,25 +210,17 @@ def finish_inserted_execution(
         if session.get(Execution, inserted.id) is None:
             raise NotFoundError(f"no execution {inserted.id}")
         raise ConflictError(f"execution {inserted.id} is finished already")
-    return ExecutionRecord(
-        id=inserted.id,
-        status=record.status,
-        exit_code=record.exit_code,
-        signal=record.signal,
-        stdout=clean_text(record.stdout),
-        stderr=clean_text(record.stderr),
-        stdout_truncated=record.stdout_truncated,
-        stderr_truncated=record.stderr_truncated,
-        wall_time_s=record.wall_time_s,
-        cpu_time_s=record.cpu_time_s,
-        peak_memory_bytes=record.peak_memory_bytes,
-        limits=Limits.model_validate(inserted.limits).to_api(),
-        created_at=inserted.created_at,
-        started_at=values.get("started_at", inserted.started_at),
-        finished_at=values["finished_at"],
-        cached=record.cached,
-        cached_from=record.cached_from,
-        passed=record.passed,
+    # What was written, without reading the row back: the record, as stored.
+    return record.model_copy(
+        update={
+            "id": inserted.id,
+            "stdout": clean_text(record.stdout),
+            "stderr": clean_text(record.stderr),
+            "limits": Limits.model_validate(inserted.limits).to_api(),
+            "created_at": inserted.created_at,
+            "started_at": values.get("started_at", inserted.started_at),
+            "finished_at": values["finished_at"],
+        }
     )
 
 
