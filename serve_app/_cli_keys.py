@@ -14,6 +14,7 @@ from serve_app import _exit
 from serve_app.errors import (
     ConflictError,
     DatabaseNotReadyError,
+    DatabaseUnavailableError,
     InvalidRequestError,
     NotFoundError,
 )
@@ -153,10 +154,12 @@ def _reporting_failures(command: str, action: Callable[[], int]) -> int:
         return _fail(command, str(exc), EX_FAILED)
     except InvalidRequestError as exc:
         return _fail(command, str(exc), _exit.EX_USAGE)
-    except (OperationalError, InterfaceError) as exc:
+    except (OperationalError, InterfaceError, DatabaseUnavailableError) as exc:
         # The driver's first line ("connection refused", "unable to open database file"):
         # never the statement, nor the URL with its password.
-        reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else "error"
+        cause = exc.__cause__ if isinstance(exc, DatabaseUnavailableError) else exc
+        driver = str(getattr(cause, "orig", "") or "").strip()
+        reason = driver.splitlines()[0] if driver else "error"
         return _fail(command, f"database unavailable: {reason}", _exit.EX_UNAVAILABLE)
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "DatabaseNotReadyError",
+    "DatabaseUnavailableError",
     "InvalidFieldsError",
     "InvalidJsonError",
     "InvalidRequestError",
@@ -147,6 +148,12 @@ class UnavailableError(_RetryLaterError):
 
     code = "unavailable"
     default_message = "a dependency is unavailable"
+
+
+class DatabaseUnavailableError(UnavailableError):
+    """The database could not be reached (down, restarting, or every pooled connection busy)."""
+
+    default_message = "the database is unavailable"
 
 
 class NotFoundError(ServiceError):

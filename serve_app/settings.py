@@ -81,7 +81,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = _env("MAX_BODY_BYTES", 2 * MIB, gt=0)
     max_batch_items: int = _env("MAX_BATCH_ITEMS", 1000, gt=0)
     result_cache_ttl_s: int = _env("RESULT_CACHE_TTL_S", 3600, gt=0)
+    # Results bigger than this (as stored: the record's JSON) are not cached: a few outputs of
+    # MAX_OUTPUT_BYTES would otherwise fill Redis or the process.
+    result_cache_max_record_bytes: int = _env("RESULT_CACHE_MAX_RECORD_BYTES", 1 * MIB, gt=0)
+    # Entries of the in-process cache (no REDIS_URL), least recently used evicted first.
+    result_cache_max_entries: int = _env("RESULT_CACHE_MAX_ENTRIES", 10_000, gt=0)
     graceful_shutdown_timeout_s: float = _env("GRACEFUL_SHUTDOWN_TIMEOUT_S", 35.0, gt=0)
+    # Recovery (serve_app/http/_recovery.py): every ingress replica says it is alive this often;
+    # executions accepted by one silent for INSTANCE_STALE_AFTER_S are taken over by another.
+    instance_heartbeat_interval_s: float = _env("INSTANCE_HEARTBEAT_INTERVAL_S", 5.0, gt=0)
+    instance_stale_after_s: float = _env("INSTANCE_STALE_AFTER_S", 30.0, gt=0)
     # The import policy (serve_app/policy.py): top-level module names; empty: no restriction.
     allowed_imports: Annotated[list[str], NoDecode] = _env("ALLOWED_IMPORTS", [])
     denied_imports: Annotated[list[str], NoDecode] = _env("DENIED_IMPORTS", [])
@@ -191,6 +200,11 @@ class Settings(BaseSettings):
         if self.graceful_shutdown_timeout_s < self.max_wall_timeout_s:
             # A shorter drain would kill the longest allowed run at every shutdown.
             problems.append("GRACEFUL_SHUTDOWN_TIMEOUT_S must be at least MAX_TIMEOUT")
+        if self.instance_stale_after_s < 3 * self.instance_heartbeat_interval_s:
+            # A live replica that misses one beat must not look dead to the others.
+            problems.append(
+                "INSTANCE_STALE_AFTER_S must be at least 3 x INSTANCE_HEARTBEAT_INTERVAL_S"
+            )
         if self.max_code_bytes > self.max_body_bytes:
             problems.append("MAX_CODE_BYTES must not exceed MAX_BODY_BYTES")
         if both := sorted(set(self.allowed_imports) & set(self.denied_imports)):

@@ -24,15 +24,16 @@ from sqlalchemy import Column, Integer, MetaData, select, text, update
 from sqlalchemy.exc import StatementError
 
 from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus, Limits
-from serve_app.db import Database, executions, keys, migrate
+from serve_app.db import Database, executions, instances, keys, migrate
 from serve_app.db.engine import POOL_SIZE, create_engine, normalize_url
 from serve_app.db.executions import Idempotency
-from serve_app.db.models import ApiKey, AuditEvent, Base, Execution
+from serve_app.db.models import ApiKey, AuditEvent, Base, Execution, ServiceInstance
 from serve_app.db.types import CleanJSON, CleanText, clean_text
 from serve_app.errors import (
     ConfigurationError,
     ConflictError,
     DatabaseNotReadyError,
+    DatabaseUnavailableError,
     InvalidRequestError,
     NotFoundError,
 )
@@ -539,3 +540,106 @@ def test_idempotency_key_returns_the_first_execution(database: Database) -> None
         assert found is not None and found.id == second.id
         old = session.get(Execution, first.id, populate_existing=True)
         assert old is not None and old.idempotency_key is None
+
+
+# --- service instances: takeover of what a dead instance left unfinished
+
+
+def beat(database: Database, instance_id: str, moment: datetime) -> None:
+    with database.session() as session:
+        instances.heartbeat(session, instance_id, moment)
+
+
+def orphans(database: Database, dead_before: datetime) -> list[instances.Orphan]:
+    with database.session() as session:
+        return instances.orphaned_executions(session, dead_before=dead_before, limit=100)
+
+
+def test_executions_of_a_silent_instance_are_orphans(database: Database) -> None:
+    key_id = new_key(database).row.id
+    now = datetime.now(UTC)
+    beat(database, "dead", now - timedelta(minutes=5))
+    beat(database, "alive", now)
+    old = now - timedelta(minutes=2)
+    queued = insert(database, key_id, owner="dead")
+    running = insert(database, key_id, owner="dead", running=True)
+    done = insert(database, key_id, owner="dead")
+    finish(database, done.id)
+    kept = insert(database, key_id, owner="alive")
+    young = insert(database, key_id, owner="never-registered")
+    unowned = insert(database, key_id)
+    for row in (queued, running, done, kept, unowned):
+        set_created_at(database, row.id, old)
+
+    found = orphans(database, dead_before=now - timedelta(seconds=30))
+
+    assert {(o.id, o.owner, o.status) for o in found} == {
+        (queued.id, "dead", ExecutionStatus.QUEUED),
+        (running.id, "dead", ExecutionStatus.RUNNING),
+        (unowned.id, None, ExecutionStatus.QUEUED),
+    }
+    assert young.id not in {o.id for o in found}  # its owner may not have registered yet
+
+
+def test_an_orphan_is_claimed_once(database: Database) -> None:
+    key_id = new_key(database).row.id
+    now = datetime.now(UTC)
+    beat(database, "dead", now - timedelta(minutes=5))
+    beat(database, "a", now)
+    row = insert(database, key_id, owner="dead")
+    set_created_at(database, row.id, now - timedelta(minutes=2))
+    (orphan,) = orphans(database, dead_before=now - timedelta(seconds=30))
+
+    with database.session() as session:
+        first = instances.claim(session, orphan, "a")
+    with database.session() as session:
+        second = instances.claim(session, orphan, "b")  # same stale view of the owner
+
+    assert first is not None and first.owner == "a" and first.id == row.id
+    assert second is None
+    assert orphans(database, dead_before=now - timedelta(seconds=30)) == []
+
+
+def test_a_finished_orphan_is_not_claimed(database: Database) -> None:
+    key_id = new_key(database).row.id
+    row = insert(database, key_id, owner="dead")
+    orphan = instances.Orphan(id=row.id, owner="dead", status=ExecutionStatus.QUEUED)
+    finish(database, row.id)
+    with database.session() as session:
+        assert instances.claim(session, orphan, "a") is None
+
+
+def test_dead_instances_are_forgotten_once_they_own_nothing(database: Database) -> None:
+    key_id = new_key(database).row.id
+    now = datetime.now(UTC)
+    beat(database, "dead-idle", now - timedelta(minutes=5))
+    beat(database, "dead-busy", now - timedelta(minutes=5))
+    beat(database, "alive", now - timedelta(minutes=5))
+    beat(database, "alive", now)  # a second beat moves the first one's time on
+    insert(database, key_id, owner="dead-busy")
+    with database.session() as session:
+        forgotten = instances.forget_dead_instances(
+            session, dead_before=now - timedelta(seconds=30)
+        )
+    with database.session() as session:
+        left = set(session.scalars(select(ServiceInstance.id)))
+    assert forgotten == 1
+    assert left == {"dead-busy", "alive"}
+
+
+def test_an_unreachable_database_is_unavailable_not_an_error(tmp_path: Path) -> None:
+    database = Database.from_url(
+        "postgresql+psycopg://postgres@127.0.0.1:1/test", connect_args={"connect_timeout": 1}
+    )
+    try:
+        with pytest.raises(DatabaseUnavailableError) as raised, database.session() as session:
+            session.execute(text("SELECT 1"))
+    finally:
+        database.dispose()
+    assert raised.value.code == "unavailable"
+    assert raised.value.retry_after_s > 0
+
+
+def test_other_database_errors_stay_errors(database: Database) -> None:
+    with pytest.raises(sqlalchemy.exc.DBAPIError), database.session() as session:
+        session.execute(text("SELECT * FROM no_such_table"))

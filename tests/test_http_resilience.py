@@ -1,27 +1,27 @@
 """The HTTP service under stress and failure: one Serve deployment (ingress + executor).
 
-Unlike ``test_http_api.py`` (SQLite, the shared Redis), this module's service stores in real
-PostgreSQL (a schema of its own for the run, through ``search_path``, dropped at the end) and
-limits through a private ``redis-server`` on a free loopback port, which the tests stop and
-start again; the shared Redis at 6379 is never touched. The executors' queue is small
+Unlike ``test_http_api.py`` (SQLite, the shared Redis), this module's service stores in a
+private PostgreSQL server and limits through a private ``redis-server``, each on a free loopback
+port (``tests/private_services.py``), which the tests stop and start again; the shared servers
+are never touched. The executors' queue is small
 (``EXECUTOR_MAX_QUEUED_REQUESTS=2`` beside 2 slots), so a burst meets back-pressure.
 
 In order: the PostgreSQL path (create, read, list, idempotency); back-pressure (503
 ``overloaded`` with ``Retry-After``, every admitted run terminal and stored once); Redis going
-down and coming back (fail-open, readiness degraded then recovered); a client that disconnects
-during a ``wait: true`` run.
+down and coming back (fail-open, readiness degraded then recovered); PostgreSQL going down
+under running executions (their results answered, then stored when it is back; new requests
+503 ``unavailable``); executions a dead replica left behind taken over; a client that
+disconnects during a ``wait: true`` run.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -29,12 +29,19 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from executors import TERMINAL_STATUSES, ExecutionRecord
-from serve_app.db import Database, keys, migrate
-from serve_app.db.models import ApiKey, Execution
+from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest
+from serve_app.db import Database, executions, instances, keys, migrate
+from serve_app.db.models import ApiKey, Execution, ServiceInstance
+from serve_app.http._service import AUTH_CACHE_TTL_S
 from serve_app.settings import Settings
-from tests.conftest import postgres_schema
 from tests.http_support import auth, error_code, free_port, run
+from tests.private_services import (
+    REDIS_SERVER,
+    PrivatePostgres,
+    PrivateRedis,
+    eventually,
+    postgres_bin_dir,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow]
 
@@ -46,72 +53,8 @@ BURST = 12
 SLEEPER = "import time\ntime.sleep(2)\nprint('slept')"
 RECORD_FIELDS = set(ExecutionRecord.model_fields)
 TERMINAL = {str(status) for status in TERMINAL_STATUSES}
-REDIS_SERVER = shutil.which("redis-server")
-
-
-def eventually(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """``check()``'s first truthy result within ``timeout_s``; fail saying ``what`` otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout_s} s: {what}")
-        time.sleep(0.2)
-
-
-# --- the private dependencies
-
-
-class PrivateRedis:
-    """A ``redis-server`` of this module's own on a loopback port: no persistence, no disk."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert self._process is None and REDIS_SERVER is not None
-        self._process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        eventually(self.answers, 10, f"redis-server on port {self.port} answers")
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        assert not self.answers()
-
-    def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as connection:
-                connection.sendall(b"PING\r\n")
-                return connection.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+HEARTBEAT_S = 0.2
+STALE_AFTER_S = 1.0
 
 
 # --- the service
@@ -122,6 +65,8 @@ class Server:
     url: str
     database: Database
     redis: PrivateRedis
+    postgres: PrivatePostgres
+    settings: Settings
     key: str
 
     def new_key(self, name: str) -> str:
@@ -146,10 +91,13 @@ def server(ray_session: None) -> Iterator[Server]:
     from serve_app._local_demo import executor_app
     from serve_app.http import service_app
 
-    if REDIS_SERVER is None:
-        pytest.skip("no redis-server binary for a private Redis")
+    if REDIS_SERVER is None or postgres_bin_dir() is None:
+        pytest.fail("redis-server and PostgreSQL's binaries are needed (scripts/setup)")
     with contextlib.ExitStack() as stack:
-        database_url = stack.enter_context(postgres_schema())
+        postgres = PrivatePostgres(free_port())
+        stack.callback(postgres.remove)
+        postgres.start()
+        database_url = postgres.url
         redis = PrivateRedis(free_port())
         redis.start()
         stack.callback(redis.stop)
@@ -165,6 +113,8 @@ def server(ray_session: None) -> Iterator[Server]:
             executor_num_replicas_min=1,
             executor_num_replicas_max=1,
             executor_max_queued_requests=QUEUED,
+            instance_heartbeat_interval_s=HEARTBEAT_S,
+            instance_stale_after_s=STALE_AFTER_S,
         )
         migrate.upgrade(settings)
         database = Database.from_settings(settings)
@@ -174,7 +124,7 @@ def server(ray_session: None) -> Iterator[Server]:
         stack.callback(serve.delete, APP_NAME)
         app = service_app(settings, executor_app(settings, num_cpus=0.5), num_cpus=0.1)
         serve.run(app, name=APP_NAME, route_prefix="/")
-        fixture = Server(f"http://127.0.0.1:{port}", database, redis, "")
+        fixture = Server(f"http://127.0.0.1:{port}", database, redis, postgres, settings, "")
         fixture.key = fixture.new_key("main")
         yield fixture
 
@@ -349,7 +299,99 @@ def test_redis_down_fails_open_and_readiness_recovers(server: Server, client: ht
     assert response.status_code == 200, response.text
 
 
-# --- 4. a client that goes away
+# --- 4. PostgreSQL down
+
+
+def test_database_outage_loses_no_accepted_result(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("pg-outage")
+    slow = "import time\ntime.sleep(1.5)\nprint('done')"
+    background = run(client, key, slow, wait=False)
+    assert background.status_code == 202, background.text
+
+    def waited(_: int) -> httpx.Response:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            return run(http, key, slow)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answers = pool.map(waited, range(2))
+        time.sleep(0.7)  # accepted and running in the executors
+        server.postgres.stop()
+        try:
+            answered = list(answers)
+            for response in answered:  # finished while the database was down
+                assert response.status_code == 200, response.text
+                assert (response.json()["status"], response.json()["stdout"]) == ("ok", "done\n")
+            time.sleep(AUTH_CACHE_TTL_S)  # past the cached key: each request needs the database
+            refused = run(client, key, "print(1)")
+            assert (refused.status_code, error_code(refused)) == (503, "unavailable")
+            assert int(refused.headers["retry-after"]) >= 1
+            assert str(server.postgres.port) not in refused.text
+            read = client.get(f"/v1/executions/{background.json()['id']}", headers=auth(key))
+            assert (read.status_code, error_code(read)) == (503, "unavailable")
+            ready = client.get("/health/ready")
+            assert ready.status_code == 503
+            assert ready.json()["status"] == "unavailable"
+            assert ready.json()["checks"]["database"]["ok"] is False
+            assert client.get("/health").status_code == 200
+        finally:
+            server.postgres.start()
+
+    def stored_as_answered() -> bool:
+        records = [
+            client.get(f"/v1/executions/{r.json()['id']}", headers=auth(key)) for r in answered
+        ]
+        return all(
+            r.status_code == 200 and r.json() == a.json()
+            for r, a in zip(records, answered, strict=True)
+        )
+
+    eventually(stored_as_answered, 40, "each answered result is stored as answered")
+    late = client.get(
+        f"/v1/executions/{background.json()['id']}?wait_s=30", headers=auth(key)
+    ).json()
+    assert (late["status"], late["stdout"]) == ("ok", "done\n")
+    rows = server.stored("pg-outage")
+    assert len(rows) == 3, "the refused request left no row"
+    assert {str(row.status) for row in rows} == {"ok"}
+    eventually(
+        lambda: client.get("/health/ready").json()["checks"]["database"]["ok"],
+        15,
+        "readiness sees the database again",
+    )
+    assert run(client, key, "print('back')").json()["stdout"] == "back\n"
+
+
+# --- 5. executions a dead replica left behind
+
+
+def test_a_dead_instances_executions_are_taken_over(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("orphans")
+    long_ago = datetime.now(UTC) - timedelta(minutes=10)
+    with server.database.session() as session:
+        key_id = session.scalar(select(ApiKey.id).where(ApiKey.name == "orphans"))
+        assert key_id is not None
+        instances.heartbeat(session, "dead-replica", long_ago)
+        limits = server.settings.default_limits()
+        request = ExecutionRequest(code="print('resumed')", limits=limits)
+        queued = executions.insert_execution(session, key_id, request, owner="dead-replica")
+        running = executions.insert_execution(
+            session, key_id, request, owner="dead-replica", running=True
+        )
+        for row in (queued, running):
+            row.created_at = long_ago
+
+    resumed = client.get(f"/v1/executions/{queued.id}?wait_s=30", headers=auth(key)).json()
+    lost = client.get(f"/v1/executions/{running.id}?wait_s=30", headers=auth(key)).json()
+
+    assert (resumed["status"], resumed["stdout"]) == ("ok", "resumed\n"), resumed
+    assert lost["status"] == "internal_error", lost
+    assert (lost["exit_code"], lost["stdout"]) == (None, "")
+    with server.database.session() as session:
+        left = session.scalars(select(ServiceInstance.id)).all()
+    assert "dead-replica" not in left, "a dead instance owning nothing is forgotten"
+
+
+# --- 6. a client that goes away
 
 
 def test_a_client_that_disconnects_leaves_one_terminal_record(

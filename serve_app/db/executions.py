@@ -28,6 +28,7 @@ __all__ = [
     "IDEMPOTENCY_TTL",
     "Idempotency",
     "Page",
+    "as_stored",
     "find_by_idempotency_key",
     "finish_execution",
     "finish_inserted_execution",
@@ -37,6 +38,8 @@ __all__ = [
     "request_fingerprint",
     "start_execution",
     "to_record",
+    "to_request",
+    "with_finish_time",
 ]
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
@@ -78,9 +81,11 @@ def insert_execution(
     batch_id: uuid.UUID | None = None,
     position: int | None = None,
     running: bool = False,
+    owner: str | None = None,
 ) -> Execution:
     """Record an accepted request, status ``queued``; with ``running``, ``running`` at once
-    (started now: one write instead of insert then :func:`start_execution`).
+    (started now: one write instead of insert then :func:`start_execution`). ``owner`` is the
+    service instance that will finish it (:mod:`serve_app.db.instances`).
 
     With ``idempotency``, raise :class:`ConflictError` if the key's ``Idempotency-Key`` is held
     by another execution of the last 24 h (a racing request: look it up with
@@ -94,6 +99,7 @@ def insert_execution(
         request_id=request_id,
         idempotency_key=idempotency.key if idempotency else None,
         request_fingerprint=idempotency.fingerprint if idempotency else None,
+        owner=owner,
         code=request.code,
         stdin=request.stdin,
         files=dict(request.files),
@@ -199,18 +205,32 @@ def finish_inserted_execution(
     """
     if record.status not in TERMINAL_STATUSES:
         raise ValueError(f"not a terminal status: {record.status}")
-    values = _result_values(record)
+    record = with_finish_time(record)
     table: Table = Execution.__table__  # type: ignore[assignment]
     written = session.connection().execute(
         update(table)
         .where(table.c.id == inserted.id, table.c.status.in_(_UNFINISHED))
-        .values(**values)
+        .values(**_result_values(record))
     )
     if written.rowcount != 1:
         if session.get(Execution, inserted.id) is None:
             raise NotFoundError(f"no execution {inserted.id}")
         raise ConflictError(f"execution {inserted.id} is finished already")
-    # What was written, without reading the row back: the record, as stored.
+    return as_stored(inserted, record)
+
+
+def with_finish_time(record: ExecutionRecord) -> ExecutionRecord:
+    """``record`` with ``finished_at`` set (now, if it has none), so that every later write of
+    it, and every answer built from it, agree."""
+    if record.finished_at is not None:
+        return record
+    return record.model_copy(update={"finished_at": datetime.now(UTC)})
+
+
+def as_stored(inserted: Execution, record: ExecutionRecord) -> ExecutionRecord:
+    """The record :func:`to_record` will give once ``record`` is written as the result of
+    ``inserted`` (a row this process inserted), built without reading it back."""
+    values = _result_values(record)
     return record.model_copy(
         update={
             "id": inserted.id,
@@ -290,4 +310,11 @@ def to_record(row: Execution) -> ExecutionRecord:
         cached=row.cached,
         cached_from=row.cached_from,
         passed=row.passed,
+    )
+
+
+def to_request(row: Execution) -> ExecutionRequest:
+    """What the executors run for a stored execution (to run one accepted elsewhere)."""
+    return ExecutionRequest(
+        code=row.code, stdin=row.stdin, files=row.files, limits=Limits.model_validate(row.limits)
     )

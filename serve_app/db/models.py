@@ -115,6 +115,8 @@ class Execution(Base):
     request_id: Mapped[str | None] = mapped_column(CleanText)
     idempotency_key: Mapped[str | None] = mapped_column(CleanText)
     request_fingerprint: Mapped[str | None] = mapped_column(CleanText)  # SHA-256 of the body
+    # The service instance (ingress replica) responsible for finishing it; see ServiceInstance.
+    owner: Mapped[str | None] = mapped_column(CleanText)
 
     # --- the request
     code: Mapped[str] = mapped_column(CleanText)
@@ -162,3 +164,18 @@ class AuditEvent(Base):
     source_address: Mapped[str | None] = mapped_column(CleanText)
     request_id: Mapped[str | None] = mapped_column(CleanText)
     details: Mapped[dict[str, Any]] = mapped_column(CleanJSON, default=dict)
+
+
+class ServiceInstance(Base):
+    """An ingress replica that is alive while its heartbeat is recent.
+
+    Each accepted execution names its ``owner``. When an owner stops beating (its process
+    died), another replica takes its unfinished executions over: queued ones still run,
+    running ones end as ``internal_error`` (serve_app/http/_recovery.py).
+    """
+
+    __tablename__ = "service_instances"
+
+    id: Mapped[str] = mapped_column(CleanText, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)

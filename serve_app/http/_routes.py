@@ -72,6 +72,7 @@ def build_api(settings: Settings, service: ExecutionService) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.start()
         yield
         await service.aclose(settings.graceful_shutdown_timeout_s)
 

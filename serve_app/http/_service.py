@@ -11,6 +11,12 @@ that), so a request does not read its key from the database each time. A request
 executors' bounded queue refuses (``BackPressureError``) was never accepted: its row is removed
 and the client gets 503 ``overloaded``.
 
+Without the database (down, restarting) a new request is refused with 503 ``unavailable``
+before anything runs; a run already accepted goes on, its client gets its result, and the
+result is written when the database is back (retried with back-off, never dropped). Each
+execution names this replica as its owner; if the replica dies, another takes over what it
+left unfinished (:mod:`serve_app.http._recovery`).
+
 Refusals are audited (:mod:`serve_app.db.audit`): failed authentication, rate-limited requests
 and requests the import policy refuses each add one event, written in the background so that
 neither the refusal's answer nor a successful request ever waits on (or fails with) that write.
@@ -33,7 +39,6 @@ from typing import Any, TypeVar
 
 from ray.serve.exceptions import BackPressureError
 from sqlalchemy import delete
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest, ExecutionStatus
@@ -42,6 +47,7 @@ from serve_app.db import Database, audit, executions, keys
 from serve_app.db.models import ApiKey, Execution
 from serve_app.errors import (
     ConflictError,
+    DatabaseUnavailableError,
     InvalidFieldsError,
     NotFoundError,
     OverloadedError,
@@ -50,6 +56,7 @@ from serve_app.errors import (
     UnauthorizedError,
     UnavailableError,
 )
+from serve_app.http._recovery import InstanceKeeper
 from serve_app.ratelimit import Lease, Limiter, RateDecision, Reason
 from serve_app.settings import Settings
 
@@ -128,10 +135,18 @@ class ExecutionService:
         self._db_thread: ThreadPoolExecutor | None = None
         if database.engine.dialect.name == "sqlite":
             self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self.keeper = InstanceKeeper(self)
+
+    def start(self) -> None:
+        """Start the replica's background duties (on its event loop): heartbeats, takeover."""
+        self.keeper.start()
 
     # --- database in worker threads
 
-    async def _db(self, work: Callable[[Session], _T]) -> _T:
+    async def db(self, work: Callable[[Session], _T]) -> _T:
+        """``work`` in one transaction, off the event loop; raises
+        :class:`~serve_app.errors.DatabaseUnavailableError` when the database is unreachable."""
+
         def in_transaction() -> _T:
             with self.database.session() as session:
                 return work(session)
@@ -171,7 +186,7 @@ class ExecutionService:
 
         async def store() -> None:
             try:
-                await self._db(write)
+                await self.db(write)
             except Exception as exc:  # noqa: BLE001 - the refusal stands; the event is logged
                 logger.warning("audit event %s not stored: %s", kind.value, type(exc).__name__)
 
@@ -199,7 +214,7 @@ class ExecutionService:
             cached = self._auth_cache.get(cache_key)
             if cached is not None and cached[0] > now:
                 return cached[1]
-        row = await self._db(lambda session: keys.authenticate(session, presented, secret))
+        row = await self.db(lambda session: keys.authenticate(session, presented, secret))
         if row is not None and cache_key is not None:
             if len(self._auth_cache) >= AUTH_CACHE_MAX_ENTRIES:
                 self._auth_cache.clear()
@@ -284,12 +299,12 @@ class ExecutionService:
             replay = await self._replay(key, idempotency)
             if replay is not None:
                 return replay
-        if not body.wait and len(self._background) >= self.settings.executor_max_queued_requests:
+        if not body.wait and self.background_room() <= 0:
             raise OverloadedError(OVERLOADED_RETRY_AFTER_S)
         lease = await self._lease(key)
         try:
             try:
-                row = await self._db(
+                row = await self.db(
                     lambda session: executions.insert_execution(
                         session,
                         key.id,
@@ -297,6 +312,7 @@ class ExecutionService:
                         request_id=request_id,
                         idempotency=idempotency,
                         running=body.wait,
+                        owner=self.keeper.instance_id,
                     )
                 )
             except ConflictError:
@@ -336,7 +352,7 @@ class ExecutionService:
             raise
 
     async def _replay(self, key: ApiKey, idempotency: executions.Idempotency) -> Created | None:
-        row = await self._db(
+        row = await self.db(
             lambda session: executions.find_by_idempotency_key(session, key.id, idempotency)
         )
         return None if row is None else Created(executions.to_record(row))
@@ -349,10 +365,8 @@ class ExecutionService:
         background: bool,
         inserted: Execution | None = None,
     ) -> ExecutionRecord:
-        """Run through the executor handle and finish the stored execution: marked running
-        first, unless it was ``inserted`` running by this request."""
-        if inserted is None:
-            await self._db(lambda session: executions.start_execution(session, execution_id))
+        """Run through the executor handle and finish the stored execution (``inserted``: the
+        row this request inserted, running)."""
         try:
             result = await asyncio.wait_for(
                 self.executor.run.remote(request),
@@ -362,7 +376,7 @@ class ExecutionService:
         except BackPressureError:
             if background:
                 raise
-            await self._db(lambda session: _discard_unfinished(session, execution_id))
+            await self._discard(execution_id, request)
             raise OverloadedError(OVERLOADED_RETRY_AFTER_S) from None
         except asyncio.CancelledError:
             # The client went away (or the replica is stopping): the record still ends.
@@ -373,12 +387,22 @@ class ExecutionService:
             record = _internal_error(request)
         return await self._finish(execution_id, record, inserted)
 
+    async def _discard(self, execution_id: uuid.UUID, request: ExecutionRequest) -> None:
+        """Forget a run the executors refused (the client gets 503); if the database cannot be
+        reached to forget it, it ends as ``internal_error`` once it can."""
+        try:
+            await self.db(lambda session: _discard_unfinished(session, execution_id))
+        except DatabaseUnavailableError:
+            self._spawn(self._finish_later(execution_id, _internal_error(request)))
+
     async def _run_in_background(
         self, execution_id: uuid.UUID, request: ExecutionRequest, lease: Lease | None
     ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + BACKGROUND_DEADLINE_S
         try:
+            if not await self._start(execution_id):
+                return
             while True:
                 try:
                     await self._run(execution_id, request, background=True)
@@ -392,6 +416,20 @@ class ExecutionService:
         finally:
             await self._release(lease)
 
+    async def _start(self, execution_id: uuid.UUID) -> bool:
+        """Mark a queued execution running; False if it is not queued any more (finished, or
+        taken by another instance). Without the database it runs anyway: the finish, retried
+        until the database is back, records it, exactly once."""
+        try:
+            started = await self.db(
+                lambda session: executions.start_execution(session, execution_id)
+            )
+        except DatabaseUnavailableError:
+            return True
+        if not started:
+            logger.warning("execution %s: not queued any more, not run", execution_id)
+        return started
+
     async def _finish(
         self,
         execution_id: uuid.UUID,
@@ -401,34 +439,51 @@ class ExecutionService:
         """Store the terminal record; if the database is down, keep retrying in the background
         and answer with the record as it will be stored. With the row this request
         ``inserted``, the stored record is not read back (one statement fewer)."""
+        record = executions.with_finish_time(record)
         try:
             if inserted is not None:
                 row = inserted
-                return await self._db(
+                return await self.db(
                     lambda session: executions.finish_inserted_execution(session, row, record)
                 )
-            row = await self._db(
+            stored = await self.db(
                 lambda session: executions.finish_execution(session, execution_id, record)
             )
-        except DBAPIError as exc:
-            logger.warning("execution %s: result not stored yet: %s", execution_id, type(exc))
+        except DatabaseUnavailableError:
+            logger.warning(
+                "execution %s: result not stored yet: database unavailable", execution_id
+            )
             self._spawn(self._finish_later(execution_id, record))
+            if inserted is not None:
+                return executions.as_stored(inserted, record)
             return record.model_copy(update={"id": execution_id})
-        return executions.to_record(row)
+        return executions.to_record(stored)
 
     async def _finish_later(self, execution_id: uuid.UUID, record: ExecutionRecord) -> None:
         delay = 0.5
         while True:
             await asyncio.sleep(delay)
             try:
-                await self._db(
+                await self.db(
                     lambda session: executions.finish_execution(session, execution_id, record)
                 )
                 return
             except ConflictError:
                 return  # finished meanwhile: exactly once still holds
-            except DBAPIError:
+            except DatabaseUnavailableError:
                 delay = min(delay * 2, FINISH_RETRY_MAX_S)
+
+    def background_room(self) -> int:
+        """How many more background runs this replica takes (its share of the bounded queue)."""
+        return self.settings.executor_max_queued_requests - len(self._background)
+
+    def resume(self, execution_id: uuid.UUID, request: ExecutionRequest) -> None:
+        """Run a queued execution accepted by another (dead) instance, in the background."""
+        self._spawn(self._run_in_background(execution_id, request, None))
+
+    async def fail(self, execution_id: uuid.UUID, request: ExecutionRequest) -> None:
+        """End an execution whose run was lost (its instance died) as ``internal_error``."""
+        await self._finish(execution_id, _internal_error(request))
 
     def _spawn(self, work: Any) -> None:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(work)
@@ -445,7 +500,7 @@ class ExecutionService:
         deadline = loop.time() + min(max(wait_s, 0.0), MAX_WAIT_S)
         interval = POLL_FIRST_S
         while True:
-            row = await self._db(lambda session: executions.get_execution(session, key.id, wanted))
+            row = await self.db(lambda session: executions.get_execution(session, key.id, wanted))
             if row is None:
                 raise NotFoundError("no such execution")
             remaining = deadline - loop.time()
@@ -456,7 +511,7 @@ class ExecutionService:
 
     async def list(self, key: ApiKey, limit: int, cursor: str | None) -> dict[str, Any]:
         """A page of the key's executions, newest first, in the API's shape."""
-        page = await self._db(
+        page = await self.db(
             lambda session: executions.list_executions(session, key.id, limit=limit, cursor=cursor)
         )
         return {
@@ -466,6 +521,7 @@ class ExecutionService:
 
     async def aclose(self, timeout_s: float) -> None:
         """Let background runs finish (up to ``timeout_s``), then release the connections."""
+        await self.keeper.stop()
         pending = set(self._background)
         if pending:
             _, late = await asyncio.wait(pending, timeout=timeout_s)
