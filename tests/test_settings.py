@@ -216,3 +216,29 @@ def test_get_settings_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     assert get_settings() is first
     get_settings.cache_clear()
     assert get_settings().port == 9999
+
+
+def test_result_cache_and_batch_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings()
+    assert (settings.result_cache_ttl_s, settings.max_batch_items) == (3600, 1000)
+    assert settings.result_cache_max_entries == 10_000
+    assert settings.result_cache_max_record_bytes == MIB
+    monkeypatch.setenv("RESULT_CACHE_TTL_S", "60")
+    monkeypatch.setenv("RESULT_CACHE_MAX_ENTRIES", "5")
+    monkeypatch.setenv("RESULT_CACHE_MAX_RECORD_BYTES", "4096")
+    settings = Settings()
+    assert settings.result_cache_ttl_s == 60
+    assert settings.result_cache_max_entries == 5
+    assert settings.result_cache_max_record_bytes == 4096
+
+
+@pytest.mark.parametrize(
+    "name", ["RESULT_CACHE_TTL_S", "RESULT_CACHE_MAX_ENTRIES", "RESULT_CACHE_MAX_RECORD_BYTES"]
+)
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "nan"])
+def test_result_cache_settings_must_be_positive_integers(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name):
+        Settings()

@@ -6,6 +6,7 @@
     session.py     :class:`Database`: the engine and a transaction-per-block session factory
     keys.py        API keys: create (shown once), authenticate in constant time, revoke, list
     executions.py  executions: insert, start, finish exactly once, read and page by key
+    batches.py     batches: insert with all their items at once, read in order, track status
     instances.py   service instances' heartbeats; executions a dead instance left unfinished
     cursor.py      opaque page cursors
     audit.py       security events

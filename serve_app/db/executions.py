@@ -35,6 +35,7 @@ __all__ = [
     "get_execution",
     "insert_execution",
     "list_executions",
+    "request_columns",
     "request_fingerprint",
     "start_execution",
     "to_record",
@@ -100,12 +101,7 @@ def insert_execution(
         idempotency_key=idempotency.key if idempotency else None,
         request_fingerprint=idempotency.fingerprint if idempotency else None,
         owner=owner,
-        code=request.code,
-        stdin=request.stdin,
-        files=dict(request.files),
-        test_code=test_code,
-        cases=cases,
-        limits=request.limits.model_dump(),
+        **request_columns(request, test_code=test_code, cases=cases),
         status=ExecutionStatus.RUNNING if running else ExecutionStatus.QUEUED,
         batch_id=batch_id,
         position=position,
@@ -122,6 +118,23 @@ def insert_execution(
             "conflicts with a stored execution: Idempotency-Key or batch position in use"
         ) from None
     return row
+
+
+def request_columns(
+    request: ExecutionRequest,
+    *,
+    test_code: str | None = None,
+    cases: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The columns holding what was asked, as every insert (one, or a batch's) writes them."""
+    return {
+        "code": request.code,
+        "stdin": request.stdin,
+        "files": dict(request.files),
+        "test_code": test_code,
+        "cases": cases,
+        "limits": request.limits.model_dump(),
+    }
 
 
 def _release_stale_idempotency_key(
