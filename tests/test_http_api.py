@@ -439,3 +439,133 @@ def test_exactly_one_request_id_header(server: Server, client: httpx.Client) -> 
     # Serve echoes a client's id as it came; there is still only one.
     assert len(unsane.headers.get_list("x-request-id")) == 1
     assert unsane.json()["error"]["request_id"] != "a b"
+
+
+# --- batches
+
+
+def batch(client: httpx.Client, key: str, items: list[dict[str, object]]) -> httpx.Response:
+    return client.post("/v1/batches", json={"items": items}, headers=auth(key))
+
+
+def test_a_batch_runs_every_item_in_request_order(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("batcher")
+    items: list[dict[str, object]] = [
+        {"code": "print('first')"},
+        {"code": "raise SystemExit(3)"},
+        {"code": "print(input()[::-1])", "stdin": "olleh"},
+        {"code": "print(open('data.txt').read())", "files": {"data.txt": "from a file"}},
+        {"code": "while True: pass", "limits": {"wall_timeout_s": 0.5, "cpu_time_s": 0.5}},
+    ]
+    created = batch(client, key, items)
+    assert created.status_code == 202, created.text
+    body = created.json()
+    assert set(body) == {"id", "status", "total"}
+    assert (body["status"], body["total"]) == ("queued", len(items))
+    assert created.headers["location"] == f"/v1/batches/{body['id']}"
+
+    done = client.get(f"/v1/batches/{body['id']}?wait_s=60", headers=auth(key))
+    assert done.status_code == 200, done.text
+    result = done.json()
+    assert set(result) == {"id", "status", "total", "done", "items"}
+    assert (result["id"], result["status"]) == (body["id"], "done")
+    assert result["total"] == result["done"] == len(items)
+    records = result["items"]
+    assert all(set(record) == RECORD_FIELDS for record in records)
+    assert [(r["status"], r["exit_code"]) for r in records] == [
+        ("ok", 0),
+        ("nonzero_exit", 3),
+        ("ok", 0),
+        ("ok", 0),
+        ("timeout", None),
+    ]
+    assert [r["stdout"] for r in records[:4]] == ["first\n", "", "hello\n", "from a file\n"]
+    # Each item is an execution of the key's own.
+    alone = client.get(f"/v1/executions/{records[2]['id']}", headers=auth(key))
+    assert alone.json() == records[2]
+
+
+def test_batches_are_private_and_validated(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("batch-owner")
+    created = batch(client, key, [{"code": "print(1)"}]).json()
+    for path in (f"/v1/batches/{uuid.uuid4()}", "/v1/batches/not-a-uuid"):
+        missing = client.get(path, headers=auth(key))
+        assert (missing.status_code, error_code(missing)) == (404, "not_found")
+    stranger = client.get(f"/v1/batches/{created['id']}", headers=auth(server.other_key))
+    assert (stranger.status_code, error_code(stranger)) == (404, "not_found")
+    assert client.get(f"/v1/batches/{created['id']}").status_code == 401
+
+    for items in (
+        [],
+        [{"code": "print(1)", "wait": False}],  # an item is a request without `wait`
+        [{"code": "print(1)", "surprise": 1}],
+        [{"code": "print(1)"}] * 1001,  # MAX_BATCH_ITEMS
+        [{"code": "print(1)", "limits": {"memory_mb": 10**6}}],
+    ):
+        refused = batch(client, key, items)
+        assert (refused.status_code, error_code(refused)) == (422, "invalid_request"), items[:1]
+    not_a_list = client.post("/v1/batches", json={"items": "x"}, headers=auth(key))
+    assert not_a_list.status_code == 422
+    policy = batch(client, key, [{"code": "print(1)"}, {"code": "import socket"}])
+    assert (policy.status_code, error_code(policy)) == (422, "policy_violation")
+    assert stored_for(server, "batch-owner") == 1  # the refused batches stored nothing
+
+
+def test_a_larger_batch_completes(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("big-batch")
+    items: list[dict[str, object]] = [{"code": f"print({n} * {n})"} for n in range(60)]
+    created = batch(client, key, items).json()
+    result = client.get(f"/v1/batches/{created['id']}?wait_s=60", headers=auth(key)).json()
+    assert (result["status"], result["done"]) == ("done", 60)
+    assert [r["stdout"] for r in result["items"]] == [f"{n * n}\n" for n in range(60)]
+
+
+# --- the result cache (in-process or Redis, as the deployment has it)
+
+RANDOM = "import random\nprint(random.random())"
+
+
+def test_a_cached_result_is_reused_by_its_key_only(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("cacher")
+    code = f"{RANDOM}\n# {uuid.uuid4()}"
+    first = run(client, key, code, cache=True).json()
+    second = run(client, key, code, cache=True)
+    assert second.status_code == 200
+    again = second.json()
+    assert (first["cached"], again["cached"]) == (False, True)
+    assert again["cached_from"] == first["id"] and again["id"] != first["id"]
+    assert again["stdout"] == first["stdout"]
+    assert client.get(f"/v1/executions/{again['id']}", headers=auth(key)).json() == again
+    fresh = run(client, key, code).json()  # without cache: runs again
+    assert not fresh["cached"] and fresh["stdout"] != first["stdout"]
+    other = run(client, server.other_key, code, cache=True).json()  # another key's cache
+    assert not other["cached"] and other["stdout"] != first["stdout"]
+    different_limits = run(client, key, code, cache=True, limits={"wall_timeout_s": 2}).json()
+    assert not different_limits["cached"]
+    background = run(client, key, code, cache=True, wait=False)
+    assert background.status_code == 200  # a hit is finished at once
+    assert background.json()["cached_from"] == first["id"]
+
+
+def test_failures_of_the_service_are_never_cached(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("cache-failures")
+    code = f"import sys\nsys.exit(4)\n# {uuid.uuid4()}"
+    first = run(client, key, code, cache=True).json()
+    assert first["status"] == "nonzero_exit"  # the program's own failure: cached
+    assert run(client, key, code, cache=True).json()["cached_from"] == first["id"]
+
+
+def test_identical_cached_items_of_a_batch_run_once(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("batch-cacher")
+    code = f"{RANDOM}\n# {uuid.uuid4()}"
+    items: list[dict[str, object]] = [{"code": code, "cache": True}] * 4 + [{"code": code}]
+    created = batch(client, key, items).json()
+    records = client.get(f"/v1/batches/{created['id']}?wait_s=60", headers=auth(key)).json()[
+        "items"
+    ]
+    ran = [r for r in records[:4] if not r["cached"]]
+    assert len(ran) == 1, records
+    copies = [r for r in records[:4] if r["cached"]]
+    assert {r["cached_from"] for r in copies} == {ran[0]["id"]}
+    assert {r["stdout"] for r in records[:4]} == {ran[0]["stdout"]}
+    assert not records[4]["cached"] and records[4]["stdout"] != ran[0]["stdout"]

@@ -27,11 +27,11 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest
-from serve_app.db import Database, executions, instances, keys, migrate
-from serve_app.db.models import ApiKey, Execution, ServiceInstance
+from serve_app.db import Database, batches, executions, instances, keys, migrate
+from serve_app.db.models import ApiKey, Batch, BatchStatus, Execution, ServiceInstance
 from serve_app.http._service import AUTH_CACHE_TTL_S
 from serve_app.settings import Settings
 from tests.http_support import auth, error_code, free_port, run
@@ -379,6 +379,17 @@ def test_a_dead_instances_executions_are_taken_over(server: Server, client: http
         )
         for row in (queued, running):
             row.created_at = long_ago
+        items = [
+            batches.ItemRequest(request=request.model_copy(update={"code": f"print({n})"}))
+            for n in range(3)
+        ]
+        orphaned_batch = batches.insert_batch(session, key_id, items, owner="dead-replica")
+        session.flush()
+        session.execute(
+            update(Execution)
+            .where(Execution.batch_id == orphaned_batch.batch.id)
+            .values(created_at=long_ago)
+        )
 
     resumed = client.get(f"/v1/executions/{queued.id}?wait_s=30", headers=auth(key)).json()
     lost = client.get(f"/v1/executions/{running.id}?wait_s=30", headers=auth(key)).json()
@@ -386,6 +397,14 @@ def test_a_dead_instances_executions_are_taken_over(server: Server, client: http
     assert (resumed["status"], resumed["stdout"]) == ("ok", "resumed\n"), resumed
     assert lost["status"] == "internal_error", lost
     assert (lost["exit_code"], lost["stdout"]) == (None, "")
+    finished = client.get(
+        f"/v1/batches/{orphaned_batch.batch.id}?wait_s=30", headers=auth(key)
+    ).json()
+    assert (finished["status"], finished["done"]) == ("done", 3), finished
+    assert [item["stdout"] for item in finished["items"]] == ["0\n", "1\n", "2\n"]
+    with server.database.session() as session:
+        stored = session.get(Batch, orphaned_batch.batch.id)
+        assert stored is not None and stored.status is BatchStatus.DONE
     with server.database.session() as session:
         left = session.scalars(select(ServiceInstance.id)).all()
     assert "dead-replica" not in left, "a dead instance owning nothing is forgotten"

@@ -104,12 +104,12 @@ class InstanceKeeper:
             request = executions.to_request(row)
             if row.status is ExecutionStatus.QUEUED:
                 logger.warning("execution %s: resumed from dead instance %s", row.id, orphan.owner)
-                self.service.resume(row.id, request)
+                self.service.resume(row.id, request, row.batch_id)
             else:
                 logger.warning(
                     "execution %s: its instance %s died while running it", row.id, orphan.owner
                 )
-                await self.service.fail(row.id, request)
+                await self.service.fail(row.id, request, row.batch_id)
         await self.service.db(
             lambda session: instances.forget_dead_instances(session, dead_before=dead_before)
         )

@@ -17,7 +17,13 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.api import ExecutionCreate, current_request_id, install_edge, read_model
+from serve_app.api import (
+    BatchCreate,
+    ExecutionCreate,
+    current_request_id,
+    install_edge,
+    read_model,
+)
 from serve_app.api.json_body import request_bounds
 from serve_app.db.models import ApiKey
 from serve_app.http._health import readiness
@@ -122,6 +128,22 @@ def build_api(settings: Settings, service: ExecutionService) -> FastAPI:
             status_code=200 if created.terminal else 202,
             headers={"Location": f"/v1/executions/{record.id}"},
         )
+
+    @app.post("/v1/batches")
+    async def create_batch(request: Request, key: Caller) -> JSONResponse:
+        body = await read_model(request, BatchCreate, request_bounds(request))
+        created = await service.create_batch(key, body, request_id=current_request_id())
+        return JSONResponse(
+            created, status_code=202, headers={"Location": f"/v1/batches/{created['id']}"}
+        )
+
+    @app.get("/v1/batches/{batch_id}")
+    async def get_batch(
+        batch_id: str,
+        key: Caller,
+        wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S, allow_inf_nan=False)] = 0.0,
+    ) -> JSONResponse:
+        return JSONResponse(await service.get_batch(key, batch_id, wait_s))
 
     @app.get("/v1/executions/{execution_id}")
     async def get_execution(

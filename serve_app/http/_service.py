@@ -26,6 +26,7 @@ The import policy (:mod:`serve_app.policy`) is checked before anything is stored
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -42,9 +43,10 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest, ExecutionStatus
-from serve_app.api import ExecutionCreate, current_request_id
-from serve_app.db import Database, audit, executions, keys
-from serve_app.db.models import ApiKey, Execution
+from serve_app.api import BatchCreate, BatchItem, ExecutionCreate, current_request_id
+from serve_app.cache import CachedResult, ResultCache, build_result_cache, cache_fingerprint
+from serve_app.db import Database, audit, batches, executions, keys
+from serve_app.db.models import ApiKey, BatchStatus, Execution
 from serve_app.errors import (
     ConflictError,
     DatabaseUnavailableError,
@@ -72,7 +74,9 @@ POLL_MAX_S = 0.5
 BACKGROUND_RETRY_S = 0.5
 """A background run the executors' queue refused tries again after this long..."""
 BACKGROUND_DEADLINE_S = 60.0
-"""...until this long has passed; then it ends as ``internal_error``."""
+"""...until this long has passed; then it ends as ``internal_error`` (batch items wait on)."""
+BATCH_BACKLOG_BATCHES = 10
+"""One replica holds at most this many full batches' worth of unfinished items."""
 FINISH_RETRY_MAX_S = 30.0
 """A result the database could not take is written again, backing off up to this long."""
 HANDLE_MARGIN_S = 60.0
@@ -91,6 +95,8 @@ AUTH_CACHE_MAX_ENTRIES = 1024
 """Beyond this many cached keys the cache starts over (many keys at once is not the hot path)."""
 
 _T = TypeVar("_T")
+ExecutionBody = ExecutionCreate | BatchItem
+"""A request to run one program: on its own, or as an item of a batch."""
 
 
 def rate_limit_headers(decision: RateDecision) -> dict[str, str]:
@@ -117,12 +123,19 @@ class ExecutionService:
     """One per ingress replica: its database, its limiter and the executor handle."""
 
     def __init__(
-        self, settings: Settings, database: Database, limiter: Limiter, executor: Any
+        self,
+        settings: Settings,
+        database: Database,
+        limiter: Limiter,
+        executor: Any,
+        cache: ResultCache | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
         self.limiter = limiter
         self.executor = executor
+        self.cache = cache if cache is not None else build_result_cache(settings)
+        self._batch_items_pending = 0
         self.policy = settings.import_policy()
         self._background: set[asyncio.Task[None]] = set()
         self._audit_tasks: set[asyncio.Task[None]] = set()
@@ -276,9 +289,67 @@ class ExecutionService:
         request_id: str | None = None,
     ) -> Created:
         """Accept ``body``: run it now (``wait``) or in the background; or replay the execution
-        an ``Idempotency-Key`` already names. Code the import policy refuses is refused first,
-        before anything is stored or run."""
+        an ``Idempotency-Key`` already names, or answer from the result cache (``cache``).
+        Code the import policy refuses is refused first, before anything is stored or run."""
         await self.check_policy(key, body)
+        item = self._accept(body)
+        idempotency = None
+        if idempotency_key is not None:
+            fingerprint = executions.request_fingerprint(body.model_dump(mode="json"))
+            idempotency = executions.Idempotency(idempotency_key, fingerprint)
+            replay = await self._replay(key, idempotency)
+            if replay is not None:
+                return replay
+        cache_as = self._cache_as(key, item) if body.cache else None
+        if cache_as is not None:
+            hit = await self.cache.get(*cache_as)
+            if hit is not None:
+                return Created(await self._store_copy(key, item, hit, request_id, idempotency))
+        if not body.wait and self.background_room() <= 0:
+            raise OverloadedError(OVERLOADED_RETRY_AFTER_S)
+        lease = await self._lease(key)
+        try:
+            try:
+                row = await self.db(
+                    lambda session: executions.insert_execution(
+                        session,
+                        key.id,
+                        item.request,
+                        request_id=request_id,
+                        idempotency=idempotency,
+                        test_code=item.test_code,
+                        cases=item.cases,
+                        running=body.wait,
+                        owner=self.keeper.instance_id,
+                    )
+                )
+            except ConflictError:
+                replay = await self._replay(key, idempotency) if idempotency else None
+                if replay is None:
+                    raise
+                return replay
+            if body.wait:
+                # Inserted as running already: one write fewer before the run.
+                record = await self._run(
+                    row.id, item.request, background=False, inserted=row, cache_as=cache_as
+                )
+                return Created(record)
+            self._spawn(
+                self._run_in_background(
+                    row.id,
+                    item.request,
+                    lease,
+                    cache_as=cache_as,
+                    deadline_s=BACKGROUND_DEADLINE_S,
+                )
+            )
+            lease = None  # the task gives it back
+            return Created(executions.to_record(row))
+        finally:
+            await self._release(lease)
+
+    def _accept(self, body: ExecutionBody) -> batches.ItemRequest:
+        """What will run for ``body``: its code with the effective limits, and its judging."""
         if body.test_code is not None or body.cases is not None:
             raise InvalidFieldsError(
                 "judged executions are not available yet",
@@ -292,46 +363,185 @@ class ExecutionService:
         request = ExecutionRequest(
             code=body.code, stdin=body.stdin, files=body.files, limits=limits
         )
-        idempotency = None
-        if idempotency_key is not None:
-            fingerprint = executions.request_fingerprint(body.model_dump(mode="json"))
-            idempotency = executions.Idempotency(idempotency_key, fingerprint)
-            replay = await self._replay(key, idempotency)
-            if replay is not None:
-                return replay
-        if not body.wait and self.background_room() <= 0:
-            raise OverloadedError(OVERLOADED_RETRY_AFTER_S)
-        lease = await self._lease(key)
-        try:
-            try:
-                row = await self.db(
-                    lambda session: executions.insert_execution(
-                        session,
-                        key.id,
-                        request,
-                        request_id=request_id,
-                        idempotency=idempotency,
-                        running=body.wait,
-                        owner=self.keeper.instance_id,
-                    )
-                )
-            except ConflictError:
-                replay = await self._replay(key, idempotency) if idempotency else None
-                if replay is None:
-                    raise
-                return replay
-            if body.wait:
-                # Inserted as running already: one write fewer before the run.
-                return Created(await self._run(row.id, request, background=False, inserted=row))
-            task = asyncio.create_task(self._run_in_background(row.id, request, lease))
-            lease = None  # the task gives it back
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-            return Created(executions.to_record(row))
-        finally:
-            await self._release(lease)
+        cases = None if body.cases is None else [case.model_dump() for case in body.cases]
+        return batches.ItemRequest(request=request, test_code=body.test_code, cases=cases)
 
-    async def check_policy(self, key: ApiKey, body: ExecutionCreate) -> None:
+    @staticmethod
+    def _cache_as(key: ApiKey, item: batches.ItemRequest) -> tuple[int, str]:
+        """Where ``item``'s result is cached: the key's id and the request's fingerprint."""
+        request = item.request
+        fingerprint = cache_fingerprint(
+            request.code, request.stdin, request.files, item.test_code, item.cases, request.limits
+        )
+        return key.id, fingerprint
+
+    async def _store_copy(
+        self,
+        key: ApiKey,
+        item: batches.ItemRequest,
+        hit: CachedResult,
+        request_id: str | None,
+        idempotency: executions.Idempotency | None,
+    ) -> ExecutionRecord:
+        """Store and answer a new execution that reuses ``hit``'s result (a cache hit)."""
+
+        def store(session: Session) -> ExecutionRecord:
+            row = executions.insert_execution(
+                session,
+                key.id,
+                item.request,
+                request_id=request_id,
+                idempotency=idempotency,
+                test_code=item.test_code,
+                cases=item.cases,
+                running=True,
+                owner=self.keeper.instance_id,
+            )
+            return executions.finish_inserted_execution(session, row, _copy_of(hit, row.id))
+
+        try:
+            return await self.db(store)
+        except ConflictError:
+            replay = await self._replay(key, idempotency) if idempotency else None
+            if replay is None:
+                raise
+            return replay.record
+
+    # --- batches
+
+    async def create_batch(
+        self, key: ApiKey, body: BatchCreate, *, request_id: str | None = None
+    ) -> dict[str, Any]:
+        """Accept a batch: store it with its items, then run them in the background, at most
+        as many at once as the key may have in flight. Refused whole (nothing stored) if an
+        item breaks the import policy or the replica holds too many unfinished items."""
+        for body_item in body.items:
+            await self.check_policy(key, body_item)
+        items = [self._accept(body_item) for body_item in body.items]
+        if self._batch_items_pending + len(items) > self.max_pending_batch_items:
+            raise OverloadedError(OVERLOADED_RETRY_AFTER_S)
+        new = await self.db(
+            lambda session: batches.insert_batch(
+                session, key.id, items, request_id, owner=self.keeper.instance_id
+            )
+        )
+        self._batch_items_pending += len(items)
+        cache_as = [
+            self._cache_as(key, item) if body_item.cache else None
+            for item, body_item in zip(items, body.items, strict=True)
+        ]
+        in_flight = key.max_concurrency or self.settings.max_concurrent_per_key
+        self._spawn(self._run_batch(new, items, cache_as, in_flight))
+        return {"id": str(new.batch.id), "status": "queued", "total": len(items)}
+
+    @property
+    def max_pending_batch_items(self) -> int:
+        """Unfinished batch items one replica holds at most (a few full batches)."""
+        return BATCH_BACKLOG_BATCHES * self.settings.max_batch_items
+
+    async def _run_batch(
+        self,
+        new: batches.NewBatch,
+        items: list[batches.ItemRequest],
+        cache_as: list[tuple[int, str] | None],
+        in_flight: int,
+    ) -> None:
+        """Run a batch's items, ``in_flight`` at a time. Items with ``cache`` run once per
+        fingerprint: the first runs (unless the cache has it), the others copy its result."""
+        gate = asyncio.Semaphore(in_flight)
+        firsts: dict[str, asyncio.Future[ExecutionRecord | None]] = {}
+        batch_id = new.batch.id
+
+        async def run_item(execution_id: uuid.UUID, item: batches.ItemRequest, where: Any) -> None:
+            try:
+                if where is not None and await self._finish_from_cache(
+                    execution_id, where, firsts, batch_id
+                ):
+                    return
+                async with gate:
+                    record = await self._run_in_background(
+                        execution_id, item.request, None, cache_as=where, batch_id=batch_id
+                    )
+                if where is not None and not firsts[where[1]].done():
+                    firsts[where[1]].set_result(record)
+            finally:
+                self._batch_items_pending -= 1
+                if where is not None and not firsts[where[1]].done():
+                    firsts[where[1]].set_result(None)
+
+        await asyncio.gather(
+            *(
+                run_item(execution_id, item, where)
+                for execution_id, item, where in zip(new.item_ids, items, cache_as, strict=True)
+            )
+        )
+
+    async def _finish_from_cache(
+        self,
+        execution_id: uuid.UUID,
+        cache_as: tuple[int, str],
+        firsts: dict[str, asyncio.Future[ExecutionRecord | None]],
+        batch_id: uuid.UUID,
+    ) -> bool:
+        """Finish a batch item with a cached result, or with the result of the same item
+        earlier in its batch; False if it must run (it is then the first of its kind)."""
+        fingerprint = cache_as[1]
+        first = firsts.get(fingerprint)
+        if first is None:
+            firsts[fingerprint] = asyncio.get_running_loop().create_future()
+            hit = await self.cache.get(*cache_as)
+            if hit is None:
+                return False
+            firsts[fingerprint].set_result(_copy_of(hit, hit.execution_id))
+            record = _copy_of(hit, execution_id)
+        else:
+            earlier = await first
+            if earlier is None or earlier.status is ExecutionStatus.INTERNAL_ERROR:
+                return False
+            record = _copy_of(CachedResult(earlier.id, earlier), execution_id)
+        await self._finish(execution_id, record)
+        await self._refresh_batch(batch_id)
+        return True
+
+    async def _refresh_batch(self, batch_id: uuid.UUID) -> None:
+        # The stored status only follows (the API derives it from the items): a write that
+        # cannot be made now is made by the batch's next item.
+        with contextlib.suppress(DatabaseUnavailableError):
+            await self.db(lambda session: batches.refresh_batch_status(session, batch_id))
+
+    async def get_batch(self, key: ApiKey, batch_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+        """The key's batch with its records in request order; with ``wait_s``, once done or
+        after that long."""
+        try:
+            wanted = uuid.UUID(batch_id)
+        except ValueError:
+            raise NotFoundError("no such batch") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(wait_s, 0.0), MAX_WAIT_S)
+        interval = POLL_FIRST_S
+        while True:
+            progress = await self.db(
+                lambda session: batches.batch_progress(session, key.id, wanted)
+            )
+            if progress is None:
+                raise NotFoundError("no such batch")
+            remaining = deadline - loop.time()
+            if progress.status is BatchStatus.DONE or remaining <= 0:
+                break
+            await asyncio.sleep(min(interval, remaining))
+            interval = min(interval * 1.5, POLL_MAX_S)
+        view = await self.db(lambda session: batches.get_batch(session, key.id, wanted))
+        if view is None:
+            raise NotFoundError("no such batch")
+        return {
+            "id": str(view.id),
+            "status": str(view.status),
+            "total": view.total,
+            "done": view.done,
+            "items": [executions.to_record(row).to_api() for row in view.items],
+        }
+
+    async def check_policy(self, key: ApiKey, body: ExecutionBody) -> None:
         """Raise :class:`PolicyViolationError` (audited) if ``body`` imports modules the import
         policy refuses; without a policy, nothing is parsed."""
         if not self.policy.active:
@@ -364,9 +574,10 @@ class ExecutionService:
         *,
         background: bool,
         inserted: Execution | None = None,
+        cache_as: tuple[int, str] | None = None,
     ) -> ExecutionRecord:
         """Run through the executor handle and finish the stored execution (``inserted``: the
-        row this request inserted, running)."""
+        row this request inserted, running); with ``cache_as``, cache the result there."""
         try:
             result = await asyncio.wait_for(
                 self.executor.run.remote(request),
@@ -385,7 +596,10 @@ class ExecutionService:
         except Exception as exc:  # noqa: BLE001 - any executor failure ends as internal_error
             logger.warning("execution %s failed in the executors: %r", execution_id, exc)
             record = _internal_error(request)
-        return await self._finish(execution_id, record, inserted)
+        finished = await self._finish(execution_id, record, inserted)
+        if cache_as is not None and finished.status is not ExecutionStatus.INTERNAL_ERROR:
+            await self.cache.put(*cache_as, execution_id, finished)
+        return finished
 
     async def _discard(self, execution_id: uuid.UUID, request: ExecutionRequest) -> None:
         """Forget a run the executors refused (the client gets 503); if the database cannot be
@@ -396,25 +610,37 @@ class ExecutionService:
             self._spawn(self._finish_later(execution_id, _internal_error(request)))
 
     async def _run_in_background(
-        self, execution_id: uuid.UUID, request: ExecutionRequest, lease: Lease | None
-    ) -> None:
+        self,
+        execution_id: uuid.UUID,
+        request: ExecutionRequest,
+        lease: Lease | None,
+        *,
+        cache_as: tuple[int, str] | None = None,
+        batch_id: uuid.UUID | None = None,
+        deadline_s: float | None = None,
+    ) -> ExecutionRecord | None:
+        """Run a queued execution; the executors' refusals are retried until ``deadline_s``
+        (then ``internal_error``), without end if None (a batch item waits its turn). The
+        record, or None if it was not queued any more."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + BACKGROUND_DEADLINE_S
+        deadline = None if deadline_s is None else loop.time() + deadline_s
         try:
             if not await self._start(execution_id):
-                return
+                return None
             while True:
                 try:
-                    await self._run(execution_id, request, background=True)
-                    return
+                    return await self._run(
+                        execution_id, request, background=True, cache_as=cache_as
+                    )
                 except BackPressureError:
-                    if loop.time() >= deadline:
+                    if deadline is not None and loop.time() >= deadline:
                         logger.warning("execution %s: executors stayed at capacity", execution_id)
-                        await self._finish(execution_id, _internal_error(request))
-                        return
+                        return await self._finish(execution_id, _internal_error(request))
                     await asyncio.sleep(BACKGROUND_RETRY_S)
         finally:
             await self._release(lease)
+            if batch_id is not None:
+                await self._refresh_batch(batch_id)
 
     async def _start(self, execution_id: uuid.UUID) -> bool:
         """Mark a queued execution running; False if it is not queued any more (finished, or
@@ -477,13 +703,19 @@ class ExecutionService:
         """How many more background runs this replica takes (its share of the bounded queue)."""
         return self.settings.executor_max_queued_requests - len(self._background)
 
-    def resume(self, execution_id: uuid.UUID, request: ExecutionRequest) -> None:
+    def resume(
+        self, execution_id: uuid.UUID, request: ExecutionRequest, batch_id: uuid.UUID | None
+    ) -> None:
         """Run a queued execution accepted by another (dead) instance, in the background."""
-        self._spawn(self._run_in_background(execution_id, request, None))
+        self._spawn(self._run_in_background(execution_id, request, None, batch_id=batch_id))
 
-    async def fail(self, execution_id: uuid.UUID, request: ExecutionRequest) -> None:
+    async def fail(
+        self, execution_id: uuid.UUID, request: ExecutionRequest, batch_id: uuid.UUID | None
+    ) -> None:
         """End an execution whose run was lost (its instance died) as ``internal_error``."""
         await self._finish(execution_id, _internal_error(request))
+        if batch_id is not None:
+            await self._refresh_batch(batch_id)
 
     def _spawn(self, work: Any) -> None:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(work)
@@ -530,6 +762,7 @@ class ExecutionService:
         if self._audit_tasks:
             await asyncio.wait(set(self._audit_tasks), timeout=AUDIT_CLOSE_TIMEOUT_S)
         await self.limiter.aclose()
+        await self.cache.aclose()
         await asyncio.to_thread(self.database.dispose)
         if self._db_thread is not None:
             self._db_thread.shutdown(wait=False)
@@ -540,6 +773,21 @@ def _internal_error(request: ExecutionRequest) -> ExecutionRecord:
         status=ExecutionStatus.INTERNAL_ERROR,
         limits=request.limits.to_api(),
         finished_at=datetime.now(UTC),
+    )
+
+
+def _copy_of(hit: CachedResult, execution_id: uuid.UUID) -> ExecutionRecord:
+    """A new execution's record reusing ``hit``'s result (its outputs and measured usage;
+    started and finished now)."""
+    now = datetime.now(UTC)
+    return hit.record.model_copy(
+        update={
+            "id": execution_id,
+            "cached": True,
+            "cached_from": hit.execution_id,
+            "started_at": now,
+            "finished_at": now,
+        }
     )
 
 
