@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from executors import ExecutionRecord, ExecutionRequest, Limits, build_executor_app
 from serve_app import _exit
+from serve_app.api.middleware import PROXY_MIDDLEWARES_IMPORT_PATH
 
 if TYPE_CHECKING:
     from ray import serve
@@ -30,6 +31,7 @@ REPLICA_BASE_MEMORY_BYTES = 512 * MIB
 """A replica's own process (Python, Ray, Serve), reserved on top of its slots."""
 SLOT_OVERHEAD_BYTES = 32 * MIB
 """A slot's zygote and a job's init, beyond the job's own memory limit."""
+PROXY_CALLBACK_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 GCS_PORT_VARIABLE = "RAY_GCS_SERVER_PORT"  # the only way to choose the port ray.init's GCS takes
 SAMPLE_TIMEOUT_S = 1.0
 SAMPLES: tuple[tuple[str, str, float | None], ...] = (  # name, code, wall timeout
@@ -77,12 +79,24 @@ def main(settings: Settings, files: list[str]) -> int:
     return _exit.EX_OK if all(produced) else _exit.EX_SOFTWARE
 
 
-def executor_app(settings: Settings, *, num_cpus: float | None = None) -> serve.Application:
+def executor_app(
+    settings: Settings,
+    *,
+    num_cpus: float | None = None,
+    memory_bytes: int | None = None,
+    max_ongoing_requests: int | None = None,
+    target_ongoing_requests: float | None = None,
+    label_selector: dict[str, str] | None = None,
+) -> serve.Application:
     """The executor deployment as the settings size it.
 
     A replica takes at most one request per slot (no queue inside it), so that draining it
     never outlasts the longest run: ``GRACEFUL_SHUTDOWN_TIMEOUT_S >= MAX_TIMEOUT`` holds.
-    ``num_cpus`` (default: one per slot) is what Ray reserves per replica.
+    ``num_cpus`` (default: one per slot) and ``memory_bytes`` (default: the replica's own
+    512 MiB plus, per slot, ``MAX_MEMORY_MB`` and 32 MiB) are what Ray reserves per replica;
+    ``max_ongoing_requests`` (default: one per slot), ``target_ongoing_requests`` (default:
+    every slot busy) and ``label_selector`` (default: any node) go to
+    :func:`executors.build_executor_app`.
     """
     slots = settings.max_concurrent_executions
     job_memory_bytes = settings.max_memory_mb * MIB + SLOT_OVERHEAD_BYTES
@@ -91,11 +105,17 @@ def executor_app(settings: Settings, *, num_cpus: float | None = None) -> serve.
         slots,
         min_replicas=settings.executor_num_replicas_min,
         max_replicas=settings.executor_num_replicas_max,
-        memory_bytes=REPLICA_BASE_MEMORY_BYTES + slots * job_memory_bytes,
+        memory_bytes=(
+            REPLICA_BASE_MEMORY_BYTES + slots * job_memory_bytes
+            if memory_bytes is None
+            else memory_bytes
+        ),
         num_cpus=num_cpus,
-        max_ongoing_requests=slots,
+        max_ongoing_requests=slots if max_ongoing_requests is None else max_ongoing_requests,
+        target_ongoing_requests=target_ongoing_requests,
         max_queued_requests=settings.executor_max_queued_requests,
         graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
+        label_selector=label_selector,
     )
 
 
@@ -105,6 +125,8 @@ def _start_ray(settings: Settings) -> Any:
 
     if settings.ray_address is not None:
         return ray.init(address=settings.ray_address)
+    # Read by Serve's HTTP proxy actors, which inherit this environment through Ray.
+    os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_MIDDLEWARES_IMPORT_PATH)
     previous = os.environ.get(GCS_PORT_VARIABLE)
     os.environ[GCS_PORT_VARIABLE] = str(settings.ray_gcs_port)  # never Redis's 6379
     try:

@@ -32,7 +32,7 @@ from serve_app.api import (
     read_model,
     validate_body,
 )
-from serve_app.api.middleware import SECURITY_HEADERS
+from serve_app.api.middleware import SECURITY_HEADERS, SaneRequestIdMiddleware
 from serve_app.errors import (
     ConfigurationError,
     ConflictError,
@@ -891,6 +891,35 @@ def test_two_request_ids_are_replaced(edge: EdgeApp) -> None:
     assert headers[b"x-request-id"] not in (b"one", b"two")
 
 
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ([b"sane-id.1"], True),
+        ([b"a b"], False),
+        ([b"a" * 129], False),
+        ([b"one", b"two"], False),
+        ([], True),
+    ],
+)
+def test_the_proxy_middleware_replaces_what_serve_would_echo(sent: list[bytes], kept: bool) -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def serve_side(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(list(scope["headers"]))
+
+    middleware = SaneRequestIdMiddleware(serve_side)
+    other = (b"accept", b"*/*")
+    scope = {"type": "http", "headers": [other, *((b"x-request-id", v) for v in sent)]}
+    asyncio.run(middleware(scope, None, None))
+    ids = [value for name, value in seen[0] if name == b"x-request-id"]
+    assert other in seen[0]
+    if kept:
+        assert ids == sent
+    else:
+        assert len(ids) == 1 and ids[0] not in sent
+        int(ids[0], 16)
+
+
 def test_every_request_gets_a_fresh_id(edge: EdgeApp) -> None:
     first, second = (post(edge, {"code": "x"}) for _ in range(2))
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
@@ -1022,6 +1051,7 @@ def test_public_surface() -> None:
         "install_edge",
         "install_error_handlers",
         "parse_body",
+        "proxy_middlewares",
         "read_body",
         "read_model",
         "request_bounds",

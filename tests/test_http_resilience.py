@@ -200,11 +200,8 @@ def test_idempotency_on_postgresql(server: Server, client: httpx.Client) -> None
 
 
 def test_every_answer_carries_one_request_id(server: Server, client: httpx.Client) -> None:
-    """Serve's proxy appends its own ``X-Request-ID``; the app must not send a second one.
-
-    (A client id that is not sane is echoed by Serve as sent while the service uses its own:
-    a documented limitation, see ``serve_app/api/middleware.py``; not checked here.)
-    """
+    """Serve's proxy appends its own ``X-Request-ID``; the app must not send a second one,
+    and a client id that is not sane is replaced before Serve echoes it."""
     plain = client.get("/health")
     assert len(plain.headers.get_list("x-request-id")) == 1, plain.headers.raw
     sane = client.get("/health", headers={"X-Request-ID": "client-id-1"})
@@ -213,6 +210,16 @@ def test_every_answer_carries_one_request_id(server: Server, client: httpx.Clien
     assert missing.status_code == 404
     assert missing.headers.get_list("x-request-id") == ["r-2"]
     assert missing.json()["error"]["request_id"] == "r-2"
+    for insane in ("x" * 500, "has space", "<script>"):
+        replaced = client.get(
+            "/v1/executions/nope", headers={**auth(server.key), "X-Request-ID": insane}
+        )
+        ids = replaced.headers.get_list("x-request-id")
+        assert len(ids) == 1 and ids[0] != insane, ids
+        assert replaced.json()["error"]["request_id"] == ids[0]
+    twice = client.get("/health", headers=[("X-Request-ID", "a-1"), ("X-Request-ID", "b-2")])
+    assert len(twice.headers.get_list("x-request-id")) == 1
+    assert twice.headers["x-request-id"] not in {"a-1", "b-2"}
 
 
 # --- 2. back-pressure

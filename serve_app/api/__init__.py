@@ -25,6 +25,7 @@ from serve_app.api.middleware import (
     RequestIdLogFilter,
     current_request_id,
     install_edge,
+    proxy_middlewares,
 )
 from serve_app.api.schemas import (
     MAX_CASES,
@@ -58,6 +59,7 @@ __all__ = [
     "install_edge",
     "install_error_handlers",
     "parse_body",
+    "proxy_middlewares",
     "read_body",
     "read_model",
     "request_bounds",

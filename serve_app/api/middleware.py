@@ -17,9 +17,11 @@ Serve's own ``RequestIdMiddleware`` (in its proxy, or in the replica in direct-i
 sits outside the app: it takes the first ``x-request-id`` the client sent (or generates a
 UUID and adds it to the request's headers) and appends ``X-Request-ID`` with that value to
 every answer, whatever the app sent. So there the middleware sends none and adopts that id.
-One case cannot be made consistent from inside the app: a client id that is not sane is
-echoed by Serve as it came, while the service (logs, stored records, error bodies) uses a
-fresh id of its own.
+A client id that is not sane would be echoed by Serve as it came while the service used a fresh
+one; :class:`SaneRequestIdMiddleware`, installed in Serve's proxy in front of Serve's own
+(:func:`proxy_middlewares`, through ``serve.start``'s ``http_options`` or
+``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``), replaces such an id before Serve reads it, so
+the answer's id and the service's agree.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -40,13 +43,16 @@ from serve_app.errors import PayloadTooLargeError, ServiceError, UnsupportedMedi
 from serve_app.settings import Settings
 
 __all__ = [
+    "PROXY_MIDDLEWARES_IMPORT_PATH",
     "REQUEST_ID_HEADER",
     "SECURITY_HEADERS",
     "BodyGuardMiddleware",
     "RequestContextMiddleware",
     "RequestIdLogFilter",
+    "SaneRequestIdMiddleware",
     "current_request_id",
     "install_edge",
+    "proxy_middlewares",
 ]
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -155,6 +161,35 @@ class RequestContextMiddleware:
             # Serve echoes the first value as it is: adopt it when it is sane.
             return _sane(values[0]) or uuid.uuid4().hex, False
         return (_sane(values[0]) if len(values) == 1 else None) or uuid.uuid4().hex, True
+
+
+class SaneRequestIdMiddleware:
+    """In Serve's proxy, before Serve's ``RequestIdMiddleware``: a request whose
+    ``X-Request-ID`` is not exactly one sane value gets a fresh one instead, which Serve then
+    echoes and the app adopts."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers: list[tuple[bytes, bytes]] = scope["headers"]
+            ids = [value for name, value in headers if name.lower() == b"x-request-id"]
+            if ids and (len(ids) > 1 or _sane(ids[0]) is None):
+                kept = [(name, value) for name, value in headers if name.lower() != b"x-request-id"]
+                fresh = (b"x-request-id", uuid.uuid4().hex.encode())
+                scope = {**scope, "headers": [*kept, fresh]}
+        await self.app(scope, receive, send)
+
+
+PROXY_MIDDLEWARES_IMPORT_PATH = "serve_app.api.middleware:proxy_middlewares"
+"""For ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` where ``serve.start`` is not ours to call
+(a Serve config file, KubeRay)."""
+
+
+def proxy_middlewares() -> list[Middleware]:
+    """The middlewares Serve's HTTP proxy runs around the app (after its own request ids)."""
+    return [Middleware(SaneRequestIdMiddleware)]
 
 
 def _sane(value: bytes) -> str | None:
