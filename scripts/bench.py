@@ -4,7 +4,8 @@ Each benchmark writes its results as JSON under ``bench-results/`` (by default),
 same JSON on stdout and a short human summary on stderr.
 
     sandbox   the engine (a warm SandboxPool) against a fresh ``python -I -S`` per execution
-    http      ``exec-agent serve`` (embedded) through each ingress: executions and /health
+    http      ``exec-agent serve`` (embedded) through each ingress, loaded by ``wrk``: executions
+              and /health, beside a fresh ``python -I -S`` per execution measured in the same run
 
 Exit status: 0 when every execution gave the expected result, 1 when any failed (the results
 are still written: a failure is reported, not hidden), 2 on bad arguments.
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -301,7 +303,10 @@ HTTP_MODES = ("proxy", "haproxy")
 """``exec-agent serve``'s ingresses (its ``SERVE_INGRESS``): Serve's Python proxy, HAProxy."""
 SERVE_START_TIMEOUT_S = 300.0
 SERVE_STOP_TIMEOUT_S = 120.0
-HTTP_TIMEOUT_S = 30.0
+HTTP_THROUGHPUT_GOAL = 1.5
+"""Over HTTP, at the most connections, executions/s must be this multiple of the floor's."""
+HTTP_P50_GOAL_MS = 10.0
+"""Over HTTP, with one connection, an execution's median latency must be at most this."""
 BENCH_RATE_LIMIT_PER_MINUTE = 100_000_000
 """The bench key's limit: never the limiter that answers."""
 SANDBOXFUSION_REFERENCE = {
@@ -424,75 +429,275 @@ class Service:
         return code
 
 
-def http_task(
-    service: Service,
-    method: str,
-    path: str,
-    body: dict[str, Any] | None,
-    check: Callable[[httpx.Response], str | None],
-) -> Task:
-    """One request per call, on a keep-alive connection of the calling thread's own."""
-    local = threading.local()
-    headers = {"Authorization": f"Bearer {service.key}"}
+# --------------------------------------------------------------------------- wrk
 
-    def run() -> str | None:
-        client = getattr(local, "client", None)
-        if client is None:
-            client = local.client = httpx.Client(
-                base_url=service.url, headers=headers, timeout=HTTP_TIMEOUT_S
-            )
-        response = client.request(method, path, json=body)
-        return check(response)
+WRK_TIMEOUT_S = 30
+"""wrk's per-request timeout: a request slower than this counts as a timeout error."""
+WRK_MAX_THREADS = 2
+"""wrk threads: one per connection up to this (one per core of the 2-core machine)."""
+WRK_RESULT_TAG = "wrk-done"
+"""The ``bench`` field of the JSON line the generated script's ``done()`` prints."""
+WRK_ERROR_KINDS = ("connect", "read", "write", "status", "timeout")
+MAX_EXAMPLE_CHARS = 160
 
-    return run
+WRK_SCRIPT_BODY = r"""
+-- Per wrk thread (each has its own Lua state): responses that were not the expected one.
+bad = 0
+example = nil
+
+function response(status, headers, body)
+  local why = nil
+  body = body or ""
+  if status ~= 200 then
+    why = "HTTP " .. status
+  elseif expect_status and not string.find(body, expect_status, 1, true) then
+    why = "no " .. expect_status
+  elseif expect_stdout and not string.find(body, expect_stdout, 1, true) then
+    why = "no " .. expect_stdout
+  end
+  if why then
+    bad = bad + 1
+    if example == nil then
+      example = why .. ": " .. string.sub(body, 1, max_example_chars)
+    end
+  end
+end
+
+-- In the main Lua state: the threads' handles, for done() to read their counts.
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+local function json_string(text)
+  return '"' .. string.gsub(text, '[%c"\\]', function(c)
+    return string.format("\\u%04x", string.byte(c))
+  end) .. '"'
+end
+
+local function json_number(value)
+  if value == nil or value ~= value or value == math.huge or value == -math.huge then
+    return "null"
+  end
+  return string.format("%.3f", value)
+end
+
+function done(summary, latency, requests)
+  local total_bad, examples = 0, {}
+  for _, thread in ipairs(threads) do
+    total_bad = total_bad + (thread:get("bad") or 0)
+    local thread_example = thread:get("example")
+    if thread_example then
+      table.insert(examples, json_string(thread_example))
+    end
+  end
+  local errors = summary.errors
+  local percentiles = {}
+  for _, p in ipairs({50, 90, 99}) do
+    local value = nil
+    if summary.requests > 0 then value = latency:percentile(p) end
+    table.insert(percentiles, string.format('"p%d":%s', p, json_number(value)))
+  end
+  local empty = summary.requests == 0
+  io.write(string.format(
+    '{"bench":"%s","requests":%d,"duration_us":%d,"bytes":%d,'
+      .. '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},'
+      .. '"bad":%d,"bad_examples":[%s],'
+      .. '"latency_us":{%s,"mean":%s,"min":%s,"max":%s}}\n',
+    result_tag, summary.requests, summary.duration, summary.bytes,
+    errors.connect, errors.read, errors.write, errors.status, errors.timeout,
+    total_bad, table.concat(examples, ","),
+    table.concat(percentiles, ","),
+    json_number(not empty and latency.mean or nil),
+    json_number(not empty and latency.min or nil),
+    json_number(not empty and latency.max or nil)))
+end
+"""
 
 
-def check_health(response: httpx.Response) -> str | None:
-    return (
-        None
-        if response.status_code == 200
-        else f"HTTP {response.status_code} {_short(response.text)}"
-    )
+def lua_string(text: str) -> str:
+    """``text`` as a Lua string literal: its UTF-8 bytes, all but plain ASCII as ``\\ddd``."""
+    out = []
+    for byte in text.encode():
+        char = chr(byte)
+        if 0x20 <= byte < 0x7F and char not in {'"', "\\"}:
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03d}")
+    return '"' + "".join(out) + '"'
 
 
-def check_execution(expect_stdout: str | None) -> Callable[[httpx.Response], str | None]:
-    def check(response: httpx.Response) -> str | None:
-        if response.status_code != 200:
-            return f"HTTP {response.status_code} {_short(response.text)}"
-        record = response.json()
-        if record.get("status") != "ok":
-            return f"status {record.get('status')}, stderr {_short(record.get('stderr') or '')}"
-        if expect_stdout is not None and record.get("stdout") != expect_stdout:
-            return f"stdout {_short(record.get('stdout') or '')}, expected {_short(expect_stdout)}"
-        return None
+@dataclass(frozen=True)
+class WrkTarget:
+    """One request wrk sends over and over, and what a good answer to it holds."""
 
-    return check
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: str | None = None
+    expect_status: str | None = None
+    """A substring of every good body (e.g. ``"status":"ok"``); None: any 200 will do."""
+    expect_stdout: str | None = None
+    """The stdout every good body holds (checked as its JSON field ``"stdout":...``)."""
+
+    def lua_script(self) -> str:
+        """The wrk script: sets the request, checks each response, prints one JSON line."""
+        lines = [
+            "-- Generated by scripts/bench.py: one request, its checks, a JSON summary.",
+            f"wrk.method = {lua_string(self.method)}",
+            f"wrk.body = {lua_string(self.body) if self.body is not None else 'nil'}",
+        ]
+        lines += [
+            f"wrk.headers[{lua_string(name)}] = {lua_string(value)}"
+            for name, value in self.headers.items()
+        ]
+        stdout = None
+        if self.expect_stdout is not None:
+            # As Starlette's JSONResponse writes it: compact, non-ASCII as is.
+            stdout = '"stdout":' + json.dumps(self.expect_stdout, ensure_ascii=False)
+        lines += [
+            f"local expect_status = {lua_string(self.expect_status) if self.expect_status else 'nil'}",
+            f"local expect_stdout = {lua_string(stdout) if stdout is not None else 'nil'}",
+            f"local max_example_chars = {MAX_EXAMPLE_CHARS}",
+            f"local result_tag = {lua_string(WRK_RESULT_TAG)}",
+        ]
+        return "\n".join(lines) + "\n" + WRK_SCRIPT_BODY
+
+
+def parse_wrk_output(stdout: str) -> dict[str, Any]:
+    """The JSON line the script's ``done()`` printed, among wrk's human output."""
+    found = []
+    for line in stdout.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        with contextlib.suppress(ValueError):
+            value = json.loads(line)
+            if isinstance(value, dict) and value.get("bench") == WRK_RESULT_TAG:
+                found.append(value)
+    if len(found) != 1:
+        raise ValueError(f"expected one wrk result line, found {len(found)}: {_short(stdout, 400)}")
+    return found[0]
+
+
+def wrk_measurement(raw: dict[str, Any], connections: int, threads: int) -> dict[str, Any]:
+    """A parsed wrk result as this benchmark reports it (milliseconds, requests/s, failures).
+
+    ``failed`` counts each failed request once: the bad responses (which include every
+    non-200 one, so wrk's ``status`` errors too) and the requests with no response at all.
+    """
+    errors = {kind: int(raw["errors"][kind]) for kind in WRK_ERROR_KINDS}
+    bad = int(raw["bad"])
+    requests = int(raw["requests"])
+    duration_s = raw["duration_us"] / 1e6
+    latency = raw["latency_us"]
+    return {
+        "connections": connections,
+        "threads": threads,
+        "duration_s": round(duration_s, 4),
+        "requests": requests,
+        "throughput_per_s": round(requests / duration_s, 2) if duration_s else None,
+        "latency_ms": {
+            key: None if latency[key] is None else round(latency[key] / 1000, 3)
+            for key in ("p50", "p90", "p99", "mean", "min", "max")
+        },
+        "errors": errors,
+        "bad": bad,
+        "failed": bad + sum(count for kind, count in errors.items() if kind != "status"),
+        "failure_examples": list(raw["bad_examples"])[:MAX_FAILURE_EXAMPLES],
+    }
+
+
+def run_wrk(
+    wrk: str, url: str, target: WrkTarget, connections: int, duration_s: int, workdir: Path
+) -> dict[str, Any]:
+    """One wrk run of ``target`` against ``url``, measured."""
+    threads = min(connections, WRK_MAX_THREADS)
+    with tempfile.NamedTemporaryFile(
+        "w", suffix=".lua", prefix="wrk-", dir=workdir, encoding="utf-8"
+    ) as script:
+        script.write(target.lua_script())
+        script.flush()
+        argv = [
+            wrk,
+            f"--threads={threads}",
+            f"--connections={connections}",
+            f"--duration={duration_s}s",
+            f"--timeout={WRK_TIMEOUT_S}s",
+            f"--script={script.name}",
+            url.rstrip("/") + target.path,
+        ]
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=duration_s + WRK_TIMEOUT_S + 30,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"wrk exited {done.returncode}: {_short(done.stderr + done.stdout, 400)}"
+        )
+    try:
+        raw = parse_wrk_output(done.stdout)
+    except ValueError as exc:
+        raise RuntimeError(f"{exc}; stderr {_short(done.stderr, 400)}") from exc
+    return wrk_measurement(raw, connections, threads)
+
+
+def wrk_version(wrk: str) -> str:
+    done = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+    first = (done.stdout or done.stderr).strip().splitlines()
+    return first[0].split(" Copyright")[0] if first else "wrk"
+
+
+# --------------------------------------------------------------------------- http benchmark
+
+
+def expected_stdout(args: argparse.Namespace) -> str | None:
+    """``--expect-stdout``; unset, ``print(1)``'s output for the default program, else None."""
+    expect: str | None = args.expect_stdout
+    if expect is None and args.code == DEFAULT_CODE:
+        return DEFAULT_CODE_STDOUT
+    return expect
 
 
 def bench_http_mode(
-    mode: str, args: argparse.Namespace, extra_env: dict[str, str]
+    mode: str, args: argparse.Namespace, extra_env: dict[str, str], wrk: str
 ) -> dict[str, Any]:
-    expect = args.expect_stdout
-    if expect is None and args.code == DEFAULT_CODE:
-        expect = DEFAULT_CODE_STDOUT
     with tempfile.TemporaryDirectory(prefix=f"bench-http-{mode}-") as tmp:
-        service = Service(mode, Path(tmp), extra_env)
+        workdir = Path(tmp)
+        service = Service(mode, workdir, extra_env)
         result: dict[str, Any] = {"mode": mode}
         try:
             service.start()
             result["start_s"] = round(service.start_s, 2)
-            targets = {
-                "execution": http_task(
-                    service, "POST", "/v1/executions", {"code": args.code}, check_execution(expect)
-                ),
-                "health": http_task(service, "GET", "/health", None, check_health),
+            headers = {
+                "Authorization": f"Bearer {service.key}",
+                "Content-Type": "application/json",
             }
-            for name, task in targets.items():
-                if args.warmup:
-                    measure(task, args.warmup, max(args.clients))
+            targets = {
+                "execution": WrkTarget(
+                    "POST",
+                    "/v1/executions",
+                    headers,
+                    body=json.dumps({"code": args.code}),
+                    expect_status='"status":"ok"',
+                    expect_stdout=expected_stdout(args),
+                ),
+                "health": WrkTarget("GET", "/health", headers),
+            }
+            if args.warmup_s:
+                warmup = targets["execution"]
+                run_wrk(wrk, service.url, warmup, max(args.connections), args.warmup_s, workdir)
+            for name, target in targets.items():
                 result[name] = {
-                    str(clients): measure(task, args.n, clients).to_json()
-                    for clients in args.clients
+                    str(connections): run_wrk(
+                        wrk, service.url, target, connections, args.duration_s, workdir
+                    )
+                    for connections in args.connections
                 }
         except Exception as exc:  # noqa: BLE001 - a mode that cannot run is reported, not fatal
             result["error"] = f"{type(exc).__name__}: {exc}"
@@ -503,18 +708,29 @@ def bench_http_mode(
     return result
 
 
-def sandbox_reference(args: argparse.Namespace) -> dict[str, Any]:
-    """The engine alone (a warm pool, 2 slots), parallel at the first client count."""
+def bench_floor(args: argparse.Namespace) -> dict[str, Any]:
+    """A fresh ``python -I -S -c CODE`` per execution, from as many clients as connections."""
     config = SandboxConfig()
-    expect = DEFAULT_CODE_STDOUT if args.code == DEFAULT_CODE else args.expect_stdout
+    task = fresh_task(config.python_executable, args.code, expected_stdout(args))
+    if args.warmup_s:
+        measure(task, 2 * max(args.connections), max(args.connections))
+    return {
+        str(clients): measure(task, args.floor_n, clients).to_json() for clients in args.connections
+    }
+
+
+def sandbox_reference(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine alone (a warm pool, 2 slots) from 1 and 2 clients: where the time goes."""
+    config = SandboxConfig()
     pool = SandboxPool(config, slots=2)
     pool.start()
     try:
-        task = engine_task(pool, args.code, expect)
-        measure(task, args.warmup, 2)
+        task = engine_task(pool, args.code, expected_stdout(args))
+        if args.warmup_s:
+            measure(task, 20, 2)
         return {
             "slots": 2,
-            **{str(c): measure(task, args.n, c).to_json() for c in (1, 2)},
+            **{str(c): measure(task, args.floor_n, c).to_json() for c in (1, 2)},
         }
     finally:
         pool.close()
@@ -530,11 +746,57 @@ def parse_env(items: Sequence[str]) -> dict[str, str]:
     return env
 
 
+def http_ratios(
+    part: dict[str, Any], floor: dict[str, Any], high: int, low: int
+) -> dict[str, float | None]:
+    """A mode against the floor: throughput at ``high`` connections, p50 at ``low``."""
+    execution = part.get("execution")
+    if not execution:
+        return {"throughput": None, "p50_latency": None}
+    return {
+        "throughput": _ratio(
+            execution[str(high)]["throughput_per_s"], floor[str(high)]["throughput_per_s"]
+        ),
+        "p50_latency": _ratio(
+            floor[str(low)]["latency_ms"]["p50"], execution[str(low)]["latency_ms"]["p50"]
+        ),
+    }
+
+
+def http_goal_met(part: dict[str, Any], ratio: dict[str, float | None], low: int) -> bool:
+    """Both goals reached, and no request of the mode failed: failures prove nothing."""
+    execution = part.get("execution")
+    if "error" in part or not execution:
+        return False
+    if any(m["failed"] for name in ("execution", "health") for m in part[name].values()):
+        return False
+    p50 = execution[str(low)]["latency_ms"]["p50"]
+    return (
+        ratio["throughput"] is not None
+        and ratio["throughput"] >= HTTP_THROUGHPUT_GOAL
+        and p50 is not None
+        and p50 <= HTTP_P50_GOAL_MS
+    )
+
+
 def bench_http(args: argparse.Namespace) -> dict[str, Any]:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("bench http: wrk not found (scripts/bench and scripts/setup install it)")
     extra_env = parse_env(args.env)
-    modes = {mode: bench_http_mode(mode, args, extra_env) for mode in args.modes}
+    args.connections = sorted(set(args.connections))
+    config = SandboxConfig()
+    # The floor first, on a quiet machine: no service (and no Ray) is running yet.
+    floor = bench_floor(args)
+    modes = {mode: bench_http_mode(mode, args, extra_env, wrk) for mode in args.modes}
     reference = None if args.no_sandbox_reference else sandbox_reference(args)
-    failed = 0
+
+    high, low = max(args.connections), min(args.connections)
+    ratio = {mode: http_ratios(part, floor, high, low) for mode, part in modes.items()}
+    failed = sum(m["failed"] for m in floor.values())
+    floor_ok = failed == 0
+    if reference is not None:
+        failed += sum(reference[c]["failed"] for c in ("1", "2"))
     for part in modes.values():
         if "error" in part:
             failed += 1
@@ -543,39 +805,70 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "http",
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": host_info(SandboxConfig()),
+        "host": host_info(config),
         "config": {
-            "count": args.n,
-            "warmup": args.warmup,
-            "clients": args.clients,
+            "connections": args.connections,
+            "duration_s": args.duration_s,
+            "warmup_s": args.warmup_s,
+            "floor_n": args.floor_n,
             "code": args.code,
+            "expect_stdout": expected_stdout(args),
             "modes": args.modes,
             "extra_env": extra_env,
-            "client": f"httpx {httpx.__version__}, one keep-alive connection per client thread",
+            "client": f"{wrk_version(wrk)}: min(connections, {WRK_MAX_THREADS}) threads, "
+            f"keep-alive connections, {WRK_TIMEOUT_S} s timeout",
             "service": "exec-agent serve: embedded SQLite, in-process limiter, default executor settings",
+            "floor_command": [config.python_executable, "-I", "-S", "-c", args.code],
         },
         "modes": modes,
+        "floor": floor,
+        "ratio": ratio,
+        "goal": {
+            "throughput_ratio": HTTP_THROUGHPUT_GOAL,
+            "throughput_connections": high,
+            "p50_ms": HTTP_P50_GOAL_MS,
+            "p50_connections": low,
+            # A floor with failures is no yardstick: nothing is met against it.
+            "met": {
+                mode: floor_ok and http_goal_met(part, ratio[mode], low)
+                for mode, part in modes.items()
+            },
+        },
         "sandbox_engine": reference,
         "sandboxfusion_reference": SANDBOXFUSION_REFERENCE,
         "failed": failed,
     }
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def summarize_http(result: dict[str, Any]) -> str:
-    config = result["config"]
-    lines = [f"http: {config['count']} requests per measurement, clients {config['clients']}"]
+    config, goal = result["config"], result["goal"]
+    lines = [
+        f"http: wrk {config['duration_s']} s per measurement, connections {config['connections']}; "
+        f"floor {config['floor_n']} fresh interpreters per client count"
+    ]
     for mode, part in result["modes"].items():
         if "error" in part:
             lines.append(f"  {mode:<8} ERROR {part['error']}")
             continue
         for name in ("execution", "health"):
-            for clients, m in part[name].items():
+            for connections, m in part[name].items():
                 lat = m["latency_ms"]
                 lines.append(
-                    f"  {mode:<8} {name:<9} {clients:>2} clients {m['throughput_per_s']:>8.1f}/s  "
-                    f"p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
-                    f"failed {m['failed']}"
+                    f"  {mode:<8} {name:<9} {connections:>3} conn {m['throughput_per_s']:>8.1f}/s  "
+                    f"p50 {_ms(lat['p50'])} ms  p90 {_ms(lat['p90'])}  p99 {_ms(lat['p99'])}  "
+                    f"requests {m['requests']}  failed {m['failed']}"
                 )
+    for clients, m in result["floor"].items():
+        lat = m["latency_ms"]
+        lines.append(
+            f"  floor    python -I -S {clients:>2} clients {m['throughput_per_s']:>8.1f}/s  "
+            f"p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
+            f"failed {m['failed']}"
+        )
     if result["sandbox_engine"]:
         for clients in ("1", "2"):
             m = result["sandbox_engine"][clients]
@@ -583,6 +876,13 @@ def summarize_http(result: dict[str, Any]) -> str:
                 f"  engine   alone     {clients:>2} clients {m['throughput_per_s']:>8.1f}/s  "
                 f"p50 {m['latency_ms']['p50']:.2f} ms  p99 {m['latency_ms']['p99']:.2f}"
             )
+    for mode, ratio in result["ratio"].items():
+        lines.append(
+            f"  {mode:<8} vs floor: throughput x{ratio['throughput']} at "
+            f"{goal['throughput_connections']} conn (goal x{goal['throughput_ratio']}), "
+            f"p50 latency x{ratio['p50_latency']} at {goal['p50_connections']} conn "
+            f"(goal p50 <= {goal['p50_ms']} ms): {'met' if goal['met'][mode] else 'NOT met'}"
+        )
     ref = result["sandboxfusion_reference"]
     lines.append(
         f"  SandboxFusion (published): sandbox on {ref['sandbox_on']['latency_ms']:.0f} ms, "
@@ -685,29 +985,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     http = benchmarks.add_parser(
         "http",
-        help="the HTTP service (exec-agent serve, embedded) through each Serve ingress",
+        help="the HTTP service (exec-agent serve, embedded) through each Serve ingress, with wrk",
         description="Start `exec-agent serve` (SQLite in a temporary directory, a key with a "
-        "limit never reached) once per ingress mode, then time POST /v1/executions (sync) and "
-        "GET /health from parallel keep-alive clients; the engine alone for reference.",
+        "limit never reached) once per ingress mode, then load POST /v1/executions (sync, "
+        "auth, persisted) and GET /health with wrk at each connection count; beside it, in the "
+        "same run, the floor (a fresh `python -I -S -c` per execution from as many clients) "
+        "and the engine alone.",
     )
     http.add_argument(
-        "--n",
-        type=positive_int,
-        default=400,
-        help="requests per measurement (default: %(default)s)",
-    )
-    http.add_argument(
-        "--warmup",
-        type=non_negative_int,
-        default=40,
-        help="unmeasured requests first (default: %(default)s)",
-    )
-    http.add_argument(
-        "--clients",
+        "--connections",
         type=positive_int,
         nargs="+",
-        default=[2, 8],
-        help="parallel client counts, each measured (default: 2 8)",
+        default=[1, 16],
+        help="connection counts, each measured for every mode and for the floor (default: 1 16); "
+        "the throughput goal is read at the most, the latency goal at the fewest",
+    )
+    http.add_argument(
+        "--duration-s",
+        type=positive_int,
+        default=10,
+        help="seconds of each wrk measurement (default: %(default)s)",
+    )
+    http.add_argument(
+        "--warmup-s",
+        type=non_negative_int,
+        default=2,
+        help="seconds of an unmeasured wrk run of executions per mode first; 0: none "
+        "(default: %(default)s)",
+    )
+    http.add_argument(
+        "--floor-n",
+        type=positive_int,
+        default=400,
+        help="fresh interpreters per floor measurement, and engine runs per reference "
+        "measurement (default: %(default)s)",
     )
     http.add_argument(
         "--modes",

@@ -5,10 +5,15 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -40,7 +45,23 @@ def test_percentile_interpolates_between_ranks() -> None:
         percentile([], 50)
 
 
-@pytest.mark.parametrize("argv", [[], ["sandbox", "--n", "0"], ["sandbox", "--clients", "-1"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["sandbox", "--n", "0"],
+        ["sandbox", "--clients", "-1"],
+        ["http", "--connections"],
+        ["http", "--connections", "0"],
+        ["http", "--connections", "1", "x"],
+        ["http", "--duration-s", "0"],
+        ["http", "--duration-s", "1.5"],
+        ["http", "--warmup-s", "-1"],
+        ["http", "--floor-n", "0"],
+        ["http", "--modes", "nginx"],
+        ["http", "--n", "10"],  # the old request count: wrk runs for --duration-s instead
+    ],
+)
 def test_bad_arguments_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         load_bench().build_parser().parse_args(argv)
@@ -88,3 +109,316 @@ def test_sandbox_benchmark_writes_consistent_results(tmp_path: Path) -> None:
     isolation = result["isolation"]
     assert set(isolation["layers"]) | set(isolation["missing"]) == set(ISOLATION_LAYERS)
     assert isolation["ok"] == (not isolation["missing"])
+
+
+def test_http_defaults() -> None:
+    args = load_bench().build_parser().parse_args(["http"])
+    assert args.connections == [1, 16]
+    assert (args.duration_s, args.warmup_s, args.floor_n) == (10, 2, 400)
+    assert args.modes == ["proxy", "haproxy"]
+    assert not args.no_sandbox_reference
+
+
+# --------------------------------------------------------------------------- wrk
+
+WRK_HUMAN_OUTPUT = """Running 10s test @ http://127.0.0.1:8000/v1/executions
+  2 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    95.12ms   20.01ms 301.00ms   80.00%
+    Req/Sec    84.00     10.00   100.00     70.00%
+  1680 requests in 10.00s, 1.20MB read
+  Non-2xx or 3xx responses: 2
+Requests/sec:    167.98
+Transfer/sec:    122.88KB
+"""
+
+
+def wrk_done_line(**changes: Any) -> str:
+    """A line as the generated script's done() prints it (2 bad, 1 timeout, 2 status errors)."""
+    line: dict[str, Any] = {
+        "bench": "wrk-done",
+        "requests": 1680,
+        "duration_us": 10001234,
+        "bytes": 1258291,
+        "errors": {"connect": 0, "read": 0, "write": 0, "status": 2, "timeout": 1},
+        "bad": 2,
+        "bad_examples": ['HTTP 503: {"error":"unavailable"}', "HTTP 503: "],
+        "latency_us": {
+            "p50": 91234.0,
+            "p90": 120000.0,
+            "p99": 250500.0,
+            "mean": 95123.456,
+            "min": 4001.0,
+            "max": 301000.0,
+        },
+    }
+    # Compact, as done() writes it with string.format.
+    return json.dumps(line | changes, separators=(",", ":"))
+
+
+def test_parse_wrk_output_finds_the_done_line_among_the_human_output() -> None:
+    bench = load_bench()
+    raw = bench.parse_wrk_output(WRK_HUMAN_OUTPUT + wrk_done_line() + "\n")
+    m = bench.wrk_measurement(raw, connections=16, threads=2)
+    assert m["connections"] == 16
+    assert m["threads"] == 2
+    assert m["requests"] == 1680
+    assert m["duration_s"] == 10.0012
+    assert m["throughput_per_s"] == round(1680 / 10.001234, 2)
+    assert m["latency_ms"] == {
+        "p50": 91.234,
+        "p90": 120.0,
+        "p99": 250.5,
+        "mean": 95.123,
+        "min": 4.001,
+        "max": 301.0,
+    }
+    assert m["errors"] == {"connect": 0, "read": 0, "write": 0, "status": 2, "timeout": 1}
+    assert m["bad"] == 2
+    # A non-200 answer is both a wrk status error and a bad response: counted once.
+    assert m["failed"] == 3
+    assert m["failure_examples"] == ['HTTP 503: {"error":"unavailable"}', "HTTP 503: "]
+
+
+def test_parse_wrk_output_without_requests_has_no_latencies() -> None:
+    bench = load_bench()
+    empty = {key: None for key in LATENCY_KEYS}
+    errors = {"connect": 16, "read": 0, "write": 0, "status": 0, "timeout": 0}
+    line = wrk_done_line(requests=0, bad=0, bad_examples=[], latency_us=empty, errors=errors)
+    m = bench.wrk_measurement(bench.parse_wrk_output(line), connections=16, threads=2)
+    assert m["latency_ms"] == empty
+    assert (m["requests"], m["throughput_per_s"], m["failed"]) == (0, 0.0, 16)
+
+
+@pytest.mark.parametrize(
+    "stdout",
+    [
+        WRK_HUMAN_OUTPUT,  # the script did not run its done()
+        WRK_HUMAN_OUTPUT + wrk_done_line() + "\n" + wrk_done_line() + "\n",
+        WRK_HUMAN_OUTPUT + wrk_done_line()[:-5] + "\n",  # cut short
+        WRK_HUMAN_OUTPUT + wrk_done_line(bench="something else") + "\n",
+    ],
+)
+def test_parse_wrk_output_wants_exactly_one_done_line(stdout: str) -> None:
+    with pytest.raises(ValueError):
+        load_bench().parse_wrk_output(stdout)
+
+
+def test_lua_string_escapes_all_but_plain_ascii() -> None:
+    lua_string = load_bench().lua_string
+    assert lua_string("print(1)") == '"print(1)"'
+    assert lua_string('a"b\\c\n') == '"a\\034b\\092c\\010"'
+    assert lua_string("é") == '"\\195\\169"'
+    assert lua_string("]]") == '"]]"'
+
+
+def test_wrk_is_installed() -> None:
+    """`bench http` needs wrk: scripts/setup installs it (a failure here, never a skip)."""
+    assert shutil.which("wrk"), "wrk not found: run scripts/setup as root (apt-get install wrk)"
+
+
+STUB_KEY = 'k"ey'
+STUB_CODE = "print('é')"
+
+
+class StubHandler(BaseHTTPRequestHandler):
+    """Answers like POST /v1/executions would: right, wrong stdout or 500, by path.
+
+    Anything but the request the script should send (method, headers, body) gets a 400.
+    """
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as wrk expects
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        sent_right = (
+            self.headers.get("Authorization") == f"Bearer {STUB_KEY}"
+            and self.headers.get("Content-Type") == "application/json"
+            and json.loads(body) == {"code": STUB_CODE}
+        )
+        answers: dict[str, tuple[int, dict[str, Any]]] = {
+            "/ok": (200, {"id": "x", "status": "ok", "stdout": "é\n"}),
+            "/wrong-stdout": (200, {"id": "x", "status": "ok", "stdout": "e\n"}),
+            "/wrong-status": (200, {"id": "x", "status": "error", "stdout": "é\n"}),
+            "/error": (500, {"error": 'internal\n"error"'}),
+        }
+        status, answer = answers[self.path] if sent_right else (400, {"error": "bad request"})
+        data = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # wrk drops its connections at the end of a run
+
+
+@pytest.fixture
+def stub_url() -> Iterator[str]:
+    server = QuietServer(("127.0.0.1", 0), StubHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.slow  # five 1 s wrk runs
+def test_wrk_script_sends_the_request_and_counts_bad_answers(stub_url: str, tmp_path: Path) -> None:
+    """The generated Lua, run by the real wrk: request, checks, per-thread counts, done()."""
+    bench = load_bench()
+    wrk = shutil.which("wrk")
+    assert wrk, "wrk not found"
+
+    def run(path: str) -> dict[str, Any]:
+        target = bench.WrkTarget(
+            "POST",
+            path,
+            {"Authorization": f"Bearer {STUB_KEY}", "Content-Type": "application/json"},
+            body=json.dumps({"code": STUB_CODE}),
+            expect_status='"status":"ok"',
+            expect_stdout="é\n",
+        )
+        m: dict[str, Any] = bench.run_wrk(wrk, stub_url, target, 2, 1, tmp_path)
+        assert m["requests"] > 0
+        assert (m["connections"], m["threads"]) == (2, 2)
+        assert set(m["latency_ms"]) == LATENCY_KEYS
+        assert all(value is not None for value in m["latency_ms"].values())
+        assert {kind: m["errors"][kind] for kind in ("connect", "read", "write", "timeout")} == {
+            "connect": 0,
+            "read": 0,
+            "write": 0,
+            "timeout": 0,
+        }
+        return m
+
+    ok = run("/ok")
+    assert (ok["bad"], ok["failed"], ok["errors"]["status"]) == (0, 0, 0)
+    assert ok["failure_examples"] == []
+
+    for path, why in [
+        ("/wrong-stdout", 'no "stdout":"é\\n": {"id":"x","status":"ok","stdout":"e\\n"}'),
+        ("/wrong-status", 'no "status":"ok": {"id":"x","status":"error"'),
+        ("/error", 'HTTP 500: {"error":"internal\\n\\"error\\""}'),
+    ]:
+        m = run(path)
+        assert m["bad"] == m["failed"] == m["requests"], path
+        assert m["errors"]["status"] == (m["requests"] if path == "/error" else 0)
+        # One example per wrk thread that saw a bad answer, escaped into done()'s JSON.
+        assert 1 <= len(m["failure_examples"]) <= 2
+        assert all(example.startswith(why) for example in m["failure_examples"]), m
+
+    health = bench.WrkTarget("POST", "/error", {})  # no checks but the status; a 400 here
+    m = bench.run_wrk(wrk, stub_url, health, 1, 1, tmp_path)
+    assert m["threads"] == 1
+    assert m["bad"] == m["requests"] > 0
+    assert m["failure_examples"][0].startswith("HTTP 400: ")
+
+
+def test_http_goal_needs_both_figures_and_no_failure() -> None:
+    bench = load_bench()
+
+    def measured(throughput: float, p50: float, failed: int = 0) -> dict[str, Any]:
+        return {"throughput_per_s": throughput, "latency_ms": {"p50": p50}, "failed": failed}
+
+    floor = {"1": measured(100.0, 8.0), "16": measured(200.0, 70.0)}
+    part = {
+        "execution": {"1": measured(150.0, 5.0), "16": measured(320.0, 40.0)},
+        "health": {"1": measured(900.0, 1.0), "16": measured(2000.0, 8.0)},
+    }
+    ratio = bench.http_ratios(part, floor, 16, 1)
+    assert ratio == {"throughput": 1.6, "p50_latency": 1.6}
+    assert bench.http_goal_met(part, ratio, 1)
+
+    part["health"]["16"]["failed"] = 1
+    assert not bench.http_goal_met(part, ratio, 1)
+    part["health"]["16"]["failed"] = 0
+    part["execution"]["1"]["latency_ms"]["p50"] = 10.5
+    assert not bench.http_goal_met(part, bench.http_ratios(part, floor, 16, 1), 1)
+    part["execution"]["1"]["latency_ms"]["p50"] = 5.0
+    part["execution"]["16"]["throughput_per_s"] = 280.0
+    ratio = bench.http_ratios(part, floor, 16, 1)
+    assert ratio["throughput"] == 1.4
+    assert not bench.http_goal_met(part, ratio, 1)
+    assert bench.http_ratios({"error": "x"}, floor, 16, 1) == {
+        "throughput": None,
+        "p50_latency": None,
+    }
+    assert not bench.http_goal_met({"error": "x"}, ratio, 1)
+
+
+def check_wrk_measurement(part: dict, connections: int) -> None:
+    assert part["connections"] == connections
+    assert part["threads"] == min(connections, 2)
+    assert part["duration_s"] > 0
+    assert part["requests"] > 0
+    assert part["throughput_per_s"] > 0
+    assert part["errors"] == {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
+    assert part["bad"] == 0
+    assert part["failed"] == 0, part["failure_examples"]
+    assert part["failure_examples"] == []
+    assert set(part["latency_ms"]) == LATENCY_KEYS
+    assert all(value > 0 for value in part["latency_ms"].values())
+
+
+@pytest.mark.ray
+@pytest.mark.sandbox
+@pytest.mark.slow
+def test_http_benchmark_writes_consistent_results(tmp_path: Path) -> None:
+    """A real but tiny run: exec-agent serve (its own Ray) behind Serve's proxy, loaded by wrk."""
+    out = tmp_path / "http.json"
+    argv = [
+        sys.executable, str(BENCH), "http", "--modes", "proxy", "--connections", "1", "2",
+        "--duration-s", "2", "--floor-n", "10", "--no-sandbox-reference", "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr + done.stdout[-4000:]
+
+    result = json.loads(out.read_text())
+    assert json.loads(done.stdout) == result
+    assert "proxy    vs floor: throughput" in done.stderr
+
+    assert result["benchmark"] == "http"
+    config = result["config"]
+    assert (config["connections"], config["duration_s"], config["floor_n"]) == ([1, 2], 2, 10)
+    assert config["modes"] == ["proxy"]
+    assert config["client"].startswith("wrk ")
+
+    assert set(result["modes"]) == {"proxy"}
+    proxy = result["modes"]["proxy"]
+    assert "error" not in proxy, proxy.get("log_tail")
+    assert proxy["start_s"] > 0
+    assert proxy["drain_exit_status"] == 0
+    for name in ("execution", "health"):
+        assert set(proxy[name]) == {"1", "2"}
+        for connections in (1, 2):
+            check_wrk_measurement(proxy[name][str(connections)], connections)
+
+    assert set(result["floor"]) == {"1", "2"}
+    for clients in (1, 2):
+        check_measurement(result["floor"][str(clients)], clients=clients, executions=10)
+
+    assert set(result["ratio"]) == {"proxy"}
+    assert set(result["ratio"]["proxy"]) == {"throughput", "p50_latency"}
+    assert all(value > 0 for value in result["ratio"]["proxy"].values())
+    goal = result["goal"]
+    assert (goal["throughput_ratio"], goal["p50_ms"]) == (1.5, 10.0)
+    assert (goal["throughput_connections"], goal["p50_connections"]) == (2, 1)
+    assert set(goal["met"]) == {"proxy"}
+    assert isinstance(goal["met"]["proxy"], bool)
+
+    assert result["sandbox_engine"] is None
+    assert result["sandboxfusion_reference"]["sandbox_on"]["throughput_per_s"] > 0
+    assert result["failed"] == 0
