@@ -5,6 +5,8 @@ Public surface::
     pool = SandboxPool(SandboxConfig(), slots=2)
     with pool:
         record = pool.run(ExecutionRequest(code="print(1)", limits=limits))
+        judged = pool.run(ExecutionRequest(code=code, test_code="check(f)", limits=limits))
+        judged.passed                                          # True, False (None: not judged)
 
 ``pool.isolation`` tells which isolation layers are in force on this host.
 ``SandboxExecutor`` and ``build_executor_app`` put pools on Ray (which only the latter imports).
@@ -24,8 +26,12 @@ from executors._errors import (
     SandboxUnavailableError,
 )
 from executors._isolation import ISOLATION_LAYERS, IsolationReport
+from executors._logging import JsonLogFormatter, configure_json_logging
 from executors._models import (
+    MAX_CASES,
     TERMINAL_STATUSES,
+    CaseResult,
+    CaseSpec,
     ExecutionRecord,
     ExecutionRequest,
     ExecutionStatus,
@@ -39,13 +45,17 @@ from executors._pool import SandboxPool
 
 __all__ = [
     "ISOLATION_LAYERS",
+    "MAX_CASES",
     "TERMINAL_STATUSES",
+    "CaseResult",
+    "CaseSpec",
     "ExecutionRecord",
     "ExecutionRequest",
     "ExecutionStatus",
     "ExecutorAppArgs",
     "ExecutorError",
     "IsolationReport",
+    "JsonLogFormatter",
     "Limits",
     "LimitsRequest",
     "PoolClosedError",
@@ -59,4 +69,5 @@ __all__ = [
     "check_files",
     "check_relative_path",
     "check_text",
+    "configure_json_logging",
 ]

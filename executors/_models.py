@@ -3,6 +3,9 @@
 Units are part of every name (``wall_timeout_s``, ``memory_bytes``). The API speaks
 ``memory_mb``; :class:`LimitsRequest` is that shape and :meth:`LimitsRequest.resolve`
 turns it into :class:`Limits` against the server's defaults and maxima.
+
+A request with ``test_code`` or ``cases`` is *judged*: its record's ``passed`` is a bool
+(``executors/_evaluation.py`` says how it is decided); otherwise ``passed`` is None.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "MAX_CASES",
     "TERMINAL_STATUSES",
+    "CaseResult",
+    "CaseSpec",
     "ExecutionRecord",
     "ExecutionRequest",
     "ExecutionStatus",
@@ -30,6 +36,7 @@ __all__ = [
 MIB = 1024 * 1024
 MAX_FILES = 100
 MAX_FILE_PATH_CHARS = 255
+MAX_CASES = 100
 
 
 class ExecutionStatus(enum.StrEnum):
@@ -124,18 +131,42 @@ def check_text(value: str, what: str) -> str:
     return value
 
 
+class CaseSpec(_Frozen):
+    """One input of a judged run and the standard output it must produce."""
+
+    stdin: str = ""
+    expected_stdout: str
+
+    @field_validator("stdin", "expected_stdout")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return check_text(value, "case text")
+
+
 class ExecutionRequest(_Frozen):
-    """One program to run: source text, standard input, files, and effective limits."""
+    """One program to run: source text, standard input, files, and effective limits.
+
+    ``test_code`` runs after ``code`` in the same program; ``cases`` runs the program once
+    per case, each case's ``stdin`` replacing ``stdin`` (with ``test_code`` too, if given).
+    """
 
     code: str
     stdin: str = ""
     files: dict[str, str] = Field(default_factory=dict)
     limits: Limits
+    test_code: str | None = None
+    cases: list[CaseSpec] | None = Field(default=None, min_length=1, max_length=MAX_CASES)
+    """At least one: "every case passed" must not be vacuously true."""
 
-    @field_validator("code", "stdin")
+    @field_validator("code", "stdin", "test_code")
     @classmethod
-    def _text(cls, value: str) -> str:
-        return check_text(value, "text")
+    def _text(cls, value: str | None) -> str | None:
+        return None if value is None else check_text(value, "text")
+
+    @property
+    def judged(self) -> bool:
+        """Whether the record must say ``passed`` (true or false), not leave it None."""
+        return self.test_code is not None or self.cases is not None
 
     @field_validator("files")
     @classmethod
@@ -174,8 +205,30 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class CaseResult(BaseModel):
+    """How one case of a judged run went: its run's outcome and whether it passed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: ExecutionStatus
+    passed: bool
+    stdout: str = ""
+    stderr: str = ""
+    wall_time_s: float | None = None
+    cpu_time_s: float | None = None
+    peak_memory_bytes: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+
 class ExecutionRecord(BaseModel):
-    """The execution record of the API, field for field."""
+    """The execution record of the API, field for field.
+
+    ``cases`` is there only for a request with cases (the API leaves the key out otherwise);
+    ``passed`` always, None when the request asked for no judgement.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -197,7 +250,21 @@ class ExecutionRecord(BaseModel):
     cached: bool = False
     cached_from: uuid.UUID | None = None
     passed: bool | None = None
+    cases: list[CaseResult] | None = None
+
+    @classmethod
+    def internal_error(
+        cls, request: ExecutionRequest, created_at: datetime | None = None
+    ) -> ExecutionRecord:
+        """The record of a run the service failed (a judged one did not pass)."""
+        return cls(
+            status=ExecutionStatus.INTERNAL_ERROR,
+            limits=request.limits.to_api(),
+            created_at=created_at or utc_now(),
+            finished_at=utc_now(),
+            passed=False if request.judged else None,
+        )
 
     def to_api(self) -> dict[str, Any]:
         """The JSON object the API returns."""
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude={"cases"} if self.cases is None else None)

@@ -2,7 +2,8 @@
 
 ``SandboxPool.run`` is thread-safe and blocks until a slot is free and the job is over;
 the Ray deployment calls it from worker threads. Slots that die are restarted on
-their next use; a job that hits a dead slot ends as ``internal_error``.
+their next use; a job that hits a dead slot ends as ``internal_error``. A request with
+``cases`` runs as one job per case, spread over the slots (``executors/_evaluation.py``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any, Self
 
 from executors._config import SandboxConfig
 from executors._errors import PoolClosedError, SandboxStartError, SandboxUnavailableError
+from executors._evaluation import run_cases
 from executors._isolation import IsolationReport
-from executors._models import ExecutionRecord, ExecutionRequest, ExecutionStatus
+from executors._models import ExecutionRecord, ExecutionRequest
 from executors._sandbox._cgroups import (
     JobCgroup,
     detect_cgroup_version,
@@ -216,9 +218,17 @@ class SandboxPool:
     ) -> ExecutionRecord:
         """Run ``request`` in the next free slot (waiting for one) and return its record.
 
+        With ``cases``, one job per case, as many at once as there are slots.
         ``cancel``, set by another thread, kills the run (or skips it if it has not
         started): the record then says ``internal_error``, as the service stopped it.
         """
+        if request.cases is not None:
+            return run_cases(request, self._run_job, self.size, cancel)
+        return self._run_job(request, cancel)
+
+    def _run_job(
+        self, request: ExecutionRequest, cancel: threading.Event | None
+    ) -> ExecutionRecord:
         slot = self._acquire()
         try:
             if not slot.alive():
@@ -226,9 +236,7 @@ class SandboxPool:
             return slot.run(request, cancel)
         except SandboxStartError:
             logger.exception("sandbox slot %d could not be restarted", slot.settings.index)
-            return ExecutionRecord(
-                status=ExecutionStatus.INTERNAL_ERROR, limits=request.limits.to_api()
-            )
+            return ExecutionRecord.internal_error(request)
         finally:
             self._release(slot)
 

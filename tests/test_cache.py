@@ -21,7 +21,7 @@ import pytest
 import redis
 
 import serve_app.cache as cache
-from executors import ExecutionRecord, ExecutionStatus, Limits
+from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus, Limits
 from serve_app.cache import (
     CachedResult,
     MemoryResultCache,
@@ -72,7 +72,7 @@ def record(status: str = "ok", **fields: Any) -> ExecutionRecord:
 
 
 def fingerprint(code: str = "print(42)") -> str:
-    return cache_fingerprint(code, "", {}, None, None, LIMITS)
+    return cache_fingerprint(ExecutionRequest(code=code, limits=LIMITS))
 
 
 class Backend:
@@ -257,8 +257,26 @@ def test_equal_requests_have_equal_fingerprints() -> None:
     files_b = {"b.txt": "B", "a.py": "A"}
     cases = [{"stdin": "1", "expected_stdout": "2"}]
     same = LIMITS.model_copy()
-    first = cache_fingerprint("print(1)", "in", files_a, "check()", cases, LIMITS)
-    assert first == cache_fingerprint("print(1)", "in", files_b, "check()", list(cases), same)
+    first = cache_fingerprint(
+        ExecutionRequest(
+            code="print(1)",
+            stdin="in",
+            files=files_a,
+            test_code="check()",
+            cases=cases,
+            limits=LIMITS,
+        )
+    )
+    assert first == cache_fingerprint(
+        ExecutionRequest(
+            code="print(1)",
+            stdin="in",
+            files=files_b,
+            test_code="check()",
+            cases=list(cases),
+            limits=same,
+        )
+    )
     assert len(first) == 64 and int(first, 16) >= 0
 
 
@@ -286,15 +304,16 @@ def test_any_difference_changes_the_fingerprint(change: dict[str, Any]) -> None:
         "cases": [{"stdin": "1", "expected_stdout": "2"}],
         "limits": LIMITS,
     }
-    assert cache_fingerprint(**base) != cache_fingerprint(**{**base, **change})
+    assert cache_fingerprint(ExecutionRequest(**base)) != cache_fingerprint(
+        ExecutionRequest(**{**base, **change})
+    )
 
 
 def test_fingerprints_differ_from_idempotency_fingerprints_of_the_same_fields() -> None:
     # Versioned: a change to what goes in can make every old entry miss.
     body: dict[str, Any] = {"code": "x", "stdin": "", "files": {}, "test_code": None, "cases": None}
-    assert cache_fingerprint(**body, limits=LIMITS) != request_fingerprint(
-        {**body, "limits": LIMITS.model_dump()}
-    )
+    request = ExecutionRequest(**body, limits=LIMITS)
+    assert cache_fingerprint(request) != request_fingerprint(request.model_dump(mode="json"))
 
 
 # ------------------------------------------------------------------ memory specifics

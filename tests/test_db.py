@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy
@@ -23,12 +24,12 @@ from pydantic import SecretStr
 from sqlalchemy import Column, Integer, MetaData, select, text, update
 from sqlalchemy.exc import StatementError
 
-from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus, Limits
+from executors import CaseSpec, ExecutionRecord, ExecutionRequest, ExecutionStatus, Limits
 from serve_app.db import Database, executions, instances, keys, migrate
 from serve_app.db.engine import POOL_SIZE, create_engine, normalize_url
 from serve_app.db.executions import Idempotency
 from serve_app.db.models import ApiKey, AuditEvent, Base, Execution, ServiceInstance
-from serve_app.db.types import CleanJSON, CleanText, clean_text
+from serve_app.db.types import CleanJSON, CleanText, clean_json, clean_text
 from serve_app.errors import (
     ConfigurationError,
     ConflictError,
@@ -115,9 +116,20 @@ def authenticate(database: Database, presented: str, secret: SecretStr = SECRET)
         return keys.authenticate(session, presented, secret)
 
 
-def insert(database: Database, key_id: int, code: str = "print(1)", **options: object) -> Execution:
+def insert(
+    database: Database,
+    key_id: int,
+    code: str = "print(1)",
+    *,
+    judging: dict[str, Any] | None = None,
+    **options: object,
+) -> Execution:
+    """Insert an execution; ``judging`` (``test_code``, ``cases``) goes in unvalidated, so that
+    dirty text reaches the column types."""
     with database.session() as session:
-        request = ExecutionRequest(code=code, stdin="in", files={"a.txt": "A"}, limits=LIMITS)
+        request = ExecutionRequest.model_construct(
+            code=code, stdin="in", files={"a.txt": "A"}, limits=LIMITS, **(judging or {})
+        )
         return executions.insert_execution(session, key_id, request, **options)  # type: ignore[arg-type]
 
 
@@ -431,8 +443,9 @@ def test_racing_finishers_write_once(database: Database) -> None:
 
 def test_dirty_text_is_stored_clean(database: Database) -> None:
     key = new_key(database).row
-    cases = [{"stdin": "x\x00y", "expected_stdout": "\ud800!", "bad\x00key": 1}]
-    execution = insert(database, key.id, request_id="id\x00\udcff", test_code="t\x00", cases=cases)
+    cases = [CaseSpec.model_construct(stdin="x\x00y", expected_stdout="\ud800!")]
+    judging = {"test_code": "t\x00", "cases": cases}
+    execution = insert(database, key.id, request_id="id\x00\udcff", judging=judging)
     undecodable = b"ok\xff\xfe".decode("utf-8", "surrogateescape")
     finish(database, execution.id, stdout="a\x00b\x00", stderr=undecodable + "\udfff\ud800")
     with database.session() as session:
@@ -441,7 +454,7 @@ def test_dirty_text_is_stored_clean(database: Database) -> None:
         assert stored.stdout == "ab"
         assert stored.stderr == "ok\ufffd\ufffd\ufffd\ufffd"
         assert stored.request_id == "id\ufffd" and stored.test_code == "t"
-        assert stored.cases == [{"stdin": "xy", "expected_stdout": "\ufffd!", "badkey": 1}]
+        assert stored.cases == [{"stdin": "xy", "expected_stdout": "\ufffd!"}]
 
 
 def test_every_text_column_is_cleaned() -> None:
@@ -460,6 +473,7 @@ def test_clean_text() -> None:
     assert clean_text(b"\xff\xfeok\x00") == "\ufffd\ufffdok"
     assert clean_text("a\x00\x00b\udc80") == "ab\ufffd"
     assert clean_text("") == ""
+    assert clean_json({"bad\x00key": ["\ud800", 1, None]}) == {"badkey": ["\ufffd", 1, None]}
 
 
 def test_another_keys_execution_is_invisible(database: Database) -> None:

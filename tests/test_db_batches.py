@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest, Limits
 from serve_app.db import Database, batches, executions, keys, migrate
-from serve_app.db.batches import BatchView, ItemRequest
+from serve_app.db.batches import BatchView
 from serve_app.db.models import Base, Batch, BatchStatus, Execution
 from serve_app.errors import ConflictError, InvalidRequestError
 from serve_app.settings import Settings
@@ -86,11 +86,14 @@ def new_key(database: Database, name: str) -> int:
         return keys.create_key(session, SECRET, name).row.id
 
 
-def item(number: int, **judging: Any) -> ItemRequest:
-    request = ExecutionRequest(
-        code=f"print({number})", stdin=f"in {number}", files={"n.txt": str(number)}, limits=LIMITS
+def item(number: int, **judging: Any) -> ExecutionRequest:
+    return ExecutionRequest(
+        code=f"print({number})",
+        stdin=f"in {number}",
+        files={"n.txt": str(number)},
+        limits=LIMITS,
+        **judging,
     )
-    return ItemRequest(request, **judging)
 
 
 def insert(database: Database, key_id: int, count: int = 3) -> batches.NewBatch:

@@ -31,7 +31,7 @@ APP_NAME = "exec-agent-http-test"
 SECRET = SecretStr("http-test-api-key-secret-0123456789abcdef")
 REDIS_URL = "redis://127.0.0.1:6379/0"
 MAX_BODY_BYTES = 64 * 1024
-RECORD_FIELDS = set(ExecutionRecord.model_fields)
+RECORD_FIELDS = set(ExecutionRecord.model_fields) - {"cases"}  # only with cases
 
 
 def redis_answers() -> bool:
@@ -569,3 +569,75 @@ def test_identical_cached_items_of_a_batch_run_once(server: Server, client: http
     assert {r["cached_from"] for r in copies} == {ran[0]["id"]}
     assert {r["stdout"] for r in records[:4]} == {ran[0]["stdout"]}
     assert not records[4]["cached"] and records[4]["stdout"] != ran[0]["stdout"]
+
+
+# --- judged executions (API.md "Evaluation")
+
+ADD = "def add(a, b):\n    return a + b\n"
+
+
+def test_test_code_judges_the_program(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("judge")
+    passing = run(client, key, ADD, test_code="assert add(2, 3) == 5").json()
+    assert (passing["status"], passing["passed"]) == ("ok", True)
+    assert "cases" not in passing
+    failing = run(client, key, ADD, test_code="assert add(2, 2) == 5").json()
+    assert (failing["status"], failing["passed"]) == ("nonzero_exit", False)
+    assert "AssertionError" in failing["stderr"]
+    plain = run(client, key, ADD).json()
+    assert plain["passed"] is None
+    stored = client.get(f"/v1/executions/{passing['id']}", headers=auth(key)).json()
+    assert stored == passing
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        "import sys\nsys.exit(0)",
+        # This deployment denies `import os`: reach it through sys.modules instead.
+        "import sys\nsys.modules['posix']._exit(0)",
+        "print('passed: true')\nraise SystemExit",
+        "import sys\nposix = sys.modules['posix']\nposix.kill(posix.getpid(), 9)",
+    ],
+)
+def test_a_program_cannot_forge_a_pass(server: Server, client: httpx.Client, forgery: str) -> None:
+    body = {"code": ADD + forgery, "test_code": "assert add(2, 3) == 5"}
+    record = client.post("/v1/executions", json=body, headers=auth(server.other_key)).json()
+    assert record["passed"] is False, record
+
+
+def test_cases_judge_each_input(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("cases")
+    cases = [
+        {"stdin": "2 3\n", "expected_stdout": "5"},
+        {"stdin": "10 -4\n", "expected_stdout": "6  \n\n"},  # trailing whitespace is ignored
+        {"stdin": "1 1\n", "expected_stdout": "3"},
+    ]
+    code = "a, b = map(int, input().split())\nprint(a + b)"
+    record = run(client, key, code, cases=cases).json()
+    assert record["passed"] is False
+    assert [case["passed"] for case in record["cases"]] == [True, True, False]
+    assert [case["stdout"] for case in record["cases"]] == ["5\n", "6\n", "2\n"]
+    assert all(case["status"] == "ok" for case in record["cases"])
+    stored = client.get(f"/v1/executions/{record['id']}", headers=auth(key)).json()
+    assert stored == record
+    good = run(client, key, code, cases=cases[:2]).json()
+    assert (good["status"], good["passed"]) == ("ok", True)
+    too_many = run(client, key, code, cases=[cases[0]] * 101)
+    assert (too_many.status_code, error_code(too_many)) == (422, "invalid_request")
+
+
+def test_batches_judge_their_items(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("batch-judge")
+    items: list[dict[str, object]] = [
+        {"code": ADD, "test_code": "assert add(1, 1) == 2"},
+        {"code": ADD, "test_code": "assert add(1, 1) == 3"},
+        {"code": "print(input())", "cases": [{"stdin": "x", "expected_stdout": "x"}]},
+        {"code": ADD},
+    ]
+    created = batch(client, key, items).json()
+    records = client.get(f"/v1/batches/{created['id']}?wait_s=60", headers=auth(key)).json()[
+        "items"
+    ]
+    assert [r["passed"] for r in records] == [True, False, True, None]
+    assert records[2]["cases"][0]["passed"] is True

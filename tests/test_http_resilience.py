@@ -17,6 +17,7 @@ disconnects during a ``wait: true`` run.
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,7 @@ from tests.private_services import (
     eventually,
     postgres_bin_dir,
 )
+from tests.test_security_corpus import CHECKS, CORPUS, ENGINE_ENTRIES
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow]
 
@@ -51,7 +53,7 @@ SLOTS = 2
 QUEUED = 2
 BURST = 12
 SLEEPER = "import time\ntime.sleep(2)\nprint('slept')"
-RECORD_FIELDS = set(ExecutionRecord.model_fields)
+RECORD_FIELDS = set(ExecutionRecord.model_fields) - {"cases"}  # only with cases
 TERMINAL = {str(status) for status in TERMINAL_STATUSES}
 HEARTBEAT_S = 0.2
 STALE_AFTER_S = 1.0
@@ -386,10 +388,7 @@ def test_a_dead_instances_executions_are_taken_over(server: Server, client: http
         )
         for row in (queued, running):
             row.created_at = long_ago
-        items = [
-            batches.ItemRequest(request=request.model_copy(update={"code": f"print({n})"}))
-            for n in range(3)
-        ]
+        items = [request.model_copy(update={"code": f"print({n})"}) for n in range(3)]
         orphaned_batch = batches.insert_batch(session, key_id, items, owner="dead-replica")
         session.flush()
         session.execute(
@@ -415,6 +414,47 @@ def test_a_dead_instances_executions_are_taken_over(server: Server, client: http
     with server.database.session() as session:
         left = session.scalars(select(ServiceInstance.id)).all()
     assert "dead-replica" not in left, "a dead instance owning nothing is forgotten"
+
+
+# --- 7. the adversarial corpus through the API (a sample: one entry of each kind)
+
+CORPUS_SAMPLE = sorted(
+    {CORPUS[name]["category"]: name for name in reversed(ENGINE_ENTRIES)}.values()
+)
+
+
+def test_a_sample_of_the_corpus_meets_its_expectations_through_a_batch(
+    server: Server, client: httpx.Client
+) -> None:
+    key = server.new_key("corpus-sample")
+    v4 = socket.create_server(("127.0.0.1", 0))
+    v6 = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    with v4, v6:
+        ports = {"HOST_PORT6": v6.getsockname()[1], "HOST_PORT": v4.getsockname()[1]}
+        items = []
+        for name in CORPUS_SAMPLE:
+            code: str = CORPUS[name]["code"]
+            for placeholder, port in ports.items():  # HOST_PORT6 first: it holds HOST_PORT
+                code = code.replace(placeholder, str(port))
+            items.append({"code": code})
+        created = client.post("/v1/batches", json={"items": items}, headers=auth(key))
+        assert created.status_code == 202, created.text
+        path = f"/v1/batches/{created.json()['id']}?wait_s=60"
+        result = eventually(
+            lambda: (
+                (body := client.get(path, headers=auth(key)).json())["status"] == "done" and body
+            ),
+            180,
+            "the corpus batch finishes",
+        )
+    unmet = []
+    for name, record in zip(CORPUS_SAMPLE, result["items"], strict=True):
+        try:
+            CHECKS[name](ExecutionRecord.model_validate(record))
+        except AssertionError as exc:
+            unmet.append(f"{name}: {exc}")
+    assert not unmet, "\n".join(unmet)
+    assert client.get("/health/ready").json()["checks"]["executors"]["ok"]
 
 
 # --- 6. a client that goes away

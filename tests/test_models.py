@@ -10,7 +10,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from executors._models import MIB, ExecutionRecord, ExecutionRequest, Limits, LimitsRequest
+from executors._models import (
+    MAX_CASES,
+    MIB,
+    CaseResult,
+    CaseSpec,
+    ExecutionRecord,
+    ExecutionRequest,
+    ExecutionStatus,
+    Limits,
+    LimitsRequest,
+)
 
 DEFAULTS = Limits(
     wall_timeout_s=5,
@@ -185,3 +195,59 @@ def test_record_to_api_is_plain_json() -> None:
     assert api["limits"]["memory_mb"] == 256
     assert isinstance(api["id"], str)
     assert api["passed"] is None
+
+
+# --- judged requests and records
+
+
+def test_a_request_with_test_code_or_cases_is_judged() -> None:
+    cases = [{"stdin": "1", "expected_stdout": "1"}, {"expected_stdout": ""}]
+    judged = request(test_code="assert True", cases=cases)
+    assert judged.cases == [CaseSpec(stdin="1", expected_stdout="1"), CaseSpec(expected_stdout="")]
+    assert judged.judged and request(test_code="").judged and request(cases=cases[:1]).judged
+    assert not request().judged
+
+
+@pytest.mark.parametrize("count", [0, MAX_CASES + 1])
+def test_cases_number_from_one_to_the_maximum(count: int) -> None:
+    with pytest.raises(ValidationError, match="cases"):
+        request(cases=[{"expected_stdout": ""}] * count)
+    assert len(request(cases=[{"expected_stdout": ""}] * MAX_CASES).cases or []) == MAX_CASES
+
+
+def test_a_case_needs_its_expected_stdout_and_nothing_else() -> None:
+    with pytest.raises(ValidationError, match="expected_stdout"):
+        request(cases=[{"stdin": "1"}])
+    with pytest.raises(ValidationError, match="input"):
+        request(cases=[{"expected_stdout": "", "input": "1"}])
+
+
+@pytest.mark.parametrize("field", ["stdin", "expected_stdout"])
+def test_case_text_refuses_nul(field: str) -> None:
+    with pytest.raises(ValidationError, match="NUL"):
+        request(cases=[{"expected_stdout": "", field: "a\x00b"}])
+
+
+def test_test_code_refuses_nul_and_lone_surrogates() -> None:
+    for text, reason in (("a\x00b", "NUL"), ("x = '\ud800'", "surrogate")):
+        with pytest.raises(ValidationError, match=reason):
+            request(test_code=text)
+
+
+def test_record_to_api_has_cases_only_when_there_are_cases() -> None:
+    plain = ExecutionRecord(status="ok", limits=DEFAULTS.to_api())
+    assert "cases" not in plain.to_api()
+    result = CaseResult(status=ExecutionStatus.OK, passed=True, stdout="1\n", exit_code=0)
+    judged = plain.model_copy(update={"passed": True, "cases": [result]})
+    api = judged.to_api()
+    assert api["passed"] is True
+    assert api["cases"] == [result.model_dump(mode="json")]
+    assert api["cases"][0]["status"] == "ok"
+    assert ExecutionRecord.model_validate(api) == judged
+
+
+def test_an_internal_error_record_says_passed_false_only_when_judged() -> None:
+    judged = ExecutionRecord.internal_error(request(test_code="assert True"))
+    assert (judged.status, judged.passed) == (ExecutionStatus.INTERNAL_ERROR, False)
+    assert judged.finished_at is not None
+    assert ExecutionRecord.internal_error(request()).passed is None

@@ -28,6 +28,7 @@ from executors._errors import SandboxStartError
 from executors._models import ExecutionRecord, ExecutionRequest, ExecutionStatus, utc_now
 from executors._sandbox._cgroups import JobCgroup
 from executors._sandbox._launch import LaunchPlan, UnusableInterpreter, plan_launch
+from executors._sandbox._proof import ProofChannel
 from executors._sandbox._verdict import JobFacts, KillReason, decide
 
 __all__ = ["Slot", "SlotSettings"]
@@ -340,12 +341,7 @@ class Slot:
             # A broken slot is the service's failure: report it, restart the slot later.
             logger.exception("slot %d failed a job", self.settings.index)
             self.close()
-            return ExecutionRecord(
-                status=ExecutionStatus.INTERNAL_ERROR,
-                limits=request.limits.to_api(),
-                created_at=created_at,
-                finished_at=utc_now(),
-            )
+            return ExecutionRecord.internal_error(request, created_at)
 
 
 def _recv_with_pid(sock: socket.socket, size: int) -> tuple[bytes, int]:
@@ -396,26 +392,35 @@ class _Job:
     def run(self) -> ExecutionRecord:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        proof = ProofChannel() if self.request.test_code is not None else None
         try:
-            self._submit(out_w, err_w)
+            self._submit(out_w, err_w, proof)
             stdout = _Stream(out_r, self.limits.max_output_bytes)
             stderr = _Stream(err_r, self.limits.max_output_bytes)
             t0 = time.monotonic()
             self._wait(self.spare.sock, stdout, stderr, t0)
             wall = time.monotonic() - t0
+            test_passed = None if proof is None else proof.proved()
         finally:
             os.close(out_r)
             os.close(err_r)
+            if proof is not None:
+                proof.close()
             self.spare.discard()  # init is gone already, unless the job never started
-        return self._record(stdout, stderr, wall)
+        return self._record(stdout, stderr, wall, test_passed)
 
-    def _submit(self, out_w: int, err_w: int) -> None:
-        payload = marshal.dumps({"code": self.request.code, "files": dict(self.request.files)})
+    def _submit(self, out_w: int, err_w: int, proof: ProofChannel | None) -> None:
+        """Hand the job to the spare: its payload, then stdin, stdout, stderr and, when
+        judged, the proof pipe's write end (the payload then carries the test and nonce)."""
+        job: dict[str, Any] = {"code": self.request.code, "files": dict(self.request.files)}
+        if proof is not None:
+            job.update(test_code=self.request.test_code, nonce=proof.nonce)
         fds = [
-            _memfd_readonly("payload", payload),
+            _memfd_readonly("payload", marshal.dumps(job)),
             _memfd_readonly("stdin", self.request.stdin.encode()),
             out_w,
             err_w,
+            *([] if proof is None else [proof.write_fd]),
         ]
         try:
             if self.slot.cgroup is not None:
@@ -511,7 +516,10 @@ class _Job:
             # Without a job PID namespace, stragglers are found through the cgroup.
             self.slot.cgroup.kill_all(timeout_s=2.0, spare={self.slot.zygote_pid})
 
-    def _record(self, stdout: _Stream, stderr: _Stream, wall_s: float) -> ExecutionRecord:
+    def _record(
+        self, stdout: _Stream, stderr: _Stream, wall_s: float, test_passed: bool | None
+    ) -> ExecutionRecord:
+        """The job's record; ``test_passed``: whether the proof came back (None: not judged)."""
         usage = self.slot.cgroup.usage() if self.slot.cgroup is not None else None
         cpu = usage.cpu_time_s if usage else float(self.report.get("cpu_time_s", 0.0))
         verdict = decide(
@@ -531,6 +539,9 @@ class _Job:
             peak = max(0, usage.peak_memory_bytes - self.memory_before)
         else:
             peak = int(self.report.get("maxrss_bytes", 0))
+        passed = test_passed
+        if passed is not None:  # the proof counts only for a run that ended well
+            passed = passed and verdict.status == ExecutionStatus.OK
         return ExecutionRecord(
             status=verdict.status,
             exit_code=verdict.exit_code,
@@ -546,4 +557,5 @@ class _Job:
             created_at=self.created_at,
             started_at=self.started_at,
             finished_at=utc_now(),
+            passed=passed,
         )

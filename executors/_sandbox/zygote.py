@@ -15,6 +15,10 @@ mounts and IPC objects vanish with its namespaces. Nothing carries over to the n
 job, which starts again from the untouched zygote. The host reads the program's
 stdout and stderr pipes directly; nothing here relays output.
 
+A judged job (with ``test_code``) runs the test after the code in the same ``__main__`` and
+proves that the test returned by writing the host's nonce on a pipe of its own: see
+:func:`_arm_proof`, which says what that proof withstands and what it does not.
+
 Why this shape: a fresh interpreter costs ~10 ms here, a fork of a small Python process
 ~0.5 ms. Imports are kept few because fork time grows with the zygote's memory.
 """
@@ -57,10 +61,28 @@ SECCOMP_MODE_FILTER = 2
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 AS_HEADROOM_BYTES = 256 * 1024 * 1024
 """With a memory cgroup as the real cap, RLIMIT_AS only stops absurd single allocations."""
+MAIN_FILE = "main.py"
+TEST_FILE = "<test_code>"
+PASSED_EVENT = "exec_agent.test_passed"
+"""The audit event the harness raises once ``test_code`` returned (see ``_arm_proof``)."""
+REFUSED_EVENTS = frozenset(
+    {
+        "sys.settrace",  # a trace function can jump over a test's statements (f_lineno)
+        "sys.monitoring.register_callback",  # the same, from Python 3.12 on
+        "gc.get_objects",  # the next three lead from any object to the proof's closure
+        "gc.get_referrers",
+        "gc.get_referents",
+    }
+)
+"""Audit events a judged program may not raise, besides every ``ctypes.*`` one (raw memory)."""
+PROOF_FD_FLOOR = 256
+"""The proof descriptor lands at a random number above this (and above what a job inherits)."""
+MAX_FD = 1 << 20
 
 _TYPE_CHECKING = False  # typing is too heavy to import here; mypy sets this (always_true)
 if _TYPE_CHECKING:
     from collections.abc import Callable
+    from types import CodeType
     from typing import Any, NoReturn
 
     Message = dict[str, Any]
@@ -388,24 +410,40 @@ class Job:
         self.disk_bytes = disk_bytes
         self.limits: Message = {}
         self.code = ""
+        self.test_code: str | None = None
+        self._proof: tuple[bytes, int] | None = None
 
     def run_as_main(self, namespace: dict[str, Any]) -> NoReturn:
         """Lock down, receive the job, make ``namespace`` a fresh ``__main__``, run it.
 
         ``namespace`` is this module's globals, so every frame between the program
         and the outermost one shows only the program's globals. Never returns.
+
+        A judged job then runs ``test_code`` in the same namespace, with the builtins as
+        they were before the program ran, and raises the event that releases the proof
+        (``_arm_proof``). Everything used after the program started is a local taken
+        before: the program can rebind any global or builtin name.
         """
         _os, _sys, _exec, _status = os, sys, exec, _exit_status  # globals go with the reset
-        syntax_error = None
+        _exiting, _anything, _dict = SystemExit, BaseException, dict  # builtins can be rebound
+        _arm, _audit, _passed = _arm_proof, sys.audit, PASSED_EVENT
+        syntax_error = test = None
         try:
             self._lock_down()
             self.job_sock.send(b"ready")  # to the host: a spare, waiting for its job
             self._receive()
+            sources = {MAIN_FILE: self.code}
             try:
-                code = compile(self.code, "main.py", "exec", dont_inherit=True)
+                code = compile(self.code, MAIN_FILE, "exec", dont_inherit=True)
+                if self.test_code is not None:
+                    sources[TEST_FILE] = self.test_code
+                    test = compile(self.test_code, TEST_FILE, "exec", dont_inherit=True)
             except (SyntaxError, ValueError) as exc:
                 syntax_error = exc
-            finish = _reset_interpreter(namespace, self.code)
+            finish = _reset_interpreter(namespace, sources)
+            if test is not None:
+                test_builtins = tuple(vars(namespace["__builtins__"]).items())
+                _arm(test, self.take_proof())
         except Exception as exc:  # noqa: BLE001 - the service's failure, not the program's
             _os.write(self.status_w, f"I{exc}".encode())
             _os._exit(0)
@@ -414,12 +452,23 @@ class Job:
             finish(1)
         try:
             _exec(code, namespace)
-        except SystemExit as exc:
+            if test is not None:
+                namespace["__builtins__"] = _dict(test_builtins)
+                _exec(test, namespace)
+                _audit(_passed)
+        except _exiting as exc:
             finish(_status(exc))
-        except BaseException:  # noqa: BLE001 - reported as the interpreter would
+        except _anything:  # everything: reported as the interpreter would
             _sys.excepthook(*_sys.exc_info())
             finish(1)
         finish(0)
+
+    def take_proof(self) -> tuple[bytes, int]:
+        """The nonce and the proof descriptor, forgotten here (``self`` stays reachable)."""
+        proof, self._proof = self._proof, None
+        if proof is None:
+            raise SetupError("a judged job came without its proof descriptor")
+        return proof
 
     def _lock_down(self) -> None:
         """Everything that does not depend on the job: done while the spare waits."""
@@ -441,18 +490,27 @@ class Job:
             header, fds = _recv(self.job_sock)
         except EOFError:
             os._exit(0)  # the host dropped this spare
-        if len(fds) != 4:
-            raise SetupError(f"expected 4 descriptors, got {len(fds)}")
+        if len(fds) not in (4, 5):
+            raise SetupError(f"expected 4 or 5 descriptors, got {len(fds)}")
         self.job_sock.send(b"started")  # from here on, what happens is the job's
-        payload_fd, stdin_fd, stdout_fd, stderr_fd = fds
+        payload_fd, stdin_fd, stdout_fd, stderr_fd = fds[:4]
         with open(payload_fd, "rb") as f:
             payload = marshal.loads(f.read())
         self.limits, self.code = header["limits"], payload["code"]
+        self.test_code = payload.get("test_code")
         _write_files(self.zygote.workdir, payload["files"])
         for target, fd in enumerate((stdin_fd, stdout_fd, stderr_fd, self.status_w)):
             os.dup2(fd, target, inheritable=target < 3)
         self.status_w = 3
-        os.closerange(4, 1 << 20)  # the job socket too: the program cannot talk to the host
+        # The job socket too: the program cannot talk to the host. A judged job keeps one
+        # more descriptor, the proof's, moved out of the way first.
+        if len(fds) == 5:
+            proof_fd = _hide_descriptor(fds[4])
+            self._proof = (payload["nonce"], proof_fd)
+            os.closerange(4, proof_fd)
+            os.closerange(proof_fd + 1, MAX_FD)
+        else:
+            os.closerange(4, MAX_FD)
         os.set_inheritable(3, False)
         self._set_rlimits()
 
@@ -472,6 +530,22 @@ class Job:
             (resource.RLIMIT_MEMLOCK, 0, 0),
         ):
             resource.setrlimit(kind, (soft, hard))
+
+
+def _hide_descriptor(fd: int) -> int:
+    """Move ``fd`` to a random number above ``PROOF_FD_FLOOR``, close-on-exec.
+
+    Not a secret (``/proc/self/fd`` lists it), but no program stumbles on it, and nothing it
+    executes inherits it. The soft ``RLIMIT_NOFILE`` is raised to make room, and lowered again
+    by ``_set_rlimits``: a descriptor above the limit stays open.
+    """
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = MAX_FD if hard == resource.RLIM_INFINITY else min(hard, MAX_FD)
+    floor = min(PROOF_FD_FLOOR, top // 2)  # a job's own descriptors are all below 16
+    resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+    target = floor + int.from_bytes(os.urandom(4), "little") % (top - floor)
+    os.dup2(fd, target, inheritable=False)
+    return target
 
 
 # Built once in the zygote: ctypes makes a new type for every array shape on first use,
@@ -538,8 +612,80 @@ def _finisher(
     return finish
 
 
-def _reset_interpreter(namespace: dict[str, Any], source: str) -> Callable[[int], NoReturn]:
-    """Make this interpreter look like a fresh ``python main.py``: stdio, argv, globals."""
+def _refuse_introspection(
+    event: str,
+    args: tuple[Any, ...],
+    _refused: frozenset[str] = REFUSED_EVENTS,
+    _error: type[Exception] = PermissionError,
+) -> None:
+    """Audit hook of a judged job: refuse what would reach the proof or skip the test.
+
+    It raises, so its frame shows in the program's traceback: it holds nothing secret.
+    """
+    if event in _refused or event.startswith("ctypes."):
+        raise _error(f"{event} is not available while the program is judged")
+
+
+def _arm_proof(
+    test: CodeType,
+    proof: tuple[bytes, int],
+    _getframe: Any = sys._getframe,
+    _getpid: Callable[[], int] = os.getpid,
+    _write: Callable[[int, bytes], int] = os.write,
+    _add_hook: Any = sys.addaudithook,
+    _refuse: Callable[[str, tuple[Any, ...]], None] = _refuse_introspection,
+    _passed: str = PASSED_EVENT,
+    _os_error: type[OSError] = OSError,
+) -> None:
+    """Let the caller's frame, and it alone, release the proof once ``test`` has returned.
+
+    The proof (the host's nonce, written on the proof descriptor) is released by an audit hook
+    when the caller (the harness) raises ``PASSED_EVENT`` after it started ``test`` itself:
+    the hook checks that both events come straight from the harness frame, in the process
+    that armed it (not a fork of it), and writes at most once. The nonce lives only in the
+    hook's closure; audit hooks cannot be listed or removed, and the tracer and profiler do
+    not run inside them. So the program cannot end early, exit 0, fork, trace, spoof the
+    event or run the test in a frame of its own and pass; and walking frames from its code,
+    or ``gc``, does not find the nonce (``_refuse_introspection`` refuses the ``gc`` walks,
+    ``sys.settrace`` and ``ctypes``).
+
+    What it does not withstand, as nothing running in the same interpreter can: a program
+    that reads the process's raw memory (``/proc/self/mem``, bytecode crafted through
+    ``marshal``), or one that gets its own Python code run *inside* the hook (a signal
+    handler or a finalizer firing during it sees the hook's frame, and so the nonce; the
+    tests pin such a thief, a score of lines written against this harness, as a known gap).
+    And what test_code sees is what the program built: an object whose ``__eq__`` is always
+    true passes an ``==`` test, a global it defines shadows a builtin the test uses.
+
+    Nothing in the hook raises: its frame must not reach the program through a traceback.
+    """
+    nonce, fd = proof
+    harness, pid, started = _getframe(1), _getpid(), False
+
+    def release_proof(event: str, args: tuple[Any, ...]) -> None:
+        nonlocal nonce, started
+        if event == "exec":
+            if args and args[0] is test and _getframe(0).f_back is harness:
+                started = True
+        elif event == _passed and started and _getframe(0).f_back is harness:
+            if _getpid() == pid:
+                try:
+                    _write(fd, nonce)
+                except _os_error:
+                    pass  # the program closed or replaced the descriptor: no proof, then
+            nonce, started = b"", False
+
+    _add_hook(release_proof)
+    _add_hook(_refuse)
+
+
+def _reset_interpreter(
+    namespace: dict[str, Any], sources: dict[str, str]
+) -> Callable[[int], NoReturn]:
+    """Make this interpreter look like a fresh ``python main.py``: stdio, argv, globals.
+
+    ``sources`` maps file names to source text, for tracebacks (``main.py``, maybe the test).
+    """
     import io
 
     sys.stdin = io.TextIOWrapper(open(0, "rb", closefd=False), encoding="utf-8")
@@ -553,7 +699,7 @@ def _reset_interpreter(namespace: dict[str, Any], source: str) -> Callable[[int]
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr  # type: ignore[misc]
     sys.argv = ["main.py"]
     sys.path.insert(0, os.getcwd())  # as `python main.py` does: the job's files import
-    sys.excepthook = _make_excepthook(source)
+    sys.excepthook = _make_excepthook(sources)
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     _add_site_builtins()
     finish = _finisher()
@@ -573,7 +719,7 @@ def _add_site_builtins() -> None:
 
 
 def _make_excepthook(
-    source: str, _os: Any = os, _file: str = __file__
+    sources: dict[str, str], _os: Any = os, _file: str = __file__
 ) -> Callable[[type[BaseException], BaseException, Any], None]:
     def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
         """Tell init about an uncaught MemoryError (or ENOMEM), then print as Python would.
@@ -597,9 +743,8 @@ def _make_excepthook(
                 pass
         while tb is not None and tb.tb_frame.f_code.co_filename == _file:
             tb = tb.tb_next
-        linecache.cache.setdefault(
-            "main.py", (len(source), None, source.splitlines(True), "main.py")
-        )
+        for name, source in sources.items():
+            linecache.cache.setdefault(name, (len(source), None, source.splitlines(True), name))
         traceback.print_exception(kind, value, tb)
 
     return excepthook

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import Table, and_, case, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -29,7 +28,6 @@ from serve_app.errors import ConflictError, InvalidRequestError
 __all__ = [
     "BatchProgress",
     "BatchView",
-    "ItemRequest",
     "NewBatch",
     "batch_progress",
     "derive_status",
@@ -40,19 +38,6 @@ __all__ = [
 ]
 
 _UNFINISHED = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
-
-
-@dataclass(frozen=True)
-class ItemRequest:
-    """One item of a batch as accepted: the request with effective limits, and its judging.
-
-    ``cases`` are ``{"stdin", "expected_stdout"}`` mappings, as
-    :func:`~serve_app.db.executions.insert_execution` takes them.
-    """
-
-    request: ExecutionRequest
-    test_code: str | None = None
-    cases: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +88,7 @@ def derive_status(total: int, done: int, started: int) -> BatchStatus:
 def insert_batch(
     session: Session,
     key_id: int,
-    items: Sequence[ItemRequest],
+    items: Sequence[ExecutionRequest],
     request_id: str | None = None,
     *,
     owner: str | None = None,
@@ -134,7 +119,7 @@ def insert_batch(
             "key_id": key_id,
             "request_id": request_id,
             "owner": owner,
-            **executions.request_columns(item.request, test_code=item.test_code, cases=item.cases),
+            **executions.request_columns(item),
             "status": ExecutionStatus.QUEUED,
             "batch_id": batch.id,
             "position": position,

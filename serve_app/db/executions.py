@@ -18,10 +18,18 @@ from sqlalchemy import Table, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest, ExecutionStatus, Limits
+from executors import (
+    TERMINAL_STATUSES,
+    CaseResult,
+    CaseSpec,
+    ExecutionRecord,
+    ExecutionRequest,
+    ExecutionStatus,
+    Limits,
+)
 from serve_app.db import cursor as cursors
 from serve_app.db.models import Execution
-from serve_app.db.types import clean_text
+from serve_app.db.types import clean_json, clean_text
 from serve_app.errors import ConflictError, InvalidRequestError, NotFoundError
 
 __all__ = [
@@ -77,8 +85,6 @@ def insert_execution(
     *,
     request_id: str | None = None,
     idempotency: Idempotency | None = None,
-    test_code: str | None = None,
-    cases: list[dict[str, Any]] | None = None,
     batch_id: uuid.UUID | None = None,
     position: int | None = None,
     running: bool = False,
@@ -101,7 +107,7 @@ def insert_execution(
         idempotency_key=idempotency.key if idempotency else None,
         request_fingerprint=idempotency.fingerprint if idempotency else None,
         owner=owner,
-        **request_columns(request, test_code=test_code, cases=cases),
+        **request_columns(request),
         status=ExecutionStatus.RUNNING if running else ExecutionStatus.QUEUED,
         batch_id=batch_id,
         position=position,
@@ -120,19 +126,14 @@ def insert_execution(
     return row
 
 
-def request_columns(
-    request: ExecutionRequest,
-    *,
-    test_code: str | None = None,
-    cases: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+def request_columns(request: ExecutionRequest) -> dict[str, Any]:
     """The columns holding what was asked, as every insert (one, or a batch's) writes them."""
     return {
         "code": request.code,
         "stdin": request.stdin,
         "files": dict(request.files),
-        "test_code": test_code,
-        "cases": cases,
+        "test_code": request.test_code,
+        "cases": None if request.cases is None else [case.model_dump() for case in request.cases],
         "limits": request.limits.model_dump(),
     }
 
@@ -249,6 +250,7 @@ def as_stored(inserted: Execution, record: ExecutionRecord) -> ExecutionRecord:
             "id": inserted.id,
             "stdout": clean_text(record.stdout),
             "stderr": clean_text(record.stderr),
+            "cases": None if values["case_results"] is None else clean_json(values["case_results"]),
             "limits": Limits.model_validate(inserted.limits).to_api(),
             "created_at": inserted.created_at,
             "started_at": values.get("started_at", inserted.started_at),
@@ -270,6 +272,9 @@ def _result_values(record: ExecutionRecord) -> dict[str, Any]:
         "cpu_time_s": record.cpu_time_s,
         "peak_memory_bytes": record.peak_memory_bytes,
         "passed": record.passed,
+        "case_results": None
+        if record.cases is None
+        else [case.model_dump(mode="json") for case in record.cases],
         "cached": record.cached,
         "cached_from": record.cached_from,
         "finished_at": record.finished_at or datetime.now(UTC),
@@ -323,11 +328,19 @@ def to_record(row: Execution) -> ExecutionRecord:
         cached=row.cached,
         cached_from=row.cached_from,
         passed=row.passed,
+        cases=None
+        if row.case_results is None
+        else [CaseResult.model_validate(case) for case in row.case_results],
     )
 
 
 def to_request(row: Execution) -> ExecutionRequest:
     """What the executors run for a stored execution (to run one accepted elsewhere)."""
     return ExecutionRequest(
-        code=row.code, stdin=row.stdin, files=row.files, limits=Limits.model_validate(row.limits)
+        code=row.code,
+        stdin=row.stdin,
+        files=row.files,
+        test_code=row.test_code,
+        cases=None if row.cases is None else [CaseSpec.model_validate(case) for case in row.cases],
+        limits=Limits.model_validate(row.limits),
     )

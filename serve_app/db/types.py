@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Dialect, Text
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["CleanJSON", "CleanText", "UTCDateTime", "clean_text"]
+__all__ = ["CleanJSON", "CleanText", "UTCDateTime", "clean_json", "clean_text"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
@@ -38,13 +38,14 @@ def clean_text(value: str | bytes) -> str:
     return text.replace("\x00", "") if "\x00" in text else text
 
 
-def _clean_json(value: Any) -> Any:
+def clean_json(value: Any) -> Any:
+    """``value`` (decoded JSON) with every string, keys included, as :func:`clean_text` makes it."""
     if isinstance(value, str | bytes):
         return clean_text(value)
     if isinstance(value, dict):
-        return {clean_text(key): _clean_json(item) for key, item in value.items()}
+        return {clean_text(key): clean_json(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean_json(item) for item in value]
+        return [clean_json(item) for item in value]
     return value
 
 
@@ -65,7 +66,7 @@ class CleanJSON(TypeDecorator[Any]):
     cache_ok = True
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
-        return _clean_json(value)
+        return clean_json(value)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

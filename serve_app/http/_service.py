@@ -38,11 +38,18 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest, ExecutionStatus
+from executors import (
+    TERMINAL_STATUSES,
+    CaseSpec,
+    ExecutionRecord,
+    ExecutionRequest,
+    ExecutionStatus,
+)
 from serve_app.api import BatchCreate, BatchItem, ExecutionCreate, current_request_id
 from serve_app.cache import CachedResult, ResultCache, build_result_cache, cache_fingerprint
 from serve_app.db import Database, audit, batches, executions, keys
@@ -50,7 +57,6 @@ from serve_app.db.models import ApiKey, BatchStatus, Execution
 from serve_app.errors import (
     ConflictError,
     DatabaseUnavailableError,
-    InvalidFieldsError,
     NotFoundError,
     OverloadedError,
     PolicyViolationError,
@@ -79,6 +85,9 @@ BATCH_BACKLOG_BATCHES = 10
 """One replica holds at most this many full batches' worth of unfinished items."""
 FINISH_RETRY_MAX_S = 30.0
 """A result the database could not take is written again, backing off up to this long."""
+EXECUTOR_ATTEMPTS = 2
+"""A run is tried again once if its executor replica dies under it (issue: "retried once
+where safe"); never after the program reported a result."""
 HANDLE_MARGIN_S = 60.0
 """How long past its wall timeout a run may take through the handle (queueing included)."""
 AUDIT_MAX_PENDING = 64
@@ -314,11 +323,9 @@ class ExecutionService:
                     lambda session: executions.insert_execution(
                         session,
                         key.id,
-                        item.request,
+                        item,
                         request_id=request_id,
                         idempotency=idempotency,
-                        test_code=item.test_code,
-                        cases=item.cases,
                         running=body.wait,
                         owner=self.keeper.instance_id,
                     )
@@ -331,13 +338,13 @@ class ExecutionService:
             if body.wait:
                 # Inserted as running already: one write fewer before the run.
                 record = await self._run(
-                    row.id, item.request, background=False, inserted=row, cache_as=cache_as
+                    row.id, item, background=False, inserted=row, cache_as=cache_as
                 )
                 return Created(record)
             self._spawn(
                 self._run_in_background(
                     row.id,
-                    item.request,
+                    item,
                     lease,
                     cache_as=cache_as,
                     deadline_s=BACKGROUND_DEADLINE_S,
@@ -348,37 +355,29 @@ class ExecutionService:
         finally:
             await self._release(lease)
 
-    def _accept(self, body: ExecutionBody) -> batches.ItemRequest:
-        """What will run for ``body``: its code with the effective limits, and its judging."""
-        if body.test_code is not None or body.cases is not None:
-            raise InvalidFieldsError(
-                "judged executions are not available yet",
-                [
-                    {"field": name, "message": "not supported yet", "type": "unsupported"}
-                    for name in ("test_code", "cases")
-                    if getattr(body, name) is not None
-                ],
-            )
+    def _accept(self, body: ExecutionBody) -> ExecutionRequest:
+        """What will run for ``body``: its program and judging, with the effective limits."""
         limits = body.limits.resolve(self.settings.default_limits(), self.settings.max_limits())
-        request = ExecutionRequest(
-            code=body.code, stdin=body.stdin, files=body.files, limits=limits
+        return ExecutionRequest(
+            code=body.code,
+            stdin=body.stdin,
+            files=body.files,
+            test_code=body.test_code,
+            cases=None
+            if body.cases is None
+            else [CaseSpec.model_validate(case.model_dump()) for case in body.cases],
+            limits=limits,
         )
-        cases = None if body.cases is None else [case.model_dump() for case in body.cases]
-        return batches.ItemRequest(request=request, test_code=body.test_code, cases=cases)
 
     @staticmethod
-    def _cache_as(key: ApiKey, item: batches.ItemRequest) -> tuple[int, str]:
-        """Where ``item``'s result is cached: the key's id and the request's fingerprint."""
-        request = item.request
-        fingerprint = cache_fingerprint(
-            request.code, request.stdin, request.files, item.test_code, item.cases, request.limits
-        )
-        return key.id, fingerprint
+    def _cache_as(key: ApiKey, request: ExecutionRequest) -> tuple[int, str]:
+        """Where ``request``'s result is cached: the key's id and the request's fingerprint."""
+        return key.id, cache_fingerprint(request)
 
     async def _store_copy(
         self,
         key: ApiKey,
-        item: batches.ItemRequest,
+        item: ExecutionRequest,
         hit: CachedResult,
         request_id: str | None,
         idempotency: executions.Idempotency | None,
@@ -389,11 +388,9 @@ class ExecutionService:
             row = executions.insert_execution(
                 session,
                 key.id,
-                item.request,
+                item,
                 request_id=request_id,
                 idempotency=idempotency,
-                test_code=item.test_code,
-                cases=item.cases,
                 running=True,
                 owner=self.keeper.instance_id,
             )
@@ -442,7 +439,7 @@ class ExecutionService:
     async def _run_batch(
         self,
         new: batches.NewBatch,
-        items: list[batches.ItemRequest],
+        items: list[ExecutionRequest],
         cache_as: list[tuple[int, str] | None],
         in_flight: int,
     ) -> None:
@@ -452,7 +449,7 @@ class ExecutionService:
         firsts: dict[str, asyncio.Future[ExecutionRecord | None]] = {}
         batch_id = new.batch.id
 
-        async def run_item(execution_id: uuid.UUID, item: batches.ItemRequest, where: Any) -> None:
+        async def run_item(execution_id: uuid.UUID, item: ExecutionRequest, where: Any) -> None:
             try:
                 if where is not None and await self._finish_from_cache(
                     execution_id, where, firsts, batch_id
@@ -460,7 +457,7 @@ class ExecutionService:
                     return
                 async with gate:
                     record = await self._run_in_background(
-                        execution_id, item.request, None, cache_as=where, batch_id=batch_id
+                        execution_id, item, None, cache_as=where, batch_id=batch_id
                     )
                 if where is not None and not firsts[where[1]].done():
                     firsts[where[1]].set_result(record)
@@ -577,25 +574,43 @@ class ExecutionService:
         cache_as: tuple[int, str] | None = None,
     ) -> ExecutionRecord:
         """Run through the executor handle and finish the stored execution (``inserted``: the
-        row this request inserted, running); with ``cache_as``, cache the result there."""
-        try:
-            result = await asyncio.wait_for(
-                self.executor.run.remote(request),
-                timeout=request.limits.wall_timeout_s + HANDLE_MARGIN_S,
-            )
-            record = ExecutionRecord.model_validate(result)
-        except BackPressureError:
-            if background:
+        row this request inserted, running); with ``cache_as``, cache the result there.
+
+        A run whose executor replica died under it is run once more (the program never
+        reported, so nothing of it reached the client); a second failure, or any other failure
+        of the executors, ends as ``internal_error``: the service failed, not the code."""
+        for attempt in range(1, EXECUTOR_ATTEMPTS + 1):
+            try:
+                result = await asyncio.wait_for(
+                    self.executor.run.remote(request),
+                    timeout=request.limits.wall_timeout_s + HANDLE_MARGIN_S,
+                )
+                record = ExecutionRecord.model_validate(result)
+                break
+            except BackPressureError:
+                if background:
+                    raise
+                await self._discard(execution_id, request)
+                raise OverloadedError(OVERLOADED_RETRY_AFTER_S) from None
+            except asyncio.CancelledError:
+                # The client went away (or the replica is stopping): the record still ends.
+                self._spawn(self._finish(execution_id, ExecutionRecord.internal_error(request)))
                 raise
-            await self._discard(execution_id, request)
-            raise OverloadedError(OVERLOADED_RETRY_AFTER_S) from None
-        except asyncio.CancelledError:
-            # The client went away (or the replica is stopping): the record still ends.
-            self._spawn(self._finish(execution_id, _internal_error(request)))
-            raise
-        except Exception as exc:  # noqa: BLE001 - any executor failure ends as internal_error
-            logger.warning("execution %s failed in the executors: %r", execution_id, exc)
-            record = _internal_error(request)
+            except RayActorError as exc:
+                logger.warning(
+                    "execution %s: executor replica lost (attempt %d): %s",
+                    execution_id,
+                    attempt,
+                    type(exc).__name__,
+                )
+                record = ExecutionRecord.internal_error(request)
+            except Exception as exc:  # noqa: BLE001 - any executor failure ends as internal_error
+                # The type only (no traceback): a remote error may carry the program's text.
+                logger.error(
+                    "execution %s failed in the executors: %s", execution_id, type(exc).__name__
+                )
+                record = ExecutionRecord.internal_error(request)
+                break
         finished = await self._finish(execution_id, record, inserted)
         if cache_as is not None and finished.status is not ExecutionStatus.INTERNAL_ERROR:
             await self.cache.put(*cache_as, execution_id, finished)
@@ -607,7 +622,7 @@ class ExecutionService:
         try:
             await self.db(lambda session: _discard_unfinished(session, execution_id))
         except DatabaseUnavailableError:
-            self._spawn(self._finish_later(execution_id, _internal_error(request)))
+            self._spawn(self._finish_later(execution_id, ExecutionRecord.internal_error(request)))
 
     async def _run_in_background(
         self,
@@ -635,7 +650,9 @@ class ExecutionService:
                 except BackPressureError:
                     if deadline is not None and loop.time() >= deadline:
                         logger.warning("execution %s: executors stayed at capacity", execution_id)
-                        return await self._finish(execution_id, _internal_error(request))
+                        return await self._finish(
+                            execution_id, ExecutionRecord.internal_error(request)
+                        )
                     await asyncio.sleep(BACKGROUND_RETRY_S)
         finally:
             await self._release(lease)
@@ -713,7 +730,7 @@ class ExecutionService:
         self, execution_id: uuid.UUID, request: ExecutionRequest, batch_id: uuid.UUID | None
     ) -> None:
         """End an execution whose run was lost (its instance died) as ``internal_error``."""
-        await self._finish(execution_id, _internal_error(request))
+        await self._finish(execution_id, ExecutionRecord.internal_error(request))
         if batch_id is not None:
             await self._refresh_batch(batch_id)
 
@@ -766,14 +783,6 @@ class ExecutionService:
         await asyncio.to_thread(self.database.dispose)
         if self._db_thread is not None:
             self._db_thread.shutdown(wait=False)
-
-
-def _internal_error(request: ExecutionRequest) -> ExecutionRecord:
-    return ExecutionRecord(
-        status=ExecutionStatus.INTERNAL_ERROR,
-        limits=request.limits.to_api(),
-        finished_at=datetime.now(UTC),
-    )
 
 
 def _copy_of(hit: CachedResult, execution_id: uuid.UUID) -> ExecutionRecord:

@@ -1,0 +1,144 @@
+"""Judged runs with ``cases``: one sandboxed job per case, and the record that sums them up.
+
+How ``passed`` is decided:
+
+- ``test_code`` (inside each job; see ``executors/_sandbox/zygote.py``): the program proved,
+  on a channel of its own that the host reads, that ``test_code`` ran to its end without an
+  exception, and the job's status is ``ok``.
+- a case: its job's status is ``ok``, its whole standard output was captured and matches
+  ``expected_stdout`` (see :func:`outputs_match`), and, with ``test_code``, the test passed
+  in that job too (``test_code`` runs after ``code`` in every case; what it prints is part
+  of the case's output).
+- a record with cases: every case passed.
+
+The record of a run with cases describes one *representative* case: the first whose status is
+not ``ok``, else the first that did not pass, else the last. Its status, exit code, signal,
+output and truncation flags are the record's, so a ``timeout`` anywhere shows in the status and
+the output shown explains the first failure. Usage adds up over the cases (wall and CPU time;
+their jobs may run at once in different slots) except ``peak_memory_bytes``, the largest.
+Every case's own outcome is in ``cases``, in request order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+from executors._models import (
+    CaseResult,
+    CaseSpec,
+    ExecutionRecord,
+    ExecutionRequest,
+    ExecutionStatus,
+    utc_now,
+)
+
+__all__ = ["RunJob", "outputs_match", "run_cases"]
+
+RunJob = Callable[[ExecutionRequest, threading.Event | None], ExecutionRecord]
+"""Runs one job to its record (``SandboxPool``'s single-job run)."""
+
+
+def normalize_output(text: str) -> str:
+    """``text`` without trailing whitespace on each line and at the end."""
+    return "\n".join(line.rstrip() for line in text.split("\n")).rstrip()
+
+
+def outputs_match(actual: str, expected: str) -> bool:
+    """Whether two outputs are the same but for trailing whitespace (lines and end)."""
+    return normalize_output(actual) == normalize_output(expected)
+
+
+def run_cases(
+    request: ExecutionRequest, run_job: RunJob, workers: int, cancel: threading.Event | None
+) -> ExecutionRecord:
+    """Run ``request`` once per case, up to ``workers`` cases at once; sum up the records.
+
+    ``cancel`` stops every case: running jobs are killed, cases not started yet are skipped;
+    both end as ``internal_error``, as the service stopped them.
+    """
+    if not request.cases:
+        raise ValueError("run_cases needs a request with cases")
+    created_at = utc_now()
+    jobs = [
+        request.model_copy(update={"stdin": case.stdin, "cases": None}) for case in request.cases
+    ]
+
+    def run_case(job: ExecutionRequest) -> ExecutionRecord:
+        if cancel is not None and cancel.is_set():
+            return ExecutionRecord.internal_error(job)
+        return run_job(job, cancel)
+
+    with ThreadPoolExecutor(
+        max_workers=min(workers, len(jobs)), thread_name_prefix="sandbox-case"
+    ) as executor:
+        records = list(executor.map(run_case, jobs))
+    results = [
+        judge_case(record, case, request.test_code is not None)
+        for record, case in zip(records, request.cases, strict=True)
+    ]
+    return _sum_up(request, records, results, created_at)
+
+
+def judge_case(record: ExecutionRecord, case: CaseSpec, with_test_code: bool) -> CaseResult:
+    """The outcome of one case's job."""
+    passed = (
+        record.status == ExecutionStatus.OK
+        and not record.stdout_truncated
+        and outputs_match(record.stdout, case.expected_stdout)
+        and (record.passed is True or not with_test_code)
+    )
+    return CaseResult(
+        status=record.status,
+        passed=passed,
+        stdout=record.stdout,
+        stderr=record.stderr,
+        wall_time_s=record.wall_time_s,
+        cpu_time_s=record.cpu_time_s,
+        peak_memory_bytes=record.peak_memory_bytes,
+        exit_code=record.exit_code,
+        signal=record.signal,
+        stdout_truncated=record.stdout_truncated,
+        stderr_truncated=record.stderr_truncated,
+    )
+
+
+def _representative(results: Sequence[CaseResult]) -> int:
+    """Index of the case the record shows: first not ``ok``, else first failed, else last."""
+    for index, result in enumerate(results):
+        if result.status != ExecutionStatus.OK:
+            return index
+    for index, result in enumerate(results):
+        if not result.passed:
+            return index
+    return len(results) - 1
+
+
+def _sum_up(
+    request: ExecutionRequest,
+    records: Sequence[ExecutionRecord],
+    results: list[CaseResult],
+    created_at: datetime,
+) -> ExecutionRecord:
+    shown = results[_representative(results)]
+    started = [record.started_at for record in records if record.started_at is not None]
+    return ExecutionRecord(
+        status=shown.status,
+        exit_code=shown.exit_code,
+        signal=shown.signal,
+        stdout=shown.stdout,
+        stderr=shown.stderr,
+        stdout_truncated=shown.stdout_truncated,
+        stderr_truncated=shown.stderr_truncated,
+        wall_time_s=round(sum(result.wall_time_s or 0.0 for result in results), 6),
+        cpu_time_s=round(sum(result.cpu_time_s or 0.0 for result in results), 6),
+        peak_memory_bytes=max(result.peak_memory_bytes or 0 for result in results),
+        limits=request.limits.to_api(),
+        created_at=created_at,
+        started_at=min(started, default=None),
+        finished_at=utc_now(),
+        passed=all(result.passed for result in results),
+        cases=results,
+    )
