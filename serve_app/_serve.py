@@ -88,6 +88,9 @@ def _configure_ingress(ingress: str, environ: MutableMapping[str, str]) -> str |
 
 def main(settings: Settings) -> int:
     """Serve until interrupted; 0 after a clean drain."""
+    from serve_app.observability import configure_driver_logging  # before Ray is imported
+
+    configure_driver_logging(settings.log_level, os.environ)  # JSON lines, also the replicas'
     try:
         ingress = choose_ingress(os.environ)
     except ValueError as exc:

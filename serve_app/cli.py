@@ -4,7 +4,7 @@ exec-agent serve [--demo FILES] start Ray, deploy the service, serve HTTP until 
 exec-agent run [FILE or -] ...  run one program, locally or through a server
 exec-agent keys ACTION          create, list or revoke API keys (in DATABASE_URL's database)
 exec-agent db upgrade           apply database migrations
-exec-agent audit                list security events (arrives with observability)
+exec-agent audit ...            list security events (authentication failures, keys, refusals)
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from serve_app import _exit
+from serve_app._cli_audit import add_audit_parser
 from serve_app._cli_keys import add_db_parser, add_keys_parser
 from serve_app._cli_run import add_run_parser
 from serve_app.errors import ConfigurationError
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     from serve_app._cli_run import Subparsers
 
 __all__ = ["build_parser", "main"]
-
-NOT_YET = "not available yet: arrives with observability (security events)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(subparsers)
     add_keys_parser(subparsers)
     add_db_parser(subparsers)
-    _add_audit_parser(subparsers)
+    add_audit_parser(subparsers)
     return parser
 
 
@@ -88,18 +87,6 @@ def _serve(args: argparse.Namespace) -> int:
     from serve_app import _serve
 
     return _serve.main(settings)
-
-
-def _add_audit_parser(subparsers: Subparsers) -> None:
-    audit = subparsers.add_parser("audit", help="list security events")
-    audit.add_argument("--since", metavar="T", help="ISO 8601 time")
-    audit.add_argument("--key", metavar="NAME", help="only this key's events")
-    audit.set_defaults(handler=_not_yet)
-
-
-def _not_yet(args: argparse.Namespace) -> int:
-    print(f"exec-agent {args.command}: {NOT_YET}", file=sys.stderr)
-    return _exit.EX_USAGE
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from serve_app import _exit
-from serve_app.cli import NOT_YET, main
+from serve_app.cli import main
 from serve_app.db import Database, keys, migrate
 from serve_app.settings import Settings, get_settings
 
@@ -177,11 +177,6 @@ def test_help_says_how_to_prepare_the_database(capsys: pytest.CaptureFixture[str
         status, out, _ = run(capsys, *argv)
         assert status == 0
         assert "exec-agent db upgrade" in out or "migrations" in out
-
-
-def test_audit_is_not_available_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    status, _, err = run(capsys, "audit")
-    assert status == _exit.EX_USAGE and NOT_YET in err
 
 
 def test_cli_imports_no_database_code_until_needed() -> None:

@@ -146,6 +146,9 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_decorated)
         except Exception as exc:  # the last resort: logged, answered generically
+            from serve_app.observability import capture_internal_error  # imports this module
+
+            capture_internal_error(exc)  # to Sentry (when configured), with the request id
             if started:
                 raise  # the status is out: only the server can end the response
             error = api_error(exc)

@@ -7,11 +7,12 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from serve_app.db.models import AuditEvent
 
-__all__ = ["AuditKind", "record"]
+__all__ = ["AuditKind", "list_events", "record"]
 
 
 class AuditKind(enum.StrEnum):
@@ -44,3 +45,22 @@ def record(
     )
     session.add(event)
     return event
+
+
+def list_events(
+    session: Session,
+    *,
+    since: datetime | None = None,
+    key_name: str | None = None,
+    limit: int | None = None,
+) -> list[AuditEvent]:
+    """Events newest first: those at or after ``since``, of ``key_name`` only, at most
+    ``limit`` (all when ``None``)."""
+    query = select(AuditEvent).order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)
+    if key_name is not None:
+        query = query.where(AuditEvent.key_name == key_name)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
