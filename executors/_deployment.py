@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from executors._config import SandboxConfig
 from executors._errors import ExecutorError, PoolClosedError
+from executors._logging import configure_json_logging
 from executors._models import ExecutionRequest
 from executors._pool import SandboxPool
 
@@ -53,6 +54,7 @@ class SandboxExecutor:
     """
 
     def __init__(self, config: SandboxConfig, slots: int, *, shutdown_grace_s: float = 5.0) -> None:
+        configure_json_logging(component="executor")  # level: LOG_LEVEL; see _logging.py
         self._closed = True  # until the pool runs: __del__ must not touch a half-built object
         self._closing = threading.Lock()
         self._pool = SandboxPool(config, slots)
@@ -154,6 +156,7 @@ def build_executor_app(
     health_check_period_s: float = 10.0,
     health_check_timeout_s: float = 30.0,
     max_constructor_retry_count: int = 3,
+    label_selector: dict[str, str] | None = None,
 ) -> serve.Application:
     """The executor as a Ray Serve application, ready for ``serve.run``.
 
@@ -179,6 +182,9 @@ def build_executor_app(
     ``health_check_timeout_s``) and replaces a replica that keeps failing. A replica whose
     sandboxes cannot start is retried ``max_constructor_retry_count`` times, then the
     deployment fails: a broken host should fail fast, not loop.
+
+    Placement: ``label_selector`` (Ray node labels, e.g. ``{"exec-agent/role": "sandbox"}``)
+    keeps replicas on the nodes it matches; default anywhere with the resources.
     """
     from ray import serve
 
@@ -189,6 +195,8 @@ def build_executor_app(
     actor_options: dict[str, Any] = {"num_cpus": float(slots) if num_cpus is None else num_cpus}
     if memory_bytes is not None:
         actor_options["memory"] = memory_bytes
+    if label_selector:
+        actor_options["label_selector"] = dict(label_selector)
     deployment = serve.deployment(
         name=name,
         ray_actor_options=actor_options,

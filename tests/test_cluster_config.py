@@ -1,16 +1,25 @@
-"""The cluster manifests are valid for the tools that read them and match the code."""
+"""The Serve config (cluster/serve-config.yaml) is valid for Serve and builds the whole service.
+
+The application builder (``serve_app.http:app_builder``) is run here as Serve would run it, and
+the deployments it makes are checked against the config's args and the settings.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from executors import ExecutorAppArgs
+from serve_app.errors import ConfigurationError
+from serve_app.http import ServiceAppArgs, app_builder
+from serve_app.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_SCHEMA = json.loads((ROOT / "tests/data/serve-config.schema.json").read_text())
@@ -25,28 +34,210 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
+def settings_variables() -> set[str]:
+    """Every environment variable Settings may read: its aliases and attribute names."""
+    names = set()
+    for attribute, field in Settings.model_fields.items():
+        names.add(attribute.upper())
+        if isinstance(field.validation_alias, str):
+            names.add(field.validation_alias)
+    return names
+
+
+def use_environment(monkeypatch: pytest.MonkeyPatch, path: Path, env: dict[str, str]) -> None:
+    """Exactly ``env`` as the settings' environment: no inherited setting, no ``.env``."""
+    for name in settings_variables():
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.chdir(path)  # no .env here
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+def deployments(app: Any) -> dict[str, Any]:
+    """The deployments of a built service by name: the ingress and the executor it binds.
+
+    ``Application._bound_deployment`` is Serve's own (private) view of what ``serve.run`` and
+    a config deploy get; there is no public one without a running cluster.
+    """
+    ingress = app._bound_deployment
+    (executor_app,) = [arg for arg in ingress.init_args if hasattr(arg, "_bound_deployment")]
+    executor = executor_app._bound_deployment
+    return {ingress.name: ingress, executor.name: executor}
+
+
 @pytest.fixture(scope="module")
 def serve_config() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load((ROOT / "cluster/serve-config.yaml").read_text())
     return loaded
 
 
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    use_environment(monkeypatch, tmp_path, {})
+    yield
+
+
 def test_serve_config_matches_the_serve_schema(serve_config: dict[str, Any]) -> None:
     jsonschema.validate(_without_nulls(serve_config), SERVE_SCHEMA)
 
 
-def test_serve_config_args_are_the_app_builders(serve_config: dict[str, Any]) -> None:
+def test_serve_config_is_read_by_serve(serve_config: dict[str, Any]) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    parsed = ServeDeploySchema.model_validate(serve_config)
+    (app,) = parsed.applications
+    assert app.route_prefix == "/"
+
+
+def test_serve_config_deploys_the_whole_service(serve_config: dict[str, Any]) -> None:
     (app,) = serve_config["applications"]
-    module, _, name = app["import_path"].partition(":")
-    assert module == "executors._deployment"
-    assert name == "app_builder"
-    args = ExecutorAppArgs.model_validate(app["args"])
-    assert 1 <= args.min_replicas <= args.max_replicas
+    assert app["route_prefix"] == "/"
+    assert app["import_path"] == "serve_app.http:app_builder"
+    # One proxy, on the head: sandbox nodes take no HTTP traffic.
+    assert serve_config["proxy_location"] == "HeadOnly"
+    args = ServiceAppArgs.model_validate(app["args"])
+    assert 1 <= args.ingress.min_replicas <= args.ingress.max_replicas
+    executor = args.executor
+    assert executor.min_replicas is not None and executor.max_replicas is not None
+    assert 1 <= executor.min_replicas <= executor.max_replicas
     assert args.require_full_isolation
 
 
-def test_app_builder_refuses_unknown_args() -> None:
-    from pydantic import ValidationError
+def test_serve_config_builds_what_it_says(
+    serve_config: dict[str, Any], clean_environment: None
+) -> None:
+    (app,) = serve_config["applications"]
+    args = app["args"]
+    built = deployments(app_builder(args))
+    assert set(built) == {"ApiIngress", "SandboxExecutor"}
 
+    ingress = built["ApiIngress"]
+    config = ingress._deployment_config
+    wanted = args["ingress"]
+    assert config.autoscaling_config.min_replicas == wanted["min_replicas"]
+    assert config.autoscaling_config.max_replicas == wanted["max_replicas"]
+    assert config.autoscaling_config.target_ongoing_requests == wanted["target_ongoing_requests"]
+    assert config.max_ongoing_requests == wanted["max_ongoing_requests"]
+    assert config.max_queued_requests == wanted["max_queued_requests"]
+    assert config.graceful_shutdown_timeout_s == args["graceful_shutdown_timeout_s"]
+    assert ingress.ray_actor_options["num_cpus"] == wanted["num_cpus"]
+    assert ingress.ray_actor_options["label_selector"] == wanted["label_selector"]
+
+    executor = built["SandboxExecutor"]
+    config = executor._deployment_config
+    wanted = args["executor"]
+    assert config.autoscaling_config.min_replicas == wanted["min_replicas"]
+    assert config.autoscaling_config.max_replicas == wanted["max_replicas"]
+    assert config.autoscaling_config.target_ongoing_requests == wanted["target_ongoing_requests"]
+    # Left to executor_app's default when not said: at least a job per slot, and the target.
+    ongoing = wanted.get("max_ongoing_requests")
+    assert config.max_ongoing_requests == ongoing or ongoing is None
+    assert config.max_ongoing_requests >= max(wanted["slots"], wanted["target_ongoing_requests"])
+    assert config.max_queued_requests == wanted["max_queued_requests"]
+    assert config.graceful_shutdown_timeout_s == args["graceful_shutdown_timeout_s"]
+    assert executor.ray_actor_options["num_cpus"] == wanted["num_cpus"]
+    settings = Settings()
+    # 512 MiB for the replica, MAX_MEMORY_MB and 32 MiB per slot.
+    mib = 1024 * 1024
+    slots = wanted["slots"]
+    expected_memory = 512 * mib + slots * (settings.max_memory_mb + 32) * mib
+    assert executor.ray_actor_options["memory"] == expected_memory
+    sandbox_config, bound_slots = executor.init_args
+    assert bound_slots == slots
+    assert sandbox_config.require_full_isolation
+
+
+def test_the_service_builder_takes_the_rest_from_the_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    use_environment(
+        monkeypatch,
+        tmp_path,
+        {
+            "MAX_CONCURRENT_EXECUTIONS": "3",
+            "EXECUTOR_NUM_REPLICAS_MIN": "2",
+            "EXECUTOR_NUM_REPLICAS_MAX": "5",
+            "EXECUTOR_MAX_QUEUED_REQUESTS": "7",
+            "GRACEFUL_SHUTDOWN_TIMEOUT_S": "40",
+        },
+    )
+    built = deployments(app_builder({}))
+    executor = built["SandboxExecutor"]
+    config = executor._deployment_config
+    assert executor.init_args[1] == 3
+    assert executor.ray_actor_options["num_cpus"] == 3
+    assert "label_selector" not in executor.ray_actor_options
+    assert (config.autoscaling_config.min_replicas, config.autoscaling_config.max_replicas) == (
+        2,
+        5,
+    )
+    assert config.autoscaling_config.target_ongoing_requests == 3
+    assert config.max_ongoing_requests >= 3  # executor_app's default: a job per slot at least
+    assert config.max_queued_requests == 7
+    assert config.graceful_shutdown_timeout_s == 40
+    assert not executor.init_args[0].require_full_isolation  # ENVIRONMENT=local
+    ingress = built["ApiIngress"]
+    assert ingress._deployment_config.graceful_shutdown_timeout_s == 40
+    assert ingress._deployment_config.autoscaling_config.max_replicas == 1
+    # The settings the ingress gets carry the arguments too.
+    assert ingress.init_args[0].max_concurrent_executions == 3
+
+
+def test_arguments_override_the_settings_and_are_checked_with_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    use_environment(monkeypatch, tmp_path, {"EXECUTOR_NUM_REPLICAS_MAX": "2", "MAX_TIMEOUT": "30"})
+    built = deployments(app_builder({"executor": {"slots": 4, "max_replicas": 6}}))
+    executor = built["SandboxExecutor"]
+    assert executor.init_args[1] == 4
+    assert executor._deployment_config.autoscaling_config.max_replicas == 6
+    assert built["ApiIngress"].init_args[0].max_concurrent_executions == 4
+
+    with pytest.raises(ConfigurationError, match="EXECUTOR_NUM_REPLICAS_MIN"):
+        app_builder({"executor": {"min_replicas": 3}})  # above EXECUTOR_NUM_REPLICAS_MAX=2
+    with pytest.raises(ConfigurationError, match="GRACEFUL_SHUTDOWN_TIMEOUT_S"):
+        app_builder({"graceful_shutdown_timeout_s": 10})  # below MAX_TIMEOUT=30
+    # The target defaults to one per slot: a replica held to fewer would never scale up.
+    with pytest.raises(ConfigurationError, match="target_ongoing_requests"):
+        app_builder({"executor": {"slots": 4, "max_ongoing_requests": 3}})
+    built = deployments(app_builder({"executor": {"slots": 2, "target_ongoing_requests": 3}}))
+    assert (
+        built["SandboxExecutor"]._deployment_config.autoscaling_config.target_ongoing_requests == 3
+    )
+
+
+def test_require_full_isolation_only_strengthens(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    use_environment(monkeypatch, tmp_path, {})
+    built = deployments(app_builder({"require_full_isolation": True}))
+    assert built["SandboxExecutor"].init_args[0].require_full_isolation
+    use_environment(monkeypatch, tmp_path, {"SANDBOX_REQUIRE_FULL_ISOLATION": "true"})
+    built = deployments(app_builder({"require_full_isolation": False}))
+    assert built["SandboxExecutor"].init_args[0].require_full_isolation
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"ingres": {}},
+        {"ingress": {"replicas": 2}},
+        {"executor": {"slot": 2}},
+        {"ingress": {"min_replicas": 3, "max_replicas": 2}},
+        {"executor": {"min_replicas": 3, "max_replicas": 2}},
+        {"ingress": {"target_ongoing_requests": 10, "max_ongoing_requests": 5}},
+        {"executor": {"target_ongoing_requests": 3, "max_ongoing_requests": 2}},
+        {"ingress": {"min_replicas": 0}},
+        {"executor": {"max_queued_requests": 0}},
+        {"graceful_shutdown_timeout_s": 0},
+    ],
+)
+def test_service_args_refuse_unknown_or_incoherent_values(args: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        ServiceAppArgs.model_validate(args)
+
+
+def test_the_executor_only_builder_still_refuses_unknown_args() -> None:
     with pytest.raises(ValidationError):
         ExecutorAppArgs.model_validate({"slot": 2})

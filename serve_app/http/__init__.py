@@ -4,13 +4,23 @@
     _health.py    ``/health/ready``'s checks
     _routes.py    :func:`build_api`: the FastAPI app (routes + the edge of :mod:`serve_app.api`)
     _ingress.py   :class:`ApiIngress`, the Serve deployment, and :func:`service_app`
+    _builder.py   :func:`app_builder`: the whole service from a Serve config (``serve run``, KubeRay)
 
 The ingress holds a ``DeploymentHandle`` to the executor deployment; its database engine and
 limiter are built in the replica (the limiter binds to the replica's event loop).
 """
 
+from serve_app.http._builder import ServiceAppArgs, app_builder
 from serve_app.http._ingress import INGRESS_NAME, ApiIngress, service_app
 from serve_app.http._routes import build_api
 from serve_app.http._service import ExecutionService
 
-__all__ = ["INGRESS_NAME", "ApiIngress", "ExecutionService", "build_api", "service_app"]
+__all__ = [
+    "INGRESS_NAME",
+    "ApiIngress",
+    "ExecutionService",
+    "ServiceAppArgs",
+    "app_builder",
+    "build_api",
+    "service_app",
+]

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from serve_app.db import Database
 from serve_app.http._routes import build_api
 from serve_app.http._service import ExecutionService
+from serve_app.observability import configure_process
 from serve_app.ratelimit import build_rate_limiter
 from serve_app.settings import Settings
 
@@ -35,6 +36,7 @@ class ApiIngress:
     """The HTTP API's deployment class; ``executor`` is the executor deployment's handle."""
 
     def __init__(self, settings: Settings, executor: Any) -> None:
+        configure_process(settings, component="ingress")  # JSON logs, Sentry (SENTRY_DSN)
         database = Database.from_settings(settings)
         limiter = build_rate_limiter(settings)
         self.settings = settings
@@ -50,17 +52,49 @@ def service_app(
     *,
     num_cpus: float = INGRESS_NUM_CPUS,
     num_replicas: int = 1,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    target_ongoing_requests: float | None = None,
+    max_ongoing_requests: int = INGRESS_MAX_ONGOING_REQUESTS,
+    max_queued_requests: int = -1,
+    label_selector: dict[str, str] | None = None,
 ) -> serve.Application:
     """The whole service for ``serve.run``: the ingress bound to ``executor`` (for instance
-    ``serve_app._local_demo.executor_app(settings)``)."""
+    ``serve_app._local_demo.executor_app(settings)``).
+
+    ``num_replicas`` ingress replicas, or, given ``min_replicas`` and ``max_replicas``, as many
+    as Serve's autoscaler chooses between them, aiming at ``target_ongoing_requests`` per
+    replica (Serve's default when ``None``). A replica holds ``max_ongoing_requests`` requests
+    at once; ``max_queued_requests`` caps those waiting in the proxy beyond that (``-1``: no
+    cap; more are answered 503). ``label_selector`` (Ray node labels) keeps replicas on the
+    nodes it matches, e.g. ``{"exec-agent/role": "!sandbox"}``: off the sandbox nodes.
+    """
     from ray import serve
 
-    deployment = serve.deployment(
-        name=INGRESS_NAME,
-        num_replicas=num_replicas,
-        ray_actor_options={"num_cpus": num_cpus},
-        max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
-        graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
-    )(serve.ingress()(ApiIngress))
+    options: dict[str, Any] = {
+        "name": INGRESS_NAME,
+        "ray_actor_options": {"num_cpus": num_cpus},
+        "max_ongoing_requests": max_ongoing_requests,
+        "max_queued_requests": max_queued_requests,
+        "graceful_shutdown_timeout_s": settings.graceful_shutdown_timeout_s,
+    }
+    if label_selector:
+        options["ray_actor_options"]["label_selector"] = dict(label_selector)
+    if min_replicas is None and max_replicas is None:
+        options["num_replicas"] = num_replicas
+    elif min_replicas is None or max_replicas is None:
+        raise ValueError("autoscaling needs both min_replicas and max_replicas")
+    elif not 1 <= min_replicas <= max_replicas:
+        raise ValueError("need 1 <= min_replicas <= max_replicas")
+    else:
+        autoscaling: dict[str, Any] = {
+            "min_replicas": min_replicas,
+            "initial_replicas": min_replicas,
+            "max_replicas": max_replicas,
+        }
+        if target_ongoing_requests is not None:
+            autoscaling["target_ongoing_requests"] = target_ongoing_requests
+        options["autoscaling_config"] = autoscaling
+    deployment = serve.deployment(**options)(serve.ingress()(ApiIngress))
     app: serve.Application = deployment.bind(settings, executor)
     return app

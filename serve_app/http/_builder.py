@@ -1,0 +1,184 @@
+"""The whole service (API ingress + executor pool) as a Serve application builder.
+
+What ``serve run cluster/serve-config.yaml`` and a KubeRay ``RayService`` deploy::
+
+    applications:
+      - name: exec-agent
+        route_prefix: /
+        import_path: serve_app.http:app_builder
+        args:                       # ServiceAppArgs
+          ingress: {min_replicas: 1, max_replicas: 2, ...}
+          executor: {slots: 2, num_cpus: 2, min_replicas: 1, max_replicas: 4, ...}
+
+``args`` size, place and scale the two deployments; everything else comes from
+:class:`~serve_app.settings.Settings`, read from the environment of the process that builds
+the application. Serve builds it in a Ray task that may run on any node of the cluster, so on
+KubeRay every Ray pod gets the same ConfigMap and Secret. Where an argument and a setting name
+the same thing (slots, executor replicas and queue, drain time, isolation), the argument wins
+and the settings are validated again with it, so the usual checks (``min <= max``, a drain at
+least ``MAX_TIMEOUT``, production's refusals) hold for what is deployed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from serve_app._local_demo import executor_app
+from serve_app.errors import ConfigurationError, describe_validation_error
+from serve_app.http._ingress import INGRESS_MAX_ONGOING_REQUESTS, INGRESS_NUM_CPUS, service_app
+from serve_app.settings import Settings
+
+if TYPE_CHECKING:
+    from ray import serve
+
+__all__ = [
+    "DEFAULT_INGRESS_TARGET_ONGOING_REQUESTS",
+    "ExecutorArgs",
+    "IngressArgs",
+    "ServiceAppArgs",
+    "app_builder",
+    "build_service_app",
+    "service_settings",
+]
+
+DEFAULT_INGRESS_TARGET_ONGOING_REQUESTS = 100.0
+"""An ingress replica mostly waits on executors: add replicas only when it is really busy."""
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="after")
+    def _check_scaling(self) -> Self:
+        low: int | None = getattr(self, "min_replicas", None)
+        high: int | None = getattr(self, "max_replicas", None)
+        if low is not None and high is not None and low > high:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        target: float | None = getattr(self, "target_ongoing_requests", None)
+        ongoing: int | None = getattr(self, "max_ongoing_requests", None)
+        if target is not None and ongoing is not None and target > ongoing:
+            # A replica never holds more than max_ongoing_requests: the autoscaler would
+            # never see its target reached, and never scale up.
+            raise ValueError("target_ongoing_requests must not exceed max_ongoing_requests")
+        queued: int | None = getattr(self, "max_queued_requests", None)
+        if queued is not None and queued != -1 and queued < 1:
+            raise ValueError("max_queued_requests must be -1 (no cap) or at least 1")
+        return self
+
+
+class IngressArgs(_Args):
+    """The HTTP ingress (:class:`~serve_app.http.ApiIngress`): Serve's autoscaler keeps
+    between ``min_replicas`` and ``max_replicas``, aiming at ``target_ongoing_requests`` per
+    replica; a replica holds ``max_ongoing_requests`` at once, and the proxy queues at most
+    ``max_queued_requests`` beyond that (-1: no cap; more are answered 503)."""
+
+    min_replicas: int = Field(default=1, ge=1)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(default=DEFAULT_INGRESS_TARGET_ONGOING_REQUESTS, gt=0)
+    max_ongoing_requests: int = Field(default=INGRESS_MAX_ONGOING_REQUESTS, ge=1)
+    max_queued_requests: int = -1
+    num_cpus: float = Field(default=INGRESS_NUM_CPUS, ge=0)
+    label_selector: dict[str, str] | None = None
+    """Ray node labels the replicas must run on (``"!value"``: any node but those)."""
+
+
+class ExecutorArgs(_Args):
+    """The executor pool (:class:`~executors.SandboxExecutor`); ``None``: from the settings.
+
+    ``slots`` is ``MAX_CONCURRENT_EXECUTIONS``, ``min_replicas``/``max_replicas``
+    ``EXECUTOR_NUM_REPLICAS_MIN``/``_MAX``, ``max_queued_requests`` (per caller)
+    ``EXECUTOR_MAX_QUEUED_REQUESTS``. ``num_cpus`` defaults to one per slot, ``memory_bytes``
+    to the replica's 512 MiB plus ``MAX_MEMORY_MB`` and 32 MiB per slot,
+    ``target_ongoing_requests`` to one per slot (every slot busy), ``max_ongoing_requests`` to
+    :func:`serve_app._local_demo.executor_app`'s default.
+    """
+
+    slots: int | None = Field(default=None, ge=1)
+    num_cpus: float | None = Field(default=None, gt=0)
+    memory_bytes: int | None = Field(default=None, gt=0)
+    """Memory Ray reserves per replica (its ``memory`` resource)."""
+    min_replicas: int | None = Field(default=None, ge=1)
+    max_replicas: int | None = Field(default=None, ge=1)
+    target_ongoing_requests: float | None = Field(default=None, gt=0)
+    max_ongoing_requests: int | None = Field(default=None, ge=1)
+    max_queued_requests: int | None = None
+    label_selector: dict[str, str] | None = None
+    """Ray node labels the replicas must run on."""
+
+
+class ServiceAppArgs(BaseModel):
+    """The ``args`` of the service application in a Serve config (``serve run``, KubeRay)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ingress: IngressArgs = IngressArgs()
+    executor: ExecutorArgs = ExecutorArgs()
+    graceful_shutdown_timeout_s: float | None = Field(default=None, gt=0)
+    """Drain time of both deployments; default ``GRACEFUL_SHUTDOWN_TIMEOUT_S``."""
+    require_full_isolation: bool = False
+    """True: refuse to start an executor missing a sandbox layer, whatever ``ENVIRONMENT``
+    (production always refuses; this can only strengthen the settings)."""
+
+
+def service_settings(args: ServiceAppArgs) -> Settings:
+    """The settings from the environment, with ``args``' overrides, validated together.
+
+    Raises :class:`~serve_app.errors.ConfigurationError` naming what is wrong.
+    """
+    overrides: dict[str, Any] = {
+        "max_concurrent_executions": args.executor.slots,
+        "executor_num_replicas_min": args.executor.min_replicas,
+        "executor_num_replicas_max": args.executor.max_replicas,
+        "executor_max_queued_requests": args.executor.max_queued_requests,
+        "graceful_shutdown_timeout_s": args.graceful_shutdown_timeout_s,
+        "sandbox_require_full_isolation": True if args.require_full_isolation else None,
+    }
+    try:
+        settings = Settings(
+            **{name: value for name, value in overrides.items() if value is not None}
+        )
+    except ValidationError as exc:
+        raise ConfigurationError(
+            "invalid configuration: " + describe_validation_error(exc)
+        ) from None
+    ongoing = args.executor.max_ongoing_requests
+    target = args.executor.target_ongoing_requests or settings.max_concurrent_executions
+    if ongoing is not None and target > ongoing:
+        # The target defaults to one per slot: a replica held below it never scales up.
+        raise ConfigurationError(
+            "invalid configuration: executor target_ongoing_requests (default: slots) must "
+            "not exceed its max_ongoing_requests"
+        )
+    return settings
+
+
+def build_service_app(settings: Settings, args: ServiceAppArgs) -> serve.Application:
+    """The ingress bound to the executor pool, sized by ``args`` (already in ``settings``)."""
+    ingress = args.ingress
+    executor = executor_app(
+        settings,
+        num_cpus=args.executor.num_cpus,
+        memory_bytes=args.executor.memory_bytes,
+        max_ongoing_requests=args.executor.max_ongoing_requests,
+        target_ongoing_requests=args.executor.target_ongoing_requests,
+        label_selector=args.executor.label_selector,
+    )
+    return service_app(
+        settings,
+        executor,
+        num_cpus=ingress.num_cpus,
+        min_replicas=ingress.min_replicas,
+        max_replicas=ingress.max_replicas,
+        target_ongoing_requests=ingress.target_ongoing_requests,
+        max_ongoing_requests=ingress.max_ongoing_requests,
+        max_queued_requests=ingress.max_queued_requests,
+        label_selector=ingress.label_selector,
+    )
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """Serve's application builder: ``import_path: serve_app.http:app_builder``."""
+    parsed = ServiceAppArgs.model_validate(args)
+    return build_service_app(service_settings(parsed), parsed)
