@@ -31,6 +31,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from serve_app.api.middleware import PROXY_MIDDLEWARES_IMPORT_PATH
 from serve_app.http import ServiceAppArgs, app_builder
 from serve_app.settings import Settings
 from tests.test_cluster_config import deployments, settings_variables, use_environment
@@ -560,6 +561,9 @@ def test_dockerfile_builds_the_service_image() -> None:
     installs = " ".join(v for v in values["RUN"] if "apt-get install" in v).split()
     assert set(SANDBOX_PACKAGES) <= set(installs)
     assert any("pip install --no-cache-dir ." in v for v in values["RUN"])
+    # Serve's proxy in the image replaces unsafe client request ids (serve_app.api.middleware).
+    proxy_callback = f"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH={PROXY_MIDDLEWARES_IMPORT_PATH}"
+    assert any(proxy_callback in v.split() for v in values["ENV"])
 
 
 def test_dockerignore_admits_what_the_dockerfile_copies() -> None:
