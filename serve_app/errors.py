@@ -12,6 +12,7 @@
     ├── RateLimitedError          over the key's request rate; ``retry_after_s``
     ├── OverloadedError           the executors' queue is full; ``retry_after_s``
     ├── UnavailableError          a dependency is down; ``retry_after_s``
+    │   ├── DatabaseUnavailableError  the database cannot be reached (down, restarting, pool full)
     │   └── (ratelimit) StoreUnavailableError  the limiter's Redis is down or backing off
     ├── NotFoundError             no such record for this caller (another key's id included)
     ├── ConflictError             the record's state forbids the change (finished twice, name taken)

@@ -18,7 +18,7 @@ import pytest
 import executors
 from executors._models import MIB, ExecutionRecord, ExecutionRequest
 from serve_app import _exit
-from serve_app.cli import NOT_YET, build_parser, main
+from serve_app.cli import build_parser, main
 from serve_app.settings import Settings, get_settings
 
 KEY = "test-key-0123456789"
@@ -75,17 +75,6 @@ def test_run_help_documents_exit_statuses(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     for status in ("124", "128+N", "137", "internal_error"):
         assert status in out
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [["audit", "--since", "2024-01-01T00:00:00Z"]],
-)
-def test_later_commands_exist_but_are_not_available(
-    argv: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(argv) == 2
-    assert NOT_YET in capsys.readouterr().err
 
 
 def test_server_needs_a_key(capsys: pytest.CaptureFixture[str]) -> None:

@@ -182,6 +182,21 @@ def test_a_memory_error_handled_is_ok(sandbox: WatchedPool) -> None:
     assert_ok(sandbox.run(code), "recovered\n")
 
 
+@pytest.mark.parametrize("forged", [b"Iforged setup failure", b"SI", b"\x00" * 64])
+def test_the_status_pipe_cannot_make_the_service_look_at_fault(
+    sandbox: WatchedPool, forged: bytes
+) -> None:
+    # The program inherits the harness's status pipe (fd 3): whatever it writes there, its
+    # record says what it did, never internal_error (API.md: "never caused by the code").
+    record = sandbox.run(f"import os\nos.write(3, {forged!r})\nprint('done')")
+    assert_ok(record, "done\n")
+    failed = sandbox.run(f"import os\nos.write(3, {forged!r})\nraise SystemExit(2)")
+    assert (failed.status, failed.exit_code) == (NONZERO_EXIT, 2), failed
+    # The one label it can forge is memory_limit for its own failure (README "Sandbox").
+    mislabelled = sandbox.run("import os\nos.write(3, b'M')\nraise SystemExit(2)")
+    assert mislabelled.status in (NONZERO_EXIT, MEMORY_LIMIT), mislabelled
+
+
 def test_a_busy_loop_is_stopped_by_the_cpu_limit_before_the_wall(sandbox: WatchedPool) -> None:
     limits = with_limits(sandbox, cpu_time_s=1, wall_timeout_s=10)
     record = sandbox.run("while True:\n    pass\n", limits=limits)

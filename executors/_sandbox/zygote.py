@@ -381,18 +381,21 @@ def _reap_until(program: int) -> Message:
 
 
 def _read_status(status_r: int) -> Message:
-    """What the program's harness said: ``M`` uncaught MemoryError, ``I...`` setup failure.
+    """What the program's harness said: ``I...`` setup failed (before ``S``), or ``S`` the
+    program started, then ``M`` if it died of an uncaught MemoryError.
 
-    Descendants may still hold the pipe, so read once without waiting for EOF.
+    Everything after ``S`` may come from the program itself: at worst it mislabels its own
+    failure as ``memory_limit``. Descendants may still hold the pipe, so read once without
+    waiting for EOF.
     """
     os.set_blocking(status_r, False)
     try:
         data = os.read(status_r, 4096)
     except BlockingIOError:
         data = b""
-    if data.startswith(b"I"):
+    if data.startswith(b"I"):  # written by the harness, before the program could
         return {"internal": "program setup: " + data[1:].decode(errors="replace")}
-    return {"memory_error": data.startswith(b"M")}
+    return {"memory_error": data.startswith(b"SM")}
 
 
 # --- the program ----------------------------------------------------------------
@@ -447,6 +450,9 @@ class Job:
         except Exception as exc:  # noqa: BLE001 - the service's failure, not the program's
             _os.write(self.status_w, f"I{exc}".encode())
             _os._exit(0)
+        # From here on the program may write to the status pipe too: init trusts an ``I`` only
+        # before this ``S``, so the program cannot pass its own failure off as the service's.
+        _os.write(self.status_w, b"S")
         if syntax_error is not None:
             _sys.excepthook(type(syntax_error), syntax_error, None)
             finish(1)
