@@ -10,6 +10,8 @@ Public surface::
 
 ``pool.isolation`` tells which isolation layers are in force on this host.
 ``SandboxExecutor`` and ``build_executor_app`` put pools on Ray (which only the latter imports).
+``SandboxMapper`` and ``run_programs`` run a Ray Data dataset's programs on those pools
+(importing Ray and Ray Data only when used).
 """
 
 from executors._config import SandboxConfig
@@ -41,6 +43,7 @@ from executors._models import (
     check_relative_path,
     check_text,
 )
+from executors._pipeline import SandboxMapper, row_to_request, run_programs
 from executors._pool import SandboxPool
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "PoolClosedError",
     "SandboxConfig",
     "SandboxExecutor",
+    "SandboxMapper",
     "SandboxPool",
     "SandboxStartError",
     "SandboxUnavailableError",
@@ -70,4 +74,6 @@ __all__ = [
     "check_relative_path",
     "check_text",
     "configure_json_logging",
+    "row_to_request",
+    "run_programs",
 ]

