@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from executors._config import SandboxConfig
 from executors._errors import ExecutorError, PoolClosedError
 from executors._logging import configure_json_logging
-from executors._models import ExecutionRequest
+from executors._metrics import executor_metrics
+from executors._models import ExecutionRecord, ExecutionRequest
 from executors._pool import SandboxPool
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class SandboxExecutor:
         self._closed = True  # until the pool runs: __del__ must not touch a half-built object
         self._closing = threading.Lock()
         self._pool = SandboxPool(config, slots)
+        self._metrics = self._pool.metrics = executor_metrics()  # no-ops outside Ray
         # Raises SandboxStartError or SandboxUnavailableError: a replica without sandboxes
         # must fail to start, not accept work.
         self._report = self._pool.start()
@@ -70,17 +72,32 @@ class SandboxExecutor:
     async def run(self, request: RequestLike) -> dict[str, Any]:
         """Run one program in the next free slot; return its record in API form."""
         checked = ExecutionRequest.model_validate(request)
+        received_at = self._metrics.received()
         cancel = threading.Event()
         try:
-            job = self._threads.submit(self._pool.run, checked, cancel)
+            job = self._threads.submit(self._run_job, checked, cancel, received_at)
         except RuntimeError:  # the threads are shut down: close() ran
+            self._metrics.dropped()
             raise PoolClosedError("the executor is shut down") from None
+        job.add_done_callback(self._dropped_if_cancelled)  # cancelled while still queued
         try:
             record = await asyncio.wrap_future(job)
         except asyncio.CancelledError:
             cancel.set()  # the caller went away (e.g. its client disconnected): stop the run
             raise
+        self._metrics.finished(record)
         return record.to_api()
+
+    def _run_job(
+        self, request: ExecutionRequest, cancel: threading.Event, received_at: float
+    ) -> ExecutionRecord:
+        """On a job thread: one per slot, so the request leaves the replica's queue here."""
+        self._metrics.started(received_at)
+        return self._pool.run(request, cancel)
+
+    def _dropped_if_cancelled(self, job: Future[ExecutionRecord]) -> None:
+        if job.cancelled():
+            self._metrics.dropped()
 
     async def run_batch(self, requests: Sequence[RequestLike]) -> list[dict[str, Any]]:
         """Run ``requests`` concurrently, at most one per slot; records in request order.

@@ -22,6 +22,7 @@ from executors._config import SandboxConfig
 from executors._errors import PoolClosedError, SandboxStartError, SandboxUnavailableError
 from executors._evaluation import run_cases
 from executors._isolation import IsolationReport
+from executors._metrics import NO_METRICS, ExecutorMetrics
 from executors._models import ExecutionRecord, ExecutionRequest
 from executors._sandbox._cgroups import (
     JobCgroup,
@@ -63,6 +64,7 @@ class SandboxPool:
         # follows the thread that started it, which must outlive the slot.
         self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-launcher")
         self.isolation: IsolationReport | None = None
+        self.metrics: ExecutorMetrics = NO_METRICS  # set before start() to report
 
     # --- life cycle -------------------------------------------------------------
 
@@ -89,13 +91,16 @@ class SandboxPool:
                 ),
                 cgroup,
             )
+            slot.metrics = self.metrics
             try:
                 probes.append(self._launcher.submit(slot.start).result())
             except SandboxStartError:
+                self.metrics.start_failed()
                 self.close()
                 raise
             self._slots.append(slot)
             self._free.put(slot)
+        self.metrics.slots(0, self.size)
         self.isolation = self._report(probes[0], errors)
         self._enforce_policy(self.isolation)
         return self.isolation
@@ -193,6 +198,7 @@ class SandboxPool:
         remove_group(self._group, self.config.cgroup_parent)
         self._slots, self._cgroups = [], []
         self._launcher.shutdown(wait=False)
+        self.metrics.slots(0, 0)
 
     # --- work -------------------------------------------------------------------
 
@@ -235,6 +241,7 @@ class SandboxPool:
                 self._restart(slot)
             return slot.run(request, cancel)
         except SandboxStartError:
+            self.metrics.start_failed()
             logger.exception("sandbox slot %d could not be restarted", slot.settings.index)
             return ExecutionRecord.internal_error(request)
         finally:
@@ -250,6 +257,7 @@ class SandboxPool:
             with self._lock:
                 if not self._closed:
                     self._busy.add(slot)
+                    self.metrics.slots(len(self._busy), self.size - len(self._busy))
                     return slot
             self._free.put(slot)
 
@@ -260,6 +268,7 @@ class SandboxPool:
     def _release(self, slot: Slot) -> None:
         with self._lock:
             self._busy.discard(slot)
+            self.metrics.slots(len(self._busy), self.size - len(self._busy))
             self._idle.notify_all()
         self._free.put(slot)
 

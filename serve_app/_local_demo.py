@@ -130,7 +130,8 @@ def executor_app(
 
 
 def _start_ray(settings: Settings) -> Any:
-    """Join ``RAY_ADDRESS``, or start a local Ray on loopback with its GCS on ``RAY_GCS_PORT``."""
+    """Join ``RAY_ADDRESS``, or start a local Ray on loopback with its GCS on ``RAY_GCS_PORT``
+    and its Prometheus metrics on ``METRICS_PORT``."""
     import ray
 
     if settings.ray_address is not None:
@@ -146,7 +147,7 @@ def _start_ray(settings: Settings) -> Any:
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             _node_ip_address="127.0.0.1",
-            _metrics_export_port=settings.ray_metrics_export_port,
+            _metrics_export_port=settings.metrics_port,  # Prometheus: METRICS_PORT
         )
     finally:
         if previous is None:

@@ -1,9 +1,10 @@
 """``exec-agent serve``: the HTTP service on Ray Serve, until SIGINT or SIGTERM.
 
 Applies the database migrations, starts a local Ray (or joins ``RAY_ADDRESS``), deploys the
-executor pool and the API ingress with Serve's HTTP proxy on ``HOST:PORT``, prints the URL, and
-waits. On a signal it deletes the application (Serve drains the replicas: ongoing requests
-finish, background runs get ``GRACEFUL_SHUTDOWN_TIMEOUT_S``) and stops Ray if it started it.
+executor pool and the API ingress with Serve's HTTP proxy on ``HOST:PORT``, prints the URL (and,
+on stderr, the Ray dashboard's and the Prometheus metrics' on ``METRICS_PORT``), and waits. On a
+signal it deletes the application (Serve drains the replicas: ongoing requests finish,
+background runs get ``GRACEFUL_SHUTDOWN_TIMEOUT_S``) and stops Ray if it started it.
 
 The HTTP ingress is Serve's own Python proxy unless ``SERVE_INGRESS=haproxy`` asks for Ray
 Serve's HAProxy mode (``RAY_SERVE_ENABLE_HA_PROXY``, with the binary bundled by ``ray[serve]``'s
@@ -23,7 +24,7 @@ import tempfile
 import threading
 from collections.abc import MutableMapping
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from serve_app import _exit
 
@@ -128,6 +129,8 @@ def _serve(settings: Settings, ingress: str | None) -> int:
     try:
         if context.dashboard_url:
             print(f"Ray dashboard: http://{context.dashboard_url}", file=sys.stderr)
+        if metrics_url := _metrics_url(context, joined):
+            print(f"Prometheus metrics: {metrics_url}", file=sys.stderr)
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(service_app(settings, executor_app(settings)), name=APP_NAME, route_prefix="/")
         url = f"http://{settings.host}:{settings.port}"
@@ -145,3 +148,13 @@ def _serve(settings: Settings, ingress: str | None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return _exit.EX_OK
+
+
+def _metrics_url(context: Any, joined: bool) -> str | None:
+    """Where this node's Ray exports Prometheus metrics (``METRICS_PORT`` when Ray is ours)."""
+    info = getattr(context, "address_info", None) or {}
+    port = info.get("metrics_export_port")
+    if not isinstance(port, int) or port <= 0:
+        return None
+    host = info.get("node_ip_address") if joined else "127.0.0.1"
+    return f"http://{host}:{port}/metrics" if host else None

@@ -15,7 +15,14 @@ import functools
 import json
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from executors import Limits, SandboxConfig
@@ -123,7 +130,12 @@ class Settings(BaseSettings):
     # --- Ray
     ray_address: str | None = _env("RAY_ADDRESS", None)
     ray_gcs_port: Port = _env("RAY_GCS_PORT", 6380)
-    ray_metrics_export_port: Port = _env("RAY_METRICS_EXPORT_PORT", 8080)
+    # Prometheus metrics (exec_agent_*, exported as ray_exec_agent_*, and Ray's own) on
+    # http://127.0.0.1:METRICS_PORT/metrics: Ray's metrics export port when `exec-agent serve`
+    # starts Ray (a joined cluster's nodes have their own). RAY_METRICS_EXPORT_PORT: old name.
+    metrics_port: Port = Field(
+        8080, validation_alias=AliasChoices("METRICS_PORT", "RAY_METRICS_EXPORT_PORT")
+    )
     # Ray refuses less than 75 MiB; its own default (30% of RAM) is far more than records need.
     ray_object_store_memory_bytes: int = _env(
         "RAY_OBJECT_STORE_MEMORY_BYTES", 512 * MIB, ge=75 * MIB
@@ -211,8 +223,8 @@ class Settings(BaseSettings):
             problems.append(
                 "ALLOWED_IMPORTS and DENIED_IMPORTS must not share a module: " + ", ".join(both)
             )
-        if len({self.port, self.ray_gcs_port, self.ray_metrics_export_port}) < 3:
-            problems.append("PORT, RAY_GCS_PORT and RAY_METRICS_EXPORT_PORT must differ")
+        if len({self.port, self.ray_gcs_port, self.metrics_port}) < 3:
+            problems.append("PORT, RAY_GCS_PORT and METRICS_PORT must differ")
         return problems
 
     def _production_problems(self) -> list[str]:
@@ -272,6 +284,8 @@ class Settings(BaseSettings):
 
 def _env_name(attribute: str) -> str:
     alias = Settings.model_fields[attribute].validation_alias
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]  # the documented name; the others are old names
     return alias if isinstance(alias, str) else attribute.upper()
 
 

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import AliasChoices, ValidationError
+from pydantic.fields import FieldInfo
 
 from serve_app.errors import ConfigurationError
 from serve_app.settings import MIB, Settings, get_settings, load_settings
@@ -17,11 +18,19 @@ REPO = Path(__file__).resolve().parent.parent
 STRONG_SECRET = "s" * 40
 
 
+def aliases(field: FieldInfo) -> list[str]:
+    """The variables a setting is read from, its documented name first (then any old names)."""
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(choice) for choice in alias.choices]
+    return [str(alias)]
+
+
 def env_names() -> list[str]:
-    """Every variable a setting may be read from: its documented name and its attribute name."""
+    """Every variable a setting may be read from: its documented and old names, its attribute."""
     names = []
     for attribute, field in Settings.model_fields.items():
-        names += [attribute.upper(), str(field.validation_alias)]
+        names += [attribute.upper(), *aliases(field)]
     return names
 
 
@@ -95,7 +104,7 @@ def test_env_example_lists_every_setting_with_its_default(
     example = (REPO / ".env.example").read_text()
     assignments = [line for line in example.splitlines() if line and not line.startswith("#")]
     listed = {line.split("=", 1)[0] for line in assignments}
-    documented = {str(field.validation_alias) for field in Settings.model_fields.values()}
+    documented = {aliases(field)[0] for field in Settings.model_fields.values()}
     assert documented - listed == set()
     (tmp_path / ".env").write_text(example)
     assert Settings() == Settings(_env_file=None)
@@ -148,6 +157,17 @@ def test_defaults_above_maxima_are_refused(
 def test_max_file_bytes_above_sandbox_disk_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SANDBOX_DISK_MB", "32")
     with pytest.raises(ValidationError, match="MAX_FILE_BYTES must not exceed SANDBOX_DISK_MB"):
+        Settings()
+
+
+def test_metrics_port_and_its_old_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().metrics_port == 8080
+    monkeypatch.setenv("RAY_METRICS_EXPORT_PORT", "9100")
+    assert Settings().metrics_port == 9100
+    monkeypatch.setenv("METRICS_PORT", "9200")
+    assert Settings().metrics_port == 9200  # the documented name wins
+    monkeypatch.setenv("METRICS_PORT", "8000")  # PORT's
+    with pytest.raises(ValidationError, match="PORT, RAY_GCS_PORT and METRICS_PORT must differ"):
         Settings()
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from executors._errors import SandboxStartError
+from executors._metrics import NO_METRICS, ExecutorMetrics
 from executors._models import ExecutionRecord, ExecutionRequest, ExecutionStatus, utc_now
 from executors._sandbox._cgroups import JobCgroup
 from executors._sandbox._launch import LaunchPlan, UnusableInterpreter, plan_launch
@@ -129,6 +130,7 @@ class Slot:
         self.zygote_pid = 0
         self._spare_pending = False
         self._spare_disk_bytes = 0
+        self.metrics: ExecutorMetrics = NO_METRICS  # its pool's
 
     # --- life cycle -------------------------------------------------------------
 
@@ -260,6 +262,7 @@ class Slot:
             try:
                 return self._receive_spare()
             except SpareFailed as exc:
+                self.metrics.start_failed()
                 logger.warning(
                     "slot %d: spare failed (%s), building another", self.settings.index, exc
                 )
@@ -333,6 +336,7 @@ class Slot:
                 try:
                     return _Job(self, request, created_at, spare, cancel).run()
                 except SpareFailed as exc:  # it died before it took the job: take another
+                    self.metrics.start_failed()
                     logger.warning("slot %d: spare lost (%s)", self.settings.index, exc)
                     if attempt + 1 == SPARE_ATTEMPTS:
                         raise

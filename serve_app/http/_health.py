@@ -5,6 +5,12 @@
 limiter's failure policy, fewer isolation layers (the engine's loud warning; production refuses
 to start instead) or less headroom (``degraded``). Either way the answer is 503; 200 only
 when every check passes.
+
+Details: ``database`` and ``redis`` their round-trip (``rtt_ms``); ``executors`` the slots of
+the executor replica that answered (``slots``, ``free_slots``, ``busy_slots``, ``alive_slots``)
+and how many replicas Serve runs (``replicas``, from ``serve.status()``, asked at the same time;
+``null`` when unknown); ``sandbox`` the isolation layers in force; ``disk`` and ``memory`` the
+headroom (``free_bytes``, ``available_bytes``).
 """
 
 from __future__ import annotations
@@ -88,13 +94,41 @@ async def _redis(service: ExecutionService) -> Check:
 
 
 async def _executors(service: ExecutionService) -> Check:
+    replicas = asyncio.ensure_future(_running_replicas(service.executor))
     try:
         stats, rtt_ms = await _timed(service.executor.stats.remote())
     except Exception as exc:  # noqa: BLE001 - a failed check is an answer, not an error
+        replicas.cancel()
         return _failure(exc)
     ok = bool(stats.get("alive_slots")) and not stats.get("closed")
     details = {name: stats.get(name) for name in ("slots", "free_slots", "busy_slots")}
-    return {"ok": ok, **details, "alive_slots": stats.get("alive_slots"), "rtt_ms": rtt_ms}
+    return {
+        "ok": ok,
+        **details,
+        "alive_slots": stats.get("alive_slots"),
+        "replicas": await replicas,
+        "rtt_ms": rtt_ms,
+    }
+
+
+async def _running_replicas(executor: Any) -> int | None:
+    """How many replicas of the executor deployment Serve runs; None if it cannot say."""
+    app_name = getattr(executor, "app_name", None)
+    deployment_name = getattr(executor, "deployment_name", None)
+    if not isinstance(app_name, str) or not isinstance(deployment_name, str):
+        return None  # not a DeploymentHandle (a Ray actor, a test's stand-in)
+
+    def running() -> int:
+        from ray import serve
+
+        deployment = serve.status().applications[app_name].deployments[deployment_name]
+        return sum(n for state, n in deployment.replica_states.items() if state == "RUNNING")
+
+    try:
+        count, _ = await _timed(asyncio.to_thread(running))
+    except Exception:  # noqa: BLE001 - a detail, not the check: the stats call decides
+        return None
+    return int(count)
 
 
 async def _sandbox(service: ExecutionService, cache: dict[str, Any]) -> Check:

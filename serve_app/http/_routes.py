@@ -27,6 +27,7 @@ from serve_app.api import (
 from serve_app.api.json_body import request_bounds
 from serve_app.db.models import ApiKey
 from serve_app.http._health import readiness
+from serve_app.http._metrics import RequestMetricsMiddleware
 from serve_app.http._service import MAX_WAIT_S, ExecutionService, rate_limit_headers
 from serve_app.settings import Settings
 
@@ -92,6 +93,8 @@ def build_api(settings: Settings, service: ExecutionService) -> FastAPI:
     app.add_middleware(RateLimitHeadersMiddleware)  # innermost: sees the handlers' answers
     # Ray Serve's RequestIdMiddleware sends X-Request-ID around this app (see the edge).
     install_edge(app, settings, upstream_request_id=True)
+    # Outermost: measures every answer, the edge's refusals included.
+    app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics, routes=app.router.routes)
 
     async def caller(request: Request) -> ApiKey:
         source = request.client.host if request.client else None

@@ -64,6 +64,7 @@ from serve_app.errors import (
     UnauthorizedError,
     UnavailableError,
 )
+from serve_app.http._metrics import ingress_metrics
 from serve_app.http._recovery import InstanceKeeper
 from serve_app.ratelimit import Lease, Limiter, RateDecision, Reason
 from serve_app.settings import Settings
@@ -144,6 +145,7 @@ class ExecutionService:
         self.limiter = limiter
         self.executor = executor
         self.cache = cache if cache is not None else build_result_cache(settings)
+        self.metrics = ingress_metrics()  # no-ops without Ray
         self._batch_items_pending = 0
         self.policy = settings.import_policy()
         self._background: set[asyncio.Task[None]] = set()
@@ -265,6 +267,7 @@ class ExecutionService:
                     key_name=key.name,
                     details={"limit": "rate", "per_minute": decision.limit},
                 )
+            self.metrics.rate_limited("rate")
             raise RateLimitedError(decision.retry_after_s or 1.0)
         if not decision.allowed:
             raise UnavailableError(decision.retry_after_s or 1.0)
@@ -278,6 +281,7 @@ class ExecutionService:
                 key_name=key.name,
                 details={"limit": "concurrency", "max_in_flight": cap},
             )
+            self.metrics.rate_limited("concurrency")
             raise RateLimitedError(1.0, f"at most {cap} executions in flight per key")
         if not decision.allowed:
             raise UnavailableError(decision.retry_after_s or 1.0)
@@ -397,12 +401,14 @@ class ExecutionService:
             return executions.finish_inserted_execution(session, row, _copy_of(hit, row.id))
 
         try:
-            return await self.db(store)
+            stored = await self.db(store)
         except ConflictError:
             replay = await self._replay(key, idempotency) if idempotency else None
             if replay is None:
                 raise
             return replay.record
+        self.metrics.execution_stored(stored)
+        return stored
 
     # --- batches
 
@@ -444,21 +450,18 @@ class ExecutionService:
         in_flight: int,
     ) -> None:
         """Run a batch's items, ``in_flight`` at a time. Items with ``cache`` run once per
-        fingerprint: the first runs (unless the cache has it), the others copy its result."""
+        fingerprint: the first runs (unless the cache has it), the others copy its result.
+        The stored batch status follows once, at the end (the API derives it from the items
+        anyway): a write per item would cost more than the items themselves."""
         gate = asyncio.Semaphore(in_flight)
         firsts: dict[str, asyncio.Future[ExecutionRecord | None]] = {}
-        batch_id = new.batch.id
 
         async def run_item(execution_id: uuid.UUID, item: ExecutionRequest, where: Any) -> None:
             try:
-                if where is not None and await self._finish_from_cache(
-                    execution_id, where, firsts, batch_id
-                ):
+                if where is not None and await self._finish_from_cache(execution_id, where, firsts):
                     return
                 async with gate:
-                    record = await self._run_in_background(
-                        execution_id, item, None, cache_as=where, batch_id=batch_id
-                    )
+                    record = await self._run_in_background(execution_id, item, None, cache_as=where)
                 if where is not None and not firsts[where[1]].done():
                     firsts[where[1]].set_result(record)
             finally:
@@ -472,13 +475,13 @@ class ExecutionService:
                 for execution_id, item, where in zip(new.item_ids, items, cache_as, strict=True)
             )
         )
+        await self._refresh_batch(new.batch.id)
 
     async def _finish_from_cache(
         self,
         execution_id: uuid.UUID,
         cache_as: tuple[int, str],
         firsts: dict[str, asyncio.Future[ExecutionRecord | None]],
-        batch_id: uuid.UUID,
     ) -> bool:
         """Finish a batch item with a cached result, or with the result of the same item
         earlier in its batch; False if it must run (it is then the first of its kind)."""
@@ -497,12 +500,11 @@ class ExecutionService:
                 return False
             record = _copy_of(CachedResult(earlier.id, earlier), execution_id)
         await self._finish(execution_id, record)
-        await self._refresh_batch(batch_id)
         return True
 
     async def _refresh_batch(self, batch_id: uuid.UUID) -> None:
         # The stored status only follows (the API derives it from the items): a write that
-        # cannot be made now is made by the batch's next item.
+        # cannot be made now waits for the batch's next refresh.
         with contextlib.suppress(DatabaseUnavailableError):
             await self.db(lambda session: batches.refresh_batch_status(session, batch_id))
 
@@ -582,7 +584,7 @@ class ExecutionService:
         for attempt in range(1, EXECUTOR_ATTEMPTS + 1):
             try:
                 result = await asyncio.wait_for(
-                    self.executor.run.remote(request),
+                    self._at_executors(self.executor.run.remote(request)),
                     timeout=request.limits.wall_timeout_s + HANDLE_MARGIN_S,
                 )
                 record = ExecutionRecord.model_validate(result)
@@ -590,6 +592,12 @@ class ExecutionService:
             except BackPressureError:
                 if background:
                     raise
+                if attempt > 1:
+                    # The retry of a run whose replica died under it: that run was accepted
+                    # and started, so it ends as a record, not as a refusal that forgets it.
+                    logger.warning("execution %s: no executor for the retry", execution_id)
+                    record = ExecutionRecord.internal_error(request)
+                    break
                 await self._discard(execution_id, request)
                 raise OverloadedError(OVERLOADED_RETRY_AFTER_S) from None
             except asyncio.CancelledError:
@@ -615,6 +623,14 @@ class ExecutionService:
         if cache_as is not None and finished.status is not ExecutionStatus.INTERNAL_ERROR:
             await self.cache.put(*cache_as, execution_id, finished)
         return finished
+
+    async def _at_executors(self, call: Any) -> Any:
+        """Await the executors' answer to ``call``, counted as an active execution meanwhile."""
+        self.metrics.run_started()
+        try:
+            return await call
+        finally:
+            self.metrics.run_ended()
 
     async def _discard(self, execution_id: uuid.UUID, request: ExecutionRequest) -> None:
         """Forget a run the executors refused (the client gets 503); if the database cannot be
@@ -686,9 +702,11 @@ class ExecutionService:
         try:
             if inserted is not None:
                 row = inserted
-                return await self.db(
+                finished = await self.db(
                     lambda session: executions.finish_inserted_execution(session, row, record)
                 )
+                self.metrics.execution_stored(finished)
+                return finished
             stored = await self.db(
                 lambda session: executions.finish_execution(session, execution_id, record)
             )
@@ -700,16 +718,19 @@ class ExecutionService:
             if inserted is not None:
                 return executions.as_stored(inserted, record)
             return record.model_copy(update={"id": execution_id})
+        self.metrics.execution_stored(record)
         return executions.to_record(stored)
 
     async def _finish_later(self, execution_id: uuid.UUID, record: ExecutionRecord) -> None:
         delay = 0.5
         while True:
             await asyncio.sleep(delay)
+            self.metrics.db_write_retry()
             try:
                 await self.db(
                     lambda session: executions.finish_execution(session, execution_id, record)
                 )
+                self.metrics.execution_stored(record)
                 return
             except ConflictError:
                 return  # finished meanwhile: exactly once still holds
