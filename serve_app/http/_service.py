@@ -416,7 +416,7 @@ class ExecutionService:
         self, key: ApiKey, body: BatchCreate, *, request_id: str | None = None
     ) -> dict[str, Any]:
         """Accept a batch: store it with its items, then run them in the background, at most
-        as many at once as the key may have in flight. Refused whole (nothing stored) if an
+        as many at once as the key may have in flight (and the executors can take). Refused whole (nothing stored) if an
         item breaks the import policy or the replica holds too many unfinished items."""
         for body_item in body.items:
             await self.check_policy(key, body_item)
@@ -433,7 +433,10 @@ class ExecutionService:
             self._cache_as(key, item) if body_item.cache else None
             for item, body_item in zip(items, body.items, strict=True)
         ]
-        in_flight = key.max_concurrency or self.settings.max_concurrent_per_key
+        # The key's cap, but no more than keeps every slot busy with one run waiting behind
+        # it: more in flight would only wait in Serve's router, which backs off.
+        slots = self.settings.max_concurrent_executions * self.settings.executor_num_replicas_max
+        in_flight = min(key.max_concurrency or self.settings.max_concurrent_per_key, 2 * slots)
         self._spawn(self._run_batch(new, items, cache_as, in_flight))
         return {"id": str(new.batch.id), "status": "queued", "total": len(items)}
 
