@@ -416,8 +416,9 @@ class ExecutionService:
         self, key: ApiKey, body: BatchCreate, *, request_id: str | None = None
     ) -> dict[str, Any]:
         """Accept a batch: store it with its items, then run them in the background, at most
-        as many at once as the key may have in flight (and the executors can take). Refused whole (nothing stored) if an
-        item breaks the import policy or the replica holds too many unfinished items."""
+        as many at once as the key may have in flight (and the executors can take). Refused
+        whole (nothing stored) if an item breaks the import policy or the replica holds too
+        many unfinished items."""
         for body_item in body.items:
             await self.check_policy(key, body_item)
         items = [self._accept(body_item) for body_item in body.items]
