@@ -19,20 +19,35 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, Field
 
 from executors._config import SandboxConfig
 from executors._errors import ExecutorError, PoolClosedError
-from executors._logging import configure_json_logging
+from executors._logging import configure_json_logging, serve_request_id
 from executors._metrics import executor_metrics
 from executors._models import ExecutionRecord, ExecutionRequest
 from executors._pool import SandboxPool
+from executors._tracing import (
+    EXECUTION_ID,
+    QUEUE_WAIT_S,
+    REQUEST_ID,
+    carried_execution_id,
+    current_tracer,
+    extract_context,
+    flush_tracing,
+    init_tracing_from_env,
+    mark_failed,
+    set_record_attributes,
+)
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
     from ray import serve
 
 __all__ = ["ExecutorAppArgs", "SandboxExecutor", "app_builder", "build_executor_app"]
@@ -56,6 +71,7 @@ class SandboxExecutor:
 
     def __init__(self, config: SandboxConfig, slots: int, *, shutdown_grace_s: float = 5.0) -> None:
         configure_json_logging(component="executor")  # level: LOG_LEVEL; see _logging.py
+        init_tracing_from_env(component="executor")  # OTEL_EXPORTER_OTLP_ENDPOINT; _tracing.py
         self._closed = True  # until the pool runs: __del__ must not touch a half-built object
         self._closing = threading.Lock()
         self._pool = SandboxPool(config, slots)
@@ -69,13 +85,46 @@ class SandboxExecutor:
         self._shutdown_grace_s = shutdown_grace_s
         self._closed = False
 
-    async def run(self, request: RequestLike) -> dict[str, Any]:
-        """Run one program in the next free slot; return its record in API form."""
+    async def run(
+        self, request: RequestLike, trace_context: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Run one program in the next free slot; return its record in API form.
+
+        ``trace_context``: the caller's W3C trace context (``traceparent``, ``baggage``); with
+        tracing on, the run is a ``sandbox.run`` span under it (``executors/_tracing.py``)."""
+        tracer = current_tracer()
+        if tracer is None:  # tracing off: the run and nothing else
+            return (await self._run(request, None)).to_api()
+        parent = extract_context(trace_context)
+        with tracer.start_as_current_span(
+            "sandbox.run",
+            context=parent,
+            kind=SpanKind.SERVER,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            request_id = serve_request_id()
+            if request_id:
+                span.set_attribute(REQUEST_ID, request_id)
+            execution_id = carried_execution_id(parent)
+            if execution_id:
+                span.set_attribute(EXECUTION_ID, execution_id)
+            try:
+                record = await self._run(request, span)
+            except BaseException as exc:
+                mark_failed(span, exc)
+                raise
+            set_record_attributes(span, record)
+        return record.to_api()
+
+    async def _run(self, request: RequestLike, span: Span | None) -> ExecutionRecord:
         checked = ExecutionRequest.model_validate(request)
         received_at = self._metrics.received()
         cancel = threading.Event()
         try:
-            job = self._threads.submit(self._run_job, checked, cancel, received_at)
+            job = self._threads.submit(
+                self._run_job, checked, cancel, received_at, span, time.perf_counter()
+            )
         except RuntimeError:  # the threads are shut down: close() ran
             self._metrics.dropped()
             raise PoolClosedError("the executor is shut down") from None
@@ -86,13 +135,21 @@ class SandboxExecutor:
             cancel.set()  # the caller went away (e.g. its client disconnected): stop the run
             raise
         self._metrics.finished(record)
-        return record.to_api()
+        return record
 
     def _run_job(
-        self, request: ExecutionRequest, cancel: threading.Event, received_at: float
+        self,
+        request: ExecutionRequest,
+        cancel: threading.Event,
+        received_at: float,
+        span: Span | None = None,
+        submitted_at: float = 0.0,
     ) -> ExecutionRecord:
-        """On a job thread: one per slot, so the request leaves the replica's queue here."""
+        """On a job thread: one per slot, so the request leaves the replica's queue here
+        (``span``, with tracing on, gets how long it waited for a slot)."""
         self._metrics.started(received_at)
+        if span is not None:
+            span.set_attribute(QUEUE_WAIT_S, max(0.0, time.perf_counter() - submitted_at))
         return self._pool.run(request, cancel)
 
     def _dropped_if_cancelled(self, job: Future[ExecutionRecord]) -> None:
@@ -153,6 +210,7 @@ class SandboxExecutor:
         # Jobs still queued for a thread find the pool closed and raise PoolClosedError.
         self._threads.shutdown(wait=False)
         logger.info("sandbox executor closed")
+        flush_tracing()  # Ray ends the process without atexit: send the last spans now
 
 
 def build_executor_app(
@@ -174,6 +232,7 @@ def build_executor_app(
     health_check_timeout_s: float = 30.0,
     max_constructor_retry_count: int = 3,
     label_selector: dict[str, str] | None = None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> serve.Application:
     """The executor as a Ray Serve application, ready for ``serve.run``.
 
@@ -202,6 +261,10 @@ def build_executor_app(
 
     Placement: ``label_selector`` (Ray node labels, e.g. ``{"exec-agent/role": "sandbox"}``)
     keeps replicas on the nodes it matches; default anywhere with the resources.
+
+    ``runtime_env``: the replicas' Ray runtime environment (default: the node's), for instance
+    ``{"env_vars": {"OTEL_EXPORTER_OTLP_ENDPOINT": ...}}`` where the replicas would not
+    inherit a variable from the process that started Ray.
     """
     from ray import serve
 
@@ -214,6 +277,8 @@ def build_executor_app(
         actor_options["memory"] = memory_bytes
     if label_selector:
         actor_options["label_selector"] = dict(label_selector)
+    if runtime_env:
+        actor_options["runtime_env"] = dict(runtime_env)
     deployment = serve.deployment(
         name=name,
         ray_actor_options=actor_options,

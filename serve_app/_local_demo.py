@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from executors import ExecutionRecord, ExecutionRequest, Limits, build_executor_app
 from serve_app import _exit
 from serve_app.api.middleware import PROXY_MIDDLEWARES_IMPORT_PATH
+from serve_app.observability import export_tracing_environment
 
 if TYPE_CHECKING:
     from ray import serve
@@ -87,6 +88,7 @@ def executor_app(
     max_ongoing_requests: int | None = None,
     target_ongoing_requests: float | None = None,
     label_selector: dict[str, str] | None = None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> serve.Application:
     """The executor deployment as the settings size it.
 
@@ -101,8 +103,8 @@ def executor_app(
     ``num_cpus`` (default: one per slot) and ``memory_bytes`` (default: the replica's own
     512 MiB plus, per slot, ``MAX_MEMORY_MB`` and 32 MiB) are what Ray reserves per replica;
     ``max_ongoing_requests`` (default: slots plus ``EXECUTOR_MAX_QUEUED_REQUESTS``), ``target_ongoing_requests`` (default:
-    every slot busy) and ``label_selector`` (default: any node) go to
-    :func:`executors.build_executor_app`.
+    every slot busy), ``label_selector`` (default: any node) and ``runtime_env`` (default: the
+    node's) go to :func:`executors.build_executor_app`.
     """
     slots = settings.max_concurrent_executions
     job_memory_bytes = settings.max_memory_mb * MIB + SLOT_OVERHEAD_BYTES
@@ -126,6 +128,7 @@ def executor_app(
         max_queued_requests=settings.executor_max_queued_requests,
         graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
         label_selector=label_selector,
+        runtime_env=runtime_env,
     )
 
 
@@ -138,6 +141,8 @@ def _start_ray(settings: Settings) -> Any:
         return ray.init(address=settings.ray_address)
     # Read by Serve's HTTP proxy actors, which inherit this environment through Ray.
     os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_MIDDLEWARES_IMPORT_PATH)
+    # Likewise the executor replicas: OTEL_EXPORTER_OTLP_ENDPOINT (tracing), even from .env.
+    export_tracing_environment(settings, os.environ)
     previous = os.environ.get(GCS_PORT_VARIABLE)
     os.environ[GCS_PORT_VARIABLE] = str(settings.ray_gcs_port)  # never Redis's 6379
     try:

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     concurrency_lease_ttl_s: float = _env("CONCURRENCY_LEASE_TTL_S", 300.0, gt=0)
     api_key_secret: SecretStr = _env("API_KEY_SECRET", SecretStr(PLACEHOLDER_SECRET))
     sentry_dsn: str | None = _env("SENTRY_DSN", None)
+    # Tracing (serve_app/observability/_tracing.py): OpenTelemetry's own variables. The OTLP/HTTP
+    # collector's base URL (spans go to its /v1/traces); unset: no tracing at all.
+    otel_exporter_otlp_endpoint: str | None = _env("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    otel_service_name: str = _env("OTEL_SERVICE_NAME", "exec-agent", min_length=1)
     max_code_bytes: int = _env("MAX_CODE_BYTES", 256 * KIB, gt=0)
     max_body_bytes: int = _env("MAX_BODY_BYTES", 2 * MIB, gt=0)
     max_batch_items: int = _env("MAX_BATCH_ITEMS", 1000, gt=0)
@@ -151,7 +155,14 @@ class Settings(BaseSettings):
     def _lower_environment(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("redis_url", "sentry_dsn", "ray_address", "sandbox_python", mode="before")
+    @field_validator(
+        "redis_url",
+        "sentry_dsn",
+        "ray_address",
+        "sandbox_python",
+        "otel_exporter_otlp_endpoint",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         # `REDIS_URL=` in a .env file means "not set", not "an empty URL".
@@ -177,6 +188,13 @@ class Settings(BaseSettings):
                 "must list top-level module names (no dots), not: " + ", ".join(map(repr, bad))
             )
         return sorted(set(names))
+
+    @field_validator("otel_exporter_otlp_endpoint")
+    @classmethod
+    def _http_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip().lower().startswith(("http://", "https://")):
+            raise ValueError("OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// URL")
+        return value.strip() if value is not None else None
 
     @field_validator("sandbox_python")
     @classmethod

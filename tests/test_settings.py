@@ -262,3 +262,25 @@ def test_result_cache_settings_must_be_positive_integers(
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=name):
         Settings()
+
+
+def test_tracing_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings()
+    assert (settings.otel_exporter_otlp_endpoint, settings.otel_service_name) == (
+        None,
+        "exec-agent",
+    )
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    assert Settings().otel_exporter_otlp_endpoint is None  # empty: off
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", " http://collector:4318 ")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "agent-7")
+    settings = Settings()
+    assert settings.otel_exporter_otlp_endpoint == "http://collector:4318"
+    assert settings.otel_service_name == "agent-7"
+
+
+@pytest.mark.parametrize("value", ["collector:4318", "grpc://collector:4317", "/v1/traces"])
+def test_tracing_endpoint_must_be_an_http_url(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", value)
+    with pytest.raises(ValidationError, match="OTEL_EXPORTER_OTLP_ENDPOINT"):
+        Settings()

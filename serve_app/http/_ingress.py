@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from serve_app.db import Database
 from serve_app.http._routes import build_api
 from serve_app.http._service import ExecutionService
-from serve_app.observability import configure_process
+from serve_app.observability import configure_process, flush_tracing
 from serve_app.ratelimit import build_rate_limiter
 from serve_app.settings import Settings
 
@@ -36,7 +36,8 @@ class ApiIngress:
     """The HTTP API's deployment class; ``executor`` is the executor deployment's handle."""
 
     def __init__(self, settings: Settings, executor: Any) -> None:
-        configure_process(settings, component="ingress")  # JSON logs, Sentry (SENTRY_DSN)
+        # JSON logs, Sentry (SENTRY_DSN), tracing (OTEL_EXPORTER_OTLP_ENDPOINT)
+        configure_process(settings, component="ingress")
         database = Database.from_settings(settings)
         limiter = build_rate_limiter(settings)
         self.settings = settings
@@ -44,6 +45,11 @@ class ApiIngress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self.settings, self.service)
+
+    def __del__(self) -> None:
+        # Serve calls this as the replica stops, after the app's shutdown (which let background
+        # runs finish); Ray then ends the process without atexit: send the last spans now.
+        flush_tracing()
 
 
 def service_app(
@@ -58,6 +64,7 @@ def service_app(
     max_ongoing_requests: int = INGRESS_MAX_ONGOING_REQUESTS,
     max_queued_requests: int = -1,
     label_selector: dict[str, str] | None = None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> serve.Application:
     """The whole service for ``serve.run``: the ingress bound to ``executor`` (for instance
     ``serve_app._local_demo.executor_app(settings)``).
@@ -68,6 +75,7 @@ def service_app(
     at once; ``max_queued_requests`` caps those waiting in the proxy beyond that (``-1``: no
     cap; more are answered 503). ``label_selector`` (Ray node labels) keeps replicas on the
     nodes it matches, e.g. ``{"exec-agent/role": "!sandbox"}``: off the sandbox nodes.
+    ``runtime_env``: the replicas' Ray runtime environment (default: the node's).
     """
     from ray import serve
 
@@ -80,6 +88,8 @@ def service_app(
     }
     if label_selector:
         options["ray_actor_options"]["label_selector"] = dict(label_selector)
+    if runtime_env:
+        options["ray_actor_options"]["runtime_env"] = dict(runtime_env)
     if min_replicas is None and max_replicas is None:
         options["num_replicas"] = num_replicas
     elif min_replicas is None or max_replicas is None:

@@ -10,6 +10,7 @@ to whatever answer goes out.
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations at run time,
 # and ``Caller`` is local to build_api.
 import contextlib
+import inspect
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -27,8 +28,9 @@ from serve_app.api import (
 from serve_app.api.json_body import request_bounds
 from serve_app.db.models import ApiKey
 from serve_app.http._health import readiness
-from serve_app.http._metrics import RequestMetricsMiddleware
+from serve_app.http._metrics import UNMATCHED_ROUTE, RequestMetricsMiddleware, route_template
 from serve_app.http._service import MAX_WAIT_S, ExecutionService, rate_limit_headers
+from serve_app.observability import TracingMiddleware, current_tracer
 from serve_app.settings import Settings
 
 __all__ = ["RateLimitHeadersMiddleware", "build_api"]
@@ -73,6 +75,17 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
+def _without_fastapi_tracing() -> dict[str, Any]:
+    """FastAPI's own OpenTelemetry spans off (newer FastAPIs trace every request once a tracer
+    provider is installed): the service's :class:`TracingMiddleware` span is the one, with its
+    fixed attributes. FastAPI's would add a second server span, record the raw path and query,
+    and start the trace a client's ``traceparent`` names. Nor may FastAPI install exporters of
+    its own (``FASTAPI_OTEL_AUTO_CONFIGURE``): tracing is ``OTEL_EXPORTER_OTLP_ENDPOINT``'s."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}  # a FastAPI without native telemetry
+    return {"telemetry": {"tracing": False, "auto_configure": False}}
+
+
 def build_api(settings: Settings, service: ExecutionService) -> FastAPI:
     """The app one ingress replica serves."""
     isolation_cache: dict[str, Any] = {}
@@ -89,10 +102,19 @@ def build_api(settings: Settings, service: ExecutionService) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
         lifespan=lifespan,
+        **_without_fastapi_tracing(),
     )
     app.add_middleware(RateLimitHeadersMiddleware)  # innermost: sees the handlers' answers
     # Ray Serve's RequestIdMiddleware sends X-Request-ID around this app (see the edge).
     install_edge(app, settings, upstream_request_id=True)
+    tracer = current_tracer()
+    if tracer is not None:  # OTEL_EXPORTER_OTLP_ENDPOINT: a span per request, outside the edge
+
+        def traced_route(scope: Scope) -> str | None:
+            route = route_template(scope, app.router.routes)
+            return None if route == UNMATCHED_ROUTE else route
+
+        app.add_middleware(TracingMiddleware, tracer=tracer, route=traced_route)
     # Outermost: measures every answer, the edge's refusals included.
     app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics, routes=app.router.routes)
 

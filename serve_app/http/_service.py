@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from opentelemetry.trace import SpanKind, Tracer
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from sqlalchemy import delete
@@ -49,6 +50,15 @@ from executors import (
     ExecutionRecord,
     ExecutionRequest,
     ExecutionStatus,
+)
+from executors._tracing import (
+    ATTEMPT,
+    EXECUTION_ID,
+    REQUEST_ID,
+    STATUS,
+    current_tracer,
+    inject_context,
+    mark_failed,
 )
 from serve_app.api import BatchCreate, BatchItem, ExecutionCreate, current_request_id
 from serve_app.cache import CachedResult, ResultCache, build_result_cache, cache_fingerprint
@@ -585,11 +595,16 @@ class ExecutionService:
         A run whose executor replica died under it is run once more (the program never
         reported, so nothing of it reached the client); a second failure, or any other failure
         of the executors, ends as ``internal_error``: the service failed, not the code."""
+        tracer = current_tracer()
         for attempt in range(1, EXECUTOR_ATTEMPTS + 1):
             try:
+                call = (
+                    self._at_executors(self.executor.run.remote(request))
+                    if tracer is None
+                    else self._traced_at_executors(tracer, execution_id, request, attempt)
+                )
                 result = await asyncio.wait_for(
-                    self._at_executors(self.executor.run.remote(request)),
-                    timeout=request.limits.wall_timeout_s + HANDLE_MARGIN_S,
+                    call, timeout=request.limits.wall_timeout_s + HANDLE_MARGIN_S
                 )
                 record = ExecutionRecord.model_validate(result)
                 break
@@ -635,6 +650,34 @@ class ExecutionService:
             return await call
         finally:
             self.metrics.run_ended()
+
+    async def _traced_at_executors(
+        self, tracer: Tracer, execution_id: uuid.UUID, request: ExecutionRequest, attempt: int
+    ) -> Any:
+        """:meth:`_at_executors` of the run, in an ``executor.run`` span (tracing on) whose
+        context goes to the executor replica with the request; ids and the status only."""
+        with tracer.start_as_current_span(
+            "executor.run",
+            kind=SpanKind.CLIENT,
+            attributes={EXECUTION_ID: str(execution_id), ATTEMPT: attempt},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            request_id = current_request_id()
+            if request_id:
+                span.set_attribute(REQUEST_ID, request_id)
+            carrier = inject_context(str(execution_id))
+            try:
+                result = await self._at_executors(
+                    self.executor.run.remote(request, trace_context=carrier)
+                )
+            except BaseException as exc:
+                mark_failed(span, exc)
+                raise
+            status = result.get("status") if isinstance(result, dict) else None
+            if isinstance(status, str):
+                span.set_attribute(STATUS, status)
+            return result
 
     async def _discard(self, execution_id: uuid.UUID, request: ExecutionRequest) -> None:
         """Forget a run the executors refused (the client gets 503); if the database cannot be

@@ -1,11 +1,14 @@
-"""Observability: one JSON log format for every process, and error reports to Sentry.
+"""Observability: one JSON log format for every process, error reports to Sentry, and traces.
 
 - :func:`configure_logging`: JSON lines on standard error (``ts``, ``level``, ``component``,
   ``logger``, ``event``, ``request_id``, ...), the format of :mod:`executors._logging`;
 - :func:`init_sentry`: errors to ``SENTRY_DSN`` (no-op when unset), scrubbed of request
   bodies, headers, variables, keys and credentials; :func:`capture_internal_error` for the
   last-resort 500;
-- :func:`configure_process`: both, as each ingress replica starts.
+- :func:`init_tracing`: OpenTelemetry spans over OTLP/HTTP to ``OTEL_EXPORTER_OTLP_ENDPOINT``
+  (nothing installed when unset), :class:`TracingMiddleware` for the HTTP requests, and the
+  variables the executor replicas read (:func:`tracing_environment`);
+- :func:`configure_process`: all three, as each ingress replica starts.
 """
 
 from __future__ import annotations
@@ -23,23 +26,41 @@ from serve_app.observability._sentry import (
     scrub_breadcrumb,
     scrub_event,
 )
+from serve_app.observability._tracing import (
+    TracingMiddleware,
+    current_tracer,
+    export_tracing_environment,
+    flush_tracing,
+    init_tracing,
+    tracing_enabled,
+    tracing_environment,
+)
 
 if TYPE_CHECKING:
     from serve_app.settings import Settings
 
 __all__ = [
     "RAY_DRIVER_LOG_DEFAULTS",
+    "TracingMiddleware",
     "capture_internal_error",
     "configure_driver_logging",
     "configure_logging",
     "configure_process",
+    "current_tracer",
+    "export_tracing_environment",
+    "flush_tracing",
     "init_sentry",
+    "init_tracing",
     "scrub_breadcrumb",
     "scrub_event",
+    "tracing_enabled",
+    "tracing_environment",
 ]
 
 
 def configure_process(settings: Settings, *, component: str) -> None:
-    """JSON logs at ``LOG_LEVEL`` and Sentry (when ``SENTRY_DSN`` is set) for this process."""
+    """JSON logs at ``LOG_LEVEL``, Sentry (when ``SENTRY_DSN`` is set) and tracing (when
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set) for this process."""
     configure_logging(settings.log_level, component=component)
     init_sentry(settings, component=component)
+    init_tracing(settings, component=component)
