@@ -140,9 +140,12 @@ def _serve(settings: Settings, ingress: str | None) -> int:
         while not stop.wait(1.0):
             pass
     finally:
-        if joined:
-            serve.delete(APP_NAME)  # a shared cluster's other applications stay up
-        else:
+        # The application first, behind proxies that still run: its replicas drain, and the
+        # answers of the requests they finish still reach their clients (serve.shutdown alone
+        # stops the proxies at once, cutting those connections). A shared cluster's other
+        # applications, and its Serve, stay up.
+        serve.delete(APP_NAME)
+        if not joined:
             serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
         for sig, handler in previous.items():

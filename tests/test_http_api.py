@@ -20,10 +20,10 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from executors import TERMINAL_STATUSES, ExecutionRecord
-from serve_app.db import Database, keys, migrate
+from serve_app.db import Database, keys
 from serve_app.db.models import ApiKey, AuditEvent, Execution
 from serve_app.settings import Settings
-from tests.http_support import auth, error_code, free_port, run
+from tests.http_support import auth, deployed_service, error_code, free_port, run
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox]
 
@@ -59,11 +59,6 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    from ray import serve
-
-    from serve_app._local_demo import executor_app
-    from serve_app.http import service_app
-
     directory: Path = tmp_path_factory.mktemp("http")
     port = free_port()
     settings = Settings(
@@ -80,20 +75,11 @@ def server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
         executor_max_queued_requests=8,
         denied_imports=["os", "socket"],
     )
-    migrate.upgrade(settings)
-    database = Database.from_settings(settings)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        app = service_app(settings, executor_app(settings, num_cpus=0.5), num_cpus=0.1)
-        serve.run(app, name=APP_NAME, route_prefix="/")
+    with deployed_service(settings, APP_NAME) as database:
         fixture = Server(f"http://127.0.0.1:{port}", database, "", "")
         fixture.key = fixture.new_key("main")
         fixture.other_key = fixture.new_key("other")
         yield fixture
-    finally:
-        serve.delete(APP_NAME)
-        serve.shutdown()  # type: ignore[no-untyped-call]
-        database.dispose()
 
 
 @pytest.fixture

@@ -31,11 +31,11 @@ from pydantic import SecretStr
 from sqlalchemy import select, update
 
 from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest
-from serve_app.db import Database, batches, executions, instances, keys, migrate
+from serve_app.db import Database, batches, executions, instances, keys
 from serve_app.db.models import ApiKey, Batch, BatchStatus, Execution, ServiceInstance
 from serve_app.http._service import AUTH_CACHE_TTL_S
 from serve_app.settings import Settings
-from tests.http_support import auth, error_code, free_port, run
+from tests.http_support import auth, deployed_service, error_code, free_port, run
 from tests.private_services import (
     REDIS_SERVER,
     PrivatePostgres,
@@ -88,11 +88,6 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(ray_session: None) -> Iterator[Server]:
-    from ray import serve
-
-    from serve_app._local_demo import executor_app
-    from serve_app.http import service_app
-
     if REDIS_SERVER is None or postgres_bin_dir() is None:
         pytest.fail("redis-server and PostgreSQL's binaries are needed (scripts/setup)")
     with contextlib.ExitStack() as stack:
@@ -118,14 +113,7 @@ def server(ray_session: None) -> Iterator[Server]:
             instance_heartbeat_interval_s=HEARTBEAT_S,
             instance_stale_after_s=STALE_AFTER_S,
         )
-        migrate.upgrade(settings)
-        database = Database.from_settings(settings)
-        stack.callback(database.dispose)
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        stack.callback(serve.shutdown)
-        stack.callback(serve.delete, APP_NAME)
-        app = service_app(settings, executor_app(settings, num_cpus=0.5), num_cpus=0.1)
-        serve.run(app, name=APP_NAME, route_prefix="/")
+        database = stack.enter_context(deployed_service(settings, APP_NAME))
         fixture = Server(f"http://127.0.0.1:{port}", database, redis, postgres, settings, "")
         fixture.key = fixture.new_key("main")
         yield fixture

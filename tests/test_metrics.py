@@ -30,7 +30,7 @@ from executors._metrics import NO_METRICS as NO_EXECUTOR_METRICS
 from executors._metrics import KeptGauge, executor_metrics
 from serve_app._serve import _metrics_url
 from serve_app.api.errors import ApiError, error_response
-from serve_app.db import Database, keys, migrate
+from serve_app.db import Database, keys
 from serve_app.http._metrics import (
     NO_METRICS,
     OTHER_METHOD,
@@ -41,7 +41,7 @@ from serve_app.http._metrics import (
     rejection_reason,
 )
 from serve_app.settings import Settings
-from tests.http_support import auth, free_port, run
+from tests.http_support import auth, deployed_service, free_port, run
 
 # --- the middleware, without Ray
 
@@ -264,10 +264,6 @@ class Served:
 @pytest.fixture(scope="module")
 def served(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     import ray
-    from ray import serve
-
-    from serve_app._local_demo import executor_app
-    from serve_app.http import service_app
 
     directory: Path = tmp_path_factory.mktemp("metrics")
     port = free_port()
@@ -283,19 +279,10 @@ def served(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
         executor_max_queued_requests=2,  # a third background run at once: 503 overloaded
         denied_imports=["socket"],
     )
-    migrate.upgrade(settings)
-    database = Database.from_settings(settings)
     [node] = [node for node in ray.nodes() if node["Alive"]]  # type: ignore[no-untyped-call]
     metrics_url = f"http://127.0.0.1:{node['MetricsExportPort']}/metrics"
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        app = service_app(settings, executor_app(settings, num_cpus=0.5), num_cpus=0.1)
-        serve.run(app, name=APP_NAME, route_prefix="/")
+    with deployed_service(settings, APP_NAME) as database:
         yield Served(f"http://127.0.0.1:{port}", metrics_url, database)
-    finally:
-        serve.delete(APP_NAME)
-        serve.shutdown()  # type: ignore[no-untyped-call]
-        database.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -49,14 +49,14 @@ from executors._tracing import (
     tracing_enabled,
 )
 from serve_app.api import install_edge
-from serve_app.db import Database, keys, migrate
+from serve_app.db import keys
 from serve_app.observability import (
     TracingMiddleware,
     init_tracing,
     tracing_environment,
 )
 from serve_app.settings import Settings
-from tests.http_support import auth, free_port
+from tests.http_support import auth, deployed_service, free_port
 
 APP_NAME = "exec-agent-tracing-test"
 SECRET = SecretStr("tracing-test-api-key-secret-0123456789abcdef")
@@ -354,11 +354,6 @@ class Service:
 def service(
     ray_session: None, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
-    from ray import serve
-
-    from serve_app._local_demo import executor_app
-    from serve_app.http import service_app
-
     directory: Path = tmp_path_factory.mktemp("tracing")
     port = free_port()
     settings = Settings(
@@ -373,8 +368,6 @@ def service(
         executor_max_queued_requests=8,
         otel_exporter_otlp_endpoint=receiver.endpoint,
     )
-    migrate.upgrade(settings)
-    database = Database.from_settings(settings)
     # The session's Ray started before this module: its workers never saw these variables.
     # The ingress reads the endpoint from its settings, the executors from their environment.
     quick = {
@@ -383,18 +376,15 @@ def service(
         "no_proxy": "127.0.0.1,localhost",
     }
     executor_env = {"env_vars": {**tracing_environment(settings), **quick}}
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        executor = executor_app(settings, num_cpus=0.5, runtime_env=executor_env)
-        app = service_app(settings, executor, num_cpus=0.1, runtime_env={"env_vars": quick})
-        serve.run(app, name=APP_NAME, route_prefix="/")
+    with deployed_service(
+        settings,
+        APP_NAME,
+        executor_runtime_env=executor_env,
+        ingress_runtime_env={"env_vars": quick},
+    ) as database:
         with database.session() as session:
             key = keys.create_key(session, SECRET, "tracing").plaintext
         yield Service(f"http://127.0.0.1:{port}", key)
-    finally:
-        serve.delete(APP_NAME)
-        serve.shutdown()  # type: ignore[no-untyped-call]
-        database.dispose()
 
 
 @pytest.fixture
