@@ -28,6 +28,7 @@ from executors._sandbox._cgroups import (
     JobCgroup,
     detect_cgroup_version,
     open_job_cgroup,
+    remove_dead_pools_groups,
     remove_group,
 )
 from executors._sandbox._launch import launch_mode
@@ -77,6 +78,9 @@ class SandboxPool:
             seccomp = compile_filter()
         except SeccompUnavailable as exc:
             seccomp, errors = b"", [f"seccomp: {exc}"]
+        if os.geteuid() == 0:
+            for gone in remove_dead_pools_groups(self.config.cgroup_parent):
+                logger.warning("removed the cgroups of a pool whose process died: %s", gone)
         probes = []
         for index in range(self.size):
             cgroup = self._open_cgroup(index, errors)

@@ -248,7 +248,7 @@ def killed_replica(deployment: Deployment) -> Iterator[Kill]:
         cgroups,
         replaced_after_s,
     )
-    for group in cgroups:  # what the product leaves (see the xfail below): not on the host
+    for group in cgroups:  # if the product left any: never on the host
         for directory in [*group.glob("slot-*"), group]:
             with contextlib.suppress(OSError):
                 directory.rmdir()
@@ -294,13 +294,8 @@ def test_a_killed_executor_replica_leaves_no_sandbox_process(
     assert ready["checks"]["executors"]["alive_slots"] == SLOTS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a replica killed outright never closes its pool, and no later pool removes the "
-    "cgroups it left (exec-agent-<pid>-*/slot-N, empty): one set per crash, until the node "
-    "restarts",
-)
 def test_a_killed_executor_replicas_cgroups_are_removed(killed_replica: Kill) -> None:
+    """The replacement replica's pool removes the groups the killed one left."""
     assert killed_replica.cgroups, "the pool had cgroups"
     left = [path for path in killed_replica.cgroups if path.exists()]
     assert not left, left

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ __all__ = [
     "JobCgroup",
     "detect_cgroup_version",
     "open_job_cgroup",
+    "remove_dead_pools_groups",
     "remove_group",
 ]
 
@@ -320,18 +322,60 @@ def open_job_cgroup(name: str, parent: str | None = None) -> JobCgroup:
     raise OSError("no cgroup hierarchy with memory, pids and cpu accounting")
 
 
-def remove_group(name: str, parent: str | None = None) -> None:
-    """Remove the (empty) cgroup directory ``name`` that held a pool's slot cgroups."""
+def _group_bases(parent: str | None) -> list[Path]:
+    """The directories that hold pools' groups (``parent``, default our own cgroup), one per
+    hierarchy."""
     version = detect_cgroup_version()
     own = _own_cgroup_paths()
     if version == 2:
-        dirs = [CGROUP_ROOT / (parent or own.get("", "/")).lstrip("/") / name]
-    elif version == 1:
-        dirs = [
-            CGROUP_ROOT / c / (parent or own.get(c, "/")).lstrip("/") / name for c in V1_CONTROLLERS
-        ]
-    else:
-        return
-    for d in dirs:
+        return [CGROUP_ROOT / (parent or own.get("", "/")).lstrip("/")]
+    if version == 1:
+        return [CGROUP_ROOT / c / (parent or own.get(c, "/")).lstrip("/") for c in V1_CONTROLLERS]
+    return []
+
+
+def remove_group(name: str, parent: str | None = None) -> None:
+    """Remove the (empty) cgroup directory ``name`` that held a pool's slot cgroups."""
+    for base in _group_bases(parent):
         with contextlib.suppress(OSError):
-            d.rmdir()
+            (base / name).rmdir()
+
+
+POOL_GROUP = re.compile(r"exec-agent-(\d+)-[0-9a-f]{8}")
+"""The name of a pool's group: its process id and a random part (``SandboxPool``)."""
+
+
+def remove_dead_pools_groups(parent: str | None = None) -> list[str]:
+    """Remove the groups of pools whose process is gone, and their slot groups.
+
+    A replica killed outright never closes its pool, so nothing else would. Only empty
+    cgroups can be removed (the kernel refuses a cgroup with processes), so a pool still
+    running is never touched; one whose process id was reused is left alone. The names
+    removed.
+    """
+    removed: set[str] = set()
+    for base in _group_bases(parent):
+        try:
+            groups = [g for g in base.iterdir() if POOL_GROUP.fullmatch(g.name) and g.is_dir()]
+        except OSError:
+            continue
+        for group in groups:
+            match = POOL_GROUP.fullmatch(group.name)
+            if match is None or _process_exists(int(match.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                for slot in (d for d in group.iterdir() if d.is_dir()):
+                    slot.rmdir()
+                group.rmdir()
+                removed.add(group.name)
+    return sorted(removed)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
