@@ -44,7 +44,7 @@ from executors._models import (
     check_text,
 )
 from executors._pipeline import SandboxMapper, row_to_request, run_programs
-from executors._pool import SandboxPool
+from executors._pool import SandboxPool, refuse_without_bubblewrap
 
 __all__ = [
     "ISOLATION_LAYERS",
@@ -74,6 +74,7 @@ __all__ = [
     "check_relative_path",
     "check_text",
     "configure_json_logging",
+    "refuse_without_bubblewrap",
     "row_to_request",
     "run_programs",
 ]

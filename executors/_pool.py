@@ -36,13 +36,21 @@ from executors._sandbox._seccomp import SeccompUnavailable, compile_filter
 from executors._sandbox._slot import Slot, SlotSettings
 from executors._sandbox._verdict import KillReason
 
-__all__ = ["SandboxPool"]
+__all__ = ["SandboxPool", "refuse_without_bubblewrap"]
 
 logger = logging.getLogger("executors.pool")
 
 SANDBOX_UID = 1000  # the uid programs have inside their user namespace (see zygote.py)
 WITHOUT_BUBBLEWRAP = ("bubblewrap", "read_only_root", "uts_namespace")
 """The layers only bubblewrap provides: missing for certain when it is not installed."""
+
+
+def refuse_without_bubblewrap(config: SandboxConfig) -> None:
+    """Raise :class:`SandboxUnavailableError` if ``config`` requires full isolation and this
+    host has no bubblewrap (the layers only it gives would be missing). What a pool checks
+    first; a service may check it before it starts anything else."""
+    if config.require_full_isolation and launch_mode(config.bwrap_path) == "direct":
+        raise SandboxUnavailableError(list(WITHOUT_BUBBLEWRAP))
 
 
 class SandboxPool:
@@ -72,8 +80,7 @@ class SandboxPool:
     def start(self) -> IsolationReport:
         """Start every slot; refuse (when configured to) if a layer is missing."""
         errors: list[str] = []
-        if self.config.require_full_isolation and launch_mode(self.config.bwrap_path) == "direct":
-            raise SandboxUnavailableError(list(WITHOUT_BUBBLEWRAP))
+        refuse_without_bubblewrap(self.config)
         try:
             seccomp = compile_filter()
         except SeccompUnavailable as exc:

@@ -98,6 +98,14 @@ def main(settings: Settings) -> int:
         print(f"exec-agent serve: {exc}", file=sys.stderr)
         return _exit.EX_CONFIG
     joined = settings.ray_address is not None
+    if not joined:  # on a joined cluster, its nodes decide (and their replicas refuse)
+        from executors import SandboxUnavailableError, refuse_without_bubblewrap
+
+        try:
+            refuse_without_bubblewrap(settings.sandbox_config())
+        except SandboxUnavailableError as exc:
+            print(f"exec-agent serve: {exc}; refusing to run code unsandboxed", file=sys.stderr)
+            return _exit.EX_CONFIG
     # Serve reads its flags when its modules are imported, here and in the actors Ray starts.
     private = None if joined else _configure_ingress(ingress, os.environ)
     try:

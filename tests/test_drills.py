@@ -504,8 +504,9 @@ PRODUCTION_EXIT_TIMEOUT_S = 240
 
 def test_in_production_without_bubblewrap_the_service_refuses_to_start(tmp_path: Path) -> None:
     """``ENVIRONMENT=production`` (PostgreSQL, a real secret) on a host without bubblewrap:
-    ``exec-agent serve`` exits non-zero naming the missing layers. Until it has, it is never
-    ready and runs nothing: executions tried meanwhile never come back as a run."""
+    ``exec-agent serve`` exits non-zero naming the missing layers (before starting Ray, since
+    it checks first). Until it has, it is never ready and runs nothing: executions tried
+    meanwhile never come back as a run."""
     soak = soak_script()
     with postgres_schema() as database_url:
         service = soak.ServeProcess(
@@ -539,7 +540,8 @@ def test_in_production_without_bubblewrap_the_service_refuses_to_start(tmp_path:
                             attempt.start()  # once the API answers at all
                     time.sleep(0.5)
             exit_code = process.poll()
-            attempt.join(timeout=10)
+            if attempt.ident is not None:  # started: the API answered before the refusal
+                attempt.join(timeout=10)
         finally:
             service.stop()
             service.kill_group()
