@@ -18,10 +18,8 @@ import contextlib
 import json
 import os
 import platform
-import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +35,11 @@ from typing import Any
 import httpx
 
 from executors import ExecutionRequest, ExecutionStatus, Limits, SandboxConfig, SandboxPool
+
+SCRIPTS_DIR = str(Path(__file__).resolve().parent)
+if SCRIPTS_DIR not in sys.path:  # loaded by path (as the tests do), not run as a script
+    sys.path.insert(0, SCRIPTS_DIR)
+from serve_process import ServeProcess, free_port, percentile, positive_int  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench-results"
@@ -66,17 +69,6 @@ Task = Callable[[], str | None]
 
 
 # --------------------------------------------------------------------------- measuring
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) with linear interpolation between closest ranks."""
-    if not values:
-        raise ValueError("no values")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass(frozen=True)
@@ -301,132 +293,15 @@ def summarize_sandbox(result: dict[str, Any]) -> str:
 
 HTTP_MODES = ("proxy", "haproxy")
 """``exec-agent serve``'s ingresses (its ``SERVE_INGRESS``): Serve's Python proxy, HAProxy."""
-SERVE_START_TIMEOUT_S = 300.0
-SERVE_STOP_TIMEOUT_S = 120.0
 HTTP_THROUGHPUT_GOAL = 1.5
 """Over HTTP, at the most connections, executions/s must be this multiple of the floor's."""
 HTTP_P50_GOAL_MS = 10.0
 """Over HTTP, with one connection, an execution's median latency must be at most this."""
-BENCH_RATE_LIMIT_PER_MINUTE = 100_000_000
-"""The bench key's limit: never the limiter that answers."""
 SANDBOXFUSION_REFERENCE = {
     "source": "SandboxFusion developers' guide, same machine kind, print(1)",
     "sandbox_on": {"latency_ms": 200.0, "throughput_per_s": 7.8},
     "no_sandbox": {"latency_ms": 25.0, "throughput_per_s": 72.0},
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Service:
-    """``exec-agent serve`` in a subprocess, embedded (SQLite in ``workdir``), with one key."""
-
-    def __init__(self, mode: str, workdir: Path, extra_env: dict[str, str]) -> None:
-        self.mode = mode
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"serve-{mode}.log"
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key not in {"RAY_ADDRESS", "REDIS_URL", "DATABASE_URL", "ENVIRONMENT"}
-            and not key.startswith("RAY_SERVE_")
-        }
-        env |= {
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
-            "API_KEY_SECRET": secrets.token_urlsafe(32),
-            "RATE_LIMIT_PER_MINUTE": str(BENCH_RATE_LIMIT_PER_MINUTE),
-            "MAX_CONCURRENT_PER_KEY": "1000",
-            "RAY_GCS_PORT": str(free_port()),
-            "RAY_METRICS_EXPORT_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-            "SERVE_INGRESS": mode,
-        }
-        self.env = env | extra_env
-        self.exec_agent = str(Path(sys.executable).with_name("exec-agent"))
-        self.process: subprocess.Popen[bytes] | None = None
-        self.key = ""
-        self.start_s = 0.0
-
-    def _cli(self, *argv: str) -> str:
-        done = subprocess.run(
-            [self.exec_agent, *argv],
-            cwd=self.workdir,  # no .env from elsewhere
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"exec-agent {' '.join(argv)}: {done.returncode} {done.stderr}")
-        return done.stdout
-
-    def start(self) -> None:
-        self._cli("db", "upgrade")
-        name = f"bench-{self.mode}"
-        created = self._cli(
-            "keys", "create", "--name", name,
-            "--rate-limit-per-minute", str(BENCH_RATE_LIMIT_PER_MINUTE),
-        )  # fmt: skip
-        self.key = created.strip().splitlines()[-1]
-        began = time.perf_counter()
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [self.exec_agent, "serve"],
-                cwd=self.workdir,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own group: a stuck Ray is killed whole
-            )
-        deadline = began + SERVE_START_TIMEOUT_S
-        while time.perf_counter() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"exec-agent serve exited {self.process.returncode}: {self.log_tail()}"
-                )
-            try:
-                if httpx.get(self.url + "/health/ready", timeout=2.0).status_code == 200:
-                    self.start_s = time.perf_counter() - began
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(
-            f"exec-agent serve not ready in {SERVE_START_TIMEOUT_S} s: {self.log_tail()}"
-        )
-
-    def log_tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> int | None:
-        """SIGINT (a drain), then SIGKILL for the whole group; the exit status of the drain."""
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(SERVE_STOP_TIMEOUT_S)
-        code = process.poll()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # what Ray left behind in the group
-        process.wait()
-        return code
 
 
 # --------------------------------------------------------------------------- wrk
@@ -669,13 +544,15 @@ def bench_http_mode(
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"bench-http-{mode}-") as tmp:
         workdir = Path(tmp)
-        service = Service(mode, workdir, extra_env)
+        service = ServeProcess(
+            workdir, ingress=mode, slots=None, executor_queue=None, extra_env=extra_env
+        )
         result: dict[str, Any] = {"mode": mode}
         try:
-            service.start()
-            result["start_s"] = round(service.start_s, 2)
+            key = service.create_key(f"bench-{mode}")
+            result["start_s"] = round(service.start(), 2)
             headers = {
-                "Authorization": f"Bearer {service.key}",
+                "Authorization": f"Bearer {key}",
                 "Content-Type": "application/json",
             }
             targets = {
@@ -702,9 +579,10 @@ def bench_http_mode(
         except Exception as exc:  # noqa: BLE001 - a mode that cannot run is reported, not fatal
             result["error"] = f"{type(exc).__name__}: {exc}"
         finally:
-            result["drain_exit_status"] = service.stop()
+            result["drain_exit_status"] = service.stop(drain_signal=signal.SIGINT)
+            service.kill_group()  # what Ray left behind in the group
             if "error" in result:
-                result["log_tail"] = service.log_tail()
+                result["log_tail"] = service.log_tail(25)
     return result
 
 
@@ -913,13 +791,6 @@ def write_result(result: dict[str, Any], out: Path) -> None:
     text = json.dumps(result, indent=2) + "\n"
     out.write_text(text, encoding="utf-8")
     sys.stdout.write(text)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def non_negative_int(text: str) -> int:
@@ -1228,11 +1099,11 @@ def humaneval_http(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> 
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-humaneval-") as tmp:
         extra_env = {"MAX_CONCURRENT_EXECUTIONS": str(args.slots)}
-        service = Service("proxy", Path(tmp), extra_env)
+        service = ServeProcess(Path(tmp), slots=None, executor_queue=None, extra_env=extra_env)
         try:
-            service.start()
-            result["start_s"] = round(service.start_s, 2)
-            headers = {"Authorization": f"Bearer {service.key}"}
+            key = service.create_key("bench-proxy")
+            result["start_s"] = round(service.start(), 2)
+            headers = {"Authorization": f"Bearer {key}"}
             items = [
                 {
                     "code": row["code"],
@@ -1270,9 +1141,10 @@ def humaneval_http(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> 
         except Exception as exc:  # noqa: BLE001 - a path that cannot run is reported, not fatal
             result["error"] = f"{type(exc).__name__}: {exc}"
         finally:
-            result["drain_exit_status"] = service.stop()
+            result["drain_exit_status"] = service.stop(drain_signal=signal.SIGINT)
+            service.kill_group()  # what Ray left behind in the group
             if "error" in result:
-                result["log_tail"] = service.log_tail()
+                result["log_tail"] = service.log_tail(25)
     return result
 
 

@@ -50,7 +50,6 @@ import re
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -66,23 +65,22 @@ from urllib.parse import urlsplit
 
 import httpx
 
+SCRIPTS_DIR = str(Path(__file__).resolve().parent)
+if SCRIPTS_DIR not in sys.path:  # loaded by path (as the tests do), not run as a script
+    sys.path.insert(0, SCRIPTS_DIR)
+from serve_process import SLOT_UID_BASE, ServeProcess, percentile, positive_int  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CORPUS_PATH = REPO_ROOT / "tests" / "data" / "security_corpus.json"
 DEFAULT_OUT = REPO_ROOT / "bench-results" / "soak.json"
 MIB = 1024 * 1024
 
-SLOT_UID_BASE = 60000
-"""The engine's default: slot N of a replica runs as host uid 60000 + N (when root)."""
 OVERFLOW_UID = 65534
 ZYGOTE_SCRIPT = "zygote.py"
 SPARE_MAX_PROCESSES = 2
 """Between jobs a slot keeps one spare job sandbox ready: its init and its program process."""
 DEFAULT_MAX_BODY_BYTES = 2 * MIB
-RATE_LIMIT_PER_MINUTE = 100_000_000
-"""The soak's keys' limit: never the limiter that answers."""
 CLIENT_TIMEOUT_S = 120.0
-START_TIMEOUT_S = 300.0
-STOP_TIMEOUT_S = 120.0
 SETTLE_S = 10.0
 """How long the sandboxes get to settle (idle) before leftovers are counted."""
 GONE_TIMEOUT_S = 30.0
@@ -358,157 +356,6 @@ def left_files(before: dict[str, set[str]], slot_uids: range) -> list[str]:
             if owner in slot_uids or owner == OVERFLOW_UID or name.startswith("exec-agent"):
                 left.append(str(path))
     return left
-
-
-# --------------------------------------------------------------------------- the service
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class ServeProcess:
-    """``exec-agent serve`` in a subprocess of its own session: embedded (SQLite in
-    ``workdir``), on free loopback ports (API, Ray's GCS, metrics), never joining a Ray."""
-
-    STRIPPED = ("RAY_ADDRESS", "REDIS_URL", "DATABASE_URL", "ENVIRONMENT")
-
-    def __init__(
-        self,
-        workdir: Path,
-        *,
-        slots: int = 2,
-        executor_queue: int = 4,
-        extra_env: dict[str, str] | None = None,
-    ) -> None:
-        self.workdir = workdir
-        self.slots = slots
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.database_path = workdir / "soak.db"
-        self.log_path = workdir / "serve.log"
-        self.secret = secrets.token_urlsafe(32)
-        env = {
-            name: value
-            for name, value in os.environ.items()
-            if name not in self.STRIPPED and not name.startswith("RAY_SERVE_")
-        }
-        env |= {
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "RAY_GCS_PORT": str(free_port()),
-            "METRICS_PORT": str(free_port()),
-            "DATABASE_URL": f"sqlite:///{self.database_path}",
-            "API_KEY_SECRET": self.secret,
-            "RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT_PER_MINUTE),
-            "MAX_CONCURRENT_PER_KEY": "1000",
-            "MAX_CONCURRENT_EXECUTIONS": str(slots),
-            "EXECUTOR_NUM_REPLICAS_MIN": "1",
-            "EXECUTOR_NUM_REPLICAS_MAX": "1",
-            "EXECUTOR_MAX_QUEUED_REQUESTS": str(executor_queue),
-            "SERVE_INGRESS": "proxy",
-        }
-        env.pop("RAY_METRICS_EXPORT_PORT", None)  # METRICS_PORT's old name
-        self.env = env | (extra_env or {})
-        self.exec_agent = str(Path(sys.executable).with_name("exec-agent"))
-        self.process: subprocess.Popen[bytes] | None = None
-        self.exit_code: int | None = None
-        self._prepared = False
-
-    @property
-    def slot_uids(self) -> range:
-        return range(SLOT_UID_BASE, SLOT_UID_BASE + self.slots)
-
-    def cli(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [self.exec_agent, *argv],
-            cwd=self.workdir,  # no .env from elsewhere
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if check and done.returncode != 0:
-            raise RuntimeError(
-                f"exec-agent {' '.join(argv)}: exit {done.returncode}: {done.stderr}"
-            )
-        return done
-
-    def prepare(self) -> None:
-        """Create (or migrate) the database: keys can be made before the service starts."""
-        if not self._prepared:
-            self.cli("db", "upgrade")
-            self._prepared = True
-
-    def create_key(self, name: str) -> str:
-        self.prepare()
-        created = self.cli(
-            "keys", "create", "--name", name, "--rate-limit-per-minute", str(RATE_LIMIT_PER_MINUTE)
-        )
-        return created.stdout.strip().splitlines()[-1]
-
-    def launch(self) -> subprocess.Popen[bytes]:
-        """Start ``exec-agent serve`` (after ``db upgrade``); do not wait for it."""
-        self.prepare()
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [self.exec_agent, "serve"],
-                cwd=self.workdir,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own group: what Ray leaves is killed whole
-            )
-        return self.process
-
-    def start(self, timeout_s: float = START_TIMEOUT_S) -> float:
-        """Launch and wait until ``/health/ready`` answers 200; the seconds it took."""
-        began = time.monotonic()
-        process = self.launch()
-        while time.monotonic() < began + timeout_s:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"exec-agent serve exited {process.returncode}: {self.log_tail()}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/health/ready", timeout=2.0).status_code == 200:
-                    return time.monotonic() - began
-            time.sleep(0.5)
-        raise RuntimeError(f"exec-agent serve not ready within {timeout_s} s: {self.log_tail()}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM (the service drains), then wait; its exit status, None if it had to be
-        killed. What it leaves behind stays for the caller to see (then :meth:`kill_group`)."""
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout_s)
-        self.exit_code = process.poll()
-        if self.exit_code is None:
-            self.kill_group()
-        return self.exit_code
-
-    def kill_group(self) -> None:
-        """SIGKILL whatever is left of the service's process group."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
 
 
 # --------------------------------------------------------------------------- the corpus
@@ -937,16 +784,6 @@ def compare(accepted: set[str], records: dict[str, str], *, exclusive: bool) -> 
 # --------------------------------------------------------------------------- reporting
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 def latency(outcomes: list[Outcome]) -> dict[str, Any]:
     ms = [o.latency_s * 1000 for o in outcomes]
 
@@ -955,8 +792,8 @@ def latency(outcomes: list[Outcome]) -> dict[str, Any]:
 
     return {
         "count": len(ms),
-        "p50_ms": rounded(percentile(ms, 50)),
-        "p99_ms": rounded(percentile(ms, 99)),
+        "p50_ms": rounded(percentile(ms, 50) if ms else None),
+        "p99_ms": rounded(percentile(ms, 99) if ms else None),
         "max_ms": rounded(max(ms) if ms else None),
     }
 
@@ -1118,13 +955,6 @@ def loopback_url(url: str) -> str:
     if not address.is_loopback:
         raise ValueError(f"{parts.hostname} is not loopback: the soak runs against 127.0.0.1 only")
     return url.rstrip("/")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def non_negative_float(text: str) -> float:
