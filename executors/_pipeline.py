@@ -166,17 +166,24 @@ def _is_missing(value: Any) -> bool:
         return False
 
 
+def _decoded(value: Any, what: str, kind: str) -> Any:
+    """A column's value as plain Python: JSON text decoded (``kind`` names what it should
+    hold, for the error), None when missing."""
+    value = to_plain(value)
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"{what}: not a JSON {kind} ({exc})") from None
+    return value
+
+
 def _mapping(value: Any, what: str) -> dict[str, Any] | None:
     """A mapping column's value: a dict, JSON text of one, or ``(key, value)`` pairs; keys
     whose value is missing are dropped (Arrow gives every row each struct field of the column)."""
-    value = to_plain(value)
+    value = _decoded(value, what, "object")
     if value is None:
         return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise ValueError(f"{what}: not a JSON object ({exc})") from None
     if isinstance(value, list) and all(
         isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) for pair in value
     ):
@@ -187,14 +194,9 @@ def _mapping(value: Any, what: str) -> dict[str, Any] | None:
 
 
 def _cases(value: Any) -> list[dict[str, Any]] | None:
-    value = to_plain(value)
+    value = _decoded(value, "cases", "list")
     if value is None:
         return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise ValueError(f"cases: not a JSON list ({exc})") from None
     if not isinstance(value, list):
         raise ValueError(f"cases: expected a list, got {type(value).__name__}")
     return [_mapping(case, f"cases[{index}]") or {} for index, case in enumerate(value)]

@@ -28,6 +28,9 @@ from executors import (
     SandboxConfig,
     SandboxPool,
 )
+from serve_app.db import Database, migrate
+from serve_app.db.models import Base
+from serve_app.settings import Settings
 
 MIB = 1024 * 1024
 
@@ -129,6 +132,51 @@ def postgres_schema() -> Iterator[str]:
         with admin.begin() as connection:
             connection.exec_driver_sql(f'DROP SCHEMA "{name}" CASCADE')
         admin.dispose()
+
+
+# --- migrated databases for the persistence tests (tests/test_db*.py, tests/test_cache.py)
+
+SMALL_LIMITS = Limits(
+    wall_timeout_s=2,
+    cpu_time_s=1.5,
+    memory_bytes=64 * MIB,
+    max_output_bytes=4096,
+    max_processes=4,
+    max_file_bytes=MIB,
+)
+"""Limits of stored requests in tests that run nothing."""
+DATABASE_BACKENDS = ["sqlite", "postgresql"]
+
+
+@contextlib.contextmanager
+def empty_database(backend: str, directory: Path) -> Iterator[str]:
+    """A URL of an empty database: a SQLite file in ``directory``, or a PostgreSQL schema."""
+    if backend == "sqlite":
+        yield f"sqlite:///{directory / 'exec_agent.db'}"
+    else:
+        with postgres_schema() as url:
+            yield url
+
+
+@pytest.fixture(scope="session", params=DATABASE_BACKENDS)
+def migrated_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One migrated database per backend for the session (tests clean up after themselves)."""
+    with empty_database(request.param, tmp_path_factory.mktemp("db")) as url:
+        migrate.upgrade(Settings(database_url=url))
+        yield url
+
+
+@pytest.fixture
+def database(migrated_url: str) -> Iterator[Database]:
+    """The session's migrated database, emptied after the test."""
+    database = Database.from_url(migrated_url)
+    yield database
+    with database.session() as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(table.delete())
+    database.dispose()
 
 
 @dataclass(frozen=True)

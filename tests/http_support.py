@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 
 from serve_app.db import Database, migrate
+from serve_app.db.models import ApiKey, Execution
 from serve_app.settings import Settings
 
 
@@ -72,3 +74,14 @@ def deployed_service(
         serve.delete(app_name)
         serve.shutdown()  # type: ignore[no-untyped-call]
         database.dispose()
+
+
+def stored_executions(database: Database, key_name: str) -> list[Execution]:
+    """Every execution row of the key named ``key_name``, as stored."""
+    with database.session() as session:
+        rows = session.scalars(
+            select(Execution)
+            .join(ApiKey, ApiKey.id == Execution.key_id)
+            .where(ApiKey.name == key_name)
+        )
+        return list(rows)

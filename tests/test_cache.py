@@ -21,7 +21,7 @@ import pytest
 import redis
 
 import serve_app.cache as cache
-from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus, Limits
+from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus
 from serve_app.cache import (
     CachedResult,
     MemoryResultCache,
@@ -32,19 +32,14 @@ from serve_app.cache import (
 )
 from serve_app.db.executions import request_fingerprint
 from serve_app.settings import Settings
+from tests.conftest import SMALL_LIMITS
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CLOSED_URL = "redis://127.0.0.1:1/0"
+
 MIB = 1024 * 1024
 TTL_S = 60.0
-LIMITS = Limits(
-    wall_timeout_s=2,
-    cpu_time_s=1.5,
-    memory_bytes=64 * MIB,
-    max_output_bytes=4096,
-    max_processes=4,
-    max_file_bytes=MIB,
-)
+LIMITS = SMALL_LIMITS
 _T = TypeVar("_T")
 
 

@@ -7,7 +7,6 @@ so runs never collide; the PostgreSQL half is skipped, saying why, only if the s
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import uuid
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from pydantic import SecretStr
 from sqlalchemy import Column, Integer, MetaData, select, text, update
 from sqlalchemy.exc import StatementError
 
-from executors import CaseSpec, ExecutionRecord, ExecutionRequest, ExecutionStatus, Limits
+from executors import CaseSpec, ExecutionRecord, ExecutionRequest, ExecutionStatus
 from serve_app.db import Database, executions, instances, keys, migrate
 from serve_app.db.engine import POOL_SIZE, create_engine, normalize_url
 from serve_app.db.executions import Idempotency
@@ -39,51 +38,14 @@ from serve_app.errors import (
     NotFoundError,
 )
 from serve_app.settings import Settings
-from tests.conftest import postgres_schema
+from tests.conftest import DATABASE_BACKENDS, MIB, SMALL_LIMITS, empty_database
 
 SECRET = SecretStr("test-api-key-secret-0123456789abcdef")
-MIB = 1024 * 1024
-LIMITS = Limits(
-    wall_timeout_s=2,
-    cpu_time_s=1.5,
-    memory_bytes=64 * MIB,
-    max_output_bytes=4096,
-    max_processes=4,
-    max_file_bytes=MIB,
-)
-BACKENDS = ["sqlite", "postgresql"]
+LIMITS = SMALL_LIMITS
+BACKENDS = DATABASE_BACKENDS
 
 
 # --- databases
-
-
-@contextlib.contextmanager
-def empty_database(backend: str, directory: Path) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{directory / 'exec_agent.db'}"
-    else:
-        with postgres_schema() as url:
-            yield url
-
-
-@pytest.fixture(scope="session", params=BACKENDS)
-def migrated_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """One migrated database per backend for the session (tests clean up after themselves)."""
-    with empty_database(request.param, tmp_path_factory.mktemp("db")) as url:
-        migrate.upgrade(Settings(database_url=url))
-        yield url
-
-
-@pytest.fixture
-def database(migrated_url: str) -> Iterator[Database]:
-    database = Database.from_url(migrated_url)
-    yield database
-    with database.session() as session:
-        for table in reversed(Base.metadata.sorted_tables):
-            session.execute(table.delete())
-    database.dispose()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -11,66 +11,26 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest, Limits
-from serve_app.db import Database, batches, executions, keys, migrate
+from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest
+from serve_app.db import Database, batches, executions, keys
 from serve_app.db.batches import BatchView
-from serve_app.db.models import Base, Batch, BatchStatus, Execution
+from serve_app.db.models import Batch, BatchStatus, Execution
 from serve_app.errors import ConflictError, InvalidRequestError
-from serve_app.settings import Settings
-from tests.conftest import postgres_schema
+from tests.conftest import SMALL_LIMITS
 
 SECRET = SecretStr("test-api-key-secret-0123456789abcdef")
-MIB = 1024 * 1024
-LIMITS = Limits(
-    wall_timeout_s=2,
-    cpu_time_s=1.5,
-    memory_bytes=64 * MIB,
-    max_output_bytes=4096,
-    max_processes=4,
-    max_file_bytes=MIB,
-)
-BACKENDS = ["sqlite", "postgresql"]
+LIMITS = SMALL_LIMITS
 CASES = [{"stdin": "1\n", "expected_stdout": "2"}, {"stdin": "5\n", "expected_stdout": "6"}]
 
 
 # --- databases
-
-
-@contextlib.contextmanager
-def empty_database(backend: str, directory: Path) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{directory / 'exec_agent.db'}"
-    else:
-        with postgres_schema() as url:
-            yield url
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def migrated_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    with empty_database(request.param, tmp_path_factory.mktemp("db")) as url:
-        migrate.upgrade(Settings(database_url=url))
-        yield url
-
-
-@pytest.fixture
-def database(migrated_url: str) -> Iterator[Database]:
-    database = Database.from_url(migrated_url)
-    yield database
-    with database.session() as session:
-        for table in reversed(Base.metadata.sorted_tables):
-            session.execute(table.delete())
-    database.dispose()
 
 
 @pytest.fixture

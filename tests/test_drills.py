@@ -37,14 +37,13 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import select
 
 from executors import TERMINAL_STATUSES
 from serve_app.db import Database, keys, migrate
-from serve_app.db.models import ApiKey, Execution
+from serve_app.db.models import Execution
 from serve_app.settings import Settings
 from tests.conftest import ZYGOTE_SCRIPT, HostProcess, host_processes, postgres_schema
-from tests.http_support import deployed_service, error_code, free_port, run
+from tests.http_support import deployed_service, error_code, free_port, run, stored_executions
 from tests.private_services import eventually
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow]
@@ -125,13 +124,7 @@ class Deployment:
             return keys.create_key(session, SECRET, name).plaintext
 
     def stored(self, key_name: str) -> list[Execution]:
-        with self.database.session() as session:
-            rows = session.scalars(
-                select(Execution)
-                .join(ApiKey, ApiKey.id == Execution.key_id)
-                .where(ApiKey.name == key_name)
-            )
-            return list(rows)
+        return stored_executions(self.database, key_name)
 
     def executor(self) -> Any:
         from ray import serve

@@ -35,7 +35,7 @@ from serve_app.db import Database, batches, executions, instances, keys
 from serve_app.db.models import ApiKey, Batch, BatchStatus, Execution, ServiceInstance
 from serve_app.http._service import AUTH_CACHE_TTL_S
 from serve_app.settings import Settings
-from tests.http_support import auth, deployed_service, error_code, free_port, run
+from tests.http_support import auth, deployed_service, error_code, free_port, run, stored_executions
 from tests.private_services import (
     REDIS_SERVER,
     PrivatePostgres,
@@ -76,14 +76,7 @@ class Server:
             return keys.create_key(session, SECRET, name).plaintext
 
     def stored(self, key_name: str) -> list[Execution]:
-        """Every execution row of the key named ``key_name``."""
-        with self.database.session() as session:
-            rows = session.scalars(
-                select(Execution)
-                .join(ApiKey, ApiKey.id == Execution.key_id)
-                .where(ApiKey.name == key_name)
-            )
-            return list(rows)
+        return stored_executions(self.database, key_name)
 
 
 @pytest.fixture(scope="module")

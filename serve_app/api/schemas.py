@@ -25,7 +25,7 @@ from pydantic import (
     field_validator,
 )
 
-from executors import Limits, LimitsRequest, check_files, check_text
+from executors import MAX_CASES, CaseSpec, Limits, LimitsRequest, check_files, check_text
 from serve_app.errors import describe_validation_error
 from serve_app.settings import Settings
 
@@ -40,8 +40,6 @@ __all__ = [
     "validate_body",
 ]
 
-MAX_CASES = 100
-"""API.md: at most 100 cases per judged execution."""
 MAX_JSON_DEPTH = 64
 """Nesting allowed in a request body; the deepest valid body needs 4 (batch, item, cases, case)."""
 
@@ -109,11 +107,9 @@ class _Strict(BaseModel):
     )
 
 
-class Case(_Strict):
-    """One input of a judged execution and the output it must produce."""
-
-    stdin: Text = ""
-    expected_stdout: Text
+Case = CaseSpec
+"""One input of a judged execution and the output it must produce: the engine's own model
+(the same checks on its text), so that a request's cases go to the executors as they are."""
 
 
 class _ExecutionBody(_Strict):

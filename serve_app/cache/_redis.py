@@ -7,15 +7,13 @@ import uuid
 from typing import Any, Literal, Self
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from executors import ExecutionRecord
 from serve_app.cache import _codec
 from serve_app.cache._memory import DEFAULT_MAX_RECORD_BYTES
 from serve_app.cache._types import DEFAULT_KEY_PREFIX, CachedResult
-from serve_app.ratelimit._guard import StoreGuard, StoreUnavailableError
+from serve_app.ratelimit._guard import StoreGuard, StoreUnavailableError, redis_for_guard
 from serve_app.ratelimit._types import ClosesOnExit
 from serve_app.ratelimit._validate import positive
 
@@ -63,15 +61,8 @@ class RedisResultCache(ClosesOnExit):
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, **options: Any) -> Self:
-        """A cache with its own connection pool: no client-side retries, ``timeout_s`` on
-        connecting and on every reply (the guard, not redis-py, decides when to try again)."""
-        client = Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-        return cls(client, timeout_s=timeout_s, **options)
+        """A cache with its own connection pool (:func:`redis_for_guard`)."""
+        return cls(redis_for_guard(url, timeout_s), timeout_s=timeout_s, **options)
 
     @property
     def healthy(self) -> bool:

@@ -46,7 +46,6 @@ from sqlalchemy.orm import Session
 
 from executors import (
     TERMINAL_STATUSES,
-    CaseSpec,
     ExecutionRecord,
     ExecutionRequest,
     ExecutionStatus,
@@ -158,6 +157,8 @@ class ExecutionService:
         self.metrics = ingress_metrics()  # no-ops without Ray
         self._batch_items_pending = 0
         self.policy = settings.import_policy()
+        self._default_limits = settings.default_limits()  # once: settings never change
+        self._max_limits = settings.max_limits()
         self._background: set[asyncio.Task[None]] = set()
         self._audit_tasks: set[asyncio.Task[None]] = set()
         self.audit_dropped = 0
@@ -371,15 +372,13 @@ class ExecutionService:
 
     def _accept(self, body: ExecutionBody) -> ExecutionRequest:
         """What will run for ``body``: its program and judging, with the effective limits."""
-        limits = body.limits.resolve(self.settings.default_limits(), self.settings.max_limits())
+        limits = body.limits.resolve(self._default_limits, self._max_limits)
         return ExecutionRequest(
             code=body.code,
             stdin=body.stdin,
             files=body.files,
             test_code=body.test_code,
-            cases=None
-            if body.cases is None
-            else [CaseSpec.model_validate(case.model_dump()) for case in body.cases],
+            cases=body.cases,
             limits=limits,
         )
 

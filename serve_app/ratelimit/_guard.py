@@ -15,6 +15,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
 from serve_app.errors import UnavailableError
 from serve_app.ratelimit._validate import positive
 
@@ -116,3 +120,15 @@ class StoreGuard:
             logger.warning("%s reachable again after %.1f s; limiter healthy", self.name, outage_s)
             self._down_since = None
             self._backoff_s = self._initial_backoff_s
+
+
+def redis_for_guard(url: str, timeout_s: float) -> Redis:
+    """A Redis client with its own connection pool for use behind a :class:`StoreGuard`: no
+    client-side retries, ``timeout_s`` on connecting and on every reply (the guard, not
+    redis-py, decides when to try again)."""
+    return Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )

@@ -8,14 +8,12 @@ from collections.abc import Callable
 from typing import Any, Self
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from serve_app.ratelimit import _lua
 from serve_app.ratelimit._gcra import PERIOD_US, decision
-from serve_app.ratelimit._guard import StoreGuard, StoreUnavailableError
+from serve_app.ratelimit._guard import StoreGuard, StoreUnavailableError, redis_for_guard
 from serve_app.ratelimit._memory import DEFAULT_LEASE_TTL_S
 from serve_app.ratelimit._types import (
     US_PER_S,
@@ -78,15 +76,8 @@ class RedisLimiter(ClosesOnExit):
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, **options: Any) -> Self:
-        """A limiter with its own connection pool: no client-side retries, ``timeout_s`` on
-        connecting and on every reply (the guard, not redis-py, decides when to try again)."""
-        client = Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-        return cls(client, timeout_s=timeout_s, **options)
+        """A limiter with its own connection pool (:func:`redis_for_guard`)."""
+        return cls(redis_for_guard(url, timeout_s), timeout_s=timeout_s, **options)
 
     @property
     def healthy(self) -> bool:
