@@ -172,6 +172,69 @@ def test_refused_hits_cost_nothing(backend: Backend) -> None:
     run(scenario())
 
 
+def test_a_hit_may_cost_several_within_the_burst(backend: Backend) -> None:
+    """Issue 10 item 3: a batch of N executions costs N, not one request."""
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        async with backend.make(clock) as limiter:
+            batch = await limiter.hit("key", 6, cost=4)  # one hit per 10 s
+            assert (batch.allowed, batch.remaining, batch.reset_after_s) == (True, 2, 40)
+            refused = await limiter.hit("key", 6, cost=3)  # 2 left: refused whole...
+            assert (refused.reason, refused.retry_after_s) == (Reason.LIMITED, 10)
+            two = await limiter.hit("key", 6, cost=2)  # ...charging nothing
+            assert (two.allowed, two.remaining) == (True, 0)
+            assert not (await limiter.hit("key", 6)).allowed
+
+    run(scenario())
+
+
+def test_a_hit_over_the_limit_needs_the_whole_allowance_and_leaves_a_debt(
+    backend: Backend,
+) -> None:
+    """A batch bigger than the burst is not refused for ever: it passes when the key is fully
+    rested, and the key then waits until the executions it ran are paid for."""
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        async with backend.make(clock) as limiter:
+            await limiter.hit("key", 6)
+            partial = await limiter.hit("key", 6, cost=10)
+            assert (partial.allowed, partial.retry_after_s) == (False, 10)  # the full burst
+            clock.advance(10)
+            big = await limiter.hit("key", 6, cost=10)
+            assert (big.allowed, big.remaining, big.reset_after_s) == (True, 0, 100)
+            after = await limiter.hit("key", 6)
+            assert (after.allowed, after.retry_after_s) == (False, 50)  # 100 s of debt - 60
+            clock.advance(50)
+            assert (await limiter.hit("key", 6)).allowed
+
+    run(scenario())
+
+
+def test_a_dry_run_says_without_charging(backend: Backend) -> None:
+    async def scenario() -> None:
+        async with backend.make() as limiter:
+            for _ in range(5):
+                probe = await limiter.hit("key", 2, dry_run=True)
+                assert (probe.allowed, probe.remaining) == (True, 2)
+            await limiter.hit("key", 2, cost=2)
+            probe = await limiter.hit("key", 2, dry_run=True)
+            assert probe.reason is Reason.LIMITED and probe.retry_after_s
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("cost", [0, -1])
+def test_a_cost_must_be_positive(backend: Backend, cost: int) -> None:
+    async def scenario() -> None:
+        async with backend.make() as limiter:
+            with pytest.raises(ValueError, match="cost"):
+                await limiter.hit("key", 5, cost=cost)
+
+    run(scenario())
+
+
 def test_the_real_clock_counts_in_seconds(backend: Backend) -> None:
     """Without a fake clock: monotonic time in memory, Redis' TIME in Redis."""
 

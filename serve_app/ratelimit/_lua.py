@@ -27,20 +27,24 @@ end
 GCRA = (
     _PRELUDE
     + """
--- KEYS[1]: the key's TAT. ARGV: limit, period (us), now (us, or '' for TIME).
--- Returns {allowed, remaining, reset_after_us, retry_after_us}; see _gcra.py.
+-- KEYS[1]: the key's TAT. ARGV: limit, period (us), cost, dry run (1/0), now (us, or '' for
+-- TIME). Returns {allowed, remaining, reset_after_us, retry_after_us}; see _gcra.py.
 local limit, period = tonumber(ARGV[1]), tonumber(ARGV[2])
-local now = now_us(ARGV[3])
+local cost, dry_run = tonumber(ARGV[3]), ARGV[4] == '1'
+local now = now_us(ARGV[5])
 local interval = math.max(1, math.floor(period / limit))
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - period
+local allow_at = tat + math.min(cost, limit) * interval - period
 if now < allow_at then
   return {0, 0, tat - now, allow_at - now}
 end
-redis.call('SET', KEYS[1], int(new_tat), 'PX', int(math.ceil((new_tat - now) / 1000)))
-return {1, math.floor((period - (new_tat - now)) / interval), new_tat - now, 0}
+local new_tat = tat
+if not dry_run then
+  new_tat = tat + cost * interval
+  redis.call('SET', KEYS[1], int(new_tat), 'PX', int(math.ceil((new_tat - now) / 1000)))
+end
+return {1, math.max(0, math.floor((period - (new_tat - now)) / interval)), new_tat - now, 0}
 """
 )
 

@@ -55,11 +55,16 @@ class MemoryLimiter(ClosesOnExit):
         """Keys holding state (rate or leases): what the sweep keeps bounded."""
         return len(self._tats) + len(self._leases)
 
-    async def hit(self, key: str, limit_per_minute: int) -> RateDecision:
+    async def hit(
+        self, key: str, limit_per_minute: int, *, cost: int = 1, dry_run: bool = False
+    ) -> RateDecision:
         positive("limit_per_minute", limit_per_minute)
+        positive("cost", cost)
         with self._lock:
             now = self._tick()
-            new_tat, result = gcra(self._tats.get(key), now, limit_per_minute)
+            new_tat, result = gcra(
+                self._tats.get(key), now, limit_per_minute, cost, dry_run=dry_run
+            )
             if new_tat is not None:
                 self._tats[key] = new_tat
             return result

@@ -83,11 +83,19 @@ class RedisLimiter(ClosesOnExit):
     def healthy(self) -> bool:
         return self._guard.healthy
 
-    async def hit(self, key: str, limit_per_minute: int) -> RateDecision:
+    async def hit(
+        self, key: str, limit_per_minute: int, *, cost: int = 1, dry_run: bool = False
+    ) -> RateDecision:
         positive("limit_per_minute", limit_per_minute)
+        positive("cost", cost)
         try:
             reply = await self._eval(
-                self._gcra, self._key("rate", key), limit_per_minute, PERIOD_US
+                self._gcra,
+                self._key("rate", key),
+                limit_per_minute,
+                PERIOD_US,
+                cost,
+                int(dry_run),
             )
         except StoreUnavailableError as exc:
             if self.fail_closed:

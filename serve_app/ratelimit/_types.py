@@ -127,8 +127,12 @@ class ClosesOnExit:
 class RateLimiter(Protocol):
     """Per-key request rate: ``limit_per_minute`` hits per rolling minute, bursts included."""
 
-    async def hit(self, key: str, limit_per_minute: int) -> RateDecision:
-        """Count one request against ``key`` if it is within the limit."""
+    async def hit(
+        self, key: str, limit_per_minute: int, *, cost: int = 1, dry_run: bool = False
+    ) -> RateDecision:
+        """Count ``cost`` hits (one per execution) against ``key`` if they are within the
+        limit (see ``_gcra.py`` for a cost over the limit); ``dry_run``: only say whether they
+        would be, charging nothing."""
         ...
 
 
