@@ -1,7 +1,9 @@
 """How many of a batch's items run at once, and when a replica refuses more batches.
 
 The service is the real one (SQLite, the in-process limiter); the executor handle is one that
-holds every run until the test releases it, so that what is in flight can be counted.
+holds every run until the test releases it, so that what is in flight can be counted. Issue 10
+item 3: a batch's running items hold leases of their key's in-flight cap, and one key gets only
+its share of the replica's batch backlog.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Any
 import pytest
 
 from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus
-from serve_app.api import BatchCreate, RequestBounds, validate_body
-from serve_app.db import Database, batches, keys, migrate
-from serve_app.errors import OverloadedError
+from serve_app.api import BatchCreate, ExecutionCreate, RequestBounds, validate_body
+from serve_app.db import Database, audit, batches, keys, migrate
+from serve_app.db.models import ApiKey
+from serve_app.errors import OverloadedError, RateLimitedError
 from serve_app.http import ExecutionService
+from serve_app.ratelimit import build_rate_limiter
 from serve_app.settings import Settings
 
 ITEMS_PER_BATCH = 3
@@ -65,38 +69,135 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
     yield settings
 
 
-def test_items_in_flight_and_the_backlog_are_bounded(settings: Settings) -> None:
-    database = Database.from_settings(settings)
-    executor = HeldExecutor()
-    body = validate_body(
+def batch_body(settings: Settings, items: int = ITEMS_PER_BATCH) -> BatchCreate:
+    return validate_body(
         BatchCreate,
-        {"items": [{"code": f"print({n})"} for n in range(ITEMS_PER_BATCH)]},
+        {"items": [{"code": f"print({n})"} for n in range(items)]},
         RequestBounds.from_settings(settings),
     )
 
-    async def scenario() -> None:
-        from serve_app.ratelimit import build_rate_limiter
 
-        service = ExecutionService(settings, database, build_rate_limiter(settings), executor)
+def new_key(database: Database, settings: Settings, name: str, **limits: int) -> ApiKey:
+    with database.session() as session:
+        return keys.create_key(session, settings.api_key_secret, name, **limits).row
+
+
+async def until(condition: Any, what: str) -> None:
+    """Wait (up to 10 s) for ``condition()``: the background tasks run meanwhile."""
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never: {what}")
+
+
+async def until_done(database: Database, key: ApiKey, batch_id: str) -> None:
+    for _ in range(100):
         with database.session() as session:
-            key = keys.create_key(session, settings.api_key_secret, "batcher").row
-        first = await service.create_batch(key, body)
+            view = batches.get_batch(session, key.id, uuid.UUID(batch_id))
+        if view is not None and view.done == view.total:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the batch never finished")
+
+
+def test_items_in_flight_and_the_backlog_are_bounded(settings: Settings) -> None:
+    database = Database.from_settings(settings)
+    executor = HeldExecutor()
+    body = batch_body(settings)
+
+    async def scenario() -> None:
+        service = ExecutionService(settings, database, build_rate_limiter(settings), executor)
+        per_key = service.max_pending_batch_items_per_key // ITEMS_PER_BATCH
         backlog = service.max_pending_batch_items // ITEMS_PER_BATCH
-        for _ in range(backlog - 1):
-            await service.create_batch(key, body)
-        await asyncio.sleep(0.5)
+        # Several keys fill the backlog, each within its share.
+        owners = [new_key(database, settings, f"batcher-{n}") for n in range(backlog // per_key)]
+        owners.append(new_key(database, settings, "batcher-last"))
+        created = []
+        for n in range(backlog):
+            owner = owners[n // per_key]
+            created.append((owner, await service.create_batch(owner, body)))
+        await until(lambda: executor.in_flight == 2 * backlog, "every batch's items running")
         # Each batch keeps at most twice the executors' slots in flight: 2 of its 3 items.
         assert executor.most == 2 * backlog, executor.most
         with pytest.raises(OverloadedError):
-            await service.create_batch(key, body)  # the replica's backlog is full
+            await service.create_batch(owners[-1], body)  # the replica's backlog is full
         executor.release.set()
-        for _ in range(100):
+        owner, first = created[0]
+        await until_done(database, owner, first["id"])
+        await service.create_batch(owners[-1], body)  # room again
+        await service.aclose(5.0)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        database.dispose()
+
+
+def test_one_key_gets_only_its_share_of_the_backlog(settings: Settings) -> None:
+    """Issue 10 item 3: one key filling the replica's batch backlog left every other key
+    ``overloaded``; now it is refused (429, audited) once its share is used."""
+    database = Database.from_settings(settings)
+    executor = HeldExecutor()
+    body = batch_body(settings)
+
+    async def scenario() -> None:
+        service = ExecutionService(settings, database, build_rate_limiter(settings), executor)
+        greedy = new_key(database, settings, "greedy")
+        other = new_key(database, settings, "other")
+        share = service.max_pending_batch_items_per_key
+        assert ITEMS_PER_BATCH <= share < service.max_pending_batch_items
+        for _ in range(share // ITEMS_PER_BATCH):
+            await service.create_batch(greedy, body)
+        with pytest.raises(RateLimitedError) as refused:
+            await service.create_batch(greedy, body)
+        assert refused.value.retry_after_s > 0
+        first = await service.create_batch(other, body)  # the others still get in
+        executor.release.set()
+        await until_done(database, other, first["id"])
+        await service.aclose(5.0)
+
+    try:
+        asyncio.run(scenario())
+        with database.session() as session:
+            events = audit.list_events(session, key_name="greedy")
+        refusals = [e.details for e in events if e.kind == "rate_limited"]
+        assert refusals == [{"limit": "batch_backlog", "max_pending_items": 7}]
+    finally:
+        database.dispose()
+
+
+def test_running_batch_items_hold_leases_of_their_keys_cap(settings: Settings) -> None:
+    """Issue 10 item 3: batch items ran outside the key's in-flight cap (no lease each), so
+    two batches ran twice the cap and a key's own requests were not held back by them."""
+    database = Database.from_settings(settings)
+    executor = HeldExecutor()
+    body = batch_body(settings)
+    wait = validate_body(
+        ExecutionCreate, {"code": "print(1)"}, RequestBounds.from_settings(settings)
+    )
+
+    async def scenario() -> None:
+        limiter = build_rate_limiter(settings)
+        service = ExecutionService(settings, database, limiter, executor)
+        key = new_key(database, settings, "capped", max_concurrency=2)
+        first = await service.create_batch(key, body)
+        second = await service.create_batch(key, body)
+        await until(lambda: executor.in_flight == 2, "two items running")
+        await asyncio.sleep(0.3)  # the other items had every chance to start: they wait
+        assert (executor.in_flight, await limiter.in_flight(key.lookup_id)) == (2, 2)
+        with pytest.raises(RateLimitedError):
+            await service.create(key, wait)  # the key's cap is used by its batch items
+        executor.release.set()
+        await until_done(database, key, first["id"])
+        await until_done(database, key, second["id"])  # waiting items ran, none failed
+        for batch_id in (first["id"], second["id"]):
             with database.session() as session:
-                view = batches.get_batch(session, key.id, uuid.UUID(first["id"]))
-            if view is not None and view.done == ITEMS_PER_BATCH:
-                break
-            await asyncio.sleep(0.1)
-        await service.create_batch(key, body)  # room again
+                view = batches.get_batch(session, key.id, uuid.UUID(batch_id))
+            assert view is not None
+            assert {str(row.status) for row in view.items} == {"ok"}
+        assert executor.most == 2
+        assert await limiter.in_flight(key.lookup_id) == 0  # every lease given back
         await service.aclose(5.0)
 
     try:

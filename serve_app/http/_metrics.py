@@ -11,7 +11,9 @@ Ray 2.60), so Prometheus sees ``ray_exec_agent_...``. Inside the ingress replica
                                                     histogram: HTTP requests; ``route`` is the
                                                     route's template (``unmatched`` for none)
     exec_agent_active_executions                    gauge: runs this replica has at the executors
-    exec_agent_rate_limited_total{limit}            counter: 429s, ``rate`` or ``concurrency``
+    exec_agent_rate_limited_total{limit}            counter: 429s, ``rate``, ``concurrency``,
+                                                    ``batch_backlog`` (a key's share) or
+                                                    ``auth`` (an address's failed keys)
     exec_agent_rejected_total{reason}               counter: refusals by ``overloaded``,
                                                     ``unavailable``, ``policy``, ``unauthorized``,
                                                     ``invalid`` (the answer's error code)
@@ -59,7 +61,7 @@ UNMATCHED_ROUTE = "unmatched"
 """The ``route`` of a request no route matches (never the raw path: it is the client's)."""
 OTHER_METHOD = "other"
 """The ``method`` of a request whose method is not a standard one."""
-RATE_LIMITS = ("rate", "concurrency")
+RATE_LIMITS = ("rate", "concurrency", "batch_backlog", "auth")
 REJECTION_REASONS = {
     "overloaded": "overloaded",
     "unavailable": "unavailable",
@@ -118,7 +120,7 @@ class IngressMetrics:
         """A run came back (or failed)."""
 
     def rate_limited(self, limit: str) -> None:
-        """A request was refused 429 by ``limit`` (``rate`` or ``concurrency``)."""
+        """A request was refused 429 by ``limit`` (one of :data:`RATE_LIMITS`)."""
 
     def rejected(self, reason: str) -> None:
         """A request was refused for ``reason`` (one of :data:`REJECTION_REASONS`' values)."""
@@ -165,7 +167,7 @@ class _RayIngressMetrics(IngressMetrics):
         self._active.set(0)
         self._rate_limited = types.Counter(
             "exec_agent_rate_limited_total",
-            description="Requests refused 429, by limit (rate, concurrency).",
+            description="Requests refused 429, by limit (rate, concurrency, batch_backlog, auth).",
             tag_keys=("limit",),
         )
         self._limit_tags = {limit: {"limit": limit} for limit in RATE_LIMITS}

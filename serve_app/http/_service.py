@@ -74,6 +74,7 @@ from serve_app.errors import (
     UnavailableError,
 )
 from serve_app.http._metrics import ingress_metrics
+from serve_app.http._record_size import cap_record, record_bytes
 from serve_app.http._recovery import InstanceKeeper
 from serve_app.ratelimit import Lease, Limiter, RateDecision, Reason
 from serve_app.settings import Settings
@@ -93,6 +94,17 @@ BACKGROUND_DEADLINE_S = 60.0
 """...until this long has passed; then it ends as ``internal_error`` (batch items wait on)."""
 BATCH_BACKLOG_BATCHES = 10
 """One replica holds at most this many full batches' worth of unfinished items."""
+BATCH_BACKLOG_KEY_SHARES = 4
+"""One key holds at most this fraction (1/N) of a replica's batch backlog, and at least one
+full batch: a key cannot fill the backlog and leave every other key ``overloaded``."""
+BATCH_LEASE_RETRY_FIRST_S = 0.05
+BATCH_LEASE_RETRY_MAX_S = 0.5
+"""A batch item waiting for a slot under its key's in-flight cap asks again this often."""
+RECORD_CAP_INLINE_BYTES = 256 * 1024
+"""Records up to this size are measured and cut on the event loop; larger ones in a thread."""
+RECORD_CAP_MARGIN_BYTES = 1024
+"""Kept free under ``MAX_RECORD_BYTES`` for what storing fills in after the cut (the row's
+id, timestamps and limits: a few hundred bytes at most)."""
 FINISH_RETRY_MAX_S = 30.0
 """A result the database could not take is written again, backing off up to this long."""
 EXECUTOR_ATTEMPTS = 2
@@ -156,6 +168,7 @@ class ExecutionService:
         self.cache = cache if cache is not None else build_result_cache(settings)
         self.metrics = ingress_metrics()  # no-ops without Ray
         self._batch_items_pending = 0
+        self._batch_items_by_key: dict[int, int] = {}
         self.policy = settings.import_policy()
         self._default_limits = settings.default_limits()  # once: settings never change
         self._max_limits = settings.max_limits()
@@ -263,10 +276,11 @@ class ExecutionService:
             raise UnauthorizedError("unknown or revoked API key")
         return row
 
-    async def hit(self, key: ApiKey) -> RateDecision:
-        """Count one request against the key's rate; :meth:`admit` says whether it may pass."""
+    async def hit(self, key: ApiKey, executions: int = 1) -> RateDecision:
+        """Count a request against the key's rate: one, or one per execution it asks for (a
+        batch of N costs N); :meth:`admit` says whether it may pass."""
         limit = key.rate_limit_per_minute or self.settings.rate_limit_per_minute
-        return await self.limiter.hit(key.lookup_id, limit)
+        return await self.limiter.hit(key.lookup_id, limit, cost=executions)
 
     def admit(self, decision: RateDecision, key: ApiKey | None = None) -> None:
         """Raise the refusal ``decision`` stands for: 429 over the rate (audited with ``key``'s
@@ -297,6 +311,20 @@ class ExecutionService:
         if not decision.allowed:
             raise UnavailableError(decision.retry_after_s or 1.0)
         return decision.lease
+
+    async def _wait_for_lease(self, key: ApiKey) -> Lease | None:
+        """A slot under the key's in-flight cap for a batch item, waiting for one: the batch
+        was accepted, so its items queue behind the key's other runs instead of failing."""
+        cap = key.max_concurrency or self.settings.max_concurrent_per_key
+        delay = BATCH_LEASE_RETRY_FIRST_S
+        while True:
+            decision = await self.limiter.acquire(key.lookup_id, cap)
+            if decision.allowed:
+                return decision.lease
+            # Over the cap: ask again soon. The store down and fail-closed: after its back-off.
+            wait = delay if decision.reason is Reason.LIMITED else decision.retry_after_s
+            await asyncio.sleep(wait or delay)
+            delay = min(delay * 2, BATCH_LEASE_RETRY_MAX_S)
 
     async def _release(self, lease: Lease | None) -> None:
         if lease is not None:
@@ -396,6 +424,8 @@ class ExecutionService:
         idempotency: executions.Idempotency | None,
     ) -> ExecutionRecord:
         """Store and answer a new execution that reuses ``hit``'s result (a cache hit)."""
+        # Cached before MAX_RECORD_BYTES was lowered, perhaps: the cap holds for copies too.
+        capped = CachedResult(hit.execution_id, await self._capped(hit.record))
 
         def store(session: Session) -> ExecutionRecord:
             row = executions.insert_execution(
@@ -407,7 +437,7 @@ class ExecutionService:
                 running=True,
                 owner=self.keeper.instance_id,
             )
-            return executions.finish_inserted_execution(session, row, _copy_of(hit, row.id))
+            return executions.finish_inserted_execution(session, row, _copy_of(capped, row.id))
 
         try:
             stored = await self.db(store)
@@ -424,21 +454,24 @@ class ExecutionService:
     async def create_batch(
         self, key: ApiKey, body: BatchCreate, *, request_id: str | None = None
     ) -> dict[str, Any]:
-        """Accept a batch: store it with its items, then run them in the background, at most
-        as many at once as the key may have in flight (and the executors can take). Refused
-        whole (nothing stored) if an item breaks the import policy or the replica holds too
-        many unfinished items."""
+        """Accept a batch: store it with its items, then run them in the background, each
+        under a slot of the key's in-flight cap (and no more at once than the executors can
+        take). Refused whole (nothing stored) if an item breaks the import policy, or the
+        key's share of the replica's batch backlog, or the backlog itself, is full."""
         for body_item in body.items:
             await self.check_policy(key, body_item)
         items = [self._accept(body_item) for body_item in body.items]
-        if self._batch_items_pending + len(items) > self.max_pending_batch_items:
-            raise OverloadedError(OVERLOADED_RETRY_AFTER_S)
-        new = await self.db(
-            lambda session: batches.insert_batch(
-                session, key.id, items, request_id, owner=self.keeper.instance_id
+        self.check_batch_room(key, len(items))
+        self._hold_batch_items(key, len(items))  # before any await: concurrent batches count
+        try:
+            new = await self.db(
+                lambda session: batches.insert_batch(
+                    session, key.id, items, request_id, owner=self.keeper.instance_id
+                )
             )
-        )
-        self._batch_items_pending += len(items)
+        except BaseException:
+            self._drop_batch_items(key, len(items))
+            raise
         cache_as = [
             self._cache_as(key, item) if body_item.cache else None
             for item, body_item in zip(items, body.items, strict=True)
@@ -447,7 +480,7 @@ class ExecutionService:
         # it: more in flight would only wait in Serve's router, which backs off.
         slots = self.settings.max_concurrent_executions * self.settings.executor_num_replicas_max
         in_flight = min(key.max_concurrency or self.settings.max_concurrent_per_key, 2 * slots)
-        self._spawn(self._run_batch(new, items, cache_as, in_flight))
+        self._spawn(self._run_batch(key, new, items, cache_as, in_flight))
         return {"id": str(new.batch.id), "status": "queued", "total": len(items)}
 
     @property
@@ -455,17 +488,57 @@ class ExecutionService:
         """Unfinished batch items one replica holds at most (a few full batches)."""
         return BATCH_BACKLOG_BATCHES * self.settings.max_batch_items
 
+    @property
+    def max_pending_batch_items_per_key(self) -> int:
+        """Unfinished batch items of one key one replica holds at most: its fair share."""
+        share = self.max_pending_batch_items // BATCH_BACKLOG_KEY_SHARES
+        return max(self.settings.max_batch_items, share)
+
+    def check_batch_room(self, key: ApiKey, items: int) -> None:
+        """Raise if this replica cannot take ``items`` more of ``key``'s batch items: 429 when
+        the key's share of the backlog is used (audited), 503 when the backlog is full."""
+        held = self._batch_items_by_key.get(key.id, 0)
+        if held + items > self.max_pending_batch_items_per_key:
+            share = self.max_pending_batch_items_per_key
+            self.audit(
+                audit.AuditKind.RATE_LIMITED,
+                key_name=key.name,
+                details={"limit": "batch_backlog", "max_pending_items": share},
+            )
+            self.metrics.rate_limited("batch_backlog")
+            raise RateLimitedError(
+                OVERLOADED_RETRY_AFTER_S,
+                f"at most {share} unfinished batch items per key; retry when some are done",
+            )
+        if self._batch_items_pending + items > self.max_pending_batch_items:
+            raise OverloadedError(OVERLOADED_RETRY_AFTER_S)
+
+    def _hold_batch_items(self, key: ApiKey, items: int) -> None:
+        self._batch_items_pending += items
+        self._batch_items_by_key[key.id] = self._batch_items_by_key.get(key.id, 0) + items
+
+    def _drop_batch_items(self, key: ApiKey, items: int) -> None:
+        self._batch_items_pending -= items
+        left = self._batch_items_by_key.get(key.id, 0) - items
+        if left > 0:
+            self._batch_items_by_key[key.id] = left
+        else:
+            self._batch_items_by_key.pop(key.id, None)
+
     async def _run_batch(
         self,
+        key: ApiKey,
         new: batches.NewBatch,
         items: list[ExecutionRequest],
         cache_as: list[tuple[int, str] | None],
         in_flight: int,
     ) -> None:
-        """Run a batch's items, ``in_flight`` at a time. Items with ``cache`` run once per
-        fingerprint: the first runs (unless the cache has it), the others copy its result.
-        The stored batch status follows once, at the end (the API derives it from the items
-        anyway): a write per item would cost more than the items themselves."""
+        """Run a batch's items, ``in_flight`` at a time, each holding a lease of the key's
+        in-flight cap while it runs (so the key's batches and its other requests share the
+        cap). Items with ``cache`` run once per fingerprint: the first runs (unless the cache
+        has it), the others copy its result. The stored batch status follows once, at the end
+        (the API derives it from the items anyway): a write per item would cost more than the
+        items themselves."""
         gate = asyncio.Semaphore(in_flight)
         firsts: dict[str, asyncio.Future[ExecutionRecord | None]] = {}
 
@@ -474,11 +547,15 @@ class ExecutionService:
                 if where is not None and await self._finish_from_cache(execution_id, where, firsts):
                     return
                 async with gate:
-                    record = await self._run_in_background(execution_id, item, None, cache_as=where)
+                    lease = await self._wait_for_lease(key)
+                    # _run_in_background gives the lease back.
+                    record = await self._run_in_background(
+                        execution_id, item, lease, cache_as=where
+                    )
                 if where is not None and not firsts[where[1]].done():
                     firsts[where[1]].set_result(record)
             finally:
-                self._batch_items_pending -= 1
+                self._drop_batch_items(key, 1)
                 if where is not None and not firsts[where[1]].done():
                     firsts[where[1]].set_result(None)
 
@@ -743,8 +820,9 @@ class ExecutionService:
     ) -> ExecutionRecord:
         """Store the terminal record; if the database is down, keep retrying in the background
         and answer with the record as it will be stored. With the row this request
-        ``inserted``, the stored record is not read back (one statement fewer)."""
-        record = executions.with_finish_time(record)
+        ``inserted``, the stored record is not read back (one statement fewer). A record over
+        ``MAX_RECORD_BYTES`` is stored (and answered) with its outputs cut to fit."""
+        record = await self._capped(executions.with_finish_time(record))
         try:
             if inserted is not None:
                 row = inserted
@@ -766,6 +844,19 @@ class ExecutionService:
             return record.model_copy(update={"id": execution_id})
         self.metrics.execution_stored(record)
         return executions.to_record(stored)
+
+    async def _capped(self, record: ExecutionRecord) -> ExecutionRecord:
+        """``record`` within ``MAX_RECORD_BYTES`` (:func:`cap_record`); a big one is measured
+        and cut in a worker thread, off the event loop."""
+        limit = self.settings.max_record_bytes - RECORD_CAP_MARGIN_BYTES
+        if (
+            len(record.stdout) + len(record.stderr) + _case_output_chars(record)
+            <= min(limit, RECORD_CAP_INLINE_BYTES) // 6
+        ):
+            return record  # even escaped (at most 6 bytes a character) the outputs fit
+        if record_bytes(record) <= RECORD_CAP_INLINE_BYTES:
+            return cap_record(record, limit)
+        return await asyncio.to_thread(cap_record, record, limit)
 
     async def _finish_later(self, execution_id: uuid.UUID, record: ExecutionRecord) -> None:
         delay = 0.5
@@ -865,6 +956,10 @@ def _copy_of(hit: CachedResult, execution_id: uuid.UUID) -> ExecutionRecord:
             "finished_at": now,
         }
     )
+
+
+def _case_output_chars(record: ExecutionRecord) -> int:
+    return sum(len(case.stdout) + len(case.stderr) for case in record.cases or ())
 
 
 def _discard_unfinished(session: Session, execution_id: uuid.UUID) -> None:

@@ -1,0 +1,142 @@
+"""``MAX_RECORD_BYTES``: no execution record stored or answered is bigger (issue 10 item 3).
+
+A judged run keeps a stdout and a stderr per case: 97 bytes of code with 4 cases made a record
+of 62.9 MB. :func:`cap_record` is tested as the pure function it is, then through the real
+service (SQLite, the in-process limiter) with an executor handle answering such a record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus
+from executors._models import CaseResult
+from serve_app.api import ExecutionCreate, RequestBounds, validate_body
+from serve_app.db import Database, executions, keys, migrate
+from serve_app.http import ExecutionService
+from serve_app.http._record_size import cap_record, record_bytes
+from serve_app.ratelimit import build_rate_limiter
+from serve_app.settings import KIB, MIB, Settings
+
+CAP = 64 * KIB
+
+
+def huge(cases: int = 4, stream_chars: int = 200_000, text: str = "x") -> ExecutionRecord:
+    case = CaseResult(
+        status=ExecutionStatus.OK,
+        passed=True,
+        stdout=text * stream_chars,
+        stderr=text * stream_chars,
+    )
+    return ExecutionRecord(
+        status=ExecutionStatus.OK,
+        limits={},
+        stdout="head\n" + text * stream_chars,
+        stderr="short",
+        passed=True,
+        cases=[case] * cases,
+    )
+
+
+def api_bytes(record: ExecutionRecord) -> int:
+    return len(json.dumps(record.to_api(), ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def test_a_record_within_the_cap_is_unchanged() -> None:
+    record = ExecutionRecord(status=ExecutionStatus.OK, limits={}, stdout="hello\n")
+    assert cap_record(record, CAP) is record
+
+
+@pytest.mark.parametrize("text", ["x", "é", "\x01", "\U0001f600", '"\\'])
+def test_outputs_are_cut_to_fit_and_flagged(text: str) -> None:
+    record = huge(text=text)
+    assert record_bytes(record) > 10 * CAP
+    capped = cap_record(record, CAP)
+    assert record_bytes(capped) <= CAP
+    assert api_bytes(capped) <= CAP  # as any JSON encoder would write it
+    assert CAP - record_bytes(capped) < CAP // 4  # the room is used, not thrown away
+    # Each stream keeps its beginning; the short ones are whole and not flagged.
+    assert capped.stdout.startswith("head\n") and capped.stdout_truncated
+    assert (capped.stderr, capped.stderr_truncated) == ("short", False)
+    assert capped.cases is not None
+    for case in capped.cases:
+        assert case.stdout_truncated and case.stderr_truncated
+        assert case.stdout and text * 10 in case.stdout
+    # Everything else is as it was.
+    assert capped.model_dump(exclude={"stdout", "stdout_truncated", "cases"}) == record.model_dump(
+        exclude={"stdout", "stdout_truncated", "cases"}
+    )
+
+
+def test_the_share_is_fair_between_streams() -> None:
+    record = huge(cases=100, stream_chars=50_000)
+    capped = cap_record(record, 256 * KIB)
+    assert capped.cases is not None
+    lengths = {len(case.stdout) for case in capped.cases} | {len(capped.stdout)}
+    assert max(lengths) - min(lengths) <= 8, lengths
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    settings = Settings(
+        _env_file=None,
+        database_url=f"sqlite:///{tmp_path / 'records.db'}",
+        max_record_bytes=CAP,
+    )
+    migrate.upgrade(settings)
+    yield settings
+
+
+class HugeRecords:
+    """An executor handle that answers every run with a record of several MiB."""
+
+    @property
+    def run(self) -> HugeRecords:
+        return self
+
+    def remote(self, request: ExecutionRequest, **_: Any) -> Any:
+        return self._run(request)
+
+    async def _run(self, request: ExecutionRequest) -> dict[str, Any]:
+        record = huge().model_copy(update={"limits": request.limits.to_api()})
+        return record.to_api()
+
+
+def test_the_service_stores_and_answers_capped_records(settings: Settings) -> None:
+    database = Database.from_settings(settings)
+    body = validate_body(
+        ExecutionCreate,
+        {"code": "print(1)", "cases": [{"stdin": "", "expected_stdout": ""}] * 4},
+        RequestBounds.from_settings(settings),
+    )
+
+    async def scenario() -> tuple[ExecutionRecord, ExecutionRecord]:
+        service = ExecutionService(settings, database, build_rate_limiter(settings), HugeRecords())
+        with database.session() as session:
+            key = keys.create_key(session, settings.api_key_secret, "loud").row
+        answered = (await service.create(key, body)).record
+        await service.aclose(5.0)
+        with database.session() as session:
+            row = executions.get_execution(session, key.id, answered.id)
+            assert row is not None
+            return answered, executions.to_record(row)
+
+    try:
+        answered, stored = asyncio.run(scenario())
+    finally:
+        database.dispose()
+    assert record_bytes(huge()) > MIB
+    # The answer's cases are the stored JSON (plain dicts): validated again to be measured.
+    answered = ExecutionRecord.model_validate(answered.model_dump(mode="json", warnings=False))
+    for record in (answered, stored):
+        assert record.status is ExecutionStatus.OK
+        assert record_bytes(record) <= CAP
+        assert record.stdout_truncated and record.cases is not None
+        assert all(case.stdout_truncated for case in record.cases)
+    assert stored.stdout == answered.stdout
