@@ -96,8 +96,9 @@ class Settings(BaseSettings):
     # MAX_OUTPUT_BYTES per stream would otherwise make one record of hundreds of MiB.
     max_record_bytes: int = _env("MAX_RECORD_BYTES", 16 * MIB, ge=64 * KIB)
     # Failed authentications one client address may make per minute (a burst of as many); past
-    # that its requests are refused (429) before any key is looked up in the database.
-    auth_failures_per_minute: int = _env("AUTH_FAILURES_PER_MINUTE", 30, gt=0)
+    # that its requests with keys not seen working lately are refused (429) before any key is
+    # looked up in the database.
+    auth_failures_per_minute: int = _env("AUTH_FAILURES_PER_MINUTE", 120, gt=0)
     result_cache_ttl_s: int = _env("RESULT_CACHE_TTL_S", 3600, gt=0)
     # Results bigger than this (as stored: the record's JSON) are not cached: a few outputs of
     # MAX_OUTPUT_BYTES would otherwise fill Redis or the process.

@@ -11,6 +11,12 @@ the executor replica that answered (``slots``, ``free_slots``, ``busy_slots``, `
 and how many replicas Serve runs (``replicas``, from ``serve.status()``, asked at the same time;
 ``null`` when unknown); ``sandbox`` the isolation layers in force; ``disk`` and ``memory`` the
 headroom (``free_bytes``, ``available_bytes``).
+
+The details are for callers with a valid API key (issue 10 item 4: isolation layers, uids, busy
+slots and free memory help an attacker); anyone else, Kubernetes' probes included, gets the
+status, the HTTP code and each check's ``ok`` (:func:`public_view`). The checks run at most once
+per ``READINESS_TTL_S`` per replica, their result shared by every caller meanwhile
+(:class:`Readiness`): a flood of probes costs no more database, Redis or executor work.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +32,10 @@ from sqlalchemy import text
 
 from serve_app.http._service import ExecutionService
 
-__all__ = ["CHECK_TIMEOUT_S", "readiness"]
+__all__ = ["CHECK_TIMEOUT_S", "READINESS_TTL_S", "Readiness", "public_view", "readiness"]
 
 CHECK_TIMEOUT_S = 2.0
+READINESS_TTL_S = 1.0
 MIN_FREE_DISK_BYTES = 256 * 1024 * 1024
 MIN_AVAILABLE_MEMORY_BYTES = 256 * 1024 * 1024
 REQUIRED = ("database", "executors")
@@ -59,6 +67,55 @@ async def readiness(
         return 200, {"status": "ready", "checks": checks}
     required_ok = all(checks[name]["ok"] for name in REQUIRED)
     return 503, {"status": "degraded" if required_ok else "unavailable", "checks": checks}
+
+
+class Readiness:
+    """:func:`readiness`, computed at most once per ``ttl_s``: callers meanwhile get the last
+    answer, and callers while it is computed wait for that one computation."""
+
+    def __init__(
+        self,
+        service: ExecutionService,
+        *,
+        ttl_s: float = READINESS_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._service = service
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._isolation: dict[str, Any] = {}
+        self._answer: tuple[float, tuple[int, Check]] | None = None
+        self._computing: asyncio.Future[tuple[int, Check]] | None = None
+        self.computed = 0
+        """How many times the checks ran (for tests and curiosity)."""
+
+    async def get(self) -> tuple[int, Check]:
+        """The HTTP status and full body of ``/health/ready``, at most ``ttl_s`` old."""
+        if self._answer is not None and self._clock() - self._answer[0] < self._ttl_s:
+            return self._answer[1]
+        if self._computing is None:
+            self._computing = asyncio.ensure_future(self._compute())
+        # Shielded: a caller that goes away does not cancel the others' computation.
+        return await asyncio.shield(self._computing)
+
+    async def _compute(self) -> tuple[int, Check]:
+        try:
+            answer = await readiness(self._service, self._isolation)
+            self.computed += 1
+            self._answer = (self._clock(), answer)
+            return answer
+        finally:
+            self._computing = None
+
+
+def public_view(body: Check) -> Check:
+    """What an unauthenticated caller sees of ``/health/ready``: the status and each check's
+    ``ok``, no detail."""
+    checks = body.get("checks", {})
+    return {
+        "status": body["status"],
+        "checks": {name: {"ok": bool(check.get("ok"))} for name, check in checks.items()},
+    }
 
 
 async def _timed(work: Any) -> tuple[Any, float]:

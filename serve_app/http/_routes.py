@@ -11,6 +11,7 @@ to whatever answer goes out.
 # and ``Caller`` is local to build_api.
 import contextlib
 import inspect
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -27,7 +28,8 @@ from serve_app.api import (
 )
 from serve_app.api.json_body import request_bounds
 from serve_app.db.models import ApiKey
-from serve_app.http._health import readiness
+from serve_app.errors import InvalidFieldsError
+from serve_app.http._health import Readiness, public_view
 from serve_app.http._metrics import UNMATCHED_ROUTE, RequestMetricsMiddleware, route_template
 from serve_app.http._service import MAX_WAIT_S, ExecutionService, rate_limit_headers
 from serve_app.observability import TracingMiddleware, current_tracer
@@ -39,6 +41,7 @@ STATE_HEADERS = "ratelimit_headers"
 DEFAULT_PAGE_ITEMS = 20
 MAX_PAGE_ITEMS = 100
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 
 
 class RateLimitHeadersMiddleware:
@@ -75,6 +78,26 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
+def checked_idempotency_key(header: str | None) -> str | None:
+    """The ``Idempotency-Key`` header, or :class:`InvalidFieldsError` (422) if it is longer
+    than API.md allows or not printable ASCII: cutting it would make long keys that share a
+    beginning replay each other's executions."""
+    if header is None:
+        return None
+    if len(header) > MAX_IDEMPOTENCY_KEY_CHARS or not _PRINTABLE_ASCII.fullmatch(header):
+        raise InvalidFieldsError(
+            "invalid Idempotency-Key header",
+            [
+                {
+                    "field": "header.Idempotency-Key",
+                    "message": f"at most {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters",
+                    "type": "idempotency_key",
+                }
+            ],
+        )
+    return header
+
+
 def _without_fastapi_tracing() -> dict[str, Any]:
     """FastAPI's own OpenTelemetry spans off (newer FastAPIs trace every request once a tracer
     provider is installed): the service's :class:`TracingMiddleware` span is the one, with its
@@ -88,7 +111,7 @@ def _without_fastapi_tracing() -> dict[str, Any]:
 
 def build_api(settings: Settings, service: ExecutionService) -> FastAPI:
     """The app one ingress replica serves."""
-    isolation_cache: dict[str, Any] = {}
+    readiness = Readiness(service)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -118,32 +141,43 @@ def build_api(settings: Settings, service: ExecutionService) -> FastAPI:
     # Outermost: measures every answer, the edge's refusals included.
     app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics, routes=app.router.routes)
 
-    async def caller(request: Request) -> ApiKey:
+    async def authenticated(request: Request) -> ApiKey:
         source = request.client.host if request.client else None
-        key = await service.authenticate(presented_key(request), source_address=source)
-        decision = await service.hit(key)
+        return await service.authenticate(presented_key(request), source_address=source)
+
+    async def charge(request: Request, key: ApiKey, executions: int = 1) -> None:
+        decision = await service.hit(key, executions)
         # Set before refusing: a 429 tells the caller its allowance too.
         request.state.ratelimit_headers = rate_limit_headers(decision)
         service.admit(decision, key)
+
+    async def caller(request: Request) -> ApiKey:
+        key = await authenticated(request)
+        await charge(request, key)
         return key
 
     Caller = Annotated[ApiKey, Depends(caller)]
+    Uncharged = Annotated[ApiKey, Depends(authenticated)]
+    """A route that charges the rate itself (per execution, once it knows how many)."""
 
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/health/ready")
-    async def ready() -> JSONResponse:
-        status, body = await readiness(service, isolation_cache)
-        return JSONResponse(body, status_code=status)
+    async def ready(request: Request) -> JSONResponse:
+        # No key: the status for probes. A key: it must be valid (401, or 429 for an address
+        # with too many failures) and then sees every detail. Never charged to its rate.
+        authenticated_caller = presented_key(request) is not None
+        if authenticated_caller:
+            await authenticated(request)
+        status, body = await readiness.get()
+        return JSONResponse(body if authenticated_caller else public_view(body), status_code=status)
 
     @app.post("/v1/executions")
     async def create_execution(request: Request, key: Caller) -> JSONResponse:
         body = await read_model(request, ExecutionCreate, request_bounds(request))
-        idempotency_key = request.headers.get("idempotency-key")
-        if idempotency_key is not None:
-            idempotency_key = idempotency_key[:MAX_IDEMPOTENCY_KEY_CHARS]
+        idempotency_key = checked_idempotency_key(request.headers.get("idempotency-key"))
         created = await service.create(
             key, body, idempotency_key=idempotency_key, request_id=current_request_id()
         )
@@ -155,8 +189,11 @@ def build_api(settings: Settings, service: ExecutionService) -> FastAPI:
         )
 
     @app.post("/v1/batches")
-    async def create_batch(request: Request, key: Caller) -> JSONResponse:
+    async def create_batch(request: Request, key: Uncharged) -> JSONResponse:
         body = await read_model(request, BatchCreate, request_bounds(request))
+        # Refused for the backlog before the charge: a refused batch costs no allowance.
+        service.check_batch_room(key, len(body.items))
+        await charge(request, key, len(body.items))
         created = await service.create_batch(key, body, request_id=current_request_id())
         return JSONResponse(
             created, status_code=202, headers={"Location": f"/v1/batches/{created['id']}"}

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from opentelemetry.trace import SpanKind, Tracer
 from ray.exceptions import RayActorError
@@ -124,6 +124,16 @@ seconds"): a revoked key, or a key's new limits, take effect within this long. E
 found by the presented key's HMAC (the stored form), never by the key itself."""
 AUTH_CACHE_MAX_ENTRIES = 1024
 """Beyond this many cached keys the cache starts over (many keys at once is not the hot path)."""
+AUTH_FAILED_CACHE_TTL_S = 30.0
+"""How long one replica refuses a key that failed without asking the database again (issue 10
+item 4). Keys are random and shown only once created, and a revoked key stays revoked: a key
+that failed cannot start to work meanwhile."""
+AUTH_KNOWN_GOOD_S = 600.0
+"""How long a key that authenticated passes an address's throttle (it is still looked up)."""
+AUTH_THROTTLE_PREFIX = "auth-address:"
+"""The limiter key of a client address's failed authentications (apart from API keys' ids)."""
+UNKNOWN_KEY = "unknown or revoked API key"
+TOO_MANY_FAILURES = "too many failed authentications from this address; retry later"
 
 _T = TypeVar("_T")
 ExecutionBody = ExecutionCreate | BatchItem
@@ -176,6 +186,8 @@ class ExecutionService:
         self._audit_tasks: set[asyncio.Task[None]] = set()
         self.audit_dropped = 0
         self._auth_cache: dict[str, tuple[float, ApiKey]] = {}
+        self._failed_keys: dict[str, float] = {}
+        self._known_good: dict[str, float] = {}
         self._clock: Callable[[], float] = time.monotonic
         # SQLite takes one writer at a time: writers in several threads of this process would
         # meet on its lock and sleep in its busy handler (milliseconds each). One thread runs
@@ -247,34 +259,71 @@ class ExecutionService:
     async def authenticate(
         self, presented: str | None, *, source_address: str | None = None
     ) -> ApiKey:
-        """The live key presented, or :class:`UnauthorizedError` (audited, without the key)."""
-        if not presented:
-            self.audit(
-                audit.AuditKind.AUTH_FAILED,
-                source_address=source_address,
-                details={"reason": "missing"},
-            )
-            raise UnauthorizedError("an API key is required")
-        secret = self.settings.api_key_secret
-        cache_key = keys.hash_key(presented, secret) if len(presented) == keys.KEY_CHARS else None
+        """The live key presented, or :class:`UnauthorizedError` (audited, without the key).
+
+        An address past ``AUTH_FAILURES_PER_MINUTE`` failures gets :class:`RateLimitedError`
+        instead, before any key is looked up; a key that failed is refused for
+        ``AUTH_FAILED_CACHE_TTL_S`` without a database round trip."""
+        cache_key = None
+        if presented is not None and len(presented) == keys.KEY_CHARS:
+            cache_key = keys.hash_key(presented, self.settings.api_key_secret)
         now = self._clock()
         if cache_key is not None:
             cached = self._auth_cache.get(cache_key)
             if cached is not None and cached[0] > now:
                 return cached[1]
+        if cache_key is None or self._known_good.get(cache_key, 0.0) <= now:
+            # A key that worked lately is looked up even from a throttled address: clients
+            # behind one NAT or proxy with an attacker keep working.
+            await self._check_address(source_address)
+        if not presented:
+            await self._refuse(source_address, "missing", "an API key is required")
+        if cache_key is None or self._failed_keys.get(cache_key, 0.0) > now:
+            # Malformed (no stored key has its shape), or failed a moment ago.
+            await self._refuse(source_address, "unknown_or_revoked", UNKNOWN_KEY)
+        secret = self.settings.api_key_secret
         row = await self.db(lambda session: keys.authenticate(session, presented, secret))
-        if row is not None and cache_key is not None:
-            if len(self._auth_cache) >= AUTH_CACHE_MAX_ENTRIES:
-                self._auth_cache.clear()
-            self._auth_cache[cache_key] = (now + AUTH_CACHE_TTL_S, row)
         if row is None:
-            self.audit(
-                audit.AuditKind.AUTH_FAILED,
-                source_address=source_address,
-                details={"reason": "unknown_or_revoked"},
-            )
-            raise UnauthorizedError("unknown or revoked API key")
+            _remember(self._failed_keys, cache_key, now + AUTH_FAILED_CACHE_TTL_S)
+            await self._refuse(source_address, "unknown_or_revoked", UNKNOWN_KEY)
+        _remember(self._auth_cache, cache_key, (now + AUTH_CACHE_TTL_S, row))
+        _remember(self._known_good, cache_key, now + AUTH_KNOWN_GOOD_S)
         return row
+
+    async def _check_address(self, source_address: str | None) -> None:
+        """Raise :class:`RateLimitedError` if ``source_address`` used up its failures. Not
+        audited: the failure that used them up was, and a write per refusal is what an
+        attacker would want."""
+        if source_address is None:
+            return
+        decision = await self.limiter.hit(
+            AUTH_THROTTLE_PREFIX + source_address,
+            self.settings.auth_failures_per_minute,
+            dry_run=True,
+        )
+        if decision.reason is Reason.LIMITED:
+            self.metrics.rate_limited("auth")
+            raise RateLimitedError(decision.retry_after_s or 1.0, TOO_MANY_FAILURES)
+
+    async def _refuse(self, source_address: str | None, reason: str, message: str) -> NoReturn:
+        """Count a failed authentication against its address, audit it, and raise: 401, or
+        429 when this failure is one too many for the address."""
+        details: dict[str, Any] = {"reason": reason}
+        refused = None
+        if source_address is not None:
+            decision = await self.limiter.hit(
+                AUTH_THROTTLE_PREFIX + source_address, self.settings.auth_failures_per_minute
+            )
+            refused = decision if decision.reason is Reason.LIMITED else None
+            if refused is not None or (decision.reason is Reason.OK and decision.remaining == 0):
+                # From now on the address is refused (by _check_address, unaudited): this is
+                # the event that says so.
+                details["throttled"] = True
+        self.audit(audit.AuditKind.AUTH_FAILED, source_address=source_address, details=details)
+        if refused is not None:  # failures that raced past _check_address
+            self.metrics.rate_limited("auth")
+            raise RateLimitedError(refused.retry_after_s or 1.0, TOO_MANY_FAILURES)
+        raise UnauthorizedError(message)
 
     async def hit(self, key: ApiKey, executions: int = 1) -> RateDecision:
         """Count a request against the key's rate: one, or one per execution it asks for (a
@@ -956,6 +1005,16 @@ def _copy_of(hit: CachedResult, execution_id: uuid.UUID) -> ExecutionRecord:
             "finished_at": now,
         }
     )
+
+
+def _remember(cache: dict[str, _T], key: str | None, value: _T) -> None:
+    """Keep ``value`` under ``key`` in one of the authentication caches; a full cache starts
+    over (many keys at once is not the path worth keeping fast)."""
+    if key is None:
+        return
+    if len(cache) >= AUTH_CACHE_MAX_ENTRIES:
+        cache.clear()
+    cache[key] = value
 
 
 def _case_output_chars(record: ExecutionRecord) -> int:
