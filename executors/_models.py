@@ -26,6 +26,7 @@ __all__ = [
     "ExecutionRecord",
     "ExecutionRequest",
     "ExecutionStatus",
+    "JudgeMode",
     "Limits",
     "LimitsRequest",
     "check_files",
@@ -54,6 +55,20 @@ class ExecutionStatus(enum.StrEnum):
 
 
 TERMINAL_STATUSES = frozenset(ExecutionStatus) - {ExecutionStatus.QUEUED, ExecutionStatus.RUNNING}
+
+
+class JudgeMode(enum.StrEnum):
+    """Where ``test_code`` runs (API.md, "Evaluation").
+
+    ``isolated``: in a process of its own beside the program's, which the program can neither
+    read, trace nor write to; calls of the program's functions cross as plain values or opaque
+    handles. ``in_process``: after the program, in the same interpreter (for tests that patch or
+    share the program's objects); it resists the common tricks, not a program reading its own
+    memory.
+    """
+
+    ISOLATED = "isolated"
+    IN_PROCESS = "in_process"
 
 
 class _Frozen(BaseModel):
@@ -155,6 +170,8 @@ class ExecutionRequest(_Frozen):
     files: dict[str, str] = Field(default_factory=dict)
     limits: Limits
     test_code: str | None = None
+    judge: JudgeMode = JudgeMode.ISOLATED
+    """How ``test_code`` runs; ignored without it."""
     cases: list[CaseSpec] | None = Field(default=None, min_length=1, max_length=MAX_CASES)
     """At least one: "every case passed" must not be vacuously true."""
 
@@ -175,12 +192,17 @@ class ExecutionRequest(_Frozen):
 
 
 def check_files(files: dict[str, str]) -> dict[str, str]:
-    """The files of a request: few enough, relative paths, storable text."""
+    """The files of a request: few enough, relative paths, storable text, and a tree that can
+    be written (no path is both a file and another file's directory)."""
     if len(files) > MAX_FILES:
         raise ValueError(f"at most {MAX_FILES} files")
     for path, content in files.items():
         check_relative_path(path)
         check_text(content, f"file {path!r}")
+    directories = {str(parent) for path in files for parent in PurePosixPath(path).parents}
+    for path in files:
+        if path in directories:
+            raise ValueError(f"file path {path!r} is also the directory of another file")
     return files
 
 
@@ -193,11 +215,13 @@ def check_relative_path(path: str) -> str:
         or len(path) > MAX_FILE_PATH_CHARS
         or path.startswith("/")
         or "\\" in path
-        or any(part in ("..", ".") for part in path.split("/"))
+        or any(part in ("..", ".", "") for part in path.split("/"))
         or not parts
         or any(ord(ch) < 32 for ch in path)
     ):
-        raise ValueError(f"file path {path!r} must be relative, without '..'")
+        raise ValueError(
+            f"file path {path!r} must be relative, without '..', '.', empty parts or a final '/'"
+        )
     return path
 
 

@@ -1,11 +1,13 @@
 """Judged runs at the engine level: ``test_code`` and ``cases`` (API.md, "Evaluation").
 
-Programs run in the session's watched 2-slot pool (conftest.py). The forging attempts each try
-to get ``passed: true`` for a program that fails its test; they all get ``passed: false``,
-whatever status they manage to give their run. Two residuals the harness documents
-(``executors/_sandbox/zygote.py``, ``_arm_proof``) are pinned as strict expected failures: a
-program written against the harness that runs its own code inside the proof's hook, and a test
-that trusts ``==`` on what the program returns.
+Programs run in the session's watched 2-slot pool (conftest.py), under both judges: ``isolated``
+(the default: the test runs in a process of its own) and ``in_process``. The forging attempts
+each try to get ``passed: true`` for a program that fails its test; under the isolated judge
+they all get ``passed: false``, whatever status they manage to give their run. The residuals
+the in-process judge documents (``executors/_sandbox/zygote.py``, ``_arm_proof``) are pinned as
+strict expected failures of that judge alone: a program that runs its own code inside the
+proof's hook, one that reads its own memory, one that reads the test's code, and a test that
+trusts ``==`` on what the program returns.
 """
 
 from __future__ import annotations
@@ -56,23 +58,42 @@ ADD_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert c
 REFUSED = "is not available while the program is judged"
 
 
+JUDGES = ("isolated", "in_process")
+
+
 def with_limits(sandbox: WatchedPool, **changes: float) -> Limits:
     return Limits.model_validate({**sandbox.limits.model_dump(), **changes})
+
+
+@pytest.fixture(params=JUDGES)
+def judge(request: pytest.FixtureRequest) -> str:
+    """The judge a test runs under, when both must behave alike."""
+    return str(request.param)
+
+
+def in_process_residual(reason: str) -> list[object]:
+    """Both judges, the in-process one pinned as a strict expected failure for ``reason``."""
+    return [
+        "isolated",
+        pytest.param("in_process", marks=pytest.mark.xfail(strict=True, reason=reason)),
+    ]
 
 
 # --- test_code --------------------------------------------------------------------------------
 
 
-def test_a_humaneval_style_check_passes(sandbox: WatchedPool) -> None:
-    record = sandbox.run(HUMANEVAL_CODE, test_code=HUMANEVAL_TEST)
+def test_a_humaneval_style_check_passes(sandbox: WatchedPool, judge: str) -> None:
+    record = sandbox.run(HUMANEVAL_CODE, test_code=HUMANEVAL_TEST, judge=judge)
     assert (record.status, record.exit_code, record.passed) == (OK, 0, True), record
     assert (record.stdout, record.stderr) == ("", "")
     assert record.cases is None
 
 
-def test_a_failing_assertion_fails_with_the_tests_traceback(sandbox: WatchedPool) -> None:
+def test_a_failing_assertion_fails_with_the_tests_traceback(
+    sandbox: WatchedPool, judge: str
+) -> None:
     wrong = HUMANEVAL_CODE.replace("return True", "return False")
-    record = sandbox.run(wrong, test_code=HUMANEVAL_TEST)
+    record = sandbox.run(wrong, test_code=HUMANEVAL_TEST, judge=judge)
     assert (record.status, record.exit_code, record.passed) == (NONZERO_EXIT, 1, False), record
     assert 'File "<test_code>", line 5, in check' in record.stderr
     assert "    assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True\n" in record.stderr
@@ -80,22 +101,28 @@ def test_a_failing_assertion_fails_with_the_tests_traceback(sandbox: WatchedPool
     assert "zygote" not in record.stderr
 
 
-def test_an_exception_in_the_code_fails_before_the_test_runs(sandbox: WatchedPool) -> None:
-    record = sandbox.run("raise ValueError('broken')", test_code="print('test ran')")
+def test_an_exception_in_the_code_fails_before_the_test_runs(
+    sandbox: WatchedPool, judge: str
+) -> None:
+    record = sandbox.run("raise ValueError('broken')", test_code="print('test ran')", judge=judge)
     assert (record.status, record.passed, record.stdout) == (NONZERO_EXIT, False, "")
     assert record.stderr.endswith("ValueError: broken\n")
 
 
-def test_a_syntax_error_in_the_test_fails_without_running_the_code(sandbox: WatchedPool) -> None:
-    record = sandbox.run("print('code ran')", test_code="def check(:\n")
+def test_a_syntax_error_in_the_test_fails_without_running_the_code(
+    sandbox: WatchedPool, judge: str
+) -> None:
+    record = sandbox.run("print('code ran')", test_code="def check(:\n", judge=judge)
     assert (record.status, record.passed, record.stdout) == (NONZERO_EXIT, False, "")
     assert 'File "<test_code>", line 1' in record.stderr and "SyntaxError" in record.stderr
 
 
-def test_the_test_shares_the_programs_namespace_stdin_and_output(sandbox: WatchedPool) -> None:
+def test_the_test_shares_the_programs_namespace_stdin_and_output(
+    sandbox: WatchedPool, judge: str
+) -> None:
     code = "import sys\nfirst = input()\nprint('code', first)\n"
     test = "print('test', first, sys.stdin.read().strip(), __name__)\nassert first == 'a'\n"
-    record = sandbox.run(code, test_code=test, stdin="a\nb\n")
+    record = sandbox.run(code, test_code=test, stdin="a\nb\n", judge=judge)
     assert (record.status, record.passed) == (OK, True), record
     assert record.stdout == "code a\ntest a b __main__\n"
 
@@ -107,21 +134,27 @@ def test_a_record_that_asked_for_no_judgement_says_passed_null(sandbox: WatchedP
     assert api["passed"] is None and "cases" not in api
 
 
-def test_a_run_that_times_out_after_its_test_passed_does_not_pass(sandbox: WatchedPool) -> None:
+def test_a_run_that_times_out_after_its_test_passed_does_not_pass(
+    sandbox: WatchedPool, judge: str
+) -> None:
     """The proof came (the test returned), but the run did not end well: not passed."""
     code = RIGHT_ADD + "import atexit, time\natexit.register(time.sleep, 60)\n"
-    record = sandbox.run(code, test_code=ADD_TEST, limits=with_limits(sandbox, wall_timeout_s=1))
+    record = sandbox.run(
+        code, test_code=ADD_TEST, limits=with_limits(sandbox, wall_timeout_s=1), judge=judge
+    )
     assert (record.status, record.passed) == (TIMEOUT, False), record
 
 
-def test_a_test_that_never_ends_times_out_and_does_not_pass(sandbox: WatchedPool) -> None:
+def test_a_test_that_never_ends_times_out_and_does_not_pass(
+    sandbox: WatchedPool, judge: str
+) -> None:
     limits = with_limits(sandbox, wall_timeout_s=1)
-    record = sandbox.run(RIGHT_ADD, test_code="while True:\n    pass\n", limits=limits)
+    record = sandbox.run(RIGHT_ADD, test_code="while True:\n    pass\n", limits=limits, judge=judge)
     assert (record.status, record.passed) == (TIMEOUT, False), record
 
 
-def test_a_run_over_its_memory_does_not_pass(sandbox: WatchedPool) -> None:
-    record = sandbox.run(RIGHT_ADD, test_code=ADD_TEST + "b = bytearray(300 << 20)\n")
+def test_a_run_over_its_memory_does_not_pass(sandbox: WatchedPool, judge: str) -> None:
+    record = sandbox.run(RIGHT_ADD, test_code=ADD_TEST + "b = bytearray(300 << 20)\n", judge=judge)
     assert (record.status, record.passed) == (MEMORY_LIMIT, False), record
 
 
@@ -203,6 +236,109 @@ FORGERIES: dict[str, tuple[str, object]] = {
 }
 """Attack (run after a wrong ``add``, before ``ADD_TEST``) -> the status the run ends with."""
 
+NEW_FORGERIES: dict[str, tuple[str, object]] = {
+    # The security review's proofs of concept against the in-process judge (issue 10).
+    "excepthook-partial-of-audit": (
+        "import atexit, functools, os, sys\n"
+        "sys.excepthook = functools.partial(sys.audit, 'exec_agent.test_passed')\n"
+        "atexit.register(os._exit, 0)\n",
+        OK,
+    ),
+    "exception-str-partial-of-audit": (
+        "import atexit, builtins, functools, os, sys\n"
+        "class Loud(Exception):\n"
+        "    __str__ = functools.partial(sys.audit, 'exec_agent.test_passed')\n"
+        "def add(a, b):\n"
+        "    raise Loud()\n"
+        "sys.excepthook = print\n"
+        "atexit.register(os._exit, 0)\n",
+        OK,
+    ),
+    "current-frames-from-a-thread": (
+        "import os, sys, threading\n"
+        "def watch():\n"
+        "    while True:\n"
+        "        for frame in sys._current_frames().values():\n"
+        "            while frame is not None:\n"
+        "                if frame.f_code.co_name == 'release_proof':\n"
+        "                    loc = frame.f_locals\n"
+        "                    os.write(loc['fd'], loc['nonce'])\n"
+        "                    os._exit(0)\n"
+        "                frame = frame.f_back\n"
+        "try:\n"
+        "    sys._current_frames()\n"
+        "    threading.Thread(target=watch, daemon=True).start()\n"
+        "except PermissionError:\n"
+        "    pass\n",
+        OK,
+    ),
+}
+"""Forgeries that beat the in-process judge before it was hardened (or that it still refuses)."""
+
+MEMORY_THIEF = """\
+import os, struct
+
+# The proof's nonce: a 16-byte bytes object held by a closure cell. Objects are found by their
+# type pointers: a bytes object is refcount, type, size, hash (-1: never hashed), its bytes and
+# a NUL; a cell is refcount, type, pointer to its content.
+bytes_header = struct.pack("<Qqq", id(bytes), 16, -1)
+cell_type = struct.pack("<Q", id(type((lambda x: lambda: x)(0).__closure__[0])))
+regions = []
+with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+    for line in maps:
+        span, perms = line.split()[:2]
+        if perms.startswith("rw"):
+            start, end = (int(x, 16) for x in span.split("-"))
+            try:
+                mem.seek(start)
+                regions.append((start, mem.read(end - start)))
+            except (OSError, OverflowError, ValueError):
+                pass
+found = {}
+for start, chunk in regions:
+    at = chunk.find(bytes_header)
+    while at != -1:
+        data = chunk[at + 24 : at + 41]
+        if len(data) == 17 and data[16] == 0:
+            found[start + at - 8] = data[:16]
+        at = chunk.find(bytes_header, at + 1)
+held = []
+for start, chunk in regions:
+    at = chunk.find(cell_type)
+    while at != -1:
+        (target,) = struct.unpack("<Q", chunk[at + 8 : at + 16] or bytes(8))
+        if target in found:
+            held.append(found[target])
+        at = chunk.find(cell_type, at + 1)
+
+
+def is_pipe(fd):
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+    except OSError:  # the directory listed
+        return False
+
+
+pipes = [int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) > 3 and is_pipe(fd)]
+print(len(found), "candidates,", len(held), "in cells,", len(pipes), "pipes")
+if pipes and held:
+    os.write(pipes[0], held[0])
+os._exit(0)
+"""
+
+CODE_READER = """\
+import dis, sys
+
+def add(a, b):
+    caller = sys._getframe(1)
+    after = [
+        i for i in dis.get_instructions(caller.f_code)
+        if i.offset > caller.f_lasti and i.opname == "LOAD_CONST"
+    ]
+    return after[0].argval
+"""
+
+
 STEAL_FROM_FRAMES = """\
 import os, sys
 
@@ -235,21 +371,33 @@ os._exit(0)
 
 
 @pytest.mark.parametrize(("attack", "status"), FORGERIES.values(), ids=FORGERIES.keys())
-def test_a_forged_pass_does_not_pass(sandbox: WatchedPool, attack: str, status: object) -> None:
-    record = sandbox.run(WRONG_ADD + attack, test_code=ADD_TEST)
+def test_a_forged_pass_does_not_pass_in_process(
+    sandbox: WatchedPool, attack: str, status: object
+) -> None:
+    record = sandbox.run(WRONG_ADD + attack, test_code=ADD_TEST, judge="in_process")
     assert (record.status, record.passed) == (status, False), record
 
 
-def test_the_forking_forger_leaves_nothing_behind(sandbox: WatchedPool) -> None:
+@pytest.mark.parametrize("attack", [*FORGERIES, *NEW_FORGERIES])
+def test_a_forged_pass_does_not_pass_the_isolated_judge(sandbox: WatchedPool, attack: str) -> None:
+    """Whatever status the program gives its run, it does not pass; and a right program that
+    does the same harmless things still passes, so the test is not failing for its own sake."""
+    code = {**FORGERIES, **NEW_FORGERIES}[attack][0]
+    record = sandbox.run(WRONG_ADD + code, test_code=ADD_TEST)
+    assert record.passed is False and record.status != INTERNAL_ERROR, record
+
+
+@pytest.mark.parametrize("judge", JUDGES)
+def test_the_forking_forger_leaves_nothing_behind(sandbox: WatchedPool, judge: str) -> None:
     with sandbox.watch():
         record = sandbox.run(
-            WRONG_ADD + FORGERIES["fork-a-child-that-passes"][0], test_code=ADD_TEST
+            WRONG_ADD + FORGERIES["fork-a-child-that-passes"][0], test_code=ADD_TEST, judge=judge
         )
-    assert (record.status, record.passed) == (OK, False), record
+    assert record.passed is False and record.status != INTERNAL_ERROR, record
 
 
 def test_the_nonce_is_not_reachable_from_the_programs_frames(sandbox: WatchedPool) -> None:
-    record = sandbox.run(WRONG_ADD + STEAL_FROM_FRAMES, test_code=ADD_TEST)
+    record = sandbox.run(WRONG_ADD + STEAL_FROM_FRAMES, test_code=ADD_TEST, judge="in_process")
     assert (record.status, record.passed) == (OK, False), record.stderr
     assert record.stdout == "0 nonces, 1 pipe\n"  # the proof pipe is found, not what to write
 
@@ -263,13 +411,15 @@ def test_the_nonce_is_not_reachable_from_the_programs_frames(sandbox: WatchedPoo
         ("sys.settrace(lambda *args: None)", "sys.settrace"),
         ("ctypes.string_at(id(1), 8)", "ctypes.string_at"),
         ("ctypes.CDLL(None)", "ctypes.dlopen"),
+        ("sys._current_frames()", "sys._current_frames"),
+        ("sys._current_exceptions()", "sys._current_exceptions"),
     ],
 )
 def test_introspection_that_reaches_the_proof_is_refused(
     sandbox: WatchedPool, call: str, event: str
 ) -> None:
     code = f"import ctypes, gc, sys\n{call}\n{RIGHT_ADD}"
-    record = sandbox.run(code, test_code=ADD_TEST)
+    record = sandbox.run(code, test_code=ADD_TEST, judge="in_process")
     assert (record.status, record.passed) == (NONZERO_EXIT, False), record
     assert f"PermissionError: {event} {REFUSED}" in record.stderr
 
@@ -290,33 +440,37 @@ def test_a_trace_function_jumping_over_the_failing_assertion_is_refused(
         "except PermissionError as exc:\n"
         "    print(exc)\n"
     )
-    record = sandbox.run(WRONG_ADD + tracer, test_code=ADD_TEST)
+    record = sandbox.run(WRONG_ADD + tracer, test_code=ADD_TEST, judge="in_process")
     assert (record.status, record.passed) == (NONZERO_EXIT, False), record
     assert record.stdout == f"sys.settrace {REFUSED}\n"
 
 
-def test_builtins_patched_by_the_program_are_not_the_tests(sandbox: WatchedPool) -> None:
+def test_builtins_patched_by_the_program_are_not_the_tests(
+    sandbox: WatchedPool, judge: str
+) -> None:
     """The test sees the builtins as they were before the program ran."""
     patch = "import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.isinstance = lambda *a: True\n"
     test = "assert isinstance(add(2, 3), str) or abs(add(2, 3) - 5) < 1e-9\n"
-    record = sandbox.run(WRONG_ADD + patch, test_code=test)
+    record = sandbox.run(WRONG_ADD + patch, test_code=test, judge=judge)
     assert (record.status, record.passed) == (NONZERO_EXIT, False), record
-    assert sandbox.run(RIGHT_ADD + patch, test_code=test).passed is True
+    assert sandbox.run(RIGHT_ADD + patch, test_code=test, judge=judge).passed is True
 
 
 def test_tampering_with_the_proof_descriptor_fails_even_a_right_program(
     sandbox: WatchedPool,
 ) -> None:
     junk = FORGERIES["junk-on-every-descriptor"][0]
-    record = sandbox.run(RIGHT_ADD + junk, test_code=ADD_TEST)
+    record = sandbox.run(RIGHT_ADD + junk, test_code=ADD_TEST, judge="in_process")
     assert (record.status, record.passed) == (OK, False), record
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="residual: test_code sees what the program built; an == test trusts its __eq__",
+@pytest.mark.parametrize(
+    "judge",
+    in_process_residual("residual: test_code sees what the program built; == trusts its __eq__"),
 )
-def test_an_always_equal_result_fools_an_equality_only_test(sandbox: WatchedPool) -> None:
+def test_an_always_equal_result_fools_only_an_in_process_equality_test(
+    sandbox: WatchedPool, judge: str
+) -> None:
     code = (
         "class Anything:\n"
         "    def __eq__(self, other):\n"
@@ -324,7 +478,7 @@ def test_an_always_equal_result_fools_an_equality_only_test(sandbox: WatchedPool
         "def add(a, b):\n"
         "    return Anything()\n"
     )
-    assert sandbox.run(code, test_code=ADD_TEST).passed is False
+    assert sandbox.run(code, test_code=ADD_TEST, judge=judge).passed is False
 
 
 SIGNAL_THIEF = """\
@@ -353,20 +507,147 @@ os._exit(0)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="residual: Python code run inside the proof's audit hook (here a signal handler) "
-    "sees the hook's frame, and so the nonce",
+@pytest.mark.parametrize(
+    "judge",
+    in_process_residual(
+        "residual: Python code run inside the proof's audit hook (here a signal handler) "
+        "sees the hook's frame, and so the nonce"
+    ),
 )
-def test_a_signal_handler_inside_the_hook_steals_the_proof(sandbox: WatchedPool) -> None:
-    record = sandbox.run(WRONG_ADD + SIGNAL_THIEF, test_code=ADD_TEST)
+def test_a_signal_handler_inside_the_hook_steals_the_proof_only_in_process(
+    sandbox: WatchedPool, judge: str
+) -> None:
+    record = sandbox.run(WRONG_ADD + SIGNAL_THIEF, test_code=ADD_TEST, judge=judge)
     assert record.passed is False, record.stderr
 
 
-def test_an_always_equal_result_does_not_fool_a_type_aware_test(sandbox: WatchedPool) -> None:
+@pytest.mark.parametrize(
+    "judge", in_process_residual("residual: the program can read its own process's memory")
+)
+def test_a_program_reading_its_own_memory_finds_no_proof_to_forge(
+    sandbox: WatchedPool, judge: str
+) -> None:
+    record = sandbox.run(WRONG_ADD + MEMORY_THIEF, test_code=ADD_TEST, judge=judge)
+    assert record.passed is False, record.stdout + record.stderr
+
+
+@pytest.mark.parametrize(
+    "judge", in_process_residual("residual: the test's code is readable from the program's frames")
+)
+def test_a_candidate_reading_the_tests_code_finds_nothing_to_copy(
+    sandbox: WatchedPool, judge: str
+) -> None:
+    record = sandbox.run(CODE_READER, test_code=ADD_TEST, judge=judge)
+    assert record.passed is False, record.stderr
+
+
+# --- the isolated judge: what crosses between the test and the program -----------------------
+
+
+def test_values_cross_as_copies_and_objects_as_handles(sandbox: WatchedPool) -> None:
+    code = (
+        "import collections\n"
+        "Point = collections.namedtuple('Point', 'x y')\n"
+        "class Counter:\n"
+        "    def __init__(self):\n"
+        "        self.n = 0\n"
+        "    def bump(self, by=1):\n"
+        "        self.n += by\n"
+        "        return self.n\n"
+        "def values():\n"
+        "    return [None, True, 3, 2.5, 1j, 'é', b'\\x00', (1, [2]), {'k': {3}}, frozenset({4}), 10**30]\n"
+        "def point():\n"
+        "    return Point(1, 2)\n"
+        "def gen(n):\n"
+        "    yield from range(n)\n"
+        "def fail():\n"
+        "    raise KeyError('missing')\n"
+        "def call_back(f):\n"
+        "    return f(20) + 1\n"
+    )
+    test = (
+        "assert values() == [None, True, 3, 2.5, 1j, 'é', b'\\x00', (1, [2]), {'k': {3}}, frozenset({4}), 10**30]\n"
+        "assert type(values()[2]) is int and point() == (1, 2) and type(point()) is tuple\n"
+        "c = Counter()\n"
+        "assert c.bump() == 1 and c.bump(by=2) == 3 and c.n == 3 and c == c and c != Counter()\n"
+        "assert list(gen(3)) == [0, 1, 2] and 'Counter object' in repr(c)\n"
+        "try:\n"
+        "    fail()\n"
+        "except KeyError as exc:\n"
+        "    assert exc.args == ('missing',)\n"
+        "else:\n"
+        "    raise AssertionError('no KeyError')\n"
+        "assert call_back(lambda x: x * 2) == 41\n"
+        "print('all crossed')\n"
+    )
+    record = sandbox.run(code, test_code=test)
+    assert (record.status, record.passed, record.stdout) == (OK, True, "all crossed\n"), record
+
+
+def test_a_program_class_and_its_exceptions_keep_their_builtin_bases(
+    sandbox: WatchedPool,
+) -> None:
+    code = (
+        "class Invalid(ValueError):\n"
+        "    pass\n"
+        "class Solution:\n"
+        "    def two_sum(self, nums, target):\n"
+        "        seen = {}\n"
+        "        for i, n in enumerate(nums):\n"
+        "            if target - n in seen:\n"
+        "                return [seen[target - n], i]\n"
+        "            seen[n] = i\n"
+        "        raise Invalid(f'no pair for {target}')\n"
+    )
+    test = (
+        "assert Solution().two_sum([2, 7, 11, 15], 9) == [0, 1]\n"
+        "try:\n"
+        "    Solution().two_sum([1], 5)\n"
+        "except ValueError as exc:\n"
+        "    assert type(exc).__name__ == 'Invalid' and str(exc) == 'no pair for 5'\n"
+    )
+    record = sandbox.run(code, test_code=test)
+    assert (record.status, record.passed) == (OK, True), record
+
+
+def test_an_uncaught_program_error_shows_both_tracebacks(sandbox: WatchedPool) -> None:
+    code = "def add(a, b):\n    return a + undefined\n"
+    record = sandbox.run(code, test_code=ADD_TEST)
+    assert (record.status, record.passed) == (NONZERO_EXIT, False), record
+    assert 'File "<test_code>", line 2, in check' in record.stderr
+    assert "NameError: name 'undefined' is not defined" in record.stderr
+    assert 'In the program:\n  File "main.py", line 2, in add' in record.stderr
+    assert "zygote" not in record.stderr
+
+
+def test_the_isolated_test_imports_nothing_the_program_wrote(sandbox: WatchedPool) -> None:
+    code = RIGHT_ADD + "open('json.py', 'w').write('raise SystemExit(0)')\n"
+    record = sandbox.run(code, test_code="import json\nassert json.dumps([add(1, 1)]) == '[2]'\n")
+    assert (record.status, record.passed) == (OK, True), record
+
+
+def test_a_program_function_that_exits_fails_the_isolated_test(sandbox: WatchedPool) -> None:
+    """The program ending mid-test is no pass, even for a test that swallows the error."""
+    code = "import os\ndef add(a, b):\n    os._exit(0)\n"
+    test = "try:\n    add(1, 2)\nexcept Exception:\n    pass\n"
+    record = sandbox.run(code, test_code=test)
+    assert record.passed is False, record
+
+
+def test_a_test_object_that_is_not_a_function_does_not_cross(sandbox: WatchedPool) -> None:
+    code = "def size(x):\n    return len(x)\n"
+    test = "class Box:\n    def __len__(self):\n        return 3\nsize(Box())\n"
+    record = sandbox.run(code, test_code=test)
+    assert (record.status, record.passed) == (NONZERO_EXIT, False), record
+    assert "a Box cannot be passed to the program" in record.stderr
+
+
+def test_an_always_equal_result_does_not_fool_a_type_aware_test(
+    sandbox: WatchedPool, judge: str
+) -> None:
     code = "class Anything:\n    __eq__ = lambda self, other: True\n\ndef add(a, b):\n    return Anything()\n"
     test = "result = add(2, 3)\nassert type(result) is int and result == 5\n"
-    record = sandbox.run(code, test_code=test)
+    record = sandbox.run(code, test_code=test, judge=judge)
     assert (record.status, record.passed) == (NONZERO_EXIT, False), record
 
 
@@ -474,20 +755,25 @@ def test_usage_adds_up_over_the_cases_and_peak_memory_is_the_largest(
     assert record.cpu_time_s == pytest.approx(sum(cpu), abs=1e-5)
 
 
-def test_cases_with_test_code_need_both_to_pass(sandbox: WatchedPool) -> None:
+def test_cases_with_test_code_need_both_to_pass(sandbox: WatchedPool, judge: str) -> None:
     code = "def double(x):\n    return 2 * x if x < 10 else 0\n\nprint(double(int(input())))\n"
     test = "assert double(3) == 6\n"
-    record = sandbox.run(code, test_code=test, cases=[case("1", "2"), case("20", "40")])
+    record = sandbox.run(
+        code, test_code=test, cases=[case("1", "2"), case("20", "40")], judge=judge
+    )
     assert record.cases is not None
     assert [(c.status, c.passed) for c in record.cases] == [(OK, True), (OK, False)]
-    record = sandbox.run(code, test_code="assert double(20) == 40\n", cases=[case("1", "2")])
+    test = "assert double(20) == 40\n"
+    record = sandbox.run(code, test_code=test, cases=[case("1", "2")], judge=judge)
     assert record.cases is not None
     assert (record.status, record.passed, record.cases[0].passed) == (NONZERO_EXIT, False, False)
 
 
-def test_a_forged_exit_in_a_case_with_test_code_does_not_pass(sandbox: WatchedPool) -> None:
+def test_a_forged_exit_in_a_case_with_test_code_does_not_pass(
+    sandbox: WatchedPool, judge: str
+) -> None:
     code = WRONG_ADD + "print(add(1, 1))\nimport os\nos._exit(0)\n"
-    record = sandbox.run(code, test_code=ADD_TEST, cases=[case("", "0")])
+    record = sandbox.run(code, test_code=ADD_TEST, cases=[case("", "0")], judge=judge)
     assert (record.status, record.passed) == (OK, False), record
 
 

@@ -26,7 +26,13 @@ from typing import Any
 
 from executors._errors import SandboxStartError
 from executors._metrics import NO_METRICS, ExecutorMetrics
-from executors._models import ExecutionRecord, ExecutionRequest, ExecutionStatus, utc_now
+from executors._models import (
+    ExecutionRecord,
+    ExecutionRequest,
+    ExecutionStatus,
+    JudgeMode,
+    utc_now,
+)
 from executors._sandbox._cgroups import JobCgroup
 from executors._sandbox._launch import LaunchPlan, UnusableInterpreter, plan_launch
 from executors._sandbox._proof import ProofChannel
@@ -417,25 +423,34 @@ class _Job:
         """Hand the job to the spare: its payload, then stdin, stdout, stderr and, when
         judged, the proof pipe's write end (the payload then carries the test and nonce)."""
         job: dict[str, Any] = {"code": self.request.code, "files": dict(self.request.files)}
+        judge = None if proof is None else self.request.judge
+        judged: list[int] = []
         if proof is not None:
-            job.update(test_code=self.request.test_code, nonce=proof.nonce)
+            secret = {"test_code": self.request.test_code, "nonce": proof.nonce}
+            if judge == JudgeMode.ISOLATED:  # for the judge's process alone: a payload of its own
+                judged = [proof.write_fd, _memfd_readonly("judge", marshal.dumps(secret))]
+            else:
+                job.update(secret)
+                judged = [proof.write_fd]
         fds = [
             _memfd_readonly("payload", marshal.dumps(job)),
             _memfd_readonly("stdin", self.request.stdin.encode()),
             out_w,
             err_w,
-            *([] if proof is None else [proof.write_fd]),
+            *judged,
         ]
+        processes = SANDBOX_PROCESSES + (judge == JudgeMode.ISOLATED)
         try:
             if self.slot.cgroup is not None:
                 self.memory_before = self.slot.cgroup.prepare(
                     self.limits.memory_bytes + SANDBOX_OVERHEAD_BYTES,
-                    self.limits.max_processes + SANDBOX_PROCESSES,
+                    self.limits.max_processes + processes,
                 )
                 self.oom_before = self.slot.cgroup.oom_kills()
             self.started_at = utc_now()
+            header = {"limits": self.limits.model_dump(), "judge": judge and str(judge)}
             self.spare.sock.sendmsg(
-                [marshal.dumps({"limits": self.limits.model_dump()})],
+                [marshal.dumps(header)],
                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
             )
         except OSError as exc:

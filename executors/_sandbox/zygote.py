@@ -28,14 +28,21 @@ from __future__ import annotations
 import _json
 import _signal  # type: ignore[import-not-found]  # signal.py would import enum
 import _socket
+import _thread
 import array
 import atexit
+import binascii
 import builtins
 import ctypes
 import marshal
 import os
 import resource
 import sys
+
+# The harness's own code keeps the builtins it started with: a program that patches
+# ``builtins.isinstance`` (say) changes its own code, not the harness's. (Functions take their
+# builtins from their module's globals when they are defined, so this comes before them.)
+globals()["__builtins__"] = dict(vars(builtins))
 
 SANDBOX_UID = 1000
 SCRATCH = "/scratch"  # bubblewrap layout: an empty mount point, hidden again per job
@@ -72,6 +79,8 @@ REFUSED_EVENTS = frozenset(
         "gc.get_objects",  # the next three lead from any object to the proof's closure
         "gc.get_referrers",
         "gc.get_referents",
+        "sys._current_frames",  # the next two reach any thread's frames, the hook's among them
+        "sys._current_exceptions",
     }
 )
 """Audit events a judged program may not raise, besides every ``ctypes.*`` one (raw memory)."""
@@ -83,9 +92,10 @@ _TYPE_CHECKING = False  # typing is too heavy to import here; mypy sets this (al
 if _TYPE_CHECKING:
     from collections.abc import Callable
     from types import CodeType
-    from typing import Any, NoReturn
+    from typing import Any, NoReturn, TypeVar
 
     Message = dict[str, Any]
+    _T = TypeVar("_T")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -192,6 +202,7 @@ def serve(control_fd: int) -> Job | None:
     control.send(probe(zygote).encode())  # "ready", with what works here
     _warm_up()
     import gc
+    import traceback  # noqa: F401 - every failing job's report needs it: loaded once, here
 
     gc.freeze()  # forked jobs then neither scan nor copy the zygote's objects
     # The kernel reaps finished jobs' inits at once: no zombie waits for our next command.
@@ -414,7 +425,10 @@ class Job:
         self.limits: Message = {}
         self.code = ""
         self.test_code: str | None = None
+        self.judge: str | None = None
         self._proof: tuple[bytes, int] | None = None
+        self._isolated_fds: tuple[int, int] | None = None
+        """An isolated judge's proof descriptor and its payload's: only its process reads them."""
 
     def run_as_main(self, namespace: dict[str, Any]) -> NoReturn:
         """Lock down, receive the job, make ``namespace`` a fresh ``__main__``, run it.
@@ -422,19 +436,24 @@ class Job:
         ``namespace`` is this module's globals, so every frame between the program
         and the outermost one shows only the program's globals. Never returns.
 
-        A judged job then runs ``test_code`` in the same namespace, with the builtins as
-        they were before the program ran, and raises the event that releases the proof
-        (``_arm_proof``). Everything used after the program started is a local taken
-        before: the program can rebind any global or builtin name.
+        A job judged ``in_process`` then runs ``test_code`` in the same namespace, with the
+        builtins as they were before the program ran, and raises the event that releases the
+        proof (``_arm_proof``). Everything used after the program started is a local taken
+        before: the program can rebind any global or builtin name. A job judged ``isolated``
+        splits in two processes first (``_split_for_judge``).
         """
         _os, _sys, _exec, _status = os, sys, exec, _exit_status  # globals go with the reset
         _exiting, _anything, _dict = SystemExit, BaseException, dict  # builtins can be rebound
-        _arm, _audit, _passed = _arm_proof, sys.audit, PASSED_EVENT
-        syntax_error = test = None
+        _arm, _run_test = _arm_proof, _run_test_then_pass
+        _audit, _passed = sys.audit, PASSED_EVENT
+        syntax_error = test = judge = None
         try:
             self._lock_down()
             self.job_sock.send(b"ready")  # to the host: a spare, waiting for its job
             self._receive()
+            if self._isolated_fds is not None:
+                judge = _split_for_judge(self, self._isolated_fds)  # returns in the program
+            self._set_rlimits()
             sources = {MAIN_FILE: self.code}
             try:
                 code = compile(self.code, MAIN_FILE, "exec", dont_inherit=True)
@@ -443,6 +462,9 @@ class Job:
                     test = compile(self.test_code, TEST_FILE, "exec", dont_inherit=True)
             except (SyntaxError, ValueError) as exc:
                 syntax_error = exc
+            if judge is not None:
+                judge.wait_for_go()
+                namespace = _new_main_module()  # this module's globals serve the judge
             finish = _reset_interpreter(namespace, sources)
             if test is not None:
                 test_builtins = tuple(vars(namespace["__builtins__"]).items())
@@ -452,16 +474,19 @@ class Job:
             _os._exit(0)
         # From here on the program may write to the status pipe too: init trusts an ``I`` only
         # before this ``S``, so the program cannot pass its own failure off as the service's.
-        _os.write(self.status_w, b"S")
+        # (An isolated judge wrote it already.)
+        if judge is None:
+            _os.write(self.status_w, b"S")
         if syntax_error is not None:
             _sys.excepthook(type(syntax_error), syntax_error, None)
             finish(1)
         try:
             _exec(code, namespace)
+            if judge is not None:
+                judge.serve(namespace, self.code, finish)  # never returns
             if test is not None:
                 namespace["__builtins__"] = _dict(test_builtins)
-                _exec(test, namespace)
-                _audit(_passed)
+                _run_test(test, namespace, _exec, _audit, _passed)
         except _exiting as exc:
             finish(_status(exc))
         except _anything:  # everything: reported as the interpreter would
@@ -491,13 +516,19 @@ class Job:
         _drop_capabilities(self.zygote.cap_last_cap)
 
     def _receive(self) -> None:
-        """Take the job from the host, put its streams on 0-2, its files in /work."""
+        """Take the job from the host, put its streams on 0-2, its files in /work.
+
+        Descriptors: payload, stdin, stdout, stderr; judged, the proof pipe's write end; judged
+        ``isolated``, also the judge's payload (test and nonce), which this process never reads.
+        """
         try:
             header, fds = _recv(self.job_sock)
         except EOFError:
             os._exit(0)  # the host dropped this spare
-        if len(fds) not in (4, 5):
-            raise SetupError(f"expected 4 or 5 descriptors, got {len(fds)}")
+        self.judge = header.get("judge")
+        expected = {None: 4, JUDGE_IN_PROCESS: 5, JUDGE_ISOLATED: 6}.get(self.judge)
+        if len(fds) != expected:
+            raise SetupError(f"expected {expected} descriptors, got {len(fds)}")
         self.job_sock.send(b"started")  # from here on, what happens is the job's
         payload_fd, stdin_fd, stdout_fd, stderr_fd = fds[:4]
         with open(payload_fd, "rb") as f:
@@ -509,16 +540,23 @@ class Job:
             os.dup2(fd, target, inheritable=target < 3)
         self.status_w = 3
         # The job socket too: the program cannot talk to the host. A judged job keeps one
-        # more descriptor, the proof's, moved out of the way first.
-        if len(fds) == 5:
+        # more descriptor, the proof's, moved out of the way first; an isolated one two.
+        if self.judge == JUDGE_IN_PROCESS:
             proof_fd = _hide_descriptor(fds[4])
             self._proof = (payload["nonce"], proof_fd)
             os.closerange(4, proof_fd)
             os.closerange(proof_fd + 1, MAX_FD)
+        elif self.judge == JUDGE_ISOLATED:
+            low, high = sorted(fds[4:6])
+            if low < 4:
+                raise SetupError("the judge's descriptors came below 4")
+            self._isolated_fds = (fds[4], fds[5])
+            os.closerange(4, low)
+            os.closerange(low + 1, high)
+            os.closerange(high + 1, MAX_FD)
         else:
             os.closerange(4, MAX_FD)
         os.set_inheritable(3, False)
-        self._set_rlimits()
 
     def _set_rlimits(self) -> None:
         lim = self.limits
@@ -632,6 +670,37 @@ def _refuse_introspection(
         raise _error(f"{event} is not available while the program is judged")
 
 
+def _run_test_then_pass(
+    test: CodeType,
+    namespace: dict[str, Any],
+    _exec: Callable[..., Any],
+    _audit: Callable[..., Any],
+    _passed: str,
+) -> None:
+    """Run the test, then raise the event that releases the proof (an ``in_process`` judge).
+
+    The proof's hook knows this function's code and the lines of its two calls: an event
+    raised from anywhere else (a C-level callable run by the harness, say) releases nothing.
+    """
+    _exec(test, namespace)
+    _audit(_passed)
+
+
+def _call_lines() -> tuple[int, int]:
+    """Where ``_run_test_then_pass``'s frame stands during its exec and during its audit call,
+    read from a dry run (lines, not offsets: CPython's specialising calls move ``f_lasti``)."""
+    seen: list[int] = []
+
+    def record(*_args: Any) -> None:
+        seen.append(sys._getframe(1).f_lineno)
+
+    _run_test_then_pass(None, {}, record, record, "")  # type: ignore[arg-type]
+    return seen[0], seen[1]
+
+
+RUN_TEST_EXEC_LINE, RUN_TEST_PASS_LINE = _call_lines()
+
+
 def _arm_proof(
     test: CodeType,
     proof: tuple[bytes, int],
@@ -642,55 +711,70 @@ def _arm_proof(
     _refuse: Callable[[str, tuple[Any, ...]], None] = _refuse_introspection,
     _passed: str = PASSED_EVENT,
     _os_error: type[OSError] = OSError,
+    _run_test: CodeType = _run_test_then_pass.__code__,
+    _exec_line: int = RUN_TEST_EXEC_LINE,
+    _pass_line: int = RUN_TEST_PASS_LINE,
 ) -> None:
-    """Let the caller's frame, and it alone, release the proof once ``test`` has returned.
+    """Let ``_run_test_then_pass``, called by the caller's frame (the harness), and it alone,
+    release the proof once ``test`` has returned (the ``in_process`` judge).
 
     The proof (the host's nonce, written on the proof descriptor) is released by an audit hook
-    when the caller (the harness) raises ``PASSED_EVENT`` after it started ``test`` itself:
-    the hook checks that both events come straight from the harness frame, in the process
-    that armed it (not a fork of it), and writes at most once. The nonce lives only in the
-    hook's closure; audit hooks cannot be listed or removed, and the tracer and profiler do
-    not run inside them. So the program cannot end early, exit 0, fork, trace, spoof the
-    event or run the test in a frame of its own and pass; and walking frames from its code,
-    or ``gc``, does not find the nonce (``_refuse_introspection`` refuses the ``gc`` walks,
-    ``sys.settrace`` and ``ctypes``).
+    when ``PASSED_EVENT`` is raised by the frame of ``_run_test_then_pass`` that the harness
+    called, on the line of its audit call, after that same frame, on the line of its exec
+    call, started ``test``; in the process that armed it (not a fork of it); at most once.
+    A frame is identified by its code and line, not by being the nearest one: a C-level
+    callable (``functools.partial(sys.audit, ...)`` as an excepthook, say) adds no frame.
+    The nonce lives only in the hook's closure; audit hooks cannot be listed or removed, and
+    the tracer and profiler do not run inside them. ``_refuse_introspection`` refuses the
+    ``gc`` walks, ``sys.settrace``, ``sys._current_frames`` and ``ctypes``.
 
-    What it does not withstand, as nothing running in the same interpreter can: a program
-    that reads the process's raw memory (``/proc/self/mem``, bytecode crafted through
-    ``marshal``), or one that gets its own Python code run *inside* the hook (a signal
-    handler or a finalizer firing during it sees the hook's frame, and so the nonce; the
-    tests pin such a thief, a score of lines written against this harness, as a known gap).
-    And what test_code sees is what the program built: an object whose ``__eq__`` is always
-    true passes an ``==`` test, a global it defines shadows a builtin the test uses.
+    What it does not withstand, as nothing running in the same interpreter can: a program that
+    reads the process's raw memory (``/proc/self/mem``, in the process or a fork of it), or
+    one that gets its own Python code run *inside* the hook (a signal handler firing during it
+    sees the hook's frame, and so the nonce). And what test_code sees is what the program
+    built: an object whose ``__eq__`` is always true passes an ``==`` test, the test's code is
+    readable from the program's functions (``sys._getframe(1)``). The ``isolated`` judge
+    stands against all of these (``_judge``).
 
     Nothing in the hook raises: its frame must not reach the program through a traceback.
     """
     nonce, fd = proof
-    harness, pid, started = _getframe(1), _getpid(), False
+    harness, pid = _getframe(1), _getpid()
+    started: Any = None
 
     def release_proof(event: str, args: tuple[Any, ...]) -> None:
         nonlocal nonce, started
         if event == "exec":
-            if args and args[0] is test and _getframe(0).f_back is harness:
-                started = True
-        elif event == _passed and started and _getframe(0).f_back is harness:
-            if _getpid() == pid:
+            caller = _getframe(0).f_back
+            if (
+                args
+                and args[0] is test
+                and caller.f_code is _run_test
+                and caller.f_lineno == _exec_line
+                and caller.f_back is harness
+            ):
+                started = caller
+        elif event == _passed and started is not None:
+            caller = _getframe(0).f_back
+            if caller is started and caller.f_lineno == _pass_line and _getpid() == pid:
                 try:
                     _write(fd, nonce)
                 except _os_error:
                     pass  # the program closed or replaced the descriptor: no proof, then
-            nonce, started = b"", False
+            nonce, started = b"", None
 
     _add_hook(release_proof)
     _add_hook(_refuse)
 
 
 def _reset_interpreter(
-    namespace: dict[str, Any], sources: dict[str, str]
+    namespace: dict[str, Any], sources: dict[str, str], program_path: bool = True
 ) -> Callable[[int], NoReturn]:
     """Make this interpreter look like a fresh ``python main.py``: stdio, argv, globals.
 
     ``sources`` maps file names to source text, for tracebacks (``main.py``, maybe the test).
+    ``program_path``: whether the working directory goes on ``sys.path`` (not in an isolated
+    judge, which must import nothing the program could have written).
     """
     import io
 
@@ -704,7 +788,8 @@ def _reset_interpreter(
     )  # fmt: skip
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr  # type: ignore[misc]
     sys.argv = ["main.py"]
-    sys.path.insert(0, os.getcwd())  # as `python main.py` does: the job's files import
+    if program_path:
+        sys.path.insert(0, os.getcwd())  # as `python main.py` does: the job's files import
     sys.excepthook = _make_excepthook(sources)
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     _add_site_builtins()
@@ -724,8 +809,28 @@ def _add_site_builtins() -> None:
     builtins.help = _sitebuiltins._Helper()
 
 
+def _drop_harness_frames(report: Any, harness_file: str) -> None:
+    """Leave the harness's frames (this file's) out of a traceback and its chained ones.
+
+    Self-contained: it runs after the program replaced this module's globals.
+    """
+    import traceback
+
+    pending, seen = [report], 0
+    while pending and seen < 16:
+        current, seen = pending.pop(), seen + 1
+        current.stack = traceback.StackSummary.from_list(
+            [frame for frame in current.stack if frame.filename != harness_file]
+        )
+        pending += [c for c in (current.__cause__, current.__context__) if c is not None]
+
+
 def _make_excepthook(
-    sources: dict[str, str], _os: Any = os, _file: str = __file__
+    sources: dict[str, str],
+    _os: Any = os,
+    _file: str = __file__,
+    _sys: Any = sys,
+    _drop: Callable[[Any, str], None] = _drop_harness_frames,
 ) -> Callable[[type[BaseException], BaseException, Any], None]:
     def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
         """Tell init about an uncaught MemoryError (or ENOMEM), then print as Python would.
@@ -747,13 +852,618 @@ def _make_excepthook(
                 _os.write(3, b"M")
             except OSError:
                 pass
-        while tb is not None and tb.tb_frame.f_code.co_filename == _file:
-            tb = tb.tb_next
         for name, source in sources.items():
             linecache.cache.setdefault(name, (len(source), None, source.splitlines(True), name))
-        traceback.print_exception(kind, value, tb)
+        report = traceback.TracebackException(kind, value, tb)
+        _drop(report, _file)
+        _sys.stderr.write("".join(report.format()))
 
     return excepthook
+
+
+# --- the isolated judge -------------------------------------------------------
+#
+# A job judged ``isolated`` forks once it has its files and streams: the parent becomes the
+# judge (the process init reaps, so its exit status is the run's), the child the program.
+#
+#     judge (test_code, nonce, proof descriptor; not dumpable) <──socket──> program
+#
+# The judge makes itself non-dumpable before the program runs a line, so the program (same
+# uid, no capabilities) cannot open its /proc files, read or write its memory or take its
+# descriptors; seccomp refuses ptrace and process_vm_*. The test, the nonce and the proof pipe
+# never exist in the program's process. The test's use of the program's names and objects
+# crosses the socket as JSON (parsed by ``_json``'s C scanner, never unpickled): plain values
+# as copies, anything else as an opaque handle (``_Remote``) whose operations run in the
+# program and which equals nothing but itself. Every message the judge reads must come from
+# the program's own pid (SCM_CREDENTIALS), not from a process it forked. The judge writes the
+# nonce only after ``test_code`` returned, the program acknowledged the end of the test and
+# then exited 0.
+
+JUDGE_ISOLATED = "isolated"
+JUDGE_IN_PROCESS = "in_process"
+PR_SET_DUMPABLE = 4
+MAX_RPC_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_RPC_DEPTH = 100
+"""Containers deeper than this cross as handles (a list that contains itself, say)."""
+MAX_REMOTE_TRACEBACK_CHARS = 8192
+INLINE_INT_LIMIT = 1 << 63
+"""Larger ints cross as hex strings: ``int(str)`` refuses more than 4,300 digits."""
+_UCRED_SIZE = 12
+_NOTHING = object()
+
+
+class _ProtocolError(Exception):
+    """The other side sent something the protocol does not allow."""
+
+
+class _ProgramGone(Exception):
+    """The program's process stopped answering (it exited, or closed the socket)."""
+
+
+def _json_float(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    return repr(value)
+
+
+_CONTAINER_TAGS: dict[type, str] = {list: "l", tuple: "t", set: "s", frozenset: "f"}
+_CONTAINER_TYPES: dict[str, Callable[[list[Any]], Any]] = {
+    "l": list, "t": tuple, "s": set, "f": frozenset,
+}  # fmt: skip
+_PLAIN_BASES: tuple[type, ...] = (
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    tuple,
+    list,
+    dict,
+    set,
+    frozenset,
+)
+
+
+def _plain_equivalent(value: Any) -> Any:
+    """A subclass of a plain type as that type (a namedtuple as a tuple, an IntEnum as an int),
+    a numpy scalar or array as the Python value or nested lists (``tolist``); else _NOTHING."""
+    for base in _PLAIN_BASES:
+        if isinstance(value, base):
+            return base(value)
+    if type(value).__module__ == "numpy" and callable(getattr(value, "tolist", None)):
+        return value.tolist()
+    return _NOTHING
+
+
+class _JsonContext:
+    """What ``_json``'s C scanner reads from ``json.JSONDecoder`` (``json`` imports ``re``)."""
+
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int = float, int
+    parse_constant = {"NaN": float("nan"), "Infinity": float("inf"),
+                      "-Infinity": float("-inf")}.__getitem__  # fmt: skip
+
+
+class _Peer:
+    """One end of the judge's socket: the objects it lent the other side, and the proxies of
+    the objects the other side lent it. Calls nest (a call may call back) and are answered
+    in order, each with its request's number."""
+
+    def __init__(self, sock: _socket.socket, program_pid: int | None) -> None:
+        self.sock = sock
+        self.program_pid = program_pid
+        """The judge's end: the only pid its messages may come from. The program's: None."""
+        self.lent: list[Any] = []
+        self.lent_ids: dict[int, int] = {}
+        self.proxies: dict[int, _Remote] = {}
+        self.next_request = 0
+        self.thread = _thread_ident()
+        self._b64 = binascii
+        self._scan = _json.make_scanner(_JsonContext())  # type: ignore[arg-type]
+
+    # --- values ---
+
+    def dump(self, value: Any, depth: int = 0) -> str:
+        kind = type(value)
+        if kind is str:
+            return _json.encode_basestring_ascii(value)
+        if value is None or kind is bool:
+            return "null" if value is None else ("true" if value else "false")
+        if kind is int:
+            if -INLINE_INT_LIMIT < value < INLINE_INT_LIMIT:
+                return str(value)
+            return f'["I","{value:x}"]'
+        if kind is float:
+            return _json_float(value)
+        if kind is complex:
+            return f'["c",{_json_float(value.real)},{_json_float(value.imag)}]'
+        if kind is bytes:
+            text = self._b64.b2a_base64(value, newline=False).decode()
+            return f'["b","{text}"]'
+        if depth < MAX_RPC_DEPTH:
+            tag = _CONTAINER_TAGS.get(kind)
+            if tag is not None:
+                return f'["{tag}",[' + ",".join(self.dump(v, depth + 1) for v in value) + "]]"
+            if kind is dict:
+                pairs = (
+                    "[" + self.dump(k, depth + 1) + "," + self.dump(v, depth + 1) + "]"
+                    for k, v in value.items()
+                )
+                return '["d",[' + ",".join(pairs) + "]]"
+        if kind is _Remote and value._peer is self:
+            return f'["Y",{value._id}]'
+        plain = _NOTHING if depth >= MAX_RPC_DEPTH else _plain_equivalent(value)
+        if plain is not _NOTHING and type(plain) is not kind:
+            return self.dump(plain, depth)
+        return f'["R",{self.lend(value)}]'
+
+    def lend(self, value: Any) -> int:
+        """A handle the other side may use for ``value`` (the same one for the same object)."""
+        if self.program_pid is not None and not callable(value):
+            raise TypeError(
+                f"a {type(value).__name__} cannot be passed to the program: only plain values, "
+                "the program's own objects and functions cross"
+            )
+        found = self.lent_ids.get(id(value))
+        if found is not None:
+            return found
+        self.lent.append(value)
+        self.lent_ids[id(value)] = len(self.lent) - 1
+        return len(self.lent) - 1
+
+    def load(self, node: Any, depth: int = 0) -> Any:
+        kind = type(node)
+        if kind in (str, int, float, bool) or node is None:
+            return node
+        if kind is not list or not node or type(node[0]) is not str or depth > MAX_RPC_DEPTH:
+            raise _ProtocolError("not a value")
+        tag, body = node[0], node[1:]
+        try:
+            if tag in _CONTAINER_TYPES and len(body) == 1 and type(body[0]) is list:
+                return _CONTAINER_TYPES[tag]([self.load(v, depth + 1) for v in body[0]])
+            if tag == "d" and len(body) == 1 and type(body[0]) is list:
+                items = {}
+                for pair in body[0]:
+                    if type(pair) is not list or len(pair) != 2:
+                        raise _ProtocolError("not a pair")
+                    items[self.load(pair[0], depth + 1)] = self.load(pair[1], depth + 1)
+                return items
+            if tag == "b" and len(body) == 1 and type(body[0]) is str:
+                return self._b64.a2b_base64(body[0].encode("ascii"), strict_mode=True)
+            if tag == "c" and len(body) == 2 and all(type(v) in (int, float) for v in body):
+                return complex(body[0], body[1])
+            if tag == "I" and len(body) == 1 and type(body[0]) is str:
+                return int(body[0], 16)
+            if tag in ("R", "Y") and len(body) == 1 and type(body[0]) is int:
+                return self.proxy(body[0]) if tag == "R" else self.lent[body[0]]
+        except (ValueError, TypeError, IndexError, UnicodeError) as exc:
+            raise _ProtocolError(f"bad {tag!r} value") from exc
+        raise _ProtocolError(f"unknown value {tag!r}")
+
+    def proxy(self, handle: int) -> _Remote:
+        if handle < 0:
+            raise _ProtocolError("bad handle")
+        remote = self.proxies.get(handle)
+        if remote is None:
+            remote = self.proxies[handle] = _Remote(self, handle)
+        return remote
+
+    # --- messages ---
+
+    def send(self, text: str) -> None:
+        data = text.encode()
+        try:
+            self.sock.sendall(len(data).to_bytes(4, "big") + data)
+        except OSError as exc:
+            raise _ProgramGone(f"the program's process is gone ({exc})") from None
+
+    def receive(self) -> list[Any]:
+        size = int.from_bytes(self._read(4), "big")
+        if size > MAX_RPC_MESSAGE_BYTES:
+            raise _ProtocolError("message too large")
+        text = self._read(size).decode()
+        try:
+            message, end = self._scan(text, 0)
+        except (ValueError, RecursionError, StopIteration) as exc:
+            raise _ProtocolError("not JSON") from exc
+        if end != len(text) or type(message) is not list or not message:
+            raise _ProtocolError("not a message")
+        return message
+
+    def _read(self, size: int) -> bytes:
+        chunks, missing = [], size
+        while missing:
+            if self.program_pid is None:
+                chunk = self.sock.recv(min(missing, 1 << 20))
+            else:
+                chunk = self._read_from_program(min(missing, 1 << 20))
+            if not chunk:
+                raise _ProgramGone("the program's process closed its end")
+            chunks.append(chunk)
+            missing -= len(chunk)
+        return b"".join(chunks)
+
+    def _read_from_program(self, size: int) -> bytes:
+        """Bytes sent by the program's process itself, not by anything it started."""
+        data, ancdata, _flags, _addr = self.sock.recvmsg(size, _socket.CMSG_SPACE(_UCRED_SIZE))
+        if not data:
+            return data
+        for level, kind, cred in ancdata:
+            if (
+                level == _socket.SOL_SOCKET
+                and kind == _socket.SCM_CREDENTIALS
+                and int.from_bytes(cred[:4], sys.byteorder, signed=True) == self.program_pid
+            ):
+                return data
+        raise _ProtocolError("a message from another process than the program's")
+
+    def request(self, operation: str, *arguments: Any) -> Any:
+        """Ask the other side to do ``operation``; serve its own requests meanwhile."""
+        if _thread_ident() != self.thread:
+            raise RuntimeError("the judge's functions can only be called from its call's thread")
+        number, self.next_request = self.next_request, self.next_request + 1
+        encoded = ",".join(self.dump(argument) for argument in arguments)
+        self.send(f'["q",{number},"{operation}"' + ("," + encoded if encoded else "") + "]")
+        while True:
+            message = self.receive()
+            if message[0] == "q":
+                self.serve_one(message)
+            elif message[0] == "a" and len(message) == 4 and message[1] == number:
+                if message[2] == "ok":
+                    return self.load(message[3])
+                if message[2] == "err":
+                    raise self.error_from(message[3])
+                raise _ProtocolError("bad answer")
+            else:
+                raise _ProtocolError(f"unexpected {str(message[0])[:20]!r}")
+
+    def serve_one(self, message: list[Any]) -> None:
+        if len(message) < 3 or type(message[1]) is not int or type(message[2]) is not str:
+            raise _ProtocolError("bad request")
+        number, operation = message[1], message[2]
+        try:
+            arguments = [self.load(node) for node in message[3:]]
+            result = self.perform(operation, arguments)
+            answer = f'["a",{number},"ok",{self.dump(result)}]'
+        except _ProgramGone:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the caller's failure, sent to the caller
+            answer = f'["a",{number},"err",{self.dump_error(exc)}]'
+        self.send(answer)
+
+    def perform(self, operation: str, arguments: list[Any]) -> Any:
+        """What the other side asked: the program serves anything on what it lent; the judge
+        only calls the functions it lent."""
+        if operation == "call" and len(arguments) == 3:
+            function, args, kwargs = arguments
+            return function(*args, **kwargs)
+        if self.program_pid is not None:
+            raise PermissionError(f"the judge does not serve {operation!r}")
+        return _serve_operation(operation, arguments)
+
+    # --- errors ---
+
+    def dump_error(self, exc: BaseException) -> str:
+        base = next(
+            (c for c in type(exc).__mro__ if getattr(builtins, c.__name__, None) is c),
+            Exception,
+        )
+        try:
+            message = str(exc)
+        except Exception:  # noqa: BLE001 - its __str__ is the program's
+            message = "<unprintable>"
+        try:
+            args = self.dump(tuple(exc.args))
+        except Exception:  # noqa: BLE001
+            args = "null"
+        trace = _remote_traceback(exc) if self.program_pid is None else ""
+        fields = [type(exc).__name__, base.__name__, message, trace]
+        return "[" + ",".join(_json.encode_basestring_ascii(str(f)) for f in fields) + f",{args}]"
+
+    def error_from(self, node: Any) -> BaseException:
+        if type(node) is not list or len(node) != 5 or not all(type(v) is str for v in node[:4]):
+            raise _ProtocolError("bad error")
+        name, base_name, message, trace, args = node
+        base = getattr(builtins, base_name, None)
+        if not (isinstance(base, type) and issubclass(base, BaseException)):
+            base = Exception
+        kind = base if name == base_name else _exception_class(name[:100], base)
+        try:
+            arguments = self.load(args)
+            exc = kind(*arguments) if type(arguments) is tuple else kind(message)
+        except Exception:  # noqa: BLE001 - a constructor that wants other arguments
+            exc = kind(message)
+        if trace:
+            exc.add_note("In the program:\n" + trace[-MAX_REMOTE_TRACEBACK_CHARS:].rstrip())
+        return exc
+
+
+_EXCEPTION_CLASSES: dict[tuple[str, type], type[BaseException]] = {}
+
+
+def _exception_class(name: str, base: type[BaseException]) -> type[BaseException]:
+    """A class named as the program's exception, under the builtin one it derives from, so a
+    test can catch it by that (``except ValueError``)."""
+    if not name.isidentifier():
+        name = "ProgramError"
+    found = _EXCEPTION_CLASSES.get((name, base))
+    if found is None:
+        found = _EXCEPTION_CLASSES[(name, base)] = type(name, (base,), {"__module__": "program"})
+    return found
+
+
+def _remote_traceback(exc: BaseException) -> str:
+    import linecache
+    import traceback
+
+    for name, source in _PROGRAM_SOURCES.items():
+        linecache.cache.setdefault(name, (len(source), None, source.splitlines(True), name))
+    frames = [
+        frame for frame in traceback.extract_tb(exc.__traceback__) if frame.filename != __file__
+    ]
+    return "".join(traceback.format_list(frames))[-MAX_REMOTE_TRACEBACK_CHARS:]
+
+
+def _serve_operation(operation: str, arguments: list[Any]) -> Any:
+    """One operation of the judge on an object of the program (run in the program)."""
+    target: Any = arguments[0] if arguments else None
+    rest = arguments[1:]
+    if operation == "global" and len(arguments) == 1:
+        return _PROGRAM_NAMESPACE[0][target]
+    if operation == "getattr" and len(rest) == 1:
+        return getattr(target, rest[0])
+    if operation == "setattr" and len(rest) == 2:
+        return setattr(target, rest[0], rest[1])
+    if operation == "delattr" and len(rest) == 1:
+        return delattr(target, rest[0])
+    if operation == "getitem" and len(rest) == 1:
+        return target[rest[0]]
+    if operation == "setitem" and len(rest) == 2:
+        target[rest[0]] = rest[1]
+        return None
+    if operation == "delitem" and len(rest) == 1:
+        del target[rest[0]]
+        return None
+    if operation == "contains" and len(rest) == 1:
+        return rest[0] in target
+    unary: dict[str, Callable[[Any], Any]] = {
+        "len": len, "iter": iter, "next": next, "repr": repr, "str": str, "bool": bool,
+    }  # fmt: skip
+    if operation in unary and not rest:
+        return unary[operation](target)
+    raise _ProtocolError(f"unknown operation {operation!r}")
+
+
+_PROGRAM_NAMESPACE: list[dict[str, Any]] = []
+"""The program's ``__main__`` namespace, once it ran (in the program's process)."""
+_PROGRAM_SOURCES: dict[str, str] = {}
+"""The program's source by file name, for the tracebacks sent to the judge."""
+
+
+def _thread_ident() -> int:
+    return _thread.get_ident()
+
+
+class _Remote:
+    """An object of the other process. Its operations run there; it equals only itself."""
+
+    __slots__ = ("__weakref__", "_id", "_peer")
+
+    def __init__(self, peer: _Peer, handle: int) -> None:
+        object.__setattr__(self, "_peer", peer)
+        object.__setattr__(self, "_id", handle)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._peer.request("call", self, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return self._peer.request("getattr", self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._peer.request("setattr", self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self._peer.request("delattr", self, name)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._peer.request("getitem", self, key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._peer.request("setitem", self, key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self._peer.request("delitem", self, key)
+
+    def __contains__(self, item: Any) -> bool:
+        return _expect(bool, self._peer.request("contains", self, item))
+
+    def __len__(self) -> int:
+        return _expect(int, self._peer.request("len", self))
+
+    def __bool__(self) -> bool:
+        return _expect(bool, self._peer.request("bool", self))
+
+    def __iter__(self) -> Any:
+        iterator = self._peer.request("iter", self)
+        return iterator if type(iterator) is _Remote else iter(iterator)
+
+    def __next__(self) -> Any:
+        return self._peer.request("next", self)
+
+    def __repr__(self) -> str:
+        return _expect(str, self._peer.request("repr", self))
+
+    def __str__(self) -> str:
+        return _expect(str, self._peer.request("str", self))
+
+    __hash__ = object.__hash__  # identity: a handle equals nothing but itself
+
+
+def _expect(kind: type[_T], value: Any) -> _T:
+    if type(value) is not kind:
+        raise TypeError(f"the program answered a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+class _ProgramNames(dict):  # type: ignore[type-arg]
+    """The test's builtins: the real ones, then the program's global names, fetched when the
+    test first reads them (a name the program defines hides a builtin of the same name, as it
+    would in the program's own module)."""
+
+    def __init__(self, peer: _Peer, names: list[str]) -> None:
+        super().__init__((k, v) for k, v in vars(builtins).items() if k not in names)
+        self.peer = peer
+        self.names = frozenset(names)
+
+    def __missing__(self, name: str) -> Any:
+        if name not in self.names:
+            raise KeyError(name)
+        value = self[name] = self.peer.request("global", name)
+        return value
+
+
+def _new_main_module() -> dict[str, Any]:
+    """A fresh ``__main__`` module's namespace, for a program whose harness keeps its own."""
+    main = type(sys)("__main__")
+    sys.modules["__main__"] = main
+    return main.__dict__
+
+
+class _ProgramSide:
+    """The program's end: waits for the judge's go, then answers its requests."""
+
+    def __init__(self, sock: _socket.socket) -> None:
+        self.peer = _Peer(sock, None)
+
+    def wait_for_go(self) -> None:
+        if self.peer.receive() != ["go"]:
+            raise SetupError("the judge did not say go")
+
+    def serve(
+        self, namespace: dict[str, Any], code: str, finish: Callable[[int], NoReturn]
+    ) -> NoReturn:
+        """Answer the judge until it says the test is over, then end as the program would."""
+        _PROGRAM_NAMESPACE.append(namespace)
+        _PROGRAM_SOURCES[MAIN_FILE] = code
+        names = [name for name in namespace if not (name[:2] == name[-2:] == "__")]
+        peer = self.peer
+        try:
+            peer.send('["ready",' + peer.dump(names) + "]")
+            while True:
+                message = peer.receive()
+                if message == ["done"]:
+                    peer.send('["bye"]')
+                    break
+                if message[0] != "q":
+                    raise _ProtocolError("not a request")
+                peer.serve_one(message)
+        except (_ProgramGone, _ProtocolError, OSError):
+            finish(1)  # the judge is gone: nobody is left to serve
+        finish(0)
+
+
+def _split_for_judge(job: Job, fds: tuple[int, int]) -> _ProgramSide:
+    """Fork the judge off; return (in the program's process) the program's end of the socket.
+
+    The judge's process never returns from here: it runs ``test_code`` and exits.
+    """
+    proof_fd, payload_fd = fds
+    judge_end, program_end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    judge_end.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
+    pid = os.fork()
+    if pid == 0:
+        judge_end.close()
+        os.close(proof_fd)
+        os.close(payload_fd)
+        return _ProgramSide(program_end)
+    _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "not dumpable")  # before anything else
+    program_end.close()
+    _judge(job, pid, judge_end, proof_fd, payload_fd)
+
+
+def _judge(
+    job: Job, program: int, sock: _socket.socket, proof_fd: int, payload_fd: int
+) -> NoReturn:
+    """The judge's process: run the test against the program's names, prove it passed."""
+    try:
+        with open(payload_fd, "rb") as f:
+            payload = marshal.loads(f.read())
+        test_code, nonce = str(payload["test_code"]), bytes(payload["nonce"])
+        job._set_rlimits()
+        os.write(job.status_w, b"S")
+    except Exception as exc:  # noqa: BLE001 - the service's failure
+        os.write(job.status_w, f"I{exc}".encode())
+        os.kill(program, _signal.SIGKILL)
+        os._exit(0)
+    finish = _reset_interpreter({}, {TEST_FILE: test_code}, program_path=False)
+
+    def fail(status: int) -> NoReturn:
+        with _suppress(OSError):
+            os.kill(program, _signal.SIGKILL)
+        finish(status)
+
+    try:
+        test = compile(test_code, TEST_FILE, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as exc:
+        sys.excepthook(type(exc), exc, None)
+        fail(1)
+    peer = _Peer(sock, program)
+    try:
+        peer.send('["go"]')
+        ready = peer.receive()
+        if len(ready) != 2 or ready[0] != "ready":
+            raise _ProtocolError("the program did not say ready")
+        names = peer.load(ready[1])
+        if type(names) is not list or not all(type(n) is str for n in names):
+            raise _ProtocolError("bad names")
+    except _ProgramGone:
+        _mirror(os.waitpid(program, 0)[1], finish)  # the program ended before the test
+    except _ProtocolError as exc:
+        sys.stderr.write(f"judge: {exc}\n")
+        fail(1)
+    namespace = {"__name__": "__main__", "__doc__": None,
+                 "__builtins__": _ProgramNames(peer, names)}  # fmt: skip
+    try:
+        exec(test, namespace)  # noqa: S102 - the caller's own test
+        peer.send('["done"]')
+        if peer.receive() != ["bye"]:
+            raise _ProtocolError("the program did not end the test as asked")
+    except SystemExit as exc:
+        fail(_exit_status(exc))
+    except BaseException:  # noqa: BLE001 - reported as the interpreter would
+        sys.excepthook(*sys.exc_info())
+        fail(1)
+    status = os.waitpid(program, 0)[1]
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        with _suppress(OSError):
+            os.write(proof_fd, nonce)
+    _mirror(status, finish)
+
+
+def _mirror(status: int, finish: Callable[[int], NoReturn]) -> NoReturn:
+    """End as the program ended: with its exit code, or by its signal."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        with _suppress(OSError, ValueError):
+            _signal.signal(sig, _signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    finish(os.waitstatus_to_exitcode(status) & 0xFF if os.WIFEXITED(status) else 1)
+
+
+class _suppress:
+    """``contextlib.suppress``, which would be one more import in every job."""
+
+    def __init__(self, *kinds: type[BaseException]) -> None:
+        self.kinds = kinds
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> bool:
+        return kind is not None and issubclass(kind, self.kinds)
 
 
 # --- self-test at start-up ----------------------------------------------------
