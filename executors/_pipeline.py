@@ -14,7 +14,7 @@
     out.groupby("status").count().take_all()
 
 Input columns (others pass through untouched): ``code`` (required), ``stdin``, ``files`` (path
--> text), ``test_code``, ``cases`` (a list of ``{"stdin", "expected_stdout"}``) and ``limits``
+-> text), ``test_code``, ``judge`` (``isolated``, the default, or ``in_process``), ``cases`` (a list of ``{"stdin", "expected_stdout"}``) and ``limits``
 (API units: ``wall_timeout_s``, ``cpu_time_s``, ``memory_mb``, ``max_output_bytes``,
 ``max_processes``, ``max_file_bytes``); ``files``, ``cases`` and ``limits`` may also be JSON
 text. Missing values (``None``, NaN, a struct field another row has) mean "not given". Where
@@ -88,7 +88,7 @@ EXECUTOR_APP_NAME = "exec-agent"
 EXECUTOR_DEPLOYMENT_NAME = "SandboxExecutor"
 """The executor deployment in it (``build_executor_app``'s default name)."""
 LOCAL_POOL_NAME = "exec-agent-pipeline-executor"
-INPUT_COLUMNS = ("code", "stdin", "files", "test_code", "cases", "limits")
+INPUT_COLUMNS = ("code", "stdin", "files", "test_code", "judge", "cases", "limits")
 RECORD_COLUMNS = (
     "id",
     "status",
@@ -208,7 +208,7 @@ def row_to_request(row: Mapping[str, Any], defaults: Limits, maxima: Limits) -> 
     Raises ``ValueError`` (pydantic's ``ValidationError`` included) naming what is wrong.
     """
     fields: dict[str, Any] = {}
-    for name in ("code", "stdin", "test_code"):
+    for name in ("code", "stdin", "test_code", "judge"):
         value = to_plain(row.get(name))
         if value is not None:
             fields[name] = value

@@ -25,7 +25,15 @@ from pydantic import (
     field_validator,
 )
 
-from executors import MAX_CASES, CaseSpec, Limits, LimitsRequest, check_files, check_text
+from executors import (
+    MAX_CASES,
+    CaseSpec,
+    JudgeMode,
+    Limits,
+    LimitsRequest,
+    check_files,
+    check_text,
+)
 from serve_app.errors import describe_validation_error
 from serve_app.settings import Settings
 
@@ -119,6 +127,7 @@ class _ExecutionBody(_Strict):
     limits: LimitsRequest = Field(default_factory=LimitsRequest)
     cache: StrictBool = False
     test_code: Text | None = None
+    judge: JudgeMode = Field(default=JudgeMode.ISOLATED, strict=False)  # JSON gives a string
     cases: list[Case] | None = Field(default=None, min_length=1, max_length=MAX_CASES)
 
     @field_validator("code", "test_code")

@@ -25,6 +25,7 @@ from executors import (
     ExecutionRecord,
     ExecutionRequest,
     ExecutionStatus,
+    JudgeMode,
     Limits,
 )
 from serve_app.db import cursor as cursors
@@ -133,6 +134,7 @@ def request_columns(request: ExecutionRequest) -> dict[str, Any]:
         "stdin": request.stdin,
         "files": dict(request.files),
         "test_code": request.test_code,
+        "judge": str(request.judge),
         "cases": None if request.cases is None else [case.model_dump() for case in request.cases],
         "limits": request.limits.model_dump(),
     }
@@ -341,6 +343,7 @@ def to_request(row: Execution) -> ExecutionRequest:
         stdin=row.stdin,
         files=row.files,
         test_code=row.test_code,
+        judge=JudgeMode(row.judge or JudgeMode.ISOLATED),
         cases=None if row.cases is None else [CaseSpec.model_validate(case) for case in row.cases],
         limits=Limits.model_validate(row.limits),
     )

@@ -123,6 +123,7 @@ class Execution(Base):
     stdin: Mapped[str] = mapped_column(CleanText, default="")
     files: Mapped[dict[str, str]] = mapped_column(CleanJSON, default=dict)
     test_code: Mapped[str | None] = mapped_column(CleanText)
+    judge: Mapped[str | None] = mapped_column(CleanText)  # JudgeMode; null: isolated
     cases: Mapped[list[dict[str, Any]] | None] = mapped_column(CleanJSON)
     limits: Mapped[dict[str, Any]] = mapped_column(CleanJSON)  # Limits.model_dump(): bytes
 

@@ -455,6 +455,7 @@ class ExecutionService:
             stdin=body.stdin,
             files=body.files,
             test_code=body.test_code,
+            judge=body.judge,
             cases=body.cases,
             limits=limits,
         )
