@@ -282,7 +282,8 @@ def test_a_killed_executor_replica_leaves_no_sandbox_process(
     ours = {p.key for p in descendants(kill.replacement)}
     strays = [p for p in host_processes() if p.uid in SLOT_UIDS and p.key not in ours]
     assert not strays, "\n".join(map(str, strays))
-    ready = httpx.get(deployment.url + "/health/ready", timeout=30).json()
+    operator = {"Authorization": f"Bearer {deployment.new_key('ready-operator')}"}  # the details
+    ready = httpx.get(deployment.url + "/health/ready", headers=operator, timeout=30).json()
     assert ready["checks"]["executors"]["ok"], ready
     assert ready["checks"]["executors"]["alive_slots"] == SLOTS
 
@@ -463,7 +464,8 @@ def test_without_bubblewrap_readiness_is_degraded_and_names_the_missing_layers(
         with database.session() as session:
             key = keys.create_key(session, SECRET, "degraded").plaintext
         with httpx.Client(base_url=deployment.url + "/degraded", timeout=60) as http:
-            ready = http.get("/health/ready")
+            # The details (the missing layers) are for a caller with a key.
+            ready = http.get("/health/ready", headers={"Authorization": f"Bearer {key}"})
             body = ready.json()
             assert (ready.status_code, body["status"]) == (503, "degraded"), body
             sandbox = body["checks"]["sandbox"]

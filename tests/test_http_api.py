@@ -31,6 +31,7 @@ APP_NAME = "exec-agent-http-test"
 SECRET = SecretStr("http-test-api-key-secret-0123456789abcdef")
 REDIS_URL = "redis://127.0.0.1:6379/0"
 MAX_BODY_BYTES = 64 * 1024
+MAX_RECORD_BYTES = 256 * 1024
 RECORD_FIELDS = set(ExecutionRecord.model_fields) - {"cases"}  # only with cases
 
 
@@ -74,6 +75,7 @@ def server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
         executor_num_replicas_max=1,
         executor_max_queued_requests=8,
         denied_imports=["os", "socket"],
+        max_record_bytes=MAX_RECORD_BYTES,
     )
     with deployed_service(settings, APP_NAME) as database:
         fixture = Server(f"http://127.0.0.1:{port}", database, "", "")
@@ -97,8 +99,8 @@ def test_liveness_needs_no_key(client: httpx.Client) -> None:
     assert response.headers["x-request-id"]
 
 
-def test_readiness_reports_every_check(client: httpx.Client) -> None:
-    response = client.get("/health/ready")
+def test_readiness_reports_every_check(server: Server, client: httpx.Client) -> None:
+    response = client.get("/health/ready", headers=auth(server.key))
     body = response.json()
     checks = body["checks"]
     assert set(checks) == {"database", "redis", "executors", "sandbox", "disk", "memory"}
@@ -109,6 +111,13 @@ def test_readiness_reports_every_check(client: httpx.Client) -> None:
     assert (response.status_code, body["status"]) == (
         (200, "ready") if everything_ok else (503, "degraded")
     )
+    # Without a key (Kubernetes' probes): the same status, each check's ok, no detail.
+    anonymous = client.get("/health/ready")
+    assert anonymous.status_code == response.status_code
+    assert anonymous.json() == {
+        "status": body["status"],
+        "checks": {name: {"ok": check["ok"]} for name, check in checks.items()},
+    }
 
 
 # --- authentication
@@ -627,3 +636,44 @@ def test_batches_judge_their_items(server: Server, client: httpx.Client) -> None
     ]
     assert [r["passed"] for r in records] == [True, False, True, None]
     assert records[2]["cases"][0]["passed"] is True
+
+
+# --- what one request may cost (issue 10 item 3)
+
+
+def test_a_batch_is_charged_one_allowance_per_item(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("batch-cost", rate_limit_per_minute=10)
+    small = batch(client, key, [{"code": "print(1)"}] * 4)
+    assert small.status_code == 202, small.text
+    assert small.headers["ratelimit-remaining"] == "6"
+    # More than is left: refused whole, with the time until it fits.
+    refused = batch(client, key, [{"code": "print(1)"}] * 8)
+    assert (refused.status_code, error_code(refused)) == (429, "rate_limited")
+    assert int(refused.headers["retry-after"]) >= 1
+    # Bigger than the key's whole burst: accepted from a rested key, then paid for.
+    rested = server.new_key("batch-cost-big", rate_limit_per_minute=10)
+    big = batch(client, rested, [{"code": "print(1)"}] * 12)
+    assert big.status_code == 202, big.text
+    after = client.get("/v1/executions", headers=auth(rested))
+    assert (after.status_code, error_code(after)) == (429, "rate_limited")
+    assert int(after.headers["retry-after"]) > 6  # 12 executions at 10 a minute
+    assert stored_for(server, "batch-cost") == 4
+    assert stored_for(server, "batch-cost-big") == 12
+
+
+def test_a_records_outputs_are_cut_to_max_record_bytes(
+    server: Server, client: httpx.Client
+) -> None:
+    """97 bytes of code and 4 cases made a record of 62.9 MB: every case keeps its output."""
+    key = server.new_key("loud-cases")
+    code = "import sys\nprint('o' * 200_000)\nprint('e' * 200_000, file=sys.stderr)"
+    response = run(client, key, code, cases=[{"stdin": "", "expected_stdout": ""}] * 4)
+    assert response.status_code == 200, response.text
+    assert len(response.content) <= MAX_RECORD_BYTES
+    record = response.json()
+    assert record["status"] == "ok" and len(record["cases"]) == 4
+    for case in record["cases"]:
+        assert case["stdout_truncated"] and case["stderr_truncated"]
+        assert case["stdout"].startswith("ooo") and case["stderr"].startswith("eee")
+    stored = client.get(f"/v1/executions/{record['id']}", headers=auth(key))
+    assert stored.json() == record

@@ -462,7 +462,8 @@ def test_every_metric_is_exported_with_its_tags(served: Served, traffic: dict[st
 @pytest.mark.ray
 @pytest.mark.sandbox
 def test_readiness_details(served: Served) -> None:
-    body = httpx.get(f"{served.url}/health/ready", timeout=30).json()
+    operator = auth(served.new_key("operator"))  # the details are for a caller with a key
+    body = httpx.get(f"{served.url}/health/ready", headers=operator, timeout=30).json()
     checks = body["checks"]
     assert checks["database"]["rtt_ms"] >= 0
     assert checks["redis"]["backend"] == "memory" and checks["redis"]["rtt_ms"] >= 0
