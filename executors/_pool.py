@@ -145,7 +145,7 @@ class SandboxPool:
             "uts_namespace": in_bwrap,
             "private_proc": bool(probe.get("private_proc")),
             "private_tmpfs": bool(probe.get("filesystem")),
-            "read_only_root": in_bwrap,
+            "read_only_root": in_bwrap and bool(probe.get("read_only_root")),  # tried, not assumed
             "unprivileged_uid": slot.plan.host_uid != 0 and probe.get("uid") != 0,
             "no_capabilities": bool(probe.get("capabilities_dropped")),
             "no_new_privs": bool(probe.get("no_new_privs")),

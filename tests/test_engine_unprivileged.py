@@ -28,17 +28,55 @@ import json
 from executors import ExecutionRequest, Limits, SandboxConfig, SandboxPool
 
 limits = Limits(wall_timeout_s=5, cpu_time_s=5, memory_bytes=256 << 20,
-                max_output_bytes=1 << 20, max_processes=64, max_file_bytes=16 << 20)
+                max_output_bytes=1 << 20, max_processes=64, max_file_bytes=8 << 20,
+                disk_bytes=8 << 20)
 programs = {
     "whoami": "import os; print(os.getuid(), os.getcwd(), os.getpid())",
     "database": "import socket; socket.create_connection(('127.0.0.1', 5432), timeout=1)",
     "memory": "b = bytearray(8 << 30)",
+    "plant": %r,
+    "find": %r,
 }
 with SandboxPool(SandboxConfig(python_executable=%r), slots=1) as pool:
     out = {"isolation": pool.isolation.summary()}
     for name, code in programs.items():
         out[name] = pool.run(ExecutionRequest(code=code, limits=limits)).to_api()
 print(json.dumps(out))
+"""
+
+PLANTED = {
+    "/dev/big": 48 << 20,  # the review's 48 MiB under /dev, past an 8 MiB disk cap
+    "/dev/shm/big": 48 << 20,
+    "/etc/ld.so.preload": 1,
+    "/planted": 1,
+    "/scratch/planted": 1,
+    "/opt/planted": 1,
+    "/tmp/planted": 1,
+    "/work/planted": 1,
+}
+"""Where a job tries to leave something for the next job of its slot, and how many bytes."""
+PLANT = f"""
+import json
+written = {{}}
+for path, size in {PLANTED!r}.items():
+    try:
+        with open(path, "wb") as f:
+            for _ in range(max(1, size >> 20)):
+                f.write(b"/work/evil.so " if size == 1 else bytes(1 << 20))
+    except OSError as exc:
+        pass
+    try:
+        import os
+        written[path] = os.path.getsize(path)
+    except OSError:
+        written[path] = None
+print(json.dumps(written))
+"""
+FIND = f"""
+import json, os, subprocess
+true = subprocess.run(["/bin/true"], capture_output=True, text=True)
+found = {{path: os.path.exists(path) for path in {list(PLANTED)!r}}}
+print(json.dumps({{"found": found, "true": [true.returncode, true.stderr]}}))
 """
 
 
@@ -61,7 +99,7 @@ def unprivileged_run() -> dict[str, dict[str, object]]:
             "--clear-groups",
             SYSTEM_PYTHON,
             "-c",
-            SERVICE % SYSTEM_PYTHON,
+            SERVICE % (PLANT, FIND, SYSTEM_PYTHON),
         ],
         env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": f"{ROOT}:{packages}"},
         cwd="/tmp",
@@ -95,3 +133,39 @@ def test_without_root_programs_still_run_isolated(
     assert database["status"] == "nonzero_exit"
     assert "Connection refused" in str(database["stderr"])
     assert unprivileged_run["memory"]["status"] == "memory_limit"
+
+
+def test_without_root_nothing_outside_the_jobs_own_tmpfs_is_writable(
+    unprivileged_run: dict[str, dict[str, object]],
+) -> None:
+    """The root and /dev are bubblewrap's tmpfs, owned by the sandbox's uid in a user namespace:
+    read-only now, and the job's own tmpfs (working directory, /tmp, /dev/shm) keeps its cap."""
+    plant = unprivileged_run["plant"]
+    assert plant["status"] == "ok", plant
+    written = json.loads(str(plant["stdout"]))
+    assert {path: written[path] for path in ("/dev/big", "/etc/ld.so.preload", "/planted",
+                                             "/scratch/planted", "/opt/planted")} == {
+        "/dev/big": None,
+        "/etc/ld.so.preload": None,
+        "/planted": None,
+        "/scratch/planted": None,
+        "/opt/planted": None,
+    }  # fmt: skip
+    assert written["/dev/shm/big"] <= 8 << 20  # the disk cap holds (and fills the job's tmpfs)
+    assert written["/tmp/planted"] is not None and written["/work/planted"] is not None
+
+
+def test_without_root_the_next_job_finds_nothing_of_the_last(
+    unprivileged_run: dict[str, dict[str, object]],
+) -> None:
+    find = unprivileged_run["find"]
+    assert find["status"] == "ok", find
+    seen = json.loads(str(find["stdout"]))
+    assert not any(seen["found"].values()), seen["found"]
+    assert seen["true"] == [0, ""]  # no planted /etc/ld.so.preload honoured
+
+
+def test_without_root_read_only_root_is_claimed_because_it_was_tried(
+    unprivileged_run: dict[str, dict[str, object]],
+) -> None:
+    assert "read_only_root" in unprivileged_run["isolation"]["layers"]  # type: ignore[operator]

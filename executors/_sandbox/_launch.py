@@ -1,7 +1,7 @@
 """The command line that starts one slot's zygote inside its sandbox.
 
 As root: bubblewrap builds the slot's PID, network, IPC and UTS namespaces and a
-read-only root holding only the interpreter and system libraries; a shell mounts a
+read-only root (and /dev) holding only the interpreter and system libraries; a shell mounts a
 full /proc (so each job can mount its own), then ``setpriv`` drops to the slot's
 unprivileged uid with no capabilities and no_new_privs before Python starts.
 Not root: bubblewrap in a user namespace, same layout. Without bubblewrap: the zygote
@@ -105,6 +105,12 @@ def _bwrap_layout(python: str) -> list[str]:
     return args
 
 
+# Last, once every mount point exists: the root and /dev are bubblewrap's own tmpfs, which in
+# a user namespace belong to the sandbox's uid. Read-only, nothing a job writes there (a 48 MiB
+# file under /dev, an /etc/ld.so.preload) outlives it or reaches the next job.
+READ_ONLY_LAYOUT = ["--remount-ro", "/dev", "--remount-ro", "/"]
+
+
 def _zygote_argv(python: str, control_fd: int, script: str) -> list[str]:
     return [python, "-I", "-S", "-B", script, str(control_fd)]
 
@@ -140,6 +146,7 @@ def plan_launch(python: str, control_fd: int, slot_uid: int, bwrap: str = "bwrap
             bwrap_path,
             *_bwrap_layout(python),
             "--perms", "0555", "--dir", "/proc",
+            *READ_ONLY_LAYOUT,
             "--", "/bin/sh", "-c", script,
         ]  # fmt: skip
         return LaunchPlan(argv, "bubblewrap", slot_uid, BWRAP_WORKDIR, LAUNCH_ENV)
@@ -147,7 +154,7 @@ def plan_launch(python: str, control_fd: int, slot_uid: int, bwrap: str = "bwrap
         uid = os.geteuid()
         argv = [
             bwrap_path, "--unshare-user", "--uid", str(uid), "--gid", str(os.getegid()),
-            "--cap-drop", "ALL", *_bwrap_layout(python), "--proc", "/proc",
+            "--cap-drop", "ALL", *_bwrap_layout(python), "--proc", "/proc", *READ_ONLY_LAYOUT,
             "--", *_zygote_argv(python, control_fd, ZYGOTE_IN_SANDBOX),
         ]  # fmt: skip
         return LaunchPlan(argv, "bubblewrap-userns", uid, BWRAP_WORKDIR, LAUNCH_ENV)

@@ -50,6 +50,8 @@ DRAIN_AFTER_EXIT_S = 1.0
 SANDBOX_PROCESSES = 4
 """Counted by the cgroup's pids.max beside the job: the zygote, the job's init, and the
 next spare's init and program, built while the job runs."""
+ZYGOTE_OOM_SCORE_ADJ = -1000
+"""Never the OOM killer's choice (root sets it: lowering a score needs CAP_SYS_RESOURCE)."""
 SANDBOX_OVERHEAD_BYTES = 32 * 1024 * 1024
 """The zygote and the job's init, charged to the cgroup on top of the job's memory limit."""
 
@@ -210,6 +212,10 @@ class Slot:
         volunteer as the OOM killer's first choice, so it never picks the zygote.
         """
         cgroup.add(self.zygote_pid)
+        # The OOM killer's last choice in the cgroup: its jobs raise their own score, and one
+        # that lowers it again reaches at most this (then it waits for its wall timeout).
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{self.zygote_pid}/oom_score_adj").write_text(str(ZYGOTE_OOM_SCORE_ADJ))
 
     def _log_stderr(self) -> None:
         process = self.process

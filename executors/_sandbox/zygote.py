@@ -51,14 +51,16 @@ MAX_FDS = 8
 INT_SIZE = array.array("i").itemsize
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
-MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
 MNT_DETACH = 0x2
+PR_SET_DUMPABLE = 4
 PR_SET_SECCOMP = 22
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -66,6 +68,8 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 SECCOMP_MODE_FILTER = 2
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
+MAX_PTYS = 8
+"""Pseudo-terminals one job may hold at once (its own devpts instance's ``max``)."""
 AS_HEADROOM_BYTES = 256 * 1024 * 1024
 """With a memory cgroup as the real cap, RLIMIT_AS only stops absurd single allocations."""
 MAIN_FILE = "main.py"
@@ -304,6 +308,9 @@ def _init(zygote: Zygote, job_sock: _socket.socket, disk_bytes: int) -> Job:
         os.close(status_r)
         return Job(zygote, job_sock, status_w, disk_bytes)
     os.close(status_w)
+    # Not dumpable: the program (same uid) can neither write init's /proc files (its
+    # oom_score_adj, say) nor read its memory; done after the fork, which would pass it on.
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     report = _reap_until(pid)
     report.update(_read_status(status_r))
     _report(job_sock, report)
@@ -341,7 +348,8 @@ def _build_filesystem(disk_bytes: int, workdir: str) -> bool:
     except SetupError:
         private_proc = False
     inodes = max(1024, disk_bytes // 4096)
-    opts = f"size={disk_bytes},nr_inodes={inodes},mode=0755,uid={SANDBOX_UID},gid={SANDBOX_UID}"
+    # No uid=/gid=: the job owns what it mounts, and mountinfo would show the host's uids.
+    opts = f"size={disk_bytes},nr_inodes={inodes},mode=0755"
     if workdir == "/work":
         # bubblewrap's root has /scratch, /work, /tmp and /dev/shm as empty mount points.
         _mount("tmpfs", SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, opts)
@@ -349,6 +357,7 @@ def _build_filesystem(disk_bytes: int, workdir: str) -> bool:
         _bind_subdir(SCRATCH, "tmp", "/tmp", 0o1777)
         _bind_subdir(SCRATCH, "shm", "/dev/shm", 0o1777)
         _check(_libc.umount2(SCRATCH.encode(), MNT_DETACH), "umount scratch")
+        _private_ptys()
         return private_proc
     # The host's root (no bubblewrap): the tmpfs covers /tmp, the workdir lives inside it.
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, opts.replace("mode=0755", "mode=1777"))
@@ -356,6 +365,18 @@ def _build_filesystem(disk_bytes: int, workdir: str) -> bool:
     if os.path.isdir("/dev/shm"):
         _bind_subdir("/tmp", ".shm", "/dev/shm", 0o1777)
     return private_proc
+
+
+def _private_ptys() -> None:
+    """A devpts of the job's own, capped at ``MAX_PTYS``: its ptys count against that cap, not
+    against the slot's (bubblewrap's instance, shared by the slot's jobs), and vanish with it;
+    the kernel keeps the host's last ``kernel.pty.reserve`` ptys from every such instance.
+    Where the kernel refuses, no ptys at all rather than shared ones."""
+    options = f"newinstance,ptmxmode=0666,mode=0620,max={MAX_PTYS}"
+    try:
+        _mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, options)
+    except SetupError:
+        _mount("tmpfs", "/dev/pts", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4096")
 
 
 def _bind_subdir(scratch: str, name: str, target: str, mode: int) -> None:
@@ -507,6 +528,8 @@ class Job:
         if self.zygote.namespaces:
             _map_ids(self.zygote)
             _build_filesystem(self.disk_bytes, self.zygote.workdir)
+            # Its cgroup as the root of its view: /proc/self/cgroup no longer names the slot's.
+            _libc.unshare(CLONE_NEWCGROUP)  # best effort: the cgroup holds it either way
         os.setsid()  # own session and process group, no controlling terminal
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         if self.zygote.seccomp:
@@ -881,7 +904,6 @@ def _make_excepthook(
 
 JUDGE_ISOLATED = "isolated"
 JUDGE_IN_PROCESS = "in_process"
-PR_SET_DUMPABLE = 4
 MAX_RPC_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_RPC_DEPTH = 100
 """Containers deeper than this cross as handles (a list that contains itself, say)."""
@@ -1477,7 +1499,7 @@ def probe(zygote: Zygote) -> str:
     r, w = os.pipe()
     result: Message = {"namespaces": False, "filesystem": False, "capabilities_dropped": False,
                        "seccomp": False, "no_new_privs": False, "uid": os.getuid(), "error": None,
-                       "private_proc": False}  # fmt: skip
+                       "private_proc": False, "read_only_root": False}  # fmt: skip
     try:
         pid = _clone_into_namespaces(zygote)
     except SetupError as exc:
@@ -1522,6 +1544,24 @@ def _probe_filesystem(zygote: Zygote, result: Message) -> None:
     if not zygote.namespaces:
         _fail("needs the job's namespaces")
     result["private_proc"] = _build_filesystem(1 << 20, zygote.workdir)
+    if zygote.workdir == "/work":  # bubblewrap's root; the host's is not ours to write to
+        result["read_only_root"] = not any(_writable(path) for path in READ_ONLY_PATHS)
+
+
+READ_ONLY_PATHS = ("/", "/etc", "/dev", "/usr", "/opt", "/scratch")
+"""Where a job must not be able to create anything (tried by the start-up probe)."""
+
+
+def _writable(directory: str) -> bool:
+    """Whether a file can be created in ``directory`` (it is removed again)."""
+    path = f"{directory.rstrip('/')}/.exec-agent-probe"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(path)
+    return True
 
 
 def _no_capabilities() -> bool:
