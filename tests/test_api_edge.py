@@ -224,6 +224,7 @@ def test_minimal_execution_gets_the_documented_defaults(edge: EdgeApp) -> None:
         ),
         "cache": False,
         "test_code": None,
+        "judge": "isolated",
         "cases": None,
         "wait": True,
     }
@@ -245,6 +246,7 @@ def test_full_execution_request_round_trips(edge: EdgeApp) -> None:
         "wait": False,
         "cache": True,
         "test_code": "assert True",
+        "judge": "in_process",
         "cases": [{"stdin": "ab", "expected_stdout": "ba"}, {"expected_stdout": ""}],
     }
     response = post(edge, body)
@@ -256,9 +258,8 @@ def test_full_execution_request_round_trips(edge: EdgeApp) -> None:
         {"stdin": "ab", "expected_stdout": "ba"},
         {"stdin": "", "expected_stdout": ""},
     ]
-    assert {key: echoed[key] for key in ("stdin", "files", "wait", "cache", "test_code")} == {
-        key: body[key] for key in ("stdin", "files", "wait", "cache", "test_code")
-    }
+    echoed_keys = ("stdin", "files", "wait", "cache", "test_code", "judge")
+    assert {key: echoed[key] for key in echoed_keys} == {key: body[key] for key in echoed_keys}
 
 
 @pytest.mark.parametrize(
@@ -471,6 +472,12 @@ def test_duplicate_keys_are_422(edge: EdgeApp, raw: str, field: str) -> None:
         ({"code": "x", "files": ["a.txt"]}, "files"),
         ({"code": "x", "files": {"a.txt": 1}}, "files.a.txt"),
         ({"code": "x", "test_code": 1}, "test_code"),
+        ({"code": "x", "test_code": "pass", "judge": "outside"}, "judge"),
+        ({"code": "x", "test_code": "pass", "judge": 1}, "judge"),
+        ({"code": "x", "files": {"a": "", "a/b": ""}}, "files"),
+        ({"code": "x", "files": {"dir/": "x"}}, "files"),
+        ({"code": "x", "files": {"a/": ""}}, "files"),
+        ({"code": "x", "files": {"a//b": ""}}, "files"),
         ({"code": "x", "cases": {"stdin": ""}}, "cases"),
         ({"code": "x", "cases": [{"stdin": ""}]}, "cases.0.expected_stdout"),
         ({"code": "x", "cases": ["1"]}, "cases.0"),

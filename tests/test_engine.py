@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -30,6 +31,7 @@ from executors import (
 )
 from executors._sandbox._seccomp import compile_filter
 from executors._sandbox._verdict import JobFacts, KillReason, Verdict, decide
+from executors._sandbox.zygote import MAX_PTYS
 from tests.conftest import (
     ALLOWED_ENV,
     CRASHED,
@@ -356,6 +358,56 @@ def test_a_program_sees_only_its_own_processes(sandbox: WatchedPool) -> None:
     assert neighbour_record.status == OK
     assert looker_record.status == OK, looker_record
     assert looker_record.stdout.startswith("True [1, 2, "), looker_record.stdout
+
+
+def test_a_job_has_ptys_of_its_own_and_only_a_few(sandbox: WatchedPool) -> None:
+    """The review opened 100 ptys from one job and raised the host's kernel.pty.nr by 100."""
+    code = (
+        "import os\n"
+        "held = []\n"
+        "try:\n"
+        "    for _ in range(100):\n"
+        "        held.append(os.openpty())\n"
+        "except OSError as exc:\n"
+        "    print(exc.errno)\n"
+        "print(len(held))\n"
+    )
+    before = int(Path("/proc/sys/kernel/pty/nr").read_text())
+    record = sandbox.run(code)
+    assert record.status == OK, record
+    assert record.stdout == f"{errno.ENOSPC}\n{MAX_PTYS}\n"
+    assert int(Path("/proc/sys/kernel/pty/nr").read_text()) <= before + MAX_PTYS
+
+
+def test_a_job_sees_neither_its_slots_cgroup_nor_can_it_reach_its_init(
+    sandbox: WatchedPool,
+) -> None:
+    code = (
+        "import resource\n"
+        "print(sorted({line.split(':', 2)[2].strip() for line in open('/proc/self/cgroup')}))\n"
+        "for path, value in (('/proc/1/oom_score_adj', '-1000'), ('/proc/self/oom_score_adj', '-1000')):\n"
+        "    try:\n"
+        "        with open(path, 'w') as f:\n"
+        "            f.write(value)\n"
+        "        print('wrote', path)\n"
+        "    except OSError as exc:\n"
+        "        print('refused', path, exc.errno)\n"
+        "try:\n"
+        "    resource.prlimit(1, resource.RLIMIT_NOFILE, (1, 1))\n"
+        "    print('limited init')\n"
+        "except OSError as exc:\n"
+        "    print('refused prlimit', exc.errno)\n"
+        "print(resource.prlimit(0, resource.RLIMIT_NOFILE)[0] > 0)\n"
+    )
+    record = sandbox.run(code)
+    assert record.status == OK, record
+    assert record.stdout.splitlines() == [
+        "['/']",
+        f"refused /proc/1/oom_score_adj {errno.EACCES}",
+        f"refused /proc/self/oom_score_adj {errno.EACCES}",
+        f"refused prlimit {errno.EPERM}",
+        "True",  # its own limits stay readable
+    ]
 
 
 def test_a_program_runs_unprivileged(sandbox: WatchedPool) -> None:

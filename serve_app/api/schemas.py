@@ -12,7 +12,7 @@ The server's maxima are not module globals: validate with :func:`validate_body` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -127,7 +127,8 @@ class _ExecutionBody(_Strict):
     limits: LimitsRequest = Field(default_factory=LimitsRequest)
     cache: StrictBool = False
     test_code: Text | None = None
-    judge: JudgeMode = Field(default=JudgeMode.ISOLATED, strict=False)  # JSON gives a string
+    judge: Literal["isolated", "in_process"] = JudgeMode.ISOLATED.value
+    """How ``test_code`` runs (the engine's :class:`executors.JudgeMode`)."""
     cases: list[Case] | None = Field(default=None, min_length=1, max_length=MAX_CASES)
 
     @field_validator("code", "test_code")

@@ -49,6 +49,7 @@ from executors import (
     ExecutionRecord,
     ExecutionRequest,
     ExecutionStatus,
+    JudgeMode,
 )
 from executors._tracing import (
     ATTEMPT,
@@ -455,7 +456,7 @@ class ExecutionService:
             stdin=body.stdin,
             files=body.files,
             test_code=body.test_code,
-            judge=body.judge,
+            judge=JudgeMode(body.judge),
             cases=body.cases,
             limits=limits,
         )
