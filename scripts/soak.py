@@ -622,10 +622,10 @@ class Load:
                 json={"code": "print(1)"},
                 headers={"Authorization": f"Bearer {bogus}"},
             )
-            return self._answer(kind, key, response, 401, "unauthorized")
+            return self._refused_key(kind, key, response)
         if kind == "missing_key":
             response = client.post("/v1/executions", json={"code": "print(1)"})
-            return self._answer(kind, key, response, 401, "unauthorized")
+            return self._refused_key(kind, key, response)
         if kind == "unknown_id":
             response = client.get(f"/v1/executions/{uuid.uuid4()}", headers=self._headers(key))
             return self._answer(kind, key, response, 404, "not_found")
@@ -633,6 +633,15 @@ class Load:
             response = client.get("/v1/executions?limit=5", headers=self._headers(key))
             return self._answer(kind, key, response, 200, None)
         raise ValueError(f"unknown kind {kind}")
+
+    def _refused_key(self, kind: str, key: int, response: httpx.Response) -> Outcome:
+        """401, or 429 once this address failed too often (the service's auth throttle)."""
+        if response.status_code == 429:
+            outcome = self._answer(kind, key, response, 429, "rate_limited")
+            if not outcome.problem and float(response.headers.get("retry-after", "0")) < 1:
+                outcome.problem = "429 without Retry-After"
+            return outcome
+        return self._answer(kind, key, response, 401, "unauthorized")
 
     def _answer(
         self, kind: str, key: int, response: httpx.Response, status: int, code: str | None

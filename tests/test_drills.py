@@ -554,7 +554,7 @@ def test_in_production_without_bubblewrap_the_service_refuses_to_start(tmp_path:
 
 SOAK_DURATION_S = 20
 SOAK_TIMEOUT_S = 280
-SOAK_HTTP_STATUSES = {"200", "202", "400", "401", "404", "413", "415", "422", "503"}
+SOAK_HTTP_STATUSES = {"200", "202", "400", "401", "404", "413", "415", "422", "429", "503"}
 """Every answer the soak's mix may get: its runs, its bad input, and overload."""
 LEFTOVERS = (
     "sandbox_processes_idle",

@@ -507,11 +507,15 @@ def test_the_system_is_read_only(sandbox: WatchedPool) -> None:
 def test_only_the_jobs_own_directories_are_writable(sandbox: WatchedPool) -> None:
     code = (
         "import os\n"
-        "read_only = {line.split()[4] for line in open('/proc/self/mountinfo')\n"
-        "             if 'ro' in line.split()[5].split(',')}\n"
+        "mounts = [line.split() for line in open('/proc/self/mountinfo')]\n"
+        "read_only = {m[4] for m in mounts if 'ro' in m[5].split(',')}\n"
+        "writable_mounts = {m[4] for m in mounts} - read_only\n"
+        "def holds_writable(path):\n"
+        "    return any(w.startswith(path.rstrip('/') + '/') for w in writable_mounts)\n"
         "writable = []\n"
         "for root, dirs, _ in os.walk('/'):\n"
-        "    if root in read_only or root.startswith(('/proc', '/sys')):\n"
+        "    skip = root in read_only and not holds_writable(root)\n"
+        "    if skip or root.startswith(('/proc', '/sys')):\n"
         "        dirs[:] = []\n"
         "        continue\n"
         "    try:\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import errno
 import json
 import re
 import secrets
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from executors import ExecutionRecord, ExecutionStatus
+from executors._sandbox.zygote import MAX_PTYS
 from tests.conftest import (
     ALLOWED_ENV,
     CRASHED,
@@ -456,6 +458,42 @@ def _self_sigkill_vs_enforced_kill(r: ExecutionRecord) -> None:
     assert r.stdout == "about to die\n"
 
 
+def _judged_and_not_passed(r: ExecutionRecord) -> None:
+    assert r.passed is False and r.status != ExecutionStatus.INTERNAL_ERROR, r
+
+
+for _name in (name for name, entry in CORPUS.items() if entry["category"] == "judge"):
+    expect(_name)(_judged_and_not_passed)
+
+
+@expect("dev_filled_past_the_disk_cap")
+def _dev_filled_past_the_disk_cap(r: ExecutionRecord) -> None:
+    assert_ok(r, f"refused {errno.EROFS}\n0\n")
+
+
+@expect("plant_ld_so_preload_for_the_next_job")
+def _plant_ld_so_preload_for_the_next_job(r: ExecutionRecord) -> None:
+    paths = ("/etc/ld.so.preload", "/planted", "/scratch/planted", "/opt/planted")
+    assert_ok(r, "".join(f"refused {path} {errno.EROFS}\n" for path in paths))
+
+
+@expect("ptmx_exhaustion")
+def _ptmx_exhaustion(r: ExecutionRecord) -> None:
+    assert_ok(r, f"{errno.ENOSPC}\n{MAX_PTYS}\n")
+
+
+@expect("proc_reveals_the_slot")
+def _proc_reveals_the_slot(r: ExecutionRecord) -> None:
+    assert r.status == OK, r
+    lines = r.stdout.splitlines()
+    assert {line.split(":", 2)[2] for line in lines if line.count(":") >= 2} == {"/"}
+    assert lines[-3:] == [
+        f"refused /proc/1/oom_score_adj {errno.EACCES}",
+        f"refused /proc/self/oom_score_adj {errno.EACCES}",
+        f"refused prlimit {errno.EPERM}",
+    ]
+
+
 def test_every_engine_entry_has_its_check() -> None:
     assert set(CHECKS) == set(ENGINE_ENTRIES)
 
@@ -482,7 +520,8 @@ def test_corpus_entry(name: str, request: pytest.FixtureRequest) -> None:
 
 def run_checked(sandbox: WatchedPool, name: str, code: str | None = None) -> ExecutionRecord:
     """Run the entry (or ``code`` for it), check its expectation and the answer's delay."""
-    record, elapsed = sandbox.timed(sandbox.request(code or CORPUS[name]["code"]))
+    judged = {"test_code": CORPUS[name]["test_code"]} if "test_code" in CORPUS[name] else {}
+    record, elapsed = sandbox.timed(sandbox.request(code or CORPUS[name]["code"], **judged))
     CHECKS[name](record)
     assert elapsed <= wall_s(record) + GRACE_S, f"answered after {elapsed:.1f} s"
     return record

@@ -23,8 +23,8 @@ The answers:
   policies, ``modify_ldt``, Linux AIO, ``memfd_secret``) or too new for programs to
   depend on (``listmount``, ``statmount``, ``open_tree_attr``), and the removed ones.
 * A few allowed calls are allowed for some arguments only (``socket``, ``socketpair``,
-  ``ioctl``, ``clone``); the other arguments are refused with the errno the call itself
-  would give for them (``EAFNOSUPPORT``, ``EPERM``).
+  ``ioctl``, ``clone``, ``prlimit64``); the other arguments are refused with the errno the
+  call itself would give for them (``EAFNOSUPPORT``, ``EPERM``).
 
 Compiled on the host to classic BPF (one ``struct sock_filter`` array); the zygote loads
 the bytes in each program with ``prctl``. Names are resolved for the architecture
@@ -55,6 +55,8 @@ SCMP_FLTATR_ACT_BADARCH = 2
 SCMP_FLTATR_CTL_OPTIMIZE = 8
 BINARY_TREE = 2  # SCMP_FLTATR_CTL_OPTIMIZE: find a call in log(n) jumps, not n
 SCMP_ARCH_NATIVE = 0
+SCMP_CMP_NE = 1
+SCMP_CMP_NE = 1
 SCMP_CMP_EQ = 4
 SCMP_CMP_GE = 5
 SCMP_CMP_MASKED_EQ = 7
@@ -198,7 +200,7 @@ UNSUPPORTED_SYSCALLS = (
     "security", "vserver",
 )  # fmt: skip
 
-ARGUMENT_CHECKED = frozenset({"socket", "socketpair", "ioctl", "clone"})
+ARGUMENT_CHECKED = frozenset({"socket", "socketpair", "ioctl", "clone", "prlimit64"})
 """Allowed calls with rules on their arguments (see ``compile_filter``)."""
 
 
@@ -349,4 +351,14 @@ def compile_filter(arch: str | None = None) -> bytes:
         namespaces |= flag
         f.add("clone", _errno_action(errno.EPERM), (0, SCMP_CMP_MASKED_EQ, flag, flag))
     f.add("clone", allow, (0, SCMP_CMP_MASKED_EQ, namespaces, 0))
+    # prlimit64: a process sets only its own limits (pid 0, as setrlimit does), never its
+    # init's or another job process' (same uid, so the kernel would let it); reading is free.
+    f.add("prlimit64", allow, (0, SCMP_CMP_EQ, 0, 0))
+    f.add("prlimit64", allow, (0, SCMP_CMP_NE, 0, 0), (2, SCMP_CMP_EQ, 0, 0))
+    f.add("prlimit64", _errno_action(errno.EPERM), (0, SCMP_CMP_NE, 0, 0), (2, SCMP_CMP_NE, 0, 0))
+    # prlimit64: its own limits (pid 0), or reading another's; never setting another's (the
+    # job's init has the same uid, and the kernel would let it: a job could starve its init).
+    f.add("prlimit64", allow, (0, SCMP_CMP_EQ, 0, 0))
+    f.add("prlimit64", allow, (0, SCMP_CMP_NE, 0, 0), (2, SCMP_CMP_EQ, 0, 0))
+    f.add("prlimit64", _errno_action(errno.EPERM), (0, SCMP_CMP_NE, 0, 0), (2, SCMP_CMP_NE, 0, 0))
     return f.export()
