@@ -364,6 +364,22 @@ def test_clone_makes_no_namespaces(
         assert action(1 << 40 | fork | flag) == EPERM, hex(flag)
 
 
+@pytest.mark.parametrize("arch", ARCHES)
+def test_prlimit_sets_only_ones_own_limits(
+    arch: str, filters: dict[str, bytes], known: dict[str, dict[int, str]]
+) -> None:
+    prlimit = nr_of("prlimit64", known, arch)
+
+    def action(pid: int, new_limit: int, old_limit: int) -> int:
+        return run_bpf(filters[arch], Call(prlimit, (pid, 7, new_limit, old_limit)), arch)
+
+    limits = 0x7FFF0000  # any address
+    assert action(0, limits, 0) == action(0, limits, limits) == ALLOW  # setrlimit
+    assert action(0, 0, limits) == action(1, 0, limits) == action(2**32 + 1, 0, limits) == ALLOW
+    for pid in (1, 2, 12345, 2**32, 2**32 + 1, 2**64 - 1):  # 2**32: the kernel's pid 0
+        assert action(pid, limits, 0) == action(pid, limits, limits) == EPERM, pid
+
+
 def test_clone3_is_not_implemented_so_libc_falls_back(
     filters: dict[str, bytes], known: dict[str, dict[int, str]]
 ) -> None:
