@@ -989,6 +989,40 @@ def humaneval_rows(problems: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+WRONG_SOLUTIONS = {
+    "forged_exit": (
+        "    return None\n\n\n"
+        "import atexit, functools, os, sys\n"
+        "sys.excepthook = functools.partial(sys.audit, 'exec_agent.test_passed')\n"
+        "atexit.register(os._exit, 0)\n"
+    ),
+    "always_equal": (
+        "    return _AlwaysEqual()\n\n\n"
+        "class _AlwaysEqual:\n"
+        "    def __eq__(self, other):\n"
+        "        return True\n\n"
+        "    def __ne__(self, other):\n"
+        "        return False\n\n"
+        "    __hash__ = object.__hash__\n"
+    ),
+}
+"""Wrong solutions that try to pass anyway: the review's forged exit (a C-level callable
+raising the harness's pass event, then exit 0), and an answer that claims to equal anything."""
+
+
+def humaneval_wrong_rows(problems: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each problem with each wrong solution (the prompt, then the wrong body)."""
+    return [
+        {
+            "task_id": f"{problem['task_id']} ({kind})",
+            "code": problem["prompt"] + body,
+            "test_code": problem["test"] + f"\ncheck({problem['entry_point']})",
+        }
+        for kind, body in WRONG_SOLUTIONS.items()
+        for problem in problems
+    ]
+
+
 def humaneval_outcome(
     rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]], elapsed_s: float
 ) -> dict[str, Any]:
@@ -1013,24 +1047,47 @@ def humaneval_outcome(
     }
 
 
-def humaneval_engine(rows: Sequence[dict[str, Any]], slots: int) -> dict[str, Any]:
-    """A warm SandboxPool alone, ``slots`` threads: the floor under the other paths."""
+def humaneval_engine(
+    rows: Sequence[dict[str, Any]], wrong: Sequence[dict[str, Any]], slots: int
+) -> dict[str, Any]:
+    """A warm SandboxPool alone, ``slots`` threads: the floor under the other paths. Then the
+    wrong solutions, each judged by both judges: how many passed (the goal: none)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    requests = [
-        ExecutionRequest(code=row["code"], test_code=row["test_code"], limits=BENCH_LIMITS)
-        for row in rows
-    ]
+    def requests(rows: Sequence[dict[str, Any]], judge: str) -> list[ExecutionRequest]:
+        return [
+            ExecutionRequest.model_validate(
+                {"code": row["code"], "test_code": row["test_code"], "judge": judge}
+                | {"limits": BENCH_LIMITS}
+            )
+            for row in rows
+        ]
+
     pool = SandboxPool(SandboxConfig(), slots=slots)
     report = pool.start()
+    wrong_passed: dict[str, list[str]] = {}
     try:
-        began = time.perf_counter()
         with ThreadPoolExecutor(max_workers=slots) as threads:
-            records = [record.to_api() for record in threads.map(pool.run, requests)]
-        elapsed = time.perf_counter() - began
+            began = time.perf_counter()
+            records = [
+                record.to_api() for record in threads.map(pool.run, requests(rows, "isolated"))
+            ]
+            elapsed = time.perf_counter() - began
+            for judge in ("isolated", "in_process"):
+                judged = threads.map(pool.run, requests(wrong, judge))
+                wrong_passed[judge] = [
+                    row["task_id"]
+                    for row, record in zip(wrong, judged, strict=True)
+                    if record.passed
+                ]
     finally:
         pool.close()
     return humaneval_outcome(rows, records, elapsed) | {
+        "wrong_solutions": len(wrong),
+        "wrong_passed": {judge: len(ids) for judge, ids in wrong_passed.items()},
+        "wrong_passed_examples": {
+            judge: ids[:MAX_FAILURE_EXAMPLES] for judge, ids in wrong_passed.items()
+        },
         "slots": slots,
         "isolation": report.summary() | {"errors": report.errors},
     }
@@ -1245,7 +1302,7 @@ def bench_humaneval(args: argparse.Namespace) -> dict[str, Any]:
             None if args.no_reference else humaneval_reference(problems, Path(tmp))
         )
     runners: dict[str, Callable[[], dict[str, Any]]] = {
-        "engine": lambda: humaneval_engine(rows, args.slots),
+        "engine": lambda: humaneval_engine(rows, humaneval_wrong_rows(problems), args.slots),
         "pipeline": lambda: humaneval_pipeline(rows, args),
         "http": lambda: humaneval_http(rows, args),
     }
@@ -1274,13 +1331,15 @@ def bench_humaneval(args: argparse.Namespace) -> dict[str, Any]:
             path: reference is not None
             and "error" not in part
             and part["passed"] == part["total"]
+            and part.get("wrong_passed", {}).get("isolated", 0) == 0
             and full
             and (ratio[path] or float("inf")) <= HUMANEVAL_GOAL_RATIO
             for path, part in result["paths"].items()
         },
     }
     result["failed"] = sum(
-        1 if "error" in part else part["failed"] for part in result["paths"].values()
+        1 if "error" in part else part["failed"] + part.get("wrong_passed", {}).get("isolated", 0)
+        for part in result["paths"].values()
     ) + (reference["failed"] if reference else 0)
     return result
 
@@ -1307,6 +1366,12 @@ def summarize_humaneval(result: dict[str, Any]) -> str:
             f"  {path:<10} {part['passed']:>4}/{part['total']} passed  {part['elapsed_s']:>7.2f} s  "
             f"{part['problems_per_s']:>7.1f}/s  x{ratio} of the reference's time{extra}"
         )
+        if "wrong_passed" in part:
+            lines.append(
+                f"  {'':<10} {part['wrong_solutions']} wrong solutions passed: "
+                + ", ".join(f"{n} {judge}" for judge, n in part["wrong_passed"].items())
+                + " (goal: 0 isolated)"
+            )
     lines.append(
         f"  goal: at most x{goal['max_ratio']} with full isolation "
         f"({'on' if goal['full_isolation'] else 'NOT complete'}): "

@@ -593,12 +593,23 @@ def test_test_code_judges_the_program(server: Server, client: httpx.Client) -> N
         "import sys\nsys.modules['posix']._exit(0)",
         "print('passed: true')\nraise SystemExit",
         "import sys\nposix = sys.modules['posix']\nposix.kill(posix.getpid(), 9)",
+        # The security review's: a C-level callable raises the harness's pass event, then exit 0.
+        "import atexit, functools, sys\n"
+        "sys.excepthook = functools.partial(sys.audit, 'exec_agent.test_passed')\n"
+        "atexit.register(sys.modules['posix']._exit, 0)",
     ],
 )
-def test_a_program_cannot_forge_a_pass(server: Server, client: httpx.Client, forgery: str) -> None:
-    body = {"code": ADD + forgery, "test_code": "assert add(2, 3) == 5"}
+@pytest.mark.parametrize("judge", ["isolated", "in_process"])
+def test_a_program_cannot_forge_a_pass(
+    server: Server, client: httpx.Client, forgery: str, judge: str
+) -> None:
+    body = {"code": ADD + forgery, "test_code": "assert add(2, 3) == 6", "judge": judge}
     record = client.post("/v1/executions", json=body, headers=auth(server.other_key)).json()
     assert record["passed"] is False, record
+    right = {**body, "test_code": "assert add(2, 3) == 5"}
+    if "excepthook" in forgery:  # the same program passes a test it does pass
+        answer = client.post("/v1/executions", json=right, headers=auth(server.other_key))
+        assert answer.json()["passed"] is True, answer.text
 
 
 def test_cases_judge_each_input(server: Server, client: httpx.Client) -> None:

@@ -356,9 +356,4 @@ def compile_filter(arch: str | None = None) -> bytes:
     f.add("prlimit64", allow, (0, SCMP_CMP_EQ, 0, 0))
     f.add("prlimit64", allow, (0, SCMP_CMP_NE, 0, 0), (2, SCMP_CMP_EQ, 0, 0))
     f.add("prlimit64", _errno_action(errno.EPERM), (0, SCMP_CMP_NE, 0, 0), (2, SCMP_CMP_NE, 0, 0))
-    # prlimit64: its own limits (pid 0), or reading another's; never setting another's (the
-    # job's init has the same uid, and the kernel would let it: a job could starve its init).
-    f.add("prlimit64", allow, (0, SCMP_CMP_EQ, 0, 0))
-    f.add("prlimit64", allow, (0, SCMP_CMP_NE, 0, 0), (2, SCMP_CMP_EQ, 0, 0))
-    f.add("prlimit64", _errno_action(errno.EPERM), (0, SCMP_CMP_NE, 0, 0), (2, SCMP_CMP_NE, 0, 0))
     return f.export()
