@@ -158,6 +158,15 @@ def empty_database(backend: str, directory: Path) -> Iterator[str]:
             yield url
 
 
+def migrated_sqlite_settings(directory: Path, **overrides: Any) -> Settings:
+    """Settings on a new, migrated SQLite database in ``directory``, with ``overrides``."""
+    settings = Settings(
+        _env_file=None, database_url=f"sqlite:///{directory / 'service.db'}", **overrides
+    )
+    migrate.upgrade(settings)
+    return settings
+
+
 @pytest.fixture(scope="session", params=DATABASE_BACKENDS)
 def migrated_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

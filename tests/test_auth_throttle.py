@@ -18,12 +18,13 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from serve_app.db import Database, audit, keys, migrate
+from serve_app.db import Database, audit, keys
 from serve_app.http import ExecutionService
 from serve_app.http._health import Readiness
 from serve_app.http._routes import build_api
 from serve_app.ratelimit import build_rate_limiter
 from serve_app.settings import Settings
+from tests.conftest import migrated_sqlite_settings
 from tests.http_support import auth, error_code
 
 FAILURES_PER_MINUTE = 3
@@ -55,14 +56,8 @@ class ExecutorStandIn:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Iterator[Settings]:
-    settings = Settings(
-        _env_file=None,
-        database_url=f"sqlite:///{tmp_path / 'auth.db'}",
-        auth_failures_per_minute=FAILURES_PER_MINUTE,
-    )
-    migrate.upgrade(settings)
-    yield settings
+def settings(tmp_path: Path) -> Settings:
+    return migrated_sqlite_settings(tmp_path, auth_failures_per_minute=FAILURES_PER_MINUTE)
 
 
 class App:

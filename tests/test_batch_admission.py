@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,13 @@ import pytest
 
 from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus
 from serve_app.api import BatchCreate, ExecutionCreate, RequestBounds, validate_body
-from serve_app.db import Database, audit, batches, keys, migrate
+from serve_app.db import Database, audit, batches, keys
 from serve_app.db.models import ApiKey
 from serve_app.errors import OverloadedError, RateLimitedError
 from serve_app.http import ExecutionService
 from serve_app.ratelimit import build_rate_limiter
 from serve_app.settings import Settings
+from tests.conftest import migrated_sqlite_settings
 
 ITEMS_PER_BATCH = 3
 
@@ -55,18 +55,15 @@ class HeldExecutor:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Iterator[Settings]:
-    settings = Settings(
-        _env_file=None,
-        database_url=f"sqlite:///{tmp_path / 'batches.db'}",
+def settings(tmp_path: Path) -> Settings:
+    return migrated_sqlite_settings(
+        tmp_path,
         max_batch_items=ITEMS_PER_BATCH,
         max_concurrent_executions=1,  # one slot, one replica: at most 2 items in flight
         executor_num_replicas_max=1,
         executor_num_replicas_min=1,
         max_concurrent_per_key=100,
     )
-    migrate.upgrade(settings)
-    yield settings
 
 
 def batch_body(settings: Settings, items: int = ITEMS_PER_BATCH) -> BatchCreate:

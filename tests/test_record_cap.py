@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,12 @@ import pytest
 from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus
 from executors._models import CaseResult
 from serve_app.api import ExecutionCreate, RequestBounds, validate_body
-from serve_app.db import Database, executions, keys, migrate
+from serve_app.db import Database, executions, keys
 from serve_app.http import ExecutionService
 from serve_app.http._record_size import cap_record, record_bytes
 from serve_app.ratelimit import build_rate_limiter
 from serve_app.settings import KIB, MIB, Settings
+from tests.conftest import migrated_sqlite_settings
 
 CAP = 64 * KIB
 
@@ -83,14 +83,8 @@ def test_the_share_is_fair_between_streams() -> None:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Iterator[Settings]:
-    settings = Settings(
-        _env_file=None,
-        database_url=f"sqlite:///{tmp_path / 'records.db'}",
-        max_record_bytes=CAP,
-    )
-    migrate.upgrade(settings)
-    yield settings
+def settings(tmp_path: Path) -> Settings:
+    return migrated_sqlite_settings(tmp_path, max_record_bytes=CAP)
 
 
 class HugeRecords:

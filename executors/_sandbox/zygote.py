@@ -15,9 +15,12 @@ mounts and IPC objects vanish with its namespaces. Nothing carries over to the n
 job, which starts again from the untouched zygote. The host reads the program's
 stdout and stderr pipes directly; nothing here relays output.
 
-A judged job (with ``test_code``) runs the test after the code in the same ``__main__`` and
-proves that the test returned by writing the host's nonce on a pipe of its own: see
-:func:`_arm_proof`, which says what that proof withstands and what it does not.
+A judged job (with ``test_code``) proves that its test returned by writing the host's nonce on a
+pipe of its own. Judged ``isolated`` (the default), the program process forks once it has its job:
+the test runs in a process of its own that the program cannot read or write, and reaches the
+program's names through a socket (see "the isolated judge" below, and :func:`_judge`). Judged
+``in_process``, the test runs after the code in the same ``__main__``: see :func:`_arm_proof`,
+which says what that proof withstands and what it does not.
 
 Why this shape: a fresh interpreter costs ~10 ms here, a fork of a small Python process
 ~0.5 ms. Imports are kept few because fork time grows with the zygote's memory.
