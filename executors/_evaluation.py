@@ -17,6 +17,10 @@ output and truncation flags are the record's, so a ``timeout`` anywhere shows in
 the output shown explains the first failure. Usage adds up over the cases (wall and CPU time;
 their jobs may run at once in different slots) except ``peak_memory_bytes``, the largest.
 Every case's own outcome is in ``cases``, in request order.
+
+A case is judged on its whole output; the record then keeps at most a share of
+``max_output_bytes`` of each of its streams (``CASE_OUTPUT_FLOOR_BYTES`` at least, cut flagged):
+a record of 100 cases holds about as much output as one run, not a hundred times as much.
 """
 
 from __future__ import annotations
@@ -32,10 +36,14 @@ from executors._models import (
     ExecutionRecord,
     ExecutionRequest,
     ExecutionStatus,
+    cut_utf8,
     utc_now,
 )
 
-__all__ = ["RunJob", "outputs_match", "run_cases"]
+__all__ = ["CASE_OUTPUT_FLOOR_BYTES", "RunJob", "outputs_match", "run_cases"]
+
+CASE_OUTPUT_FLOOR_BYTES = 4096
+"""Each case keeps at least this much of each stream, however many cases there are."""
 
 RunJob = Callable[[ExecutionRequest, threading.Event | None], ExecutionRecord]
 """Runs one job to its record (``SandboxPool``'s single-job run)."""
@@ -62,24 +70,40 @@ def run_cases(
     if not request.cases:
         raise ValueError("run_cases needs a request with cases")
     created_at = utc_now()
-    jobs = [
-        request.model_copy(update={"stdin": case.stdin, "cases": None}) for case in request.cases
-    ]
+    share = max(CASE_OUTPUT_FLOOR_BYTES, request.limits.max_output_bytes // len(request.cases))
 
-    def run_case(job: ExecutionRequest) -> ExecutionRecord:
+    def run_case(case: CaseSpec) -> tuple[CaseResult, datetime | None]:
+        job = request.model_copy(update={"stdin": case.stdin, "cases": None})
         if cancel is not None and cancel.is_set():
-            return ExecutionRecord.internal_error(job)
-        return run_job(job, cancel)
+            record = ExecutionRecord.internal_error(job)
+        else:
+            record = run_job(job, cancel)
+        result = judge_case(record, case, request.test_code is not None)
+        return _keep_share(result, share), record.started_at  # the whole output is dropped here
 
     with ThreadPoolExecutor(
-        max_workers=min(workers, len(jobs)), thread_name_prefix="sandbox-case"
+        max_workers=min(workers, len(request.cases)), thread_name_prefix="sandbox-case"
     ) as executor:
-        records = list(executor.map(run_case, jobs))
-    results = [
-        judge_case(record, case, request.test_code is not None)
-        for record, case in zip(records, request.cases, strict=True)
-    ]
-    return _sum_up(request, records, results, created_at)
+        outcomes = list(executor.map(run_case, request.cases))
+    results = [result for result, _ in outcomes]
+    started = [at for _, at in outcomes if at is not None]
+    return _sum_up(request, started, results, created_at)
+
+
+def _keep_share(result: CaseResult, share_bytes: int) -> CaseResult:
+    """``result`` with each stream cut to ``share_bytes`` (UTF-8), flagged where cut."""
+    stdout, stdout_cut = cut_utf8(result.stdout, share_bytes)
+    stderr, stderr_cut = cut_utf8(result.stderr, share_bytes)
+    if not (stdout_cut or stderr_cut):
+        return result
+    return result.model_copy(
+        update={
+            "stdout": stdout,
+            "stderr": stderr,
+            "stdout_truncated": result.stdout_truncated or stdout_cut,
+            "stderr_truncated": result.stderr_truncated or stderr_cut,
+        }
+    )
 
 
 def judge_case(record: ExecutionRecord, case: CaseSpec, with_test_code: bool) -> CaseResult:
@@ -118,12 +142,11 @@ def _representative(results: Sequence[CaseResult]) -> int:
 
 def _sum_up(
     request: ExecutionRequest,
-    records: Sequence[ExecutionRecord],
+    started: Sequence[datetime],
     results: list[CaseResult],
     created_at: datetime,
 ) -> ExecutionRecord:
     shown = results[_representative(results)]
-    started = [record.started_at for record in records if record.started_at is not None]
     return ExecutionRecord(
         status=shown.status,
         exit_code=shown.exit_code,

@@ -32,6 +32,7 @@ __all__ = [
     "check_files",
     "check_relative_path",
     "check_text",
+    "cut_utf8",
 ]
 
 MIB = 1024 * 1024
@@ -223,6 +224,15 @@ def check_relative_path(path: str) -> str:
             f"file path {path!r} must be relative, without '..', '.', empty parts or a final '/'"
         )
     return path
+
+
+def cut_utf8(text: str, max_bytes: int) -> tuple[str, bool]:
+    """The longest beginning of ``text`` of at most ``max_bytes`` in UTF-8 (never half a
+    character), and whether anything was cut."""
+    encoded = text.encode("utf-8")
+    if len(encoded) <= max_bytes:
+        return text, False
+    return encoded[:max_bytes].decode("utf-8", errors="ignore"), True
 
 
 def utc_now() -> datetime:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from executors import ExecutionRecord, ExecutionRequest, Limits, SandboxPool
-from executors._evaluation import outputs_match
+from executors._evaluation import CASE_OUTPUT_FLOOR_BYTES, outputs_match
 from tests.conftest import CRASHED, INTERNAL_ERROR, MEMORY_LIMIT, NONZERO_EXIT, OK, TIMEOUT
 
 if TYPE_CHECKING:
@@ -775,6 +775,22 @@ def test_a_forged_exit_in_a_case_with_test_code_does_not_pass(
     code = WRONG_ADD + "print(add(1, 1))\nimport os\nos._exit(0)\n"
     record = sandbox.run(code, test_code=ADD_TEST, cases=[case("", "0")], judge=judge)
     assert (record.status, record.passed) == (OK, False), record
+
+
+def test_many_loud_cases_are_judged_whole_but_kept_in_a_share(sandbox: WatchedPool) -> None:
+    """The review's 97 bytes with 4 cases made a 62.9 MB record: the whole of each case's
+    output is compared, then each keeps only its share of ``max_output_bytes``."""
+    loud = 400_000
+    code = f"import sys\nprint('o' * {loud})\nprint('e' * {loud}, file=sys.stderr)\n"
+    cases = [case("", "o" * loud)] * 20
+    record = sandbox.run(code, cases=cases)
+    assert (record.status, record.passed) == (OK, True), record.status  # judged on all of it
+    assert record.cases is not None
+    share = max(CASE_OUTPUT_FLOOR_BYTES, sandbox.limits.max_output_bytes // len(cases))
+    assert all(len(c.stdout) == len(c.stderr) == share for c in record.cases)
+    assert all(c.stdout_truncated and c.stderr_truncated for c in record.cases)
+    kept = sum(len(c.stdout) + len(c.stderr) for c in record.cases)
+    assert kept <= 2 * sandbox.limits.max_output_bytes < 2 * loud * len(cases) // 4
 
 
 def test_a_cases_record_in_api_form(sandbox: WatchedPool) -> None:

@@ -31,6 +31,7 @@ from executors._models import (
     ExecutionRequest,
     ExecutionStatus,
     JudgeMode,
+    cut_utf8,
     utc_now,
 )
 from executors._sandbox._cgroups import JobCgroup
@@ -92,12 +93,11 @@ class _Stream:
         A replacement character takes 3 bytes, so replacing can lengthen the output:
         cut again after decoding, on a character boundary, and say so.
         """
-        text = self.data.decode("utf-8", errors="replace").replace("\x00", "")
-        encoded = text.encode("utf-8")
-        if len(encoded) <= self.cap:
-            return text
-        self.truncated = True
-        return encoded[: self.cap].decode("utf-8", errors="ignore")
+        text, cut = cut_utf8(
+            self.data.decode("utf-8", errors="replace").replace("\x00", ""), self.cap
+        )
+        self.truncated = self.truncated or cut
+        return text
 
 
 class SpareFailed(Exception):

@@ -10,9 +10,10 @@ The size is the UTF-8 length of the record's JSON, as answered (``ExecutionRecor
 The room left by everything but the outputs is shared fairly: streams shorter than an equal
 share keep everything, the longer ones are cut to what is left, each keeping its beginning.
 
-It lives here, applied by the service before a record is stored or answered, because the
-engine's models (``executors/``) are not this package's to change; the engine applying it
-would also spare the record's trip from the executor replica.
+The engine already keeps each case's output within a share of ``max_output_bytes``
+(``executors/_evaluation.py``), so a judged record leaves the executor replica about as large as
+one run's; this is the service's own guarantee on the whole record, applied before a record is
+stored or answered, whatever its limits.
 """
 
 from __future__ import annotations
