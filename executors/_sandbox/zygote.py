@@ -951,6 +951,18 @@ _PLAIN_BASES: tuple[type, ...] = (
 )
 
 
+_JSON_ENCODE = _json.make_encoder(
+    None, None, _json.encode_basestring_ascii, None, ":", ",", False, False, True  # type: ignore[arg-type]
+)  # fmt: skip
+"""``json``'s C encoder, for containers of JSON scalars alone (no circular check needed)."""
+_LOADED_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _json_scalars_only(values: Any) -> bool:
+    """Whether every item is exactly a str, int, float, bool or None (checked in C)."""
+    return all(map(_LOADED_SCALARS.__contains__, map(type, values)))
+
+
 def _plain_equivalent(value: Any) -> Any:
     """A subclass of a plain type as that type (a namedtuple as a tuple, an IntEnum as an int),
     a numpy scalar or array as the Python value or nested lists (``tolist``); else _NOTHING."""
@@ -1011,6 +1023,9 @@ class _Peer:
         if depth < MAX_RPC_DEPTH:
             tag = _CONTAINER_TAGS.get(kind)
             if tag is not None:
+                if _json_scalars_only(value):  # the common case, in C
+                    with _suppress(ValueError):  # an int of more digits than int() takes
+                        return f'["{tag}",' + "".join(_JSON_ENCODE(list(value), 0)) + "]"
                 return f'["{tag}",[' + ",".join(self.dump(v, depth + 1) for v in value) + "]]"
             if kind is dict:
                 pairs = (
@@ -1048,14 +1063,17 @@ class _Peer:
         tag, body = node[0], node[1:]
         try:
             if tag in _CONTAINER_TYPES and len(body) == 1 and type(body[0]) is list:
-                return _CONTAINER_TYPES[tag]([self.load(v, depth + 1) for v in body[0]])
+                items: list[Any] = body[0]
+                if not _json_scalars_only(items):
+                    items = [self.load(v, depth + 1) for v in items]
+                return items if tag == "l" else _CONTAINER_TYPES[tag](items)
             if tag == "d" and len(body) == 1 and type(body[0]) is list:
-                items = {}
+                mapping = {}
                 for pair in body[0]:
                     if type(pair) is not list or len(pair) != 2:
                         raise _ProtocolError("not a pair")
-                    items[self.load(pair[0], depth + 1)] = self.load(pair[1], depth + 1)
-                return items
+                    mapping[self.load(pair[0], depth + 1)] = self.load(pair[1], depth + 1)
+                return mapping
             if tag == "b" and len(body) == 1 and type(body[0]) is str:
                 return self._b64.a2b_base64(body[0].encode("ascii"), strict_mode=True)
             if tag == "c" and len(body) == 2 and all(type(v) in (int, float) for v in body):
@@ -1423,7 +1441,6 @@ def _judge(
         os.write(job.status_w, f"I{exc}".encode())
         os.kill(program, _signal.SIGKILL)
         os._exit(0)
-    finish = _reset_interpreter({}, {TEST_FILE: test_code}, program_path=False)
 
     def fail(status: int) -> NoReturn:
         with _suppress(OSError):
@@ -1433,11 +1450,14 @@ def _judge(
     try:
         test = compile(test_code, TEST_FILE, "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as exc:
+        finish = _reset_interpreter({}, {TEST_FILE: test_code}, program_path=False)
         sys.excepthook(type(exc), exc, None)
-        fail(1)
+        fail(1)  # before the program ran a line
     peer = _Peer(sock, program)
+    with _suppress(_ProgramGone):  # a program gone already shows when it is waited for
+        peer.send('["go"]')  # the program sets itself up while the judge does the same
+    finish = _reset_interpreter({}, {TEST_FILE: test_code}, program_path=False)
     try:
-        peer.send('["go"]')
         ready = peer.receive()
         if len(ready) != 2 or ready[0] != "ready":
             raise _ProtocolError("the program did not say ready")
