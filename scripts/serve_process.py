@@ -1,8 +1,9 @@
 """``exec-agent serve`` in a subprocess, and the small helpers the scripts share.
 
-Used by ``scripts/bench.py`` (its ``http`` and ``humaneval`` benchmarks) and ``scripts/soak.py``.
-scripts/ is not a package: they import this module as ``serve_process`` (with scripts/ on
-``sys.path``: its ``[0]`` when a script runs, put there by the script when loaded by path).
+Used by ``scripts/bench.py`` (``benchlib/``: its ``http`` and ``humaneval`` benchmarks) and
+``scripts/soak.py`` (``soaklib/``). scripts/ is not a package: they import this module as
+``serve_process`` (with scripts/ on ``sys.path``: its ``[0]`` when a script runs, put there by
+the script when loaded by path).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 SLOT_UID_BASE = 60000
 """The engine's default: slot N of a replica runs as host uid 60000 + N (when root)."""
 DEFAULT_SLOTS = 2

@@ -1,0 +1,13 @@
+"""The benchmarks behind ``scripts/bench``, one module per target, and what they share.
+
+    cli         the command line: ``scripts/bench BENCHMARK [options]``, results written and summed up
+    common      shared helpers: the fixed limits, host facts, JSON output, a served service's run
+    measure     client threads timing a task: the engine's task and the fresh-interpreter floor's
+    wrk         driving wrk: the generated Lua script, its run and its parsed result
+    sandbox     ``bench sandbox``: a warm SandboxPool against a fresh interpreter per execution
+    http        ``bench http``: ``exec-agent serve`` through each ingress, loaded by wrk
+    humaneval   ``bench humaneval``: the run, its goal and its summary (``humaneval_*``: its parts)
+
+scripts/ is not a package: ``scripts/bench.py`` puts scripts/ on ``sys.path`` and imports this
+one as ``benchlib`` (and ``serve_process`` beside it).
+"""
