@@ -12,13 +12,13 @@ Offline: no Prometheus, no Grafana, no Ray started. What is checked:
   port of the settings) and, on Kubernetes, the container ports named `metrics` of the pods
   cluster/rayservice.yaml makes, with the labels the dashboard and the rules filter on;
 - every PromQL expression of those files (the dashboard's queries and variables, the rules'
-  expressions) is parsed by the small PromQL parser below (the part of the grammar these files
-  use: selectors, ranges, subqueries, functions, aggregations, binary operators with vector
-  matching) and type-checked as Prometheus would: a range vector where a function wants one,
-  `le` kept for histogram_quantile, one-to-one matching only between equal label sets. Every
-  metric it names must be one the service defines (read from its code, as Ray names it) or one of
-  Ray Serve's in RAY_SERVE_METRICS; every label it names one those series carry; every value
-  of an enumerated label (status, state, limit, reason, ...) one the service emits;
+  expressions) is parsed and type-checked as Prometheus would by promql-parser (a range vector
+  where a function wants one, bool on comparisons of scalars, ...), and the label names of its
+  series followed through it: `le` kept for histogram_quantile, one-to-one matching only between
+  equal label sets, grouping only by labels the series have. Every metric it names must be one
+  the service defines (read from its code, as Ray names it) or one of Ray Serve's in
+  RAY_SERVE_METRICS; every label it names one those series carry; every value of an enumerated
+  label (status, state, limit, reason, ...) one the service emits;
 - promtool (scripts/setup unpacks it from Debian's `prometheus` package): `promtool check
   rules` and `promtool test rules` on synthetic series: the main alerts fire when they should, and not
   when they should not.
@@ -26,7 +26,6 @@ Offline: no Prometheus, no Grafana, no Ray started. What is checked:
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib.util
 import json
@@ -39,6 +38,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
 
+import promql_parser as promql
 import pytest
 import yaml
 from ray.serve.metrics import APPLICATION_TAG, DEPLOYMENT_TAG, REPLICA_TAG
@@ -177,119 +177,38 @@ def label_values() -> dict[str, frozenset[str]]:
 
 # --------------------------------------------------------------------------- PromQL
 
+SCALAR, STRING, VECTOR, MATRIX = (
+    promql.ValueType.Scalar,
+    promql.ValueType.String,
+    promql.ValueType.Vector,
+    promql.ValueType.Matrix,
+)
+MATCH_OPERATORS = {  # by str(): the library's enums are not hashable
+    str(promql.MatchOp.Equal): "=",
+    str(promql.MatchOp.NotEqual): "!=",
+    str(promql.MatchOp.Re): "=~",
+    str(promql.MatchOp.NotRe): "!~",
+}
+SELECTING = frozenset({"topk", "bottomk", "limitk", "limit_ratio"})  # keep the series' labels
+SET_OPERATORS = frozenset({"and", "or", "unless"})
+
 
 class PromQLError(ValueError):
     pass
 
 
 @dataclass(frozen=True)
-class Token:
-    kind: str  # string, duration, number, ident, op, end
-    text: str
-    pos: int
-
-
-_TOKEN = re.compile(
-    r"""
-    (?P<ws>\s+|\#[^\n]*)
-    |(?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|`[^`]*`)
-    |(?P<duration>(?:\d+(?:ms|s|m|h|d|w|y))+)(?![\w.])
-    |(?P<number>0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
-    |(?P<ident>[a-zA-Z_][a-zA-Z0-9_:]*)
-    |(?P<op>==|!=|>=|<=|=~|!~|[-+*/%^=<>(){}\[\],:@])
-    """,
-    re.VERBOSE,
-)
-
-SCALAR, STRING, VECTOR, MATRIX = "scalar", "string", "vector", "matrix"
-
-
-def words(text: str) -> list[str]:
-    """Names written as one string: ``words("a b")`` is ``["a", "b"]``."""
-    return text.split()
-
-
-# name: (argument types, how many trailing ones are optional, result type)
-FUNCTIONS: dict[str, tuple[tuple[str, ...], int, str]] = {
-    **dict.fromkeys(
-        words("abs absent ceil exp floor ln log2 log10 sgn sort sort_desc sqrt timestamp"),
-        ((VECTOR,), 0, VECTOR),
-    ),
-    **dict.fromkeys(
-        words("day_of_month day_of_week day_of_year days_in_month hour minute month year"),
-        ((VECTOR,), 1, VECTOR),
-    ),
-    **dict.fromkeys(
-        words(
-            "changes delta deriv idelta increase irate rate resets absent_over_time "
-            "present_over_time avg_over_time min_over_time max_over_time sum_over_time "
-            "count_over_time last_over_time stddev_over_time stdvar_over_time"
-        ),
-        ((MATRIX,), 0, VECTOR),
-    ),
-    "round": ((VECTOR, SCALAR), 1, VECTOR),
-    "clamp": ((VECTOR, SCALAR, SCALAR), 0, VECTOR),
-    "clamp_max": ((VECTOR, SCALAR), 0, VECTOR),
-    "clamp_min": ((VECTOR, SCALAR), 0, VECTOR),
-    "quantile_over_time": ((SCALAR, MATRIX), 0, VECTOR),
-    "predict_linear": ((MATRIX, SCALAR), 0, VECTOR),
-    "histogram_quantile": ((SCALAR, VECTOR), 0, VECTOR),
-    "label_replace": ((VECTOR, STRING, STRING, STRING, STRING), 0, VECTOR),
-    "scalar": ((VECTOR,), 0, SCALAR),
-    "vector": ((SCALAR,), 0, VECTOR),
-    "time": ((), 0, SCALAR),
-}
-AGGREGATIONS = frozenset(
-    words(
-        "sum avg min max count group stddev stdvar topk bottomk quantile count_values limitk "
-        "limit_ratio"
-    )
-)
-PARAMETER_TYPES = {
-    "topk": SCALAR,
-    "bottomk": SCALAR,
-    "quantile": SCALAR,
-    "limitk": SCALAR,
-    "limit_ratio": SCALAR,
-    "count_values": STRING,
-}
-SELECTING = frozenset({"topk", "bottomk", "limitk", "limit_ratio"})  # keep the series' labels
-KEYWORDS = frozenset(
-    words("by without on ignoring group_left group_right bool offset and or unless atan2")
-)
-BINARY_LEVELS: tuple[frozenset[str], ...] = (  # lowest precedence first
-    frozenset({"or"}),
-    frozenset({"and", "unless"}),
-    frozenset({"==", "!=", "<=", "<", ">=", ">"}),
-    frozenset({"+", "-"}),
-    frozenset({"*", "/", "%", "atan2"}),
-    frozenset({"^"}),
-)
-COMPARISONS = BINARY_LEVELS[2]
-SET_OPERATORS = frozenset({"and", "or", "unless"})
-
-
-@dataclass(frozen=True)
 class Typed:
     """What an expression evaluates to, and the label names of its series (None: unknown)."""
 
-    kind: str
+    kind: promql.ValueType
     labels: frozenset[str] | None = None
-    literal: str | None = None  # a string literal's value
 
 
 @dataclass(frozen=True)
 class Selector:
     name: str
     matchers: tuple[tuple[str, str, str], ...]
-
-
-@dataclass(frozen=True)
-class Matching:
-    keyword: str  # on, ignoring
-    labels: frozenset[str]
-    group: str | None  # group_left, group_right
-    include: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -307,220 +226,72 @@ class Analysis:
 
 
 def analyze(expr: str, catalog: Catalog) -> Analysis:
-    """Parse and type-check ``expr``; a PromQLError says what is wrong, and where."""
-    parser = _Parser(expr, catalog)
-    result = parser.parse()
-    return Analysis(result, tuple(parser.selectors))
+    """Parse and check ``expr``; a PromQLError says what is wrong, and where.
+
+    promql-parser parses it and checks its value types as Prometheus does (a range vector where a
+    function wants one, bool on comparisons of scalars, ...); what it cannot know is checked here,
+    following the label names of the series through the expression."""
+    try:
+        tree = promql.parse(expr)
+    except ValueError as exc:
+        raise PromQLError(str(exc)) from exc
+    checker = _Checker(catalog)
+    return Analysis(checker.check(tree), tuple(checker.selectors))
 
 
-class _Parser:
-    def __init__(self, expr: str, catalog: Catalog) -> None:
-        self.expr = expr
+class _Checker:
+    def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        self.tokens = self._tokenize(expr)
-        self.i = 0
         self.selectors: list[Selector] = []
 
     @staticmethod
-    def _tokenize(expr: str) -> list[Token]:
-        tokens: list[Token] = []
-        pos = 0
-        while pos < len(expr):
-            match = _TOKEN.match(expr, pos)
-            if match is None or match.lastgroup is None:
-                raise PromQLError(f"unexpected {expr[pos]!r} at {pos}")
-            if match.lastgroup != "ws":
-                tokens.append(Token(match.lastgroup, match.group(), pos))
-            pos = match.end()
-        tokens.append(Token("end", "", pos))
-        return tokens
+    def fail(message: str, node: promql.Expr) -> PromQLError:
+        return PromQLError(f"{message} (in {str(node)[:60]!r})")
 
-    # -- tokens
+    def check(self, node: promql.Expr) -> Typed:
+        match node:
+            case promql.NumberLiteral():
+                return Typed(SCALAR)
+            case promql.StringLiteral():
+                return Typed(STRING)
+            case promql.ParenExpr() | promql.UnaryExpr():
+                return self.check(node.expr)
+            case promql.VectorSelector():
+                return self.selector(node)
+            case promql.MatrixSelector():
+                return Typed(MATRIX, self.selector(node.vector_selector).labels)
+            case promql.SubqueryExpr():
+                return Typed(MATRIX, self.check(node.expr).labels)
+            case promql.AggregateExpr():
+                return self.aggregation(node)
+            case promql.Call():
+                return self.call(node)
+            case promql.BinaryExpr():
+                return self.combine(node)
+        raise self.fail(f"unexpected {type(node).__name__}", node)
 
-    def fail(self, message: str, token: Token | None = None) -> PromQLError:
-        at = (token or self.peek()).pos
-        return PromQLError(f"{message} (at {at}: {self.expr[at : at + 30]!r})")
-
-    def peek(self, ahead: int = 0) -> Token:
-        return self.tokens[min(self.i + ahead, len(self.tokens) - 1)]
-
-    def next(self) -> Token:
-        token = self.peek()
-        self.i += 1
-        return token
-
-    def is_op(self, *texts: str) -> bool:
-        token = self.peek()
-        return token.kind == "op" and token.text in texts
-
-    def is_word(self, *words: str) -> bool:
-        token = self.peek()
-        return token.kind == "ident" and token.text.lower() in words
-
-    def accept(self, text: str) -> bool:
-        if self.is_op(text):
-            self.i += 1
-            return True
-        return False
-
-    def expect(self, text: str) -> None:
-        if not self.accept(text):
-            raise self.fail(f"expected {text!r}")
-
-    def expect_kind(self, kind: str) -> Token:
-        if self.peek().kind != kind:
-            raise self.fail(f"expected a {kind}")
-        return self.next()
-
-    # -- grammar
-
-    def parse(self) -> Typed:
-        result = self.binary(0)
-        if self.peek().kind != "end":
-            raise self.fail("unexpected text after the expression")
-        return result
-
-    def binary(self, level: int) -> Typed:
-        if level == len(BINARY_LEVELS):
-            return self.unary()
-        left = self.binary(level + 1)
-        while self.is_op(*BINARY_LEVELS[level]) or self.is_word(*BINARY_LEVELS[level]):
-            operator = self.next().text.lower()
-            returns_bool = self.is_word("bool")
-            if returns_bool:
-                self.next()
-            matching = self.vector_matching()
-            right = self.binary(level if operator == "^" else level + 1)  # ^ is right-associative
-            left = self.combine(operator, returns_bool, matching, left, right)
-        return left
-
-    def vector_matching(self) -> Matching | None:
-        if not self.is_word("on", "ignoring"):
-            return None
-        keyword = self.next().text.lower()
-        labels = self.label_list()
-        group, include = None, frozenset[str]()
-        if self.is_word("group_left", "group_right"):
-            group = self.next().text.lower()
-            if self.is_op("("):
-                include = self.label_list()
-        return Matching(keyword, labels, group, include)
-
-    def label_list(self) -> frozenset[str]:
-        self.expect("(")
-        labels: set[str] = set()
-        while not self.accept(")"):
-            token = self.expect_kind("ident")
-            if ":" in token.text:
-                raise self.fail(f"{token.text!r} is no label name", token)
-            labels.add(token.text)
-            if not self.accept(","):
-                self.expect(")")
-                break
-        return frozenset(labels)
-
-    def unary(self) -> Typed:
-        if self.is_op("+", "-"):
-            token = self.next()
-            operand = self.unary()
-            if operand.kind not in (SCALAR, VECTOR):
-                raise self.fail(f"unary {token.text} on a {operand.kind}", token)
-            return operand
-        value, is_selector = self.primary()
-        return self.postfix(value, is_selector)
-
-    def postfix(self, value: Typed, is_selector: bool) -> Typed:
-        while True:
-            if self.is_op("["):
-                token = self.next()
-                self.expect_kind("duration")
-                if self.accept(":"):  # a subquery: [range:step] over any instant vector
-                    if self.peek().kind == "duration":
-                        self.next()
-                    if value.kind != VECTOR:
-                        raise self.fail(f"subquery of a {value.kind}", token)
-                elif not is_selector or value.kind != VECTOR:
-                    raise self.fail("a range applies to a vector selector only", token)
-                self.expect("]")
-                value, is_selector = Typed(MATRIX, value.labels), False
-            elif self.is_word("offset"):
-                self.next()
-                self.accept("-")
-                self.expect_kind("duration")
-            elif self.is_op("@"):
-                self.next()
-                if self.is_word("start", "end"):
-                    self.next()
-                    self.expect("(")
-                    self.expect(")")
-                else:
-                    self.expect_kind("number")
-            else:
-                return value
-
-    def primary(self) -> tuple[Typed, bool]:
-        token = self.next()
-        if token.kind == "number":
-            return Typed(SCALAR), False
-        if token.kind == "string":
-            return Typed(STRING, literal=self.unquote(token)), False
-        if token.kind == "op" and token.text == "(":
-            inner = self.binary(0)
-            self.expect(")")
-            return inner, False
-        if token.kind == "op" and token.text == "{":
-            return self.selector(None, token), True
-        if token.kind == "ident":
-            word = token.text.lower()
-            if word in ("inf", "nan"):
-                return Typed(SCALAR), False
-            if word in AGGREGATIONS and (self.is_op("(") or self.is_word("by", "without")):
-                return self.aggregation(word, token), False
-            if self.is_op("("):
-                if token.text not in FUNCTIONS:
-                    raise self.fail(f"unknown function {token.text!r}", token)
-                return self.call(token), False
-            if word in KEYWORDS:
-                raise self.fail(f"keyword {token.text!r} where an expression belongs", token)
-            if self.accept("{"):
-                return self.selector(token.text, token), True
-            return self.selector(token.text, token, braces=False), True
-        raise self.fail(f"unexpected {token.text or 'end of expression'!r}", token)
-
-    def unquote(self, token: Token) -> str:
-        if token.text.startswith("`"):
-            return token.text[1:-1]
-        value = ast.literal_eval(token.text)  # Go's escapes, as far as these files need
-        assert isinstance(value, str)
-        return value
-
-    def selector(self, name: str | None, start: Token, braces: bool = True) -> Typed:
-        matchers: list[tuple[str, str, str]] = []
-        while braces and not self.accept("}"):
-            label = self.expect_kind("ident")
-            operator = self.next()
-            if operator.kind != "op" or operator.text not in ("=", "!=", "=~", "!~"):
-                raise self.fail("expected a label matcher operator", operator)
-            value = self.unquote(self.expect_kind("string"))
-            matchers.append((label.text, operator.text, value))
-            if not self.accept(","):
-                self.expect("}")
-                break
+    def selector(self, node: promql.VectorSelector) -> Typed:
+        if node.matchers.or_matchers:
+            raise self.fail("alternatives of label matchers ('or') are not checked", node)
+        matchers = tuple(
+            (matcher.name, MATCH_OPERATORS[str(matcher.op)], matcher.value)
+            for matcher in node.matchers.matchers
+        )
+        name = node.name or next(
+            (v for label, op, v in matchers if label == "__name__" and op == "="), None
+        )
         if name is None:
-            names = [v for label, op, v in matchers if label == "__name__" and op == "="]
-            if not names:
-                raise self.fail("a selector without a metric name", start)
-            name = names[0]
+            raise self.fail("a selector without a metric name", node)
         labels = self.catalog.series.get(name)
         if labels is None:
-            raise self.fail(f"{name} is no exported metric", start)
+            raise self.fail(f"{name} is no exported metric", node)
         for label, operator, value in matchers:
-            self.check_matcher(name, labels, label, operator, value, start)
-        self.selectors.append(Selector(name, tuple(matchers)))
+            self.check_matcher(name, labels, label, operator, value, node)
+        self.selectors.append(Selector(name, matchers))
         return Typed(VECTOR, labels)
 
     def check_matcher(
-        self, name: str, labels: frozenset[str], label: str, op: str, value: str, at: Token
+        self, name: str, labels: frozenset[str], label: str, op: str, value: str, at: promql.Expr
     ) -> None:
         if label == "__name__":
             return
@@ -534,119 +305,79 @@ class _Parser:
         if op in ("=~", "!~") and not any(re.fullmatch(value, v) for v in allowed):
             raise self.fail(f"{label}=~{value!r} matches none of {sorted(allowed)}", at)
 
-    def aggregation(self, operator: str, start: Token) -> Typed:
-        grouping = self.grouping()
-        self.expect("(")
-        if operator in PARAMETER_TYPES:
-            parameter = self.binary(0)
-            if parameter.kind != PARAMETER_TYPES[operator]:
-                raise self.fail(f"{operator}'s parameter must be a {PARAMETER_TYPES[operator]}")
-            self.expect(",")
-        argument = self.binary(0)
-        self.expect(")")
-        if grouping is None:
-            grouping = self.grouping()
-        if argument.kind != VECTOR:
-            raise self.fail(f"{operator} over a {argument.kind}", start)
+    def aggregation(self, node: promql.AggregateExpr) -> Typed:
+        operator = str(node.op)
+        if node.param is not None:
+            self.check(node.param)
+        argument = self.check(node.expr)
         if operator in SELECTING:
             return Typed(VECTOR, argument.labels)
         if operator == "count_values":
             return Typed(VECTOR, None)
-        if grouping is None:
+        if node.modifier is None:
             return Typed(VECTOR, frozenset())
-        keyword, labels = grouping
+        labels = frozenset(node.modifier.labels)
+        keyword = "by" if node.modifier.type == promql.AggModifierType.By else "without"
         if argument.labels is not None and not labels <= argument.labels:
             missing = sorted(labels - argument.labels)
-            raise self.fail(f"{operator} {keyword} {missing}: the series have no such label", start)
+            raise self.fail(f"{operator} {keyword} {missing}: the series have no such label", node)
         if keyword == "by":
             return Typed(VECTOR, labels)
         return Typed(VECTOR, None if argument.labels is None else argument.labels - labels)
 
-    def grouping(self) -> tuple[str, frozenset[str]] | None:
-        if not self.is_word("by", "without"):
-            return None
-        keyword = self.next().text.lower()
-        return keyword, self.label_list()
-
-    def call(self, token: Token) -> Typed:
-        kinds, optional, result = FUNCTIONS[token.text]
-        self.expect("(")
-        args: list[Typed] = []
-        while not self.accept(")"):
-            args.append(self.binary(0))
-            if not self.accept(","):
-                self.expect(")")
-                break
-        if not len(kinds) - optional <= len(args) <= len(kinds):
-            raise self.fail(f"{token.text}() takes {len(kinds)} arguments, not {len(args)}", token)
-        for position, (arg, kind) in enumerate(zip(args, kinds, strict=False), start=1):
-            if arg.kind != kind:
-                raise self.fail(
-                    f"{token.text}() wants a {kind} as argument {position}, not a {arg.kind}",
-                    token,
-                )
+    def call(self, node: promql.Call) -> Typed:
+        name, result = node.func.name, node.func.return_type
+        args = [self.check(arg) for arg in node.args]
         if result != VECTOR:
             return Typed(result)
-        if token.text == "histogram_quantile":
+        if name == "histogram_quantile":
             buckets = args[1].labels
             if buckets is not None and "le" not in buckets:
-                raise self.fail("histogram_quantile() over series without `le`", token)
+                raise self.fail("histogram_quantile() over series without `le`", node)
             return Typed(VECTOR, None if buckets is None else buckets - {"le"})
-        if token.text == "label_replace":
-            source, target = args[0].labels, args[1].literal
-            return Typed(VECTOR, None if source is None or target is None else source | {target})
-        if token.text.startswith("absent"):
+        if name == "label_replace":
+            source, target = args[0].labels, node.args[1].val
+            return Typed(VECTOR, None if source is None else source | {target})
+        if name.startswith("absent"):
             return Typed(VECTOR, None)
-        if not args:
-            return Typed(VECTOR, frozenset())
-        return Typed(VECTOR, args[0].labels)
+        series = [arg.labels for arg in args if arg.kind in (VECTOR, MATRIX)]
+        return Typed(VECTOR, series[0] if series else frozenset())
 
-    def combine(
-        self,
-        operator: str,
-        returns_bool: bool,
-        matching: Matching | None,
-        left: Typed,
-        right: Typed,
-    ) -> Typed:
-        for side in (left, right):
-            if side.kind not in (SCALAR, VECTOR):
-                raise self.fail(f"{operator} on a {side.kind}")
-        if returns_bool and operator not in COMPARISONS:
-            raise self.fail(f"bool modifier on {operator}")
-        vectors = left.kind == VECTOR and right.kind == VECTOR
-        if operator in SET_OPERATORS and not vectors:
-            raise self.fail(f"{operator} between vectors only")
-        if matching is not None and not vectors:
-            raise self.fail(f"{matching.keyword}() between vectors only")
-        if not vectors:
-            if left.kind == right.kind == SCALAR:
-                if operator in COMPARISONS and not returns_bool:
-                    raise self.fail("a comparison of two scalars needs bool")
-                return Typed(SCALAR)
+    def combine(self, node: promql.BinaryExpr) -> Typed:
+        operator = str(node.op)
+        left, right = self.check(node.lhs), self.check(node.rhs)
+        if left.kind == right.kind == SCALAR:
+            return Typed(SCALAR)
+        if SCALAR in (left.kind, right.kind):
             return Typed(VECTOR, left.labels if left.kind == VECTOR else right.labels)
         ours, theirs = left.labels, right.labels
-        if matching is None:
+        modifier = node.modifier
+        matching = None if modifier is None else modifier.matching
+        if modifier is None or matching is None:
             if operator == "or":
                 return Typed(VECTOR, None if ours is None or theirs is None else ours | theirs)
             if ours is not None and theirs is not None and ours != theirs:
                 raise self.fail(
                     f"{operator} matches series on all their labels, {sorted(ours)} on the left "
-                    f"and {sorted(theirs)} on the right: nothing matches (on()/ignoring()?)"
+                    f"and {sorted(theirs)} on the right: nothing matches (on()/ignoring()?)",
+                    node,
                 )
             return Typed(VECTOR, ours)
+        labels = frozenset(matching.labels)
+        on = matching.type == promql.LabelModifierType.Include  # else ignoring()
         for side in (ours, theirs):
-            if matching.keyword == "on" and side is not None and not matching.labels <= side:
-                raise self.fail(f"on{sorted(matching.labels)}: a side lacks one of these labels")
+            if on and side is not None and not labels <= side:
+                raise self.fail(f"on{sorted(labels)}: a side lacks one of these labels", node)
         if operator in SET_OPERATORS:
             return Typed(VECTOR, ours)
-        if matching.group == "group_left":
-            return Typed(VECTOR, None if ours is None else ours | matching.include)
-        if matching.group == "group_right":
-            return Typed(VECTOR, None if theirs is None else theirs | matching.include)
-        if matching.keyword == "on":
-            return Typed(VECTOR, matching.labels)
-        return Typed(VECTOR, None if ours is None else ours - matching.labels)
+        include = frozenset(modifier.group_labels or ())
+        if modifier.card == promql.VectorMatchCardinality.ManyToOne:  # group_left
+            return Typed(VECTOR, None if ours is None else ours | include)
+        if modifier.card == promql.VectorMatchCardinality.OneToMany:  # group_right
+            return Typed(VECTOR, None if theirs is None else theirs | include)
+        if on:
+            return Typed(VECTOR, labels)
+        return Typed(VECTOR, None if ours is None else ours - labels)
 
 
 GRAFANA_INTERVALS = re.compile(r"\$(?:__rate_interval|__interval|__range)\b")
@@ -753,10 +484,19 @@ P = RAY_PREFIX
 @pytest.mark.parametrize(
     ("expr", "error"),
     [
-        (f"sum(rate({P}exec_agent_executions_total[5m])", "expected ')'"),
-        (f"rate({P}exec_agent_queue_depth)", "wants a matrix"),
-        (f"sum({P}exec_agent_queue_depth[5m])", "sum over a matrix"),
-        (f"{P}exec_agent_executions_total{{status='ok'}}[5m:1m] > 1", "on a matrix"),
+        (f"sum(rate({P}exec_agent_executions_total[5m])", "unclosed left parenthesis"),
+        (
+            f"rate({P}exec_agent_queue_depth)",
+            "expected type matrix in call to function 'rate', got vector",
+        ),
+        (
+            f"sum({P}exec_agent_queue_depth[5m])",
+            "expected type vector in aggregation expression, got matrix",
+        ),
+        (
+            f"{P}exec_agent_executions_total{{status='ok'}}[5m:1m] > 1",
+            "must contain only scalar and instant vector types",
+        ),
         ("histogram_quantile(0.9, sum by (route) (rate(x_bucket[5m])))", "no exported metric"),
         (
             f"histogram_quantile(0.9, sum(rate({P}exec_agent_queue_wait_seconds_bucket[5m])))",
@@ -773,9 +513,11 @@ P = RAY_PREFIX
             "nothing matches",
         ),
         (f"rates({P}exec_agent_queue_depth[5m])", "unknown function"),
-        (f"{P}exec_agent_queue_depth{{job=~$cluster}}", "unexpected '$'"),
-        ("1 > 2", "needs bool"),
-        (f"{P}exec_agent_queue_depth by (state)", "unexpected text"),
+        ("{job='exec-agent'}", "a selector without a metric name"),
+        (f"{P}exec_agent_queue_depth / on (route) {P}exec_agent_queue_depth", "a side lacks"),
+        (f"{P}exec_agent_queue_depth{{job=~$cluster}}", "unexpected character inside braces: '$'"),
+        ("1 > 2", "comparisons between scalars must use BOOL modifier"),
+        (f"{P}exec_agent_queue_depth by (state)", "invalid promql query"),
     ],
 )
 def test_the_parser_refuses_broken_expressions(catalog: Catalog, expr: str, error: str) -> None:
