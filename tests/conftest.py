@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import sqlalchemy
 from sqlalchemy.exc import OperationalError
@@ -224,47 +225,43 @@ class HostProcess:
     pid: int
     ppid: int
     uid: int
-    state: str
+    state: str  # psutil.STATUS_*
     name: str
     cmdline: str
-    start_ticks: int
+    started: float
     """With the pid, names one process even if the pid is reused."""
     pid_namespace: str
 
     @property
-    def key(self) -> tuple[int, int]:
-        return self.pid, self.start_ticks
+    def key(self) -> tuple[int, float]:
+        return self.pid, self.started
 
     def __str__(self) -> str:
         return f"pid {self.pid} (uid {self.uid}, {self.state}, ppid {self.ppid}): {self.cmdline[:200]!r}"
 
 
 def _read_process(pid: int) -> HostProcess | None:
-    proc = Path("/proc", str(pid))
+    fields = ["ppid", "uids", "status", "name", "cmdline", "create_time"]
     try:
-        stat = (proc / "stat").read_text()
-        status = (proc / "status").read_text()
-        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        namespace = os.readlink(proc / "ns" / "pid")
-    except OSError:  # gone meanwhile, or a kernel thread's namespace link
+        info = psutil.Process(pid).as_dict(fields)  # a zombie's cmdline: None
+        namespace = os.readlink(f"/proc/{pid}/ns/pid")  # not one of psutil's
+    except (psutil.NoSuchProcess, OSError):  # gone meanwhile, or a kernel thread's namespace link
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    uid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:"))
     return HostProcess(
         pid=pid,
-        ppid=int(fields[1]),
-        uid=uid,
-        state=fields[0],
-        name=stat[stat.index("(") + 1 : stat.rindex(")")],
-        cmdline=cmdline.strip(),
-        start_ticks=int(fields[19]),
+        ppid=info["ppid"],
+        uid=info["uids"].real,
+        state=info["status"],
+        name=info["name"],
+        cmdline=" ".join(info["cmdline"] or ()).strip(),
+        started=info["create_time"],
         pid_namespace=namespace,
     )
 
 
 def host_processes() -> list[HostProcess]:
     """Every process this (possibly namespaced) /proc shows."""
-    found = (_read_process(int(name)) for name in os.listdir("/proc") if name.isdigit())
+    found = map(_read_process, psutil.pids())
     return [process for process in found if process is not None]
 
 
@@ -463,7 +460,7 @@ class WatchedPool:
                 strays += mine
         return strays
 
-    def _find_zygotes(self, wait_s: float = 5.0) -> dict[int, tuple[int, int]]:
+    def _find_zygotes(self, wait_s: float = 5.0) -> dict[int, tuple[int, float]]:
         """Slot uid -> the zygote's (pid, start): its script, started by bwrap (or sh)."""
         deadline = time.monotonic() + wait_s
         while True:
@@ -484,7 +481,9 @@ class WatchedPool:
         """Zombies of our slots, and of this process (e.g. a slot's bubblewrap)."""
         me = os.getpid()
         return [
-            p for p in host_processes() if p.state == "Z" and (p.uid in self.uids or p.ppid == me)
+            p
+            for p in host_processes()
+            if p.state == psutil.STATUS_ZOMBIE and (p.uid in self.uids or p.ppid == me)
         ]
 
     def close(self) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 from sqlalchemy import text
 
 from serve_app.http._service import ExecutionService
@@ -208,9 +209,7 @@ def _disk() -> Check:
 
 def _memory() -> Check:
     try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            fields = dict(line.split(":", 1) for line in meminfo)
-        available = int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError) as exc:
+        available = psutil.virtual_memory().available  # MemAvailable of /proc/meminfo on Linux
+    except OSError as exc:
         return _failure(exc)
     return {"ok": available >= MIN_AVAILABLE_MEMORY_BYTES, "available_bytes": available}
