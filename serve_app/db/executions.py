@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import Table, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from executors import (
     TERMINAL_STATUSES,
-    CaseResult,
-    CaseSpec,
     ExecutionRecord,
     ExecutionRequest,
     ExecutionStatus,
@@ -309,41 +308,23 @@ def list_executions(
     return Page(items=rows[:limit], next_cursor=cursors.encode(rows[limit - 1]))
 
 
+def _columns(row: Execution, model: type[BaseModel]) -> dict[str, Any]:
+    """The row's columns named as ``model``'s fields."""
+    return {name: getattr(row, name) for name in model.model_fields}
+
+
 def to_record(row: Execution) -> ExecutionRecord:
-    """The API's execution record of a stored execution."""
-    return ExecutionRecord(
-        id=row.id,
-        status=row.status,
-        exit_code=row.exit_code,
-        signal=row.signal,
-        stdout=row.stdout,
-        stderr=row.stderr,
-        stdout_truncated=row.stdout_truncated,
-        stderr_truncated=row.stderr_truncated,
-        wall_time_s=row.wall_time_s,
-        cpu_time_s=row.cpu_time_s,
-        peak_memory_bytes=row.peak_memory_bytes,
-        limits=Limits.model_validate(row.limits).to_api(),
-        created_at=row.created_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        cached=row.cached,
-        cached_from=row.cached_from,
-        passed=row.passed,
-        cases=None
-        if row.case_results is None
-        else [CaseResult.model_validate(case) for case in row.case_results],
+    """The API's execution record of a stored execution: the columns of the same names, but
+    ``limits`` as the API shows them and ``cases`` the cases' results (the row's ``cases`` are
+    the request's)."""
+    return ExecutionRecord.model_validate(
+        _columns(row, ExecutionRecord)
+        | {"limits": Limits.model_validate(row.limits).to_api(), "cases": row.case_results}
     )
 
 
 def to_request(row: Execution) -> ExecutionRequest:
     """What the executors run for a stored execution (to run one accepted elsewhere)."""
-    return ExecutionRequest(
-        code=row.code,
-        stdin=row.stdin,
-        files=row.files,
-        test_code=row.test_code,
-        judge=JudgeMode(row.judge or JudgeMode.ISOLATED),
-        cases=None if row.cases is None else [CaseSpec.model_validate(case) for case in row.cases],
-        limits=Limits.model_validate(row.limits),
+    return ExecutionRequest.model_validate(
+        _columns(row, ExecutionRequest) | {"judge": row.judge or JudgeMode.ISOLATED}
     )
