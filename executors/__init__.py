@@ -23,6 +23,7 @@ from executors._deployment import (
 )
 from executors._errors import (
     ExecutorError,
+    PipelineConfigurationError,
     PoolClosedError,
     SandboxStartError,
     SandboxUnavailableError,
@@ -44,7 +45,7 @@ from executors._models import (
     check_relative_path,
     check_text,
 )
-from executors._pipeline import SandboxMapper, row_to_request, run_programs
+from executors._pipeline import PipelineDefaults, SandboxMapper, row_to_request, run_programs
 from executors._pool import SandboxPool, refuse_without_bubblewrap
 
 __all__ = [
@@ -63,6 +64,8 @@ __all__ = [
     "JudgeMode",
     "Limits",
     "LimitsRequest",
+    "PipelineConfigurationError",
+    "PipelineDefaults",
     "PoolClosedError",
     "SandboxConfig",
     "SandboxExecutor",

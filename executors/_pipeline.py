@@ -22,7 +22,10 @@ rows differ in which of them they have, or in their fields, give them as JSON te
 :func:`run_programs` does): Ray Data (2.60) can hand a row that had no such struct a struct of
 zeros once blocks with different struct fields are unified.
 Limits a row leaves out come from ``default_limits`` and may not exceed ``max_limits`` (default:
-the service's ``DEFAULT_*`` and ``MAX_*`` settings, read from the mapper's environment).
+the service's ``DEFAULT_*`` and ``MAX_*`` settings, read from the mapper's environment). The
+engine does not import the service: the service offers its defaults through the entry point
+group :data:`DEFAULTS_ENTRY_POINTS` (``pyproject.toml``), which the mapper reads when a
+default is missing.
 
 Output columns (:data:`OUTPUT_COLUMNS`, each after ``prefix``): the execution record's ``id``,
 ``status``, ``exit_code``, ``signal``, ``stdout``, ``stderr``, ``stdout_truncated``,
@@ -61,25 +64,28 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from executors._config import SandboxConfig
+from executors._errors import PipelineConfigurationError
 from executors._models import ExecutionRequest, Limits, LimitsRequest
 
-if TYPE_CHECKING:
-    from serve_app.settings import Settings
-
 __all__ = [
+    "DEFAULTS_ENTRY_POINTS",
     "EXECUTOR_APP_NAME",
     "EXECUTOR_DEPLOYMENT_NAME",
     "INPUT_COLUMNS",
     "LOCAL_POOL_NAME",
     "OUTPUT_COLUMNS",
+    "PipelineDefaults",
     "SandboxMapper",
     "row_to_request",
     "run_programs",
+    "service_defaults",
     "to_plain",
 ]
 
@@ -337,10 +343,10 @@ class SandboxMapper:
         if backend not in ("auto", "serve", "local"):
             raise ValueError(f"backend must be auto, serve or local, not {backend!r}")
         if default_limits is None or max_limits is None or sandbox_config is None:
-            settings = _settings()
-            default_limits = default_limits or settings.default_limits()
-            max_limits = max_limits or settings.max_limits()
-            sandbox_config = sandbox_config or settings.sandbox_config()
+            defaults = service_defaults()
+            default_limits = default_limits or defaults.default_limits
+            max_limits = max_limits or defaults.max_limits
+            sandbox_config = sandbox_config or defaults.sandbox_config
         self.default_limits = default_limits
         self.max_limits = max_limits
         self._sandbox_config = sandbox_config
@@ -427,7 +433,7 @@ class SandboxMapper:
         try:
             ray.get(actor.stats.remote(), timeout=self._local_start_timeout_s)
         except ray.exceptions.GetTimeoutError:
-            raise RuntimeError(
+            raise PipelineConfigurationError(
                 f"the local executor pool {self._local_name!r} did not start within "
                 f"{self._local_start_timeout_s} s: does the cluster have "
                 f"{self._local_num_cpus} free CPUs for it (local_num_cpus)?"
@@ -449,22 +455,40 @@ def _serve_handle(app_name: str, deployment_name: str, *, required: bool) -> Any
         return serve.get_deployment_handle(deployment_name, app_name=app_name)
     except (RayServeException, KeyError) as exc:
         if required:
-            raise RuntimeError(
+            raise PipelineConfigurationError(
                 f"no executor deployment {deployment_name!r} in Serve application "
                 f"{app_name!r}: {exc}"
             ) from exc
         return None
 
 
-def _settings() -> Settings:
-    from serve_app.settings import load_settings
+DEFAULTS_ENTRY_POINTS = "exec_agent.pipeline_defaults"
+"""Where a service offers the pipeline its defaults: one entry point, a callable returning
+:class:`PipelineDefaults` (``serve_app.settings:pipeline_defaults``)."""
 
-    return load_settings()
+
+@dataclass(frozen=True)
+class PipelineDefaults:
+    """What a mapper uses for what its caller left out."""
+
+    default_limits: Limits
+    max_limits: Limits
+    sandbox_config: SandboxConfig
 
 
-def _need(settings: Settings | None) -> Settings:
-    assert settings is not None  # noqa: S101 - loaded whenever a default is missing
-    return settings
+def service_defaults() -> PipelineDefaults:
+    """The installed service's defaults (:data:`DEFAULTS_ENTRY_POINTS`); raise
+    :class:`PipelineConfigurationError` when none is installed."""
+    found = entry_points(group=DEFAULTS_ENTRY_POINTS)
+    if not found:
+        raise PipelineConfigurationError(
+            "no service installed to take defaults from: pass default_limits, max_limits and "
+            "sandbox_config"
+        )
+    defaults = next(iter(found)).load()()
+    if not isinstance(defaults, PipelineDefaults):
+        raise PipelineConfigurationError(f"{DEFAULTS_ENTRY_POINTS} gave {type(defaults).__name__}")
+    return defaults
 
 
 # --------------------------------------------------------------------------- a whole pipeline

@@ -24,17 +24,19 @@ from executors._evaluation import run_cases
 from executors._isolation import IsolationReport
 from executors._metrics import NO_METRICS, ExecutorMetrics
 from executors._models import ExecutionRecord, ExecutionRequest
-from executors._sandbox._cgroups import (
+from executors._sandbox import (
     JobCgroup,
+    KillReason,
+    SeccompUnavailable,
+    Slot,
+    SlotSettings,
+    compile_filter,
     detect_cgroup_version,
+    launch_mode,
     open_job_cgroup,
     remove_dead_pools_groups,
     remove_group,
 )
-from executors._sandbox._launch import launch_mode
-from executors._sandbox._seccomp import SeccompUnavailable, compile_filter
-from executors._sandbox._slot import Slot, SlotSettings
-from executors._sandbox._verdict import KillReason
 
 __all__ = ["SandboxPool", "refuse_without_bubblewrap"]
 

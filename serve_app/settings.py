@@ -25,11 +25,11 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from executors import Limits, SandboxConfig
+from executors import Limits, PipelineDefaults, SandboxConfig
 from serve_app.errors import ConfigurationError, describe_validation_error
 from serve_app.policy import ImportPolicy
 
-__all__ = ["Settings", "get_settings", "load_settings"]
+__all__ = ["Settings", "get_settings", "load_settings", "pipeline_defaults"]
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -329,3 +329,14 @@ def load_settings() -> Settings:
 def get_settings() -> Settings:
     """The process's settings, read once (tests call ``get_settings.cache_clear()``)."""
     return load_settings()
+
+
+def pipeline_defaults() -> PipelineDefaults:
+    """What a Ray Data pipeline (``executors.SandboxMapper``) uses for what its caller left out:
+    these settings, read now (the entry point ``exec_agent.pipeline_defaults``)."""
+    settings = load_settings()
+    return PipelineDefaults(
+        default_limits=settings.default_limits(),
+        max_limits=settings.max_limits(),
+        sandbox_config=settings.sandbox_config(),
+    )

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from executors import Limits, SandboxConfig, row_to_request
+from executors import Limits, PipelineConfigurationError, SandboxConfig, row_to_request
 from executors._pipeline import OUTPUT_COLUMNS, describe_error, to_plain
 
 REPO = Path(__file__).resolve().parent.parent
@@ -333,7 +333,7 @@ def test_with_the_executor_deployed_the_pipeline_uses_it(deployed_executor: str)
 def test_backend_serve_without_a_deployment_fails_the_mapper(ray_session: None) -> None:
     from executors import SandboxMapper
 
-    with pytest.raises(RuntimeError, match="no executor deployment"):
+    with pytest.raises(PipelineConfigurationError, match="no executor deployment"):
         SandboxMapper(**mapper_options(backend="serve", app_name="exec-agent-test-missing"))
 
 

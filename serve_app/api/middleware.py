@@ -30,7 +30,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterable
-from contextvars import ContextVar
+from http import HTTPStatus
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -40,6 +40,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve_app.api.errors import api_error, error_response, install_error_handlers, log_error
 from serve_app.api.schemas import RequestBounds
 from serve_app.errors import PayloadTooLargeError, ServiceError, UnsupportedMediaTypeError
+from serve_app.observability import (
+    capture_internal_error,
+    current_request_id,
+    reset_request_id,
+    set_request_id,
+)
 from serve_app.settings import Settings
 
 __all__ = [
@@ -77,19 +83,13 @@ _CORS_EXPOSED = (
 )
 
 logger = logging.getLogger(__name__)
-_request_id: ContextVar[str | None] = ContextVar("exec_agent_request_id", default=None)
-
-
-def current_request_id() -> str | None:
-    """The id of the request being served in this context (``None`` outside a request)."""
-    return _request_id.get()
 
 
 class RequestIdLogFilter(logging.Filter):
     """Puts ``request_id`` on every log record (``-`` outside a request), for the formatter."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = _request_id.get() or "-"
+        record.request_id = current_request_id() or "-"
         return True
 
 
@@ -132,7 +132,7 @@ class RequestContextMiddleware:
             return
         request_id, send_header = self._request_id(scope["headers"])
         scope.setdefault("state", {})["request_id"] = request_id
-        token = _request_id.set(request_id)
+        token = set_request_id(request_id)
         extra = _extra_headers(request_id, _is_api_path(scope), send_header=send_header)
         started = False
 
@@ -146,16 +146,15 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_decorated)
         except Exception as exc:  # the last resort: logged, answered generically
-            from serve_app.observability import capture_internal_error  # imports this module
-
-            capture_internal_error(exc)  # to Sentry (when configured), with the request id
+            error = api_error(exc)
+            if error.status == HTTPStatus.INTERNAL_SERVER_ERROR:
+                capture_internal_error(exc)  # to Sentry (when configured), with the request id
             if started:
                 raise  # the status is out: only the server can end the response
-            error = api_error(exc)
             log_error(error, exc)
             await error_response(error, request_id)(scope, receive, send_decorated)
         finally:
-            _request_id.reset(token)
+            reset_request_id(token)
 
     def _request_id(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, bool]:
         """The request's id, and whether this middleware must send it."""

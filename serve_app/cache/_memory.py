@@ -12,8 +12,7 @@ from typing import Literal
 from executors import ExecutionRecord
 from serve_app.cache import _codec
 from serve_app.cache._types import CachedResult
-from serve_app.ratelimit._types import ClosesOnExit
-from serve_app.ratelimit._validate import positive
+from serve_app.ratelimit import ClosesOnExit, positive
 
 MIB = 1024 * 1024
 DEFAULT_MAX_ENTRIES = 10_000

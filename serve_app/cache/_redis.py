@@ -13,9 +13,13 @@ from executors import ExecutionRecord
 from serve_app.cache import _codec
 from serve_app.cache._memory import DEFAULT_MAX_RECORD_BYTES
 from serve_app.cache._types import DEFAULT_KEY_PREFIX, CachedResult
-from serve_app.ratelimit._guard import StoreGuard, StoreUnavailableError, redis_for_guard
-from serve_app.ratelimit._types import ClosesOnExit
-from serve_app.ratelimit._validate import positive
+from serve_app.ratelimit import (
+    ClosesOnExit,
+    StoreGuard,
+    StoreUnavailableError,
+    positive,
+    redis_for_guard,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from executors import TERMINAL_STATUSES, ExecutionRecord
-from executors._metrics import (
+from executors.telemetry import (
     DURATION_BUCKETS_S,
     KeptGauge,
     metric_types,

@@ -20,8 +20,9 @@ import asyncio
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from executors import ExecutionStatus
 from serve_app.db import executions, instances
@@ -30,10 +31,36 @@ from serve_app.errors import UnavailableError
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from executors import ExecutionRequest
     from serve_app.db.models import Execution
-    from serve_app.http._service import ExecutionService
+    from serve_app.settings import Settings
 
-__all__ = ["InstanceKeeper"]
+__all__ = ["InstanceKeeper", "RecoveryHost"]
+
+_T = TypeVar("_T")
+
+
+class RecoveryHost(Protocol):
+    """What the keeper needs of the service it keeps alive (the execution service)."""
+
+    settings: Settings
+
+    async def db(self, work: Callable[[Session], _T]) -> _T:
+        """``work`` in one transaction, off the event loop."""
+
+    def background_room(self) -> int:
+        """How many more background runs the replica takes."""
+
+    def resume(
+        self, execution_id: uuid.UUID, request: ExecutionRequest, batch_id: uuid.UUID | None
+    ) -> None:
+        """Run a queued execution that another (dead) replica accepted."""
+
+    async def fail(
+        self, execution_id: uuid.UUID, request: ExecutionRequest, batch_id: uuid.UUID | None
+    ) -> None:
+        """End an execution whose run died with its replica as ``internal_error``."""
+
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +70,7 @@ MAX_TAKEOVERS_PER_SWEEP = 100
 class InstanceKeeper:
     """The heartbeat and takeover loop of one ingress replica."""
 
-    def __init__(self, service: ExecutionService) -> None:
+    def __init__(self, service: RecoveryHost) -> None:
         self.service = service
         self.instance_id = uuid.uuid4().hex
         settings = service.settings

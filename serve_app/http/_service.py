@@ -51,7 +51,7 @@ from executors import (
     ExecutionStatus,
     JudgeMode,
 )
-from executors._tracing import (
+from executors.telemetry import (
     ATTEMPT,
     EXECUTION_ID,
     REQUEST_ID,

@@ -8,13 +8,19 @@
 - :func:`init_tracing`: OpenTelemetry spans over OTLP/HTTP to ``OTEL_EXPORTER_OTLP_ENDPOINT``
   (nothing installed when unset), :class:`TracingMiddleware` for the HTTP requests, and the
   variables the executor replicas read (:func:`tracing_environment`);
-- :func:`configure_process`: all three, as each ingress replica starts.
+- :func:`configure_process`: all three, as each ingress replica starts;
+- :func:`current_request_id`: the id of the request being served (set by the API's edge).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from serve_app.observability._context import (
+    current_request_id,
+    reset_request_id,
+    set_request_id,
+)
 from serve_app.observability._logging import (
     RAY_DRIVER_LOG_DEFAULTS,
     configure_driver_logging,
@@ -46,13 +52,16 @@ __all__ = [
     "configure_driver_logging",
     "configure_logging",
     "configure_process",
+    "current_request_id",
     "current_tracer",
     "export_tracing_environment",
     "flush_tracing",
     "init_sentry",
     "init_tracing",
+    "reset_request_id",
     "scrub_breadcrumb",
     "scrub_event",
+    "set_request_id",
     "tracing_enabled",
     "tracing_environment",
 ]

@@ -1,5 +1,5 @@
 """The service's JSON logs: :mod:`executors._logging`'s format, with the request id of the
-request being served (:func:`serve_app.api.middleware.current_request_id`).
+request being served (:func:`serve_app.observability.current_request_id`).
 
 Every process writes the same lines to its standard error: the ``exec-agent serve`` driver
 (``component: driver``), each ingress replica (``ingress``) and each executor replica
@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, MutableMapping
 
-from executors._logging import LOG_LEVEL_VARIABLE, configure_json_logging, serve_request_id
-from serve_app.api.middleware import current_request_id
+from executors.telemetry import LOG_LEVEL_VARIABLE, configure_json_logging, serve_request_id
+from serve_app.observability._context import current_request_id
 
 __all__ = ["RAY_DRIVER_LOG_DEFAULTS", "configure_driver_logging", "configure_logging"]
 

@@ -34,7 +34,6 @@ import importlib.metadata
 import inspect
 import logging
 from collections.abc import MutableMapping
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
 import sentry_sdk
@@ -43,9 +42,8 @@ from sentry_sdk.integrations.atexit import AtexitIntegration
 from sentry_sdk.integrations.dedupe import DedupeIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration
 
-from executors._logging import EXTRA_FIELDS, redact, serve_request_id
-from serve_app.api.errors import api_error
-from serve_app.api.middleware import current_request_id
+from executors.telemetry import EXTRA_FIELDS, redact, serve_request_id
+from serve_app.observability._context import current_request_id
 
 if TYPE_CHECKING:
     from sentry_sdk._types import Event, Hint
@@ -98,11 +96,10 @@ def init_sentry(settings: Settings, *, component: str) -> bool:
 
 
 def capture_internal_error(exc: BaseException) -> None:
-    """Report ``exc``, an error no handler expected (the last-resort 500), with the request's
-    id; nothing when Sentry is not initialised, or for an exception the API answers with
-    another status (a refusal raised outside the routes). A log record of the same exception
-    right after is not sent again (``DedupeIntegration``)."""
-    if not sentry_sdk.is_initialized() or api_error(exc).status != HTTPStatus.INTERNAL_SERVER_ERROR:
+    """Report ``exc``, an error no handler expected (the last-resort 500: the caller decides),
+    with the request's id; nothing when Sentry is not initialised. A log record of the same
+    exception right after is not sent again (``DedupeIntegration``)."""
+    if not sentry_sdk.is_initialized():
         return
     with sentry_sdk.new_scope() as scope:
         request_id = _request_id()

@@ -23,17 +23,17 @@ from typing import TYPE_CHECKING
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from executors._logging import serve_request_id
-from executors._tracing import (
+from executors.telemetry import (
     ENDPOINT_VARIABLE,
     REQUEST_ID,
     SERVICE_NAME_VARIABLE,
     current_tracer,
     flush_tracing,
     mark_failed,
+    serve_request_id,
     tracing_enabled,
 )
-from executors._tracing import init_tracing as _init_tracing
+from executors.telemetry import init_tracing as _init_tracing
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span

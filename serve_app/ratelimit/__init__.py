@@ -16,14 +16,19 @@ with :attr:`Reason.FAIL_OPEN` (default) or refused with :attr:`Reason.UNAVAILABL
 closed: HTTP 503, unlike :attr:`Reason.LIMITED`'s 429). Calls are bounded by a short timeout,
 skipped during a back-off, and the limiter heals itself once Redis answers again
 (``_guard.py``). ``healthy`` and ``check()`` feed readiness.
+
+The guard (:class:`StoreGuard`, :func:`redis_for_guard`) and the small helpers
+(:class:`ClosesOnExit`, :func:`positive`) serve the result cache too, which keeps its entries
+in the same Redis under the same outage policy.
 """
 
 from serve_app.ratelimit._factory import build_rate_limiter
 from serve_app.ratelimit._gcra import emission_interval_us
-from serve_app.ratelimit._guard import StoreUnavailableError
+from serve_app.ratelimit._guard import StoreGuard, StoreUnavailableError, redis_for_guard
 from serve_app.ratelimit._memory import DEFAULT_LEASE_TTL_S, MemoryLimiter
 from serve_app.ratelimit._redis import DEFAULT_KEY_PREFIX, DEFAULT_TIMEOUT_S, RedisLimiter
 from serve_app.ratelimit._types import (
+    ClosesOnExit,
     ConcurrencyDecision,
     ConcurrencyLimiter,
     Lease,
@@ -33,11 +38,13 @@ from serve_app.ratelimit._types import (
     RateLimiter,
     Reason,
 )
+from serve_app.ratelimit._validate import positive
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",
     "DEFAULT_LEASE_TTL_S",
     "DEFAULT_TIMEOUT_S",
+    "ClosesOnExit",
     "ConcurrencyDecision",
     "ConcurrencyLimiter",
     "Lease",
@@ -48,7 +55,10 @@ __all__ = [
     "RateLimiter",
     "Reason",
     "RedisLimiter",
+    "StoreGuard",
     "StoreUnavailableError",
     "build_rate_limiter",
     "emission_interval_us",
+    "positive",
+    "redis_for_guard",
 ]

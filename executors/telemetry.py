@@ -1,0 +1,60 @@
+"""What the engine shares with the service that runs it: one log format, one trace, one
+metrics registry.
+
+The service (``serve_app``) logs, traces and measures the way the executor replicas do; it
+takes these from here, never from the engine's private modules.
+"""
+
+from executors._logging import (
+    EXTRA_FIELDS,
+    LOG_LEVEL_VARIABLE,
+    configure_json_logging,
+    redact,
+    serve_request_id,
+)
+from executors._metrics import (
+    DURATION_BUCKETS_S,
+    KeptGauge,
+    metric_types,
+    ray_connected,
+    zero_counter,
+)
+from executors._tracing import (
+    ATTEMPT,
+    ENDPOINT_VARIABLE,
+    EXECUTION_ID,
+    REQUEST_ID,
+    SERVICE_NAME_VARIABLE,
+    STATUS,
+    current_tracer,
+    flush_tracing,
+    init_tracing,
+    inject_context,
+    mark_failed,
+    tracing_enabled,
+)
+
+__all__ = [
+    "ATTEMPT",
+    "DURATION_BUCKETS_S",
+    "ENDPOINT_VARIABLE",
+    "EXECUTION_ID",
+    "EXTRA_FIELDS",
+    "LOG_LEVEL_VARIABLE",
+    "REQUEST_ID",
+    "SERVICE_NAME_VARIABLE",
+    "STATUS",
+    "KeptGauge",
+    "configure_json_logging",
+    "current_tracer",
+    "flush_tracing",
+    "init_tracing",
+    "inject_context",
+    "mark_failed",
+    "metric_types",
+    "ray_connected",
+    "redact",
+    "serve_request_id",
+    "tracing_enabled",
+    "zero_counter",
+]
