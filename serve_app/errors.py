@@ -1,28 +1,49 @@
-"""Exceptions of the serve_app package.
+"""Exceptions of the serve_app package: each class carries its code and HTTP status, once.
 
-    ServiceError                  base of everything raised here; ``code`` is a stable string
-    ├── ConfigurationError        the settings are invalid or unsafe; the service refuses to start
-    ├── InvalidRequestError       a request (or command line) asks for something not allowed
-    │   ├── InvalidFieldsError      fields of a request body failed validation; ``details`` names them
-    │   ├── InvalidJsonError        the body is not JSON (malformed, not UTF-8, a BOM, too deep)
-    │   ├── PayloadTooLargeError    the body is over the size cap
-    │   ├── UnsupportedMediaTypeError  the body is not ``application/json``, or is encoded
-    │   └── PolicyViolationError    the code imports a module outside the import policy
-    ├── UnauthorizedError         no API key, or an unknown or revoked one
-    ├── RateLimitedError          over the key's request rate; ``retry_after_s``
-    ├── OverloadedError           the executors' queue is full; ``retry_after_s``
-    ├── UnavailableError          a dependency is down; ``retry_after_s``
+    ServiceError                   base: a fault of the service (500 ``internal_error``)
+    ├── ConfigurationError         the settings are invalid or unsafe; the service refuses to start
+    ├── InvalidRequestError        422 a request (or command line) asks for what is not allowed
+    │   ├── InvalidFieldsError       fields of a request failed validation; ``details`` names them
+    │   ├── InvalidJsonError         400 the body is not JSON (malformed, not UTF-8, BOM, too deep)
+    │   ├── MethodNotAllowedError    405 the route does not take this method (the router's refusal)
+    │   ├── PayloadTooLargeError     413 the body is over the size cap
+    │   ├── UnsupportedMediaTypeError  415 the body is not ``application/json``, or is encoded
+    │   └── PolicyViolationError     422 the code imports a module outside the import policy
+    ├── UnauthorizedError          401 no API key, or an unknown or revoked one
+    ├── RateLimitedError           429 over the key's request rate; ``retry_after_s``
+    ├── OverloadedError            503 the executors' queue is full; ``retry_after_s``
+    ├── UnavailableError           503 a dependency is down; ``retry_after_s``
     │   ├── DatabaseUnavailableError  the database cannot be reached (down, restarting, pool full)
-    │   └── (ratelimit) StoreUnavailableError  the limiter's Redis is down or backing off
-    ├── NotFoundError             no such record for this caller (another key's id included)
-    ├── ConflictError             the record's state forbids the change (finished twice, name taken)
-    ├── DatabaseNotReadyError     the database schema is missing or not at this version's revision
-    └── ApiClientError            the command line's HTTP client could not get a record
-        ├── ServerUnreachableError  no answer from the server (connection, timeout, not JSON)
-        └── ApiErrorResponse        the server answered with an error in the API's error format
+    │   ├── DatabaseNotReadyError     the database schema is missing or not at this revision
+    │   └── StoreUnavailableError     the limiter's (and cache's) Redis is down or backing off
+    ├── NotFoundError              404 no such record for this caller (another key's id included)
+    ├── ConflictError              409 the record's state forbids the change (finished twice, ...)
+    └── ApiClientError             the command line's HTTP client could not get a record
+        ├── ServerUnreachableError   no answer from the server (connection, timeout, not JSON)
+        └── ApiErrorResponse         the server answered with an error in the API's error format
 
-HTTP statuses appear only at the edges: the API's handlers map service errors to them, and
-:class:`ApiErrorResponse` carries the status a server sent back.
+What the API answers for an error is written here only, on its class, and inherited:
+
+* ``code``: the stable string of the API's error table. A class that keeps its parent's code
+  (``InvalidFieldsError``, ``DatabaseUnavailableError``, ...) is a refinement the client does
+  not need to tell apart.
+* ``http_status``: the status the API answers with. 500 means a fault of the service: the API
+  then answers as for any fault (``internal_error``, a fixed message), and the class's own
+  ``code`` (``invalid_configuration``, ``server_unreachable``) only names it to logs and the
+  command line.
+* ``public_message``: what a 503 says instead of the exception's message (which may name a
+  host or a DSN). A 4xx says the exception's own message.
+* ``retry_after_s``: on the instance, for 429 and 503, when to try again (``Retry-After``).
+  Never on a class: Ray's wrapper of a remote error (``RayTaskError(...)``) forwards only
+  what its class does not have to the error it wraps.
+
+:mod:`serve_app.api.errors` turns these into HTTP answers, reading the class; it keeps no table
+of its own. :class:`ApiErrorResponse` carries, on the instance, the status and code a server
+sent back.
+
+Every exception passes all its constructor's arguments to ``Exception.__init__`` (as Ray
+Serve's ``BackPressureError`` does), so ``args`` rebuilds it when it is unpickled, e.g. after
+crossing a Ray process boundary; the message is then made by ``__str__``.
 """
 
 from __future__ import annotations
@@ -41,6 +62,7 @@ __all__ = [
     "InvalidFieldsError",
     "InvalidJsonError",
     "InvalidRequestError",
+    "MethodNotAllowedError",
     "NotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
@@ -48,6 +70,7 @@ __all__ = [
     "RateLimitedError",
     "ServerUnreachableError",
     "ServiceError",
+    "StoreUnavailableError",
     "UnauthorizedError",
     "UnavailableError",
     "UnsupportedMediaTypeError",
@@ -56,9 +79,12 @@ __all__ = [
 
 
 class ServiceError(Exception):
-    """Base class of the serve_app package's exceptions."""
+    """Base class of the serve_app package's exceptions: a fault of the service."""
 
-    code = "service_error"
+    code: str = "internal_error"
+    http_status: int = 500
+    public_message: str | None = None
+    """What the API says instead of the exception's message; None: its own (4xx only)."""
 
 
 class ConfigurationError(ServiceError):
@@ -71,6 +97,7 @@ class InvalidRequestError(ServiceError):
     """What was asked for is malformed or over the server's limits; nothing was run."""
 
     code = "invalid_request"
+    http_status = 422
 
 
 class InvalidFieldsError(InvalidRequestError):
@@ -78,30 +105,48 @@ class InvalidFieldsError(InvalidRequestError):
     "type"}`` entry per failure, already bounded in size (never the input itself)."""
 
     def __init__(self, message: str, details: Sequence[Mapping[str, str]] = ()) -> None:
-        super().__init__(message)
+        self.message = message
         self.details = tuple(dict(detail) for detail in details)
+        super().__init__(message, self.details)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class InvalidJsonError(InvalidRequestError):
     """The body is not a JSON text this service reads (see ``serve_app.api.json_body``)."""
 
     code = "invalid_json"
+    http_status = 400
+
+
+class MethodNotAllowedError(InvalidRequestError):
+    """The route exists but does not take this method. The router raises it as its own HTTP
+    405; this class holds the code the API answers with."""
+
+    code = "method_not_allowed"
+    http_status = 405
 
 
 class PayloadTooLargeError(InvalidRequestError):
     """The body is longer than ``limit_bytes``; it was not (or no longer) read."""
 
     code = "payload_too_large"
+    http_status = 413
 
     def __init__(self, limit_bytes: int) -> None:
-        super().__init__(f"the request body is over {limit_bytes} bytes")
         self.limit_bytes = limit_bytes
+        super().__init__(limit_bytes)
+
+    def __str__(self) -> str:
+        return f"the request body is over {self.limit_bytes} bytes"
 
 
 class UnsupportedMediaTypeError(InvalidRequestError):
     """The body is not ``application/json`` in UTF-8, or has a ``Content-Encoding``."""
 
     code = "unsupported_media_type"
+    http_status = 415
 
 
 class PolicyViolationError(InvalidRequestError):
@@ -110,14 +155,19 @@ class PolicyViolationError(InvalidRequestError):
     code = "policy_violation"
 
     def __init__(self, message: str, modules: Sequence[str]) -> None:
-        super().__init__(message)
+        self.message = message
         self.modules = tuple(modules)
+        super().__init__(message, self.modules)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class UnauthorizedError(ServiceError):
     """No API key, or one that is unknown or revoked; nothing was done."""
 
     code = "unauthorized"
+    http_status = 401
 
 
 class _RetryLaterError(ServiceError):
@@ -126,14 +176,19 @@ class _RetryLaterError(ServiceError):
     default_message = "retry later"
 
     def __init__(self, retry_after_s: float, message: str | None = None) -> None:
-        super().__init__(message or self.default_message)
         self.retry_after_s = retry_after_s
+        self.message = message or self.default_message
+        super().__init__(retry_after_s, message)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class RateLimitedError(_RetryLaterError):
     """The key is over its request rate (or its cap on executions in flight)."""
 
     code = "rate_limited"
+    http_status = 429
     default_message = "rate limit exceeded"
 
 
@@ -141,6 +196,8 @@ class OverloadedError(_RetryLaterError):
     """The executors' bounded queue is full; the request was not accepted."""
 
     code = "overloaded"
+    http_status = 503
+    public_message = "the service is at capacity; retry later"
     default_message = "the service is at capacity"
 
 
@@ -148,6 +205,8 @@ class UnavailableError(_RetryLaterError):
     """A dependency (database, limiter store, executors) is down; the request was not run."""
 
     code = "unavailable"
+    http_status = 503
+    public_message = "the service is temporarily unavailable; retry later"
     default_message = "a dependency is unavailable"
 
 
@@ -157,10 +216,32 @@ class DatabaseUnavailableError(UnavailableError):
     default_message = "the database is unavailable"
 
 
+class DatabaseNotReadyError(UnavailableError):
+    """The database has no schema, or one of another revision: ``exec-agent db upgrade``."""
+
+    def __init__(self, message: str) -> None:
+        # No advice on when: a migration is an operator's action (the API says 1 s, as it
+        # does for any 503 that gives none).
+        super().__init__(1.0, message)
+        self.args = (message,)  # this constructor's arguments: what unpickling calls it with
+
+
+class StoreUnavailableError(UnavailableError):
+    """The limiter's store failed or is known down; the caller applies its failure policy.
+
+    Raised by :class:`serve_app.ratelimit.StoreGuard` (the limiter's and the cache's Redis)."""
+
+    def __init__(self, retry_after_s: float, message: str | None = None) -> None:
+        super().__init__(
+            retry_after_s, message or f"store unavailable; next attempt in {retry_after_s:.3f} s"
+        )
+
+
 class NotFoundError(ServiceError):
     """Nothing by that id or name is visible to the caller; nothing was changed."""
 
     code = "not_found"
+    http_status = 404
 
 
 class ConflictError(ServiceError):
@@ -168,12 +249,7 @@ class ConflictError(ServiceError):
     an ``Idempotency-Key`` reused with a different body."""
 
     code = "conflict"
-
-
-class DatabaseNotReadyError(ServiceError):
-    """The database has no schema, or one of another revision: ``exec-agent db upgrade``."""
-
-    code = "database_not_ready"
+    http_status = 409
 
 
 class ApiClientError(ServiceError):
@@ -189,13 +265,20 @@ class ServerUnreachableError(ApiClientError):
 
 
 class ApiErrorResponse(ApiClientError):
-    """The server refused the request; ``body`` is its answer, verbatim."""
+    """The server refused the request; ``body`` is its answer, verbatim.
+
+    ``http_status`` and ``code`` on the instance are the server's; the class's (inherited
+    from :class:`ApiClientError`) say how this service would answer, were one to escape."""
 
     def __init__(self, http_status: int, code: str, message: str, body: str) -> None:
         self.http_status = http_status
         self.code = code
+        self.message = message
         self.body = body
-        super().__init__(f"HTTP {http_status} {code}: {message}")
+        super().__init__(http_status, code, message, body)
+
+    def __str__(self) -> str:
+        return f"HTTP {self.http_status} {self.code}: {self.message}"
 
 
 def describe_validation_error(exc: ValueError) -> str:

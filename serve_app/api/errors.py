@@ -6,6 +6,10 @@
 Client errors (4xx) carry the exception's own message, cut to a bounded length; server errors
 (5xx) carry a fixed message, so no stack trace, DSN or internal address can leave the service.
 ``details`` never holds the input that failed, only where (``field``) and why.
+
+No code or status is written here: each exception's class carries its own (see the tree in
+:mod:`serve_app.errors`), and :func:`api_error` reads it. The engine's exceptions say whether
+they are a refusal to retry later (``ExecutorError.retryable``: 503 ``unavailable``) or a fault.
 """
 
 from __future__ import annotations
@@ -23,15 +27,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from executors import PoolClosedError, SandboxUnavailableError
+from executors import ExecutorError
 from serve_app.errors import (
-    ConflictError,
-    DatabaseNotReadyError,
     InvalidFieldsError,
     InvalidJsonError,
     InvalidRequestError,
+    MethodNotAllowedError,
     NotFoundError,
-    OverloadedError,
     PayloadTooLargeError,
     PolicyViolationError,
     RateLimitedError,
@@ -40,7 +42,6 @@ from serve_app.errors import (
     UnavailableError,
     UnsupportedMediaTypeError,
 )
-from serve_app.ratelimit import StoreUnavailableError
 
 __all__ = [
     "ApiError",
@@ -59,39 +60,21 @@ MAX_FIELD_PART_CHARS = 64
 MAX_DETAILS = 20
 DEFAULT_RETRY_AFTER_S = 1.0
 
-_EXECUTOR_ERRORS = (SandboxUnavailableError, PoolClosedError)
-# Client errors, most specific first: (exception, HTTP status, public code).
-_CLIENT_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
-    (InvalidJsonError, 400, "invalid_json"),
-    (UnauthorizedError, 401, "unauthorized"),
-    (NotFoundError, 404, "not_found"),
-    (ConflictError, 409, "conflict"),
-    (PayloadTooLargeError, 413, "payload_too_large"),
-    (UnsupportedMediaTypeError, 415, "unsupported_media_type"),
-    (PolicyViolationError, 422, "policy_violation"),
-    (InvalidRequestError, 422, "invalid_request"),
-    (RateLimitedError, 429, "rate_limited"),
-)
-# Server-side refusals: (exceptions, public code, fixed message); all 503 with Retry-After.
-_UNAVAILABLE: tuple[tuple[tuple[type[Exception], ...], str, str], ...] = (
-    ((OverloadedError,), "overloaded", "the service is at capacity; retry later"),
-    (
-        (UnavailableError, StoreUnavailableError, DatabaseNotReadyError, *_EXECUTOR_ERRORS),
-        "unavailable",
-        "the service is temporarily unavailable; retry later",
-    ),
-)
-# Framework errors (routing, FastAPI's own parsing) by status.
-_HTTP_CODES = {
-    400: "invalid_json",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "invalid_request",
-    429: "rate_limited",
-    503: "unavailable",
+# What a bare status from the framework (routing, FastAPI's own parsing) stands for: its code
+# and message are those of the class; a 4xx none of them has is a plain `bad_request`.
+_FRAMEWORK_STATUSES: dict[int, type[ServiceError]] = {
+    kind.http_status: kind
+    for kind in (
+        InvalidJsonError,
+        UnauthorizedError,
+        NotFoundError,
+        MethodNotAllowedError,
+        PayloadTooLargeError,
+        UnsupportedMediaTypeError,
+        InvalidRequestError,
+        RateLimitedError,
+        UnavailableError,
+    )
 }
 _PASSED_HEADERS = frozenset({"allow", "retry-after", "www-authenticate"})
 
@@ -118,19 +101,24 @@ class ApiError:
 
 
 def api_error(exc: BaseException) -> ApiError:
-    """How the API answers ``exc``: the single mapping from exceptions to statuses and codes."""
-    for kind, status, code in _CLIENT_ERRORS:
-        if isinstance(exc, kind):
-            return ApiError(status, code, _clean(str(exc)), _details(exc), _headers(exc, status))
-    for kinds, code, message in _UNAVAILABLE:
-        if isinstance(exc, kinds):
-            return ApiError(503, code, message, headers=_retry_after(exc))
+    """How the API answers ``exc``: the single mapping from exceptions to statuses and codes.
+
+    A service error answers as its class says (``code``, ``http_status``, ``public_message``:
+    see :mod:`serve_app.errors`); an engine refusal (``ExecutorError.retryable``) as
+    :class:`UnavailableError`; anything else is a fault: 500 ``internal_error``.
+    """
+    if isinstance(exc, ExecutorError) and exc.retryable:
+        return _service_error(UnavailableError, exc)
+    if isinstance(exc, ServiceError):
+        # The class, not the instance: ApiErrorResponse's instance holds another server's code.
+        return _service_error(type(exc), exc)
     if isinstance(exc, HTTPException):
         return _http_error(exc.status_code, exc.headers)
     if isinstance(exc, RequestValidationError):
         details = validation_details(exc.errors())
-        return ApiError(422, "invalid_request", "the request failed validation", details)
-    return ApiError(500, "internal_error", "internal error")
+        kind = InvalidFieldsError
+        return ApiError(kind.http_status, kind.code, "the request failed validation", details)
+    return _internal_error()
 
 
 def error_response(
@@ -166,7 +154,7 @@ def install_error_handlers(app: Starlette) -> None:
     Anything else that escapes a route becomes a generic 500 in
     :class:`~serve_app.api.middleware.RequestContextMiddleware`, which also logs it.
     """
-    handled = (ServiceError, HTTPException, RequestValidationError, *_EXECUTOR_ERRORS)
+    handled = (ServiceError, HTTPException, RequestValidationError, *_retryable_executor_errors())
     for kind in handled:
         app.add_exception_handler(kind, _handle)
 
@@ -191,11 +179,39 @@ def request_id_of(request: Request) -> str:
     return request_id if isinstance(request_id, str) else "-"
 
 
+def _service_error(kind: type[ServiceError], exc: BaseException) -> ApiError:
+    status = kind.http_status
+    if status < 500:
+        return ApiError(status, kind.code, _clean(str(exc)), _details(exc), _headers(exc, status))
+    if kind.public_message is None:
+        return _internal_error()  # a fault, like any other: its own code is for the log only
+    # Never the exception's message: it may name a host, a DSN or a file.
+    return ApiError(status, kind.code, kind.public_message, headers=_retry_after(exc))
+
+
+def _internal_error() -> ApiError:
+    return ApiError(ServiceError.http_status, ServiceError.code, "internal error")
+
+
+def _retryable_executor_errors() -> tuple[type[ExecutorError], ...]:
+    """The engine's refusals, answered as 503s here; its other errors are faults, left to the
+    middleware's last resort, which reports them (Sentry) as well as answering 500."""
+    found: list[type[ExecutorError]] = []
+    pending: list[type[ExecutorError]] = [ExecutorError]
+    while pending:
+        kind = pending.pop()
+        pending.extend(kind.__subclasses__())
+        if kind.retryable:
+            found.append(kind)
+    return tuple(found)
+
+
 def _http_error(status: int, headers: Mapping[str, str] | None) -> ApiError:
+    kind = _FRAMEWORK_STATUSES.get(status)
     if status >= 500:
-        code = _HTTP_CODES.get(status, "internal_error")
+        code = kind.code if kind is not None else ServiceError.code
         return ApiError(status, code, "internal error" if status == 500 else "retry later")
-    code = _HTTP_CODES.get(status, "bad_request")
+    code = kind.code if kind is not None else "bad_request"
     try:
         message = HTTPStatus(status).phrase.lower()
     except ValueError:

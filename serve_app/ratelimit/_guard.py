@@ -19,19 +19,15 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from serve_app.errors import UnavailableError
+# Raised here, defined in the package's error tree (and still importable from here).
+from serve_app.errors import StoreUnavailableError
 from serve_app.ratelimit._validate import positive
+
+__all__ = ["StoreGuard", "StoreUnavailableError", "redis_for_guard"]
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-
-class StoreUnavailableError(UnavailableError):
-    """The limiter's store failed or is known down; the caller applies its failure policy."""
-
-    def __init__(self, retry_after_s: float) -> None:
-        super().__init__(retry_after_s, f"store unavailable; next attempt in {retry_after_s:.3f} s")
 
 
 class StoreGuard:
