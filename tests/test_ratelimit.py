@@ -419,27 +419,6 @@ def test_the_factory_follows_redis_url() -> None:
     run(shared.aclose())
 
 
-def test_public_surface() -> None:
-    assert set(ratelimit.__all__) == {
-        "DEFAULT_KEY_PREFIX",
-        "DEFAULT_LEASE_TTL_S",
-        "DEFAULT_TIMEOUT_S",
-        "ConcurrencyDecision",
-        "ConcurrencyLimiter",
-        "Lease",
-        "Limiter",
-        "LimiterHealth",
-        "MemoryLimiter",
-        "RateDecision",
-        "RateLimiter",
-        "Reason",
-        "RedisLimiter",
-        "StoreUnavailableError",
-        "build_rate_limiter",
-        "emission_interval_us",
-    }
-
-
 # ------------------------------------------------------------------ Redis down
 
 
