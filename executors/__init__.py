@@ -16,7 +16,9 @@ Public surface::
 
 from executors._config import SandboxConfig
 from executors._deployment import (
+    DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
     ExecutorAppArgs,
+    ReplicaRange,
     SandboxExecutor,
     app_builder,
     build_executor_app,
@@ -49,6 +51,7 @@ from executors._pipeline import PipelineDefaults, SandboxMapper, row_to_request,
 from executors._pool import SandboxPool, refuse_without_bubblewrap
 
 __all__ = [
+    "DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S",
     "ISOLATION_LAYERS",
     "MAX_CASES",
     "TERMINAL_STATUSES",
@@ -67,6 +70,7 @@ __all__ = [
     "PipelineConfigurationError",
     "PipelineDefaults",
     "PoolClosedError",
+    "ReplicaRange",
     "SandboxConfig",
     "SandboxExecutor",
     "SandboxMapper",

@@ -22,10 +22,10 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from opentelemetry.trace import SpanKind
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from executors._config import SandboxConfig
 from executors._errors import ExecutorError, PoolClosedError
@@ -50,9 +50,20 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
     from ray import serve
 
-__all__ = ["ExecutorAppArgs", "SandboxExecutor", "app_builder", "build_executor_app"]
+__all__ = [
+    "DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S",
+    "ExecutorAppArgs",
+    "ReplicaRange",
+    "SandboxExecutor",
+    "app_builder",
+    "build_executor_app",
+]
 
 logger = logging.getLogger("executors.deployment")
+
+DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S = 35.0
+"""How long a stopping replica may drain, seconds: the default of every deployment and of the
+service's ``GRACEFUL_SHUTDOWN_TIMEOUT_S`` (the longest default wall timeout, 30 s, and some)."""
 
 RequestLike = ExecutionRequest | dict[str, Any]
 
@@ -213,6 +224,26 @@ class SandboxExecutor:
         flush_tracing()  # Ray ends the process without atexit: send the last spans now
 
 
+class ReplicaRange(BaseModel):
+    """The bounds of Serve's autoscaler for a deployment: the one check that
+    ``min_replicas <= max_replicas`` (as Ray's ``AutoscalingConfig`` checks its own), on every
+    model of deployment arguments (this package's and the service's) and on
+    :func:`build_executor_app`'s. ``None``: left to a default the caller resolves (then checked
+    again, resolved)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_replicas: int | None = Field(default=None, ge=1)
+    max_replicas: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> Self:
+        low, high = self.min_replicas, self.max_replicas
+        if low is not None and high is not None and low > high:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
 def build_executor_app(
     config: SandboxConfig,
     slots: int,
@@ -225,7 +256,7 @@ def build_executor_app(
     max_ongoing_requests: int | None = None,
     target_ongoing_requests: float | None = None,
     max_queued_requests: int = -1,
-    graceful_shutdown_timeout_s: float = 35.0,
+    graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
     graceful_shutdown_wait_loop_s: float = 0.5,
     shutdown_grace_s: float = 5.0,
     health_check_period_s: float = 10.0,
@@ -270,8 +301,7 @@ def build_executor_app(
 
     if slots < 1:
         raise ValueError("a replica needs at least one slot")
-    if not 1 <= min_replicas <= max_replicas:
-        raise ValueError("need 1 <= min_replicas <= max_replicas")
+    ReplicaRange(min_replicas=min_replicas, max_replicas=max_replicas)  # raises ValueError
     actor_options: dict[str, Any] = {"num_cpus": float(slots) if num_cpus is None else num_cpus}
     if memory_bytes is not None:
         actor_options["memory"] = memory_bytes
@@ -302,10 +332,8 @@ def build_executor_app(
     return app
 
 
-class ExecutorAppArgs(BaseModel):
+class ExecutorAppArgs(ReplicaRange):
     """The ``args`` of the executor application in a Serve config file (``serve run``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     slots: int = Field(default=2, ge=1)
     num_cpus: float | None = Field(default=None, gt=0)
@@ -315,7 +343,7 @@ class ExecutorAppArgs(BaseModel):
     min_replicas: int = Field(default=1, ge=1)
     max_replicas: int = Field(default=2, ge=1)
     max_queued_requests: int = -1
-    graceful_shutdown_timeout_s: float = Field(default=35.0, gt=0)
+    graceful_shutdown_timeout_s: float = Field(default=DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S, gt=0)
     require_full_isolation: bool = False
     python_executable: str | None = None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
@@ -66,7 +65,6 @@ def add_run_parser(subparsers: Subparsers) -> None:
     remote.add_argument("--server", metavar="URL", help="base URL, e.g. http://127.0.0.1:8000")
     remote.add_argument(
         "--key",
-        default=os.environ.get(KEY_ENV_VAR),
         metavar="KEY",
         help=f"API key (default: ${KEY_ENV_VAR}, which keeps it out of the process list)",
     )
@@ -76,7 +74,10 @@ def add_run_parser(subparsers: Subparsers) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run the program ``args`` describe; print the result; return the exit status."""
     if args.server and not args.key:
-        return _refuse(f"--server needs --key (or ${KEY_ENV_VAR})")
+        key = get_settings().exec_agent_api_key  # EXEC_AGENT_API_KEY
+        if key is None:
+            return _refuse(f"--server needs --key (or ${KEY_ENV_VAR})")
+        args.key = key.get_secret_value()
     try:
         record = _execute(args)
     except ApiErrorResponse as exc:

@@ -31,12 +31,9 @@ from serve_app import _exit
 if TYPE_CHECKING:
     from serve_app.settings import Settings
 
-__all__ = ["APP_NAME", "INGRESS_VARIABLE", "choose_ingress", "main"]
+__all__ = ["APP_NAME", "choose_ingress", "main"]
 
 APP_NAME = "exec-agent"
-INGRESS_VARIABLE = "SERVE_INGRESS"
-"""``haproxy`` or ``proxy`` chooses the ingress; unset or empty: ``proxy``."""
-INGRESSES = ("haproxy", "proxy")
 HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
 HAPROXY_PATH_VARIABLES = {  # Serve's defaults are shared files under /tmp/haproxy-serve/
     "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
@@ -60,17 +57,14 @@ def haproxy_binary() -> str | None:
     return path
 
 
-def choose_ingress(environ: MutableMapping[str, str]) -> str:
-    """``haproxy`` or ``proxy``, from ``SERVE_INGRESS`` (default ``proxy``).
+def choose_ingress(settings: Settings) -> str:
+    """``haproxy`` or ``proxy``: ``SERVE_INGRESS`` (the settings refuse any other value).
 
-    Raises ``ValueError`` for an unknown ``SERVE_INGRESS`` or HAProxy without a binary.
+    Raises ``ValueError`` for HAProxy without a binary.
     """
-    chosen = environ.get(INGRESS_VARIABLE, "").strip().lower() or "proxy"
-    if chosen not in INGRESSES:
-        raise ValueError(f"{INGRESS_VARIABLE}={chosen!r}: expected one of {', '.join(INGRESSES)}")
-    if chosen == "haproxy" and haproxy_binary() is None:
-        raise ValueError(f"{INGRESS_VARIABLE}=haproxy but no haproxy binary was found")
-    return chosen
+    if settings.serve_ingress == "haproxy" and haproxy_binary() is None:
+        raise ValueError("SERVE_INGRESS=haproxy but no haproxy binary was found")
+    return settings.serve_ingress
 
 
 def _configure_ingress(ingress: str, environ: MutableMapping[str, str]) -> str | None:
@@ -93,7 +87,7 @@ def main(settings: Settings) -> int:
 
     configure_driver_logging(settings.log_level, os.environ)  # JSON lines, also the replicas'
     try:
-        ingress = choose_ingress(os.environ)
+        ingress = choose_ingress(settings)
     except ValueError as exc:
         print(f"exec-agent serve: {exc}", file=sys.stderr)
         return _exit.EX_CONFIG

@@ -5,6 +5,7 @@ exec-agent run [FILE or -] ...  run one program, locally or through a server
 exec-agent keys ACTION          create, list or revoke API keys (in DATABASE_URL's database)
 exec-agent db upgrade           apply database migrations
 exec-agent audit ...            list security events (authentication failures, keys, refusals)
+exec-agent settings example     print .env.example: every setting, its meaning and default
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from serve_app._cli_audit import add_audit_parser
 from serve_app._cli_keys import add_db_parser, add_keys_parser
 from serve_app._cli_run import add_run_parser
 from serve_app.errors import ConfigurationError
-from serve_app.settings import get_settings
+from serve_app.settings import env_example, get_settings
 
 if TYPE_CHECKING:
     from serve_app._cli_run import Subparsers
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys_parser(subparsers)
     add_db_parser(subparsers)
     add_audit_parser(subparsers)
+    _add_settings_parser(subparsers)
     return parser
 
 
@@ -72,6 +74,24 @@ def _add_serve_parser(subparsers: Subparsers) -> None:
     )
     parser.add_argument("files", nargs="*", metavar="FILES", help="programs for --demo")
     parser.set_defaults(handler=_serve)
+
+
+def _add_settings_parser(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "settings",
+        help="print .env.example (every setting, its meaning and default)",
+        description="The service's settings (serve_app/settings.py).",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    example = actions.add_parser(
+        "example", help="print .env.example: every variable with its description and default"
+    )
+    example.set_defaults(handler=_settings_example)
+
+
+def _settings_example(_args: argparse.Namespace) -> int:
+    sys.stdout.write(env_example())
+    return _exit.EX_OK
 
 
 def _serve(args: argparse.Namespace) -> int:

