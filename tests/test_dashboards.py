@@ -46,6 +46,7 @@ from ray.serve.metrics import APPLICATION_TAG, DEPLOYMENT_TAG, REPLICA_TAG
 from executors import TERMINAL_STATUSES
 from executors import _metrics as executor_side
 from serve_app.http import _metrics as ingress_side
+from serve_app.http import routes as api_side
 from serve_app.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,9 +156,8 @@ def serve_application_names() -> frozenset[str]:
 
 def api_routes() -> frozenset[str]:
     """The route templates the API declares (the ``route`` label's values)."""
-    source = (ROOT / "serve_app/http/_routes.py").read_text()
-    routes = re.findall(r"@app\.(?:get|post|put|patch|delete)\(\s*\"([^\"]+)\"", source)
-    assert routes, "no route found in serve_app/http/_routes.py"
+    routes = {getattr(route, "path", None) for route in api_side.ROUTES}
+    assert routes and None not in routes, "a route of serve_app.http.routes without a template"
     return frozenset({*routes, ingress_side.UNMATCHED_ROUTE})
 
 

@@ -2,7 +2,10 @@
 
     _service.py   :class:`ExecutionService`: keys, rate limits, persistence, the executor handle
     _health.py    ``/health/ready``'s checks
-    _routes.py    :func:`build_api`: the FastAPI app (routes + the edge of :mod:`serve_app.api`)
+    _routes.py    :func:`build_api`: the FastAPI app (the routers + the edge of :mod:`serve_app.api`)
+    routes/       the routes, one ``APIRouter`` per resource (health, executions, batches)
+    deps.py       the routes' dependencies as typed aliases (service, key, bodies, query bounds)
+    _ratelimit_headers.py  the ``RateLimit-*`` headers the charge leaves for every answer
     _ingress.py   :class:`ApiIngress`, the Serve deployment, and :func:`service_app`
     _builder.py   :func:`app_builder`: the whole service from a Serve config (``serve run``, KubeRay)
 

@@ -246,7 +246,7 @@ class RequestMetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: IngressMetrics, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
-        self.routes = routes  # the app's own list: routes added later are in it
+        self.routes = routes  # for a request answered before routing named its route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

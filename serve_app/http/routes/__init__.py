@@ -1,0 +1,26 @@
+"""The API's routes, one :class:`~fastapi.APIRouter` per resource; their dependencies are the
+typed aliases of :mod:`serve_app.http.deps`.
+
+    health.py       ``/health``, ``/health/ready``
+    executions.py   ``/v1/executions``
+    batches.py      ``/v1/batches``
+
+Each router carries its own prefix, so each of its routes' ``path`` is the whole template
+(``/v1/executions/{execution_id}``): the ``route`` label of the metrics and the traces.
+:func:`serve_app.http.build_api` includes :data:`ROUTERS`.
+"""
+
+from fastapi import APIRouter
+from starlette.routing import BaseRoute
+
+from serve_app.http.routes import batches, executions, health
+
+__all__ = ["ROUTERS", "ROUTES"]
+
+ROUTERS: tuple[APIRouter, ...] = (health.router, executions.router, batches.router)
+"""In the order the app tries them."""
+
+ROUTES: tuple[BaseRoute, ...] = tuple(route for router in ROUTERS for route in router.routes)
+"""Every route of the API, in the app's order: what a request answered before routing (the body
+guard's 413 and 415) is matched against for its ``route`` label. Not the app's own route list:
+newer FastAPIs keep an included router there as one entry, without a ``path``."""

@@ -1,0 +1,54 @@
+"""``/v1/executions``: run one program, read it back, list the caller's."""
+
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations at run time.
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from serve_app.api import current_request_id
+from serve_app.http.deps import (
+    DEFAULT_PAGE_ITEMS,
+    CurrentKey,
+    ExecutionBody,
+    IdempotencyKey,
+    PageCursor,
+    PageLimit,
+    ServiceDep,
+    WaitS,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/executions", tags=["executions"])
+
+
+@router.post("")
+async def create_execution(
+    service: ServiceDep, key: CurrentKey, body: ExecutionBody, idempotency_key: IdempotencyKey
+) -> JSONResponse:
+    created = await service.create(
+        key, body, idempotency_key=idempotency_key, request_id=current_request_id()
+    )
+    record = created.record
+    return JSONResponse(
+        record.to_api(),
+        status_code=200 if created.terminal else 202,
+        headers={"Location": f"/v1/executions/{record.id}"},
+    )
+
+
+@router.get("/{execution_id}")
+async def get_execution(
+    execution_id: str, service: ServiceDep, key: CurrentKey, wait_s: WaitS = 0.0
+) -> JSONResponse:
+    record = await service.get(key, execution_id, wait_s)
+    return JSONResponse(record.to_api())
+
+
+@router.get("")
+async def list_executions(
+    service: ServiceDep,
+    key: CurrentKey,
+    limit: PageLimit = DEFAULT_PAGE_ITEMS,
+    cursor: PageCursor = None,
+) -> JSONResponse:
+    return JSONResponse(await service.list(key, limit, cursor))
