@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,7 @@ __all__ = [
     "Idempotency",
     "Page",
     "as_stored",
+    "discard_unfinished",
     "find_by_idempotency_key",
     "finish_execution",
     "finish_inserted_execution",
@@ -184,6 +185,14 @@ def start_execution(session: Session, execution_id: uuid.UUID) -> bool:
         .returning(Execution.id)
     ).one_or_none()
     return started is not None
+
+
+def discard_unfinished(session: Session, execution_id: uuid.UUID) -> None:
+    """Forget an execution the executors refused before it ran (its client got 503); nothing
+    if it finished meanwhile."""
+    session.execute(
+        delete(Execution).where(Execution.id == execution_id, Execution.status.in_(_UNFINISHED))
+    )
 
 
 def finish_execution(

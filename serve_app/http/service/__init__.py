@@ -1,0 +1,33 @@
+"""The execution service of one ingress replica, one job per module:
+
+transactions.py  database work in one transaction each, off the event loop
+background.py    the replica's background tasks: spawned, counted, drained
+auditing.py      audit events of refusals, written in the background
+auth.py          authentication, its caches and the failed-address throttle
+admission.py     rate, import policy, in-flight leases, the batch backlog
+runner.py        the executor call: attempts and tracing
+results.py       terminal records written exactly once, with the database retry
+polling.py       reads repeated until final or ``wait_s`` is over
+answers.py       typed answers (batches, pages) in the API's JSON shape
+executions.py    single executions: idempotency, result cache, now or in the background
+batches.py       batches: stored at once, run under the key's cap
+facade.py        :class:`ExecutionService`, composing them for the routes and recovery
+"""
+
+from serve_app.http.service.admission import rate_limit_headers
+from serve_app.http.service.answers import BatchAccepted, BatchAnswer, ExecutionPage
+from serve_app.http.service.auth import AUTH_CACHE_TTL_S
+from serve_app.http.service.executions import Created
+from serve_app.http.service.facade import ExecutionService
+from serve_app.http.service.polling import MAX_WAIT_S
+
+__all__ = [
+    "AUTH_CACHE_TTL_S",
+    "MAX_WAIT_S",
+    "BatchAccepted",
+    "BatchAnswer",
+    "Created",
+    "ExecutionPage",
+    "ExecutionService",
+    "rate_limit_headers",
+]

@@ -1,0 +1,185 @@
+"""Batches: stored with all their items at once, run in the background.
+
+Items run at most the key's in-flight cap at a time (each holding a lease of it while it runs,
+shared with the key's other requests) and no more than twice the executors' slots; waiting
+items queue, they never fail. A batch is refused whole (nothing stored) if an item breaks the
+import policy, or the key's share of the replica's batch backlog, or the backlog, is full.
+Identical cached items run once. The stored batch status follows once, at the end (the API
+derives it from the items anyway): a write per item would cost more than the items themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus
+from serve_app.api import BatchCreate
+from serve_app.cache import CachedResult, ResultCache
+from serve_app.db import batches, executions
+from serve_app.db.models import ApiKey, BatchStatus
+from serve_app.errors import DatabaseUnavailableError, NotFoundError
+from serve_app.http.service.admission import Admission
+from serve_app.http.service.answers import BatchAccepted, BatchAnswer
+from serve_app.http.service.background import BackgroundTasks
+from serve_app.http.service.executions import CacheAs, Executions
+from serve_app.http.service.polling import poll
+from serve_app.http.service.results import Results, copy_of
+from serve_app.http.service.transactions import Transact
+
+__all__ = ["Batches"]
+
+_Firsts = dict[str, asyncio.Future[ExecutionRecord | None]]
+"""The first item of each cached fingerprint in a batch, and (once known) its record."""
+
+
+class Batches:
+    """One replica's batches."""
+
+    def __init__(
+        self,
+        *,
+        slots: int,
+        transact: Transact,
+        admission: Admission,
+        executions: Executions,
+        results: Results,
+        cache: ResultCache,
+        background: BackgroundTasks,
+        owner: str,
+    ) -> None:
+        self._slots = slots
+        self._transact = transact
+        self._admission = admission
+        self._executions = executions
+        self._results = results
+        self._cache = cache
+        self._background = background
+        self._owner = owner
+
+    async def create(
+        self, key: ApiKey, body: BatchCreate, *, request_id: str | None = None
+    ) -> BatchAccepted:
+        """Accept a batch: store it with its items, then run them in the background."""
+        for body_item in body.items:
+            await self._admission.check_policy(key, body_item)
+        items = [self._executions.accept(body_item) for body_item in body.items]
+        self._admission.check_batch_room(key, len(items))
+        self._admission.hold_batch_items(key, len(items))  # before any await: batches count
+        try:
+            new = await self._transact(
+                lambda session: batches.insert_batch(
+                    session, key.id, items, request_id, owner=self._owner
+                )
+            )
+        except BaseException:
+            self._admission.drop_batch_items(key, len(items))
+            raise
+        cache_as = [
+            self._executions.cache_as(key, item) if body_item.cache else None
+            for item, body_item in zip(items, body.items, strict=True)
+        ]
+        # The key's cap, but no more than keeps every slot busy with one run waiting behind
+        # it: more in flight would only wait in Serve's router, which backs off.
+        in_flight = min(self._admission.cap(key), 2 * self._slots)
+        self._background.spawn(self._run(key, new, items, cache_as, in_flight))
+        return BatchAccepted(id=str(new.batch.id), total=len(items))
+
+    async def _run(
+        self,
+        key: ApiKey,
+        new: batches.NewBatch,
+        items: list[ExecutionRequest],
+        cache_as: list[CacheAs | None],
+        in_flight: int,
+    ) -> None:
+        """Run a batch's items, ``in_flight`` at a time, each under a lease of the key's cap.
+        Items with ``cache`` run once per fingerprint: the first runs (unless the cache has
+        it), the others copy its result."""
+        gate = asyncio.Semaphore(in_flight)
+        firsts: _Firsts = {}
+
+        async def run_item(
+            execution_id: uuid.UUID, item: ExecutionRequest, where: CacheAs | None
+        ) -> None:
+            try:
+                if where is not None and await self._finish_from_cache(execution_id, where, firsts):
+                    return
+                async with gate:
+                    lease = await self._admission.wait_for_lease(key)
+                    # run_in_background gives the lease back.
+                    record = await self._executions.run_in_background(
+                        execution_id, item, lease, cache_as=where
+                    )
+                if where is not None and not firsts[where[1]].done():
+                    firsts[where[1]].set_result(record)
+            finally:
+                self._admission.drop_batch_items(key, 1)
+                if where is not None and not firsts[where[1]].done():
+                    firsts[where[1]].set_result(None)
+
+        await asyncio.gather(
+            *(
+                run_item(execution_id, item, where)
+                for execution_id, item, where in zip(new.item_ids, items, cache_as, strict=True)
+            )
+        )
+        await self.refresh(new.batch.id)
+
+    async def _finish_from_cache(
+        self, execution_id: uuid.UUID, cache_as: CacheAs, firsts: _Firsts
+    ) -> bool:
+        """Finish a batch item with a cached result, or with the result of the same item
+        earlier in its batch; False if it must run (it is then the first of its kind)."""
+        fingerprint = cache_as[1]
+        first = firsts.get(fingerprint)
+        if first is None:
+            firsts[fingerprint] = asyncio.get_running_loop().create_future()
+            hit = await self._cache.get(*cache_as)
+            if hit is None:
+                return False
+            firsts[fingerprint].set_result(copy_of(hit, hit.execution_id))
+            record = copy_of(hit, execution_id)
+        else:
+            earlier = await first
+            if earlier is None or earlier.status is ExecutionStatus.INTERNAL_ERROR:
+                return False
+            record = copy_of(CachedResult(earlier.id, earlier), execution_id)
+        await self._results.finish(execution_id, record)
+        return True
+
+    async def refresh(self, batch_id: uuid.UUID) -> None:
+        """Bring the stored batch status up to date with its items."""
+        # The stored status only follows (the API derives it from the items): a write that
+        # cannot be made now waits for the batch's next refresh.
+        with contextlib.suppress(DatabaseUnavailableError):
+            await self._transact(lambda session: batches.refresh_batch_status(session, batch_id))
+
+    async def get(self, key: ApiKey, batch_id: str, wait_s: float = 0.0) -> BatchAnswer:
+        """The key's batch with its records in request order; with ``wait_s``, once done or
+        after that long."""
+        try:
+            wanted = uuid.UUID(batch_id)
+        except ValueError:
+            raise NotFoundError("no such batch") from None
+
+        async def progress() -> batches.BatchProgress:
+            found = await self._transact(
+                lambda session: batches.batch_progress(session, key.id, wanted)
+            )
+            if found is None:
+                raise NotFoundError("no such batch")
+            return found
+
+        await poll(progress, lambda found: found.status is BatchStatus.DONE, wait_s)
+        view = await self._transact(lambda session: batches.get_batch(session, key.id, wanted))
+        if view is None:
+            raise NotFoundError("no such batch")
+        return BatchAnswer(
+            id=str(view.id),
+            status=str(view.status),
+            total=view.total,
+            done=view.done,
+            items=[executions.to_record(row) for row in view.items],
+        )

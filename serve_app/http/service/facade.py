@@ -1,0 +1,257 @@
+""":class:`ExecutionService`: what the routes do, without HTTP; composes the replica's parts.
+
+Authentication (:mod:`.auth`), admission (:mod:`.admission`), single executions
+(:mod:`.executions`) and batches (:mod:`.batches`) over the executor call (:mod:`.runner`),
+result writing (:mod:`.results`), audit writes (:mod:`.auditing`), database transactions
+(:mod:`.transactions`) and background tasks (:mod:`.background`); the recovery keeper
+(:mod:`serve_app.http._recovery`) knows it as its :class:`RecoveryHost`. The names the routes,
+readiness, the ingress and the keeper use keep their signatures; answers still reach the routes
+as the API's JSON objects (the typed ones: :meth:`batch` and :meth:`page`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session
+
+from executors import ExecutionRecord, ExecutionRequest
+from serve_app.api import BatchCreate, ExecutionCreate
+from serve_app.cache import ResultCache, build_result_cache
+from serve_app.db import Database, audit
+from serve_app.db.models import ApiKey
+from serve_app.http._metrics import ingress_metrics
+from serve_app.http._recovery import InstanceKeeper
+from serve_app.http.service.admission import Admission, ExecutionBody
+from serve_app.http.service.answers import BatchAnswer, ExecutionPage
+from serve_app.http.service.auditing import Auditor
+from serve_app.http.service.auth import Authenticator
+from serve_app.http.service.background import BackgroundTasks
+from serve_app.http.service.batches import Batches
+from serve_app.http.service.executions import Created, Executions
+from serve_app.http.service.results import Results
+from serve_app.http.service.runner import Runner
+from serve_app.http.service.transactions import Transactions
+from serve_app.ratelimit import Limiter, RateDecision
+from serve_app.settings import Settings
+
+__all__ = ["ExecutionService"]
+
+_T = TypeVar("_T")
+
+
+class ExecutionService:
+    """One per ingress replica: its database, its limiter and the executor handle."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        limiter: Limiter,
+        executor: Any,
+        cache: ResultCache | None = None,
+    ) -> None:
+        self.settings = settings
+        self.limiter = limiter
+        self.cache = cache if cache is not None else build_result_cache(settings)
+        self.metrics = ingress_metrics()  # no-ops without Ray
+        self.policy = settings.import_policy()
+        self.transactions = Transactions(database)
+        self.auditor = Auditor(self.transactions)
+        self.auth = Authenticator(
+            settings, self.transactions, limiter, self.auditor, self.metrics, time.monotonic
+        )
+        self.admission = Admission(settings, limiter, self.policy, self.auditor, self.metrics)
+        self.background = BackgroundTasks(settings.executor_max_queued_requests)
+        self.runner = Runner(executor, self.metrics)
+        self.results = Results(
+            self.transactions, self.metrics, self.background.spawn, settings.max_record_bytes
+        )
+        self.keeper = InstanceKeeper(self)
+        self.executions = Executions(
+            limits=(settings.default_limits(), settings.max_limits()),
+            transact=self.transactions,
+            admission=self.admission,
+            runner=self.runner,
+            results=self.results,
+            cache=self.cache,
+            background=self.background,
+            owner=self.keeper.instance_id,
+        )
+        self.batches = Batches(
+            slots=settings.max_concurrent_executions * settings.executor_num_replicas_max,
+            transact=self.transactions,
+            admission=self.admission,
+            executions=self.executions,
+            results=self.results,
+            cache=self.cache,
+            background=self.background,
+            owner=self.keeper.instance_id,
+        )
+
+    # --- the parts' state, under the names readiness, the ingress and tests use
+
+    @property
+    def database(self) -> Database:
+        return self.transactions.database
+
+    @database.setter
+    def database(self, database: Database) -> None:
+        self.transactions.database = database
+
+    @property
+    def executor(self) -> Any:
+        return self.runner.executor
+
+    @property
+    def audit_dropped(self) -> int:
+        return self.auditor.dropped
+
+    @property
+    def _audit_tasks(self) -> set[Any]:
+        return self.auditor.tasks
+
+    @property
+    def _auth_cache(self) -> Any:
+        return self.auth.valid
+
+    @property
+    def _clock(self) -> Callable[[], float]:
+        return self.auth.clock
+
+    @_clock.setter
+    def _clock(self, clock: Callable[[], float]) -> None:
+        self.auth.clock = clock
+
+    # --- life cycle
+
+    def start(self) -> None:
+        """Start the replica's background duties (on its event loop): heartbeats, takeover."""
+        self.keeper.start()
+
+    async def aclose(self, timeout_s: float) -> None:
+        """Let background runs finish (up to ``timeout_s``), then release the connections."""
+        await self.keeper.stop()
+        await self.background.drain(timeout_s)
+        await self.auditor.aclose()
+        await self.limiter.aclose()
+        await self.cache.aclose()
+        await self.transactions.aclose()
+
+    # --- the RecoveryHost of the keeper
+
+    async def db(self, work: Callable[[Session], _T]) -> _T:
+        """``work`` in one transaction, off the event loop."""
+        return await self.transactions(work)
+
+    def background_room(self) -> int:
+        """How many more background runs this replica takes (its share of the bounded queue)."""
+        return self.background.room()
+
+    def resume(
+        self, execution_id: uuid.UUID, request: ExecutionRequest, batch_id: uuid.UUID | None
+    ) -> None:
+        """Run a queued execution accepted by another (dead) instance, in the background."""
+        self.background.spawn(self._resume(execution_id, request, batch_id))
+
+    async def _resume(
+        self, execution_id: uuid.UUID, request: ExecutionRequest, batch_id: uuid.UUID | None
+    ) -> None:
+        try:
+            await self.executions.run_in_background(execution_id, request, None)
+        finally:
+            if batch_id is not None:
+                await self.batches.refresh(batch_id)
+
+    async def fail(
+        self, execution_id: uuid.UUID, request: ExecutionRequest, batch_id: uuid.UUID | None
+    ) -> None:
+        """End an execution whose run was lost (its instance died) as ``internal_error``."""
+        await self.results.finish(execution_id, ExecutionRecord.internal_error(request))
+        if batch_id is not None:
+            await self.batches.refresh(batch_id)
+
+    # --- what the routes call
+
+    def audit(
+        self,
+        kind: audit.AuditKind,
+        *,
+        key_name: str | None = None,
+        source_address: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record one audit event in the background (a failed write is logged, never raised)."""
+        self.auditor(kind, key_name=key_name, source_address=source_address, details=details)
+
+    async def authenticate(
+        self, presented: str | None, *, source_address: str | None = None
+    ) -> ApiKey:
+        """The live key presented (:meth:`Authenticator.authenticate`)."""
+        return await self.auth.authenticate(presented, source_address)
+
+    async def hit(self, key: ApiKey, executions: int = 1) -> RateDecision:
+        """Count a request against the key's rate; :meth:`admit` says whether it may pass."""
+        return await self.admission.hit(key, executions)
+
+    def admit(self, decision: RateDecision, key: ApiKey | None = None) -> None:
+        """Raise the refusal ``decision`` stands for (429 or 503), if any."""
+        self.admission.admit(decision, key)
+
+    async def check_policy(self, key: ApiKey, body: ExecutionBody) -> None:
+        """Raise :class:`PolicyViolationError` (audited) if the import policy refuses ``body``."""
+        await self.admission.check_policy(key, body)
+
+    @property
+    def max_pending_batch_items(self) -> int:
+        return self.admission.max_pending_batch_items
+
+    @property
+    def max_pending_batch_items_per_key(self) -> int:
+        return self.admission.max_pending_batch_items_per_key
+
+    def check_batch_room(self, key: ApiKey, items: int) -> None:
+        """Raise if this replica cannot take ``items`` more of ``key``'s batch items."""
+        self.admission.check_batch_room(key, items)
+
+    async def create(
+        self,
+        key: ApiKey,
+        body: ExecutionCreate,
+        *,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> Created:
+        """Accept one execution (:meth:`Executions.create`)."""
+        return await self.executions.create(
+            key, body, idempotency_key=idempotency_key, request_id=request_id
+        )
+
+    async def get(self, key: ApiKey, execution_id: str, wait_s: float = 0.0) -> ExecutionRecord:
+        """The key's execution; with ``wait_s``, once terminal or after that long."""
+        return await self.executions.get(key, execution_id, wait_s)
+
+    async def page(self, key: ApiKey, limit: int, cursor: str | None) -> ExecutionPage:
+        """A page of the key's executions, newest first."""
+        return await self.executions.page(key, limit, cursor)
+
+    async def list(self, key: ApiKey, limit: int, cursor: str | None) -> dict[str, Any]:
+        """:meth:`page` in the API's shape."""
+        return (await self.page(key, limit, cursor)).to_api()
+
+    async def create_batch(
+        self, key: ApiKey, body: BatchCreate, *, request_id: str | None = None
+    ) -> dict[str, Any]:
+        """Accept a batch (:meth:`Batches.create`), in the API's shape."""
+        return (await self.batches.create(key, body, request_id=request_id)).to_api()
+
+    async def batch(self, key: ApiKey, batch_id: str, wait_s: float = 0.0) -> BatchAnswer:
+        """The key's batch with its records in request order (:meth:`Batches.get`)."""
+        return await self.batches.get(key, batch_id, wait_s)
+
+    async def get_batch(self, key: ApiKey, batch_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+        """:meth:`batch` in the API's shape."""
+        return (await self.batch(key, batch_id, wait_s)).to_api()
