@@ -1,4 +1,4 @@
-"""Ray Data on the sandbox (``executors/_pipeline.py``): rows to requests, and the pipeline from
+"""Ray Data on the sandbox (``executors/_pipeline/``): rows to requests, and the pipeline from
 each kind of driver.
 
 - a driver inside the cluster: the session's Ray, with the local-pool fallback and with the
@@ -39,7 +39,8 @@ import pandas as pd
 import pytest
 
 from executors import Limits, PipelineConfigurationError, SandboxConfig, row_to_request
-from executors._pipeline import OUTPUT_COLUMNS, describe_error, to_plain
+from executors._pipeline import OUTPUT_COLUMNS, to_plain
+from executors._pipeline._rows import describe_error
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "scripts" / "pipeline_example.py"
