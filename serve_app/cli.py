@@ -98,15 +98,15 @@ def _serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     # Imported here: they pull in Ray, which every other command does without.
     if args.demo:
-        from serve_app import _local_demo
+        from serve_app.deployment import run_demo
 
-        return _local_demo.main(settings, args.files)
+        return run_demo(settings, args.files)
     if args.files:
         print("exec-agent serve: FILES need --demo", file=sys.stderr)
         return _exit.EX_USAGE
-    from serve_app import _serve
+    from serve_app.deployment import run_service
 
-    return _serve.main(settings)
+    return run_service(settings)
 
 
 if __name__ == "__main__":

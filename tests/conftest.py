@@ -45,8 +45,8 @@ def ray_session() -> Iterator[None]:
     """
     import ray
 
-    from serve_app._local_demo import PROXY_CALLBACK_VARIABLE
     from serve_app.api.middleware import PROXY_MIDDLEWARES_IMPORT_PATH
+    from serve_app.deployment import PROXY_CALLBACK_VARIABLE
 
     # As `exec-agent serve` does: Serve's proxy replaces request ids it would echo unsafely.
     os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_MIDDLEWARES_IMPORT_PATH)

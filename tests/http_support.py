@@ -55,8 +55,7 @@ def deployed_service(
     migrated. Deleted (drained) at the end."""
     from ray import serve
 
-    from serve_app._local_demo import executor_app
-    from serve_app.http import service_app
+    from serve_app.deployment import IngressArgs, executor_app, service_app
 
     migrate.upgrade(settings)
     database = Database.from_settings(settings)
@@ -66,7 +65,10 @@ def deployed_service(
             settings, num_cpus=EXECUTOR_TEST_CPUS, runtime_env=executor_runtime_env
         )
         app = service_app(
-            settings, executor, num_cpus=INGRESS_TEST_CPUS, runtime_env=ingress_runtime_env
+            settings,
+            executor,
+            IngressArgs(num_cpus=INGRESS_TEST_CPUS),
+            runtime_env=ingress_runtime_env,
         )
         serve.run(app, name=app_name, route_prefix="/")
         yield database

@@ -1,6 +1,6 @@
 """The Serve config (cluster/serve-config.yaml) is valid for Serve and builds the whole service.
 
-The application builder (``serve_app.http:app_builder``) is run here as Serve would run it, and
+The application builder (``serve_app.deployment:app_builder``) is run here as Serve would run it, and
 the deployments it makes are checked against the config's args and the settings.
 """
 
@@ -17,8 +17,8 @@ import yaml
 from pydantic import ValidationError
 
 from executors import ExecutorAppArgs
+from serve_app.deployment import ServiceAppArgs, app_builder
 from serve_app.errors import ConfigurationError
-from serve_app.http import ServiceAppArgs, app_builder
 from serve_app.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +93,7 @@ def test_serve_config_is_read_by_serve(serve_config: dict[str, Any]) -> None:
 def test_serve_config_deploys_the_whole_service(serve_config: dict[str, Any]) -> None:
     (app,) = serve_config["applications"]
     assert app["route_prefix"] == "/"
-    assert app["import_path"] == "serve_app.http:app_builder"
+    assert app["import_path"] == "serve_app.deployment:app_builder"
     # One proxy, on the head: sandbox nodes take no HTTP traffic.
     assert serve_config["proxy_location"] == "HeadOnly"
     args = ServiceAppArgs.model_validate(app["args"])

@@ -32,7 +32,7 @@ import yaml
 from pydantic import ValidationError
 
 from serve_app.api.middleware import PROXY_MIDDLEWARES_IMPORT_PATH
-from serve_app.http import ServiceAppArgs, app_builder
+from serve_app.deployment import ServiceAppArgs, app_builder
 from serve_app.settings import Settings
 from tests.test_cluster_config import deployments, settings_variables, use_environment
 

@@ -287,10 +287,11 @@ def still_running(pid: int, start_time: int) -> bool:
 
 
 def test_serve_refuses_an_unreadable_program(tmp_path: Path) -> None:
-    from serve_app import _exit, _local_demo
+    from serve_app import _exit
+    from serve_app.deployment import run_demo
     from serve_app.settings import Settings
 
-    assert _local_demo.main(Settings(), [str(tmp_path / "missing.py")]) == _exit.EX_USAGE
+    assert run_demo(Settings(), [str(tmp_path / "missing.py")]) == _exit.EX_USAGE
 
 
 @pytest.mark.slow

@@ -438,7 +438,7 @@ def test_without_bubblewrap_readiness_is_degraded_and_names_the_missing_layers(
     from ray import serve
 
     from executors import SandboxConfig, build_executor_app
-    from serve_app.http import service_app
+    from serve_app.deployment import IngressArgs, service_app
     from tests.test_engine import reachable_interpreter
 
     python = reachable_interpreter()
@@ -457,7 +457,7 @@ def test_without_bubblewrap_readiness_is_degraded_and_names_the_missing_layers(
     )
     try:
         serve.run(
-            service_app(settings, executor, num_cpus=0.05),
+            service_app(settings, executor, IngressArgs(num_cpus=0.05)),
             name=DEGRADED_APP,
             route_prefix="/degraded",
         )

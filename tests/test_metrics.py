@@ -28,9 +28,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from executors._metrics import NO_METRICS as NO_EXECUTOR_METRICS
 from executors._metrics import KeptGauge, executor_metrics
-from serve_app._serve import _metrics_url
 from serve_app.api.errors import ApiError, error_response
 from serve_app.db import Database, keys
+from serve_app.deployment import metrics_url
 from serve_app.http._metrics import (
     NO_METRICS,
     OTHER_METHOD,
@@ -206,9 +206,9 @@ def test_serve_prints_where_the_metrics_are() -> None:
         address_info: dict[str, Any]
 
     local = Context({"metrics_export_port": 8080, "node_ip_address": "10.0.0.5"})
-    assert _metrics_url(local, joined=False) == "http://127.0.0.1:8080/metrics"
-    assert _metrics_url(local, joined=True) == "http://10.0.0.5:8080/metrics"
-    assert _metrics_url(Context({}), joined=False) is None
+    assert metrics_url(local, joined=False) == "http://127.0.0.1:8080/metrics"
+    assert metrics_url(local, joined=True) == "http://10.0.0.5:8080/metrics"
+    assert metrics_url(Context({}), joined=False) is None
 
 
 # --- the service, scraped through Ray

@@ -304,7 +304,7 @@ def deployed_executor(ray_session: None) -> Iterator[str]:
     reservation) in a Serve application of its own; its name."""
     from ray import serve
 
-    from serve_app._local_demo import executor_app
+    from serve_app.deployment import executor_app
     from serve_app.settings import Settings
 
     app = "exec-agent-test-pipeline"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from serve_app._serve import choose_ingress, haproxy_binary
+from serve_app.deployment import choose_ingress, haproxy_binary
 from serve_app.settings import Settings
 
 

@@ -1,61 +1,46 @@
-"""The whole service (API ingress + executor pool) as a Serve application builder.
+"""The arguments of the service application in a Serve config, and the settings they override.
 
-What ``serve run cluster/serve-config.yaml`` and a KubeRay ``RayService`` deploy::
-
-    applications:
-      - name: exec-agent
-        route_prefix: /
-        import_path: serve_app.http:app_builder
-        args:                       # ServiceAppArgs
-          ingress: {min_replicas: 1, max_replicas: 2, ...}
-          executor: {slots: 2, num_cpus: 2, min_replicas: 1, max_replicas: 4, ...}
-
-``args`` size, place and scale the two deployments; everything else comes from
-:class:`~serve_app.settings.Settings`, read from the environment of the process that builds
-the application. Serve builds it in a Ray task that may run on any node of the cluster, so on
-KubeRay every Ray pod gets the same ConfigMap and Secret. Where an argument and a setting name
-the same thing (slots, executor replicas and queue, drain time, isolation), the argument wins
-and the settings are validated again with it, so the usual checks (``min <= max``, a drain at
-least ``MAX_TIMEOUT``, production's refusals) hold for what is deployed.
+Every check of a deployment's numbers is written here once, on the models: ``min_replicas <=
+max_replicas`` (:class:`executors.ReplicaRange`, which the engine's own arguments share), a
+target a replica can reach, a queue that is either capped or not.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from serve_app._local_demo import executor_app
+from executors import ReplicaRange
 from serve_app.errors import ConfigurationError, describe_validation_error
-from serve_app.http._ingress import INGRESS_MAX_ONGOING_REQUESTS, INGRESS_NUM_CPUS, service_app
 from serve_app.settings import Settings
-
-if TYPE_CHECKING:
-    from ray import serve
 
 __all__ = [
     "DEFAULT_INGRESS_TARGET_ONGOING_REQUESTS",
+    "INGRESS_MAX_ONGOING_REQUESTS",
+    "INGRESS_NUM_CPUS",
     "ExecutorArgs",
     "IngressArgs",
     "ServiceAppArgs",
-    "app_builder",
-    "build_service_app",
     "service_settings",
 ]
 
+INGRESS_NUM_CPUS = 0.0
+"""The ingress mostly waits (on executors, the database, Redis), like Serve's own proxy (which
+reserves none either); the cores are reserved by the executors, one per slot."""
+INGRESS_MAX_ONGOING_REQUESTS = 1000
+"""Requests one ingress replica holds at once; waiting ones mostly wait on the executors, whose
+own bounded queue (``EXECUTOR_MAX_QUEUED_REQUESTS``) answers 503 beyond it."""
 DEFAULT_INGRESS_TARGET_ONGOING_REQUESTS = 100.0
 """An ingress replica mostly waits on executors: add replicas only when it is really busy."""
 
 
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Args(ReplicaRange):
+    """A deployment's arguments: unknown keys refused; ``min_replicas <= max_replicas`` checked
+    by :class:`~executors.ReplicaRange`, the rest of the scaling here."""
 
     @model_validator(mode="after")
-    def _check_scaling(self) -> Self:
-        low: int | None = getattr(self, "min_replicas", None)
-        high: int | None = getattr(self, "max_replicas", None)
-        if low is not None and high is not None and low > high:
-            raise ValueError("min_replicas must not exceed max_replicas")
+    def _check_queues(self) -> Self:
         target: float | None = getattr(self, "target_ongoing_requests", None)
         ongoing: int | None = getattr(self, "max_ongoing_requests", None)
         if target is not None and ongoing is not None and target > ongoing:
@@ -69,7 +54,7 @@ class _Args(BaseModel):
 
 
 class IngressArgs(_Args):
-    """The HTTP ingress (:class:`~serve_app.http.ApiIngress`): Serve's autoscaler keeps
+    """The HTTP ingress (:class:`~serve_app.deployment.ApiIngress`): Serve's autoscaler keeps
     between ``min_replicas`` and ``max_replicas``, aiming at ``target_ongoing_requests`` per
     replica; a replica holds ``max_ongoing_requests`` at once, and the proxy queues at most
     ``max_queued_requests`` beyond that (-1: no cap; more are answered 503)."""
@@ -92,15 +77,13 @@ class ExecutorArgs(_Args):
     ``EXECUTOR_MAX_QUEUED_REQUESTS``. ``num_cpus`` defaults to one per slot, ``memory_bytes``
     to the replica's 512 MiB plus ``MAX_MEMORY_MB`` and 32 MiB per slot,
     ``target_ongoing_requests`` to one per slot (every slot busy), ``max_ongoing_requests`` to
-    :func:`serve_app._local_demo.executor_app`'s default.
+    :func:`~serve_app.deployment.executor_app`'s default.
     """
 
     slots: int | None = Field(default=None, ge=1)
     num_cpus: float | None = Field(default=None, gt=0)
     memory_bytes: int | None = Field(default=None, gt=0)
     """Memory Ray reserves per replica (its ``memory`` resource)."""
-    min_replicas: int | None = Field(default=None, ge=1)
-    max_replicas: int | None = Field(default=None, ge=1)
     target_ongoing_requests: float | None = Field(default=None, gt=0)
     max_ongoing_requests: int | None = Field(default=None, ge=1)
     max_queued_requests: int | None = None
@@ -152,33 +135,3 @@ def service_settings(args: ServiceAppArgs) -> Settings:
             "not exceed its max_ongoing_requests"
         )
     return settings
-
-
-def build_service_app(settings: Settings, args: ServiceAppArgs) -> serve.Application:
-    """The ingress bound to the executor pool, sized by ``args`` (already in ``settings``)."""
-    ingress = args.ingress
-    executor = executor_app(
-        settings,
-        num_cpus=args.executor.num_cpus,
-        memory_bytes=args.executor.memory_bytes,
-        max_ongoing_requests=args.executor.max_ongoing_requests,
-        target_ongoing_requests=args.executor.target_ongoing_requests,
-        label_selector=args.executor.label_selector,
-    )
-    return service_app(
-        settings,
-        executor,
-        num_cpus=ingress.num_cpus,
-        min_replicas=ingress.min_replicas,
-        max_replicas=ingress.max_replicas,
-        target_ongoing_requests=ingress.target_ongoing_requests,
-        max_ongoing_requests=ingress.max_ongoing_requests,
-        max_queued_requests=ingress.max_queued_requests,
-        label_selector=ingress.label_selector,
-    )
-
-
-def app_builder(args: dict[str, Any]) -> serve.Application:
-    """Serve's application builder: ``import_path: serve_app.http:app_builder``."""
-    parsed = ServiceAppArgs.model_validate(args)
-    return build_service_app(service_settings(parsed), parsed)

@@ -24,16 +24,18 @@ import tempfile
 import threading
 from collections.abc import MutableMapping
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from serve_app import _exit
+from serve_app.deployment._apps import build_service_app
+from serve_app.deployment._args import ServiceAppArgs
+from serve_app.deployment._ray import APP_NAME, metrics_url, start_ray
 
 if TYPE_CHECKING:
     from serve_app.settings import Settings
 
-__all__ = ["APP_NAME", "choose_ingress", "main"]
+__all__ = ["choose_ingress", "haproxy_binary", "run_service"]
 
-APP_NAME = "exec-agent"
 HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
 HAPROXY_PATH_VARIABLES = {  # Serve's defaults are shared files under /tmp/haproxy-serve/
     "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
@@ -81,7 +83,7 @@ def _configure_ingress(ingress: str, environ: MutableMapping[str, str]) -> str |
     return private
 
 
-def main(settings: Settings) -> int:
+def run_service(settings: Settings) -> int:
     """Serve until interrupted; 0 after a clean drain."""
     from serve_app.observability import configure_driver_logging  # before Ray is imported
 
@@ -113,9 +115,7 @@ def _serve(settings: Settings, ingress: str | None) -> int:
     import ray
     from ray import serve
 
-    from serve_app._local_demo import _start_ray, executor_app
     from serve_app.db import migrate
-    from serve_app.http import service_app
 
     migrate.upgrade(settings)
     stop = threading.Event()
@@ -125,19 +125,21 @@ def _serve(settings: Settings, ingress: str | None) -> int:
         stop.set()
 
     joined = ingress is None
-    context = _start_ray(settings)
+    context = start_ray(settings)
     # After ray.init: it installs a SIGTERM handler of its own that would end us undrained.
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if context.dashboard_url:
             print(f"Ray dashboard: http://{context.dashboard_url}", file=sys.stderr)
-        if metrics_url := _metrics_url(context, joined):
-            print(f"Prometheus metrics: {metrics_url}", file=sys.stderr)
+        if url := metrics_url(context, joined):
+            print(f"Prometheus metrics: {url}", file=sys.stderr)
         serve.start(http_options={"host": settings.host, "port": settings.port})
-        serve.run(service_app(settings, executor_app(settings)), name=APP_NAME, route_prefix="/")
-        url = f"http://{settings.host}:{settings.port}"
+        # The cluster's own application, sized by the settings alone (no arguments).
+        app = build_service_app(settings, ServiceAppArgs())
+        serve.run(app, name=APP_NAME, route_prefix="/")
+        api = f"http://{settings.host}:{settings.port}"
         via = f" (ingress: {ingress})" if ingress else ""
-        print(f"exec-agent: serving the API on {url}{via}", flush=True)
+        print(f"exec-agent: serving the API on {api}{via}", flush=True)
         print("get an API key with: exec-agent keys create --name NAME", flush=True)
         while not stop.wait(1.0):
             pass
@@ -153,13 +155,3 @@ def _serve(settings: Settings, ingress: str | None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return _exit.EX_OK
-
-
-def _metrics_url(context: Any, joined: bool) -> str | None:
-    """Where this node's Ray exports Prometheus metrics (``METRICS_PORT`` when Ray is ours)."""
-    info = getattr(context, "address_info", None) or {}
-    port = info.get("metrics_export_port")
-    if not isinstance(port, int) or port <= 0:
-        return None
-    host = info.get("node_ip_address") if joined else "127.0.0.1"
-    return f"http://{host}:{port}/metrics" if host else None

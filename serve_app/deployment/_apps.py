@@ -1,0 +1,147 @@
+"""The two Serve applications, as the settings and the arguments size them, and the builder.
+
+What ``serve run cluster/serve-config.yaml`` and a KubeRay ``RayService`` deploy::
+
+    applications:
+      - name: exec-agent
+        route_prefix: /
+        import_path: serve_app.deployment:app_builder
+        args:                       # ServiceAppArgs
+          ingress: {min_replicas: 1, max_replicas: 2, ...}
+          executor: {slots: 2, num_cpus: 2, min_replicas: 1, max_replicas: 4, ...}
+
+``args`` size, place and scale the two deployments; everything else comes from
+:class:`~serve_app.settings.Settings`, read from the environment of the process that builds
+the application. Serve builds it in a Ray task that may run on any node of the cluster, so on
+KubeRay every Ray pod gets the same ConfigMap and Secret. Where an argument and a setting name
+the same thing (slots, executor replicas and queue, drain time, isolation), the argument wins
+and the settings are validated again with it, so the usual checks (``min <= max``, a drain at
+least ``MAX_TIMEOUT``, production's refusals) hold for what is deployed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from executors import build_executor_app
+from serve_app.deployment._args import ExecutorArgs, IngressArgs, ServiceAppArgs, service_settings
+from serve_app.deployment._ingress import INGRESS_NAME, ApiIngress
+from serve_app.settings import MIB, Settings
+
+if TYPE_CHECKING:
+    from ray import serve
+
+__all__ = ["app_builder", "build_service_app", "executor_app", "service_app"]
+
+REPLICA_BASE_MEMORY_BYTES = 512 * MIB
+"""A replica's own process (Python, Ray, Serve), reserved on top of its slots."""
+SLOT_OVERHEAD_BYTES = 32 * MIB
+"""A slot's zygote and a job's init, beyond the job's own memory limit."""
+
+
+def executor_app(
+    settings: Settings,
+    *,
+    num_cpus: float | None = None,
+    memory_bytes: int | None = None,
+    max_ongoing_requests: int | None = None,
+    target_ongoing_requests: float | None = None,
+    label_selector: dict[str, str] | None = None,
+    runtime_env: dict[str, Any] | None = None,
+) -> serve.Application:
+    """The executor deployment as the settings size it.
+
+    A replica takes one request per slot plus ``EXECUTOR_MAX_QUEUED_REQUESTS`` waiting inside
+    it for a slot; as many more wait in each caller's handle, then the caller gets
+    ``BackPressureError`` (the API's 503 ``overloaded``). The queue inside the replica is what
+    keeps Serve's router from backing off: with one request per slot, a replica at capacity
+    sends every further request into the router's retry back-off (measured here: 17 requests/s
+    at 16 connections, against 76/s with 8 per slot). A drain lets running jobs finish within
+    ``GRACEFUL_SHUTDOWN_TIMEOUT_S``; requests still waiting then end as ``internal_error``
+    records, never as lost requests.
+    ``num_cpus`` (default: one per slot) and ``memory_bytes`` (default: the replica's own
+    512 MiB plus, per slot, ``MAX_MEMORY_MB`` and 32 MiB) are what Ray reserves per replica;
+    ``max_ongoing_requests`` (default: slots plus ``EXECUTOR_MAX_QUEUED_REQUESTS``),
+    ``target_ongoing_requests`` (default: every slot busy), ``label_selector`` (default: any
+    node) and ``runtime_env`` (default: the node's) go to :func:`executors.build_executor_app`.
+    """
+    slots = settings.max_concurrent_executions
+    job_memory_bytes = settings.max_memory_mb * MIB + SLOT_OVERHEAD_BYTES
+    return build_executor_app(
+        settings.sandbox_config(),
+        slots,
+        min_replicas=settings.executor_num_replicas_min,
+        max_replicas=settings.executor_num_replicas_max,
+        memory_bytes=(
+            REPLICA_BASE_MEMORY_BYTES + slots * job_memory_bytes
+            if memory_bytes is None
+            else memory_bytes
+        ),
+        num_cpus=num_cpus,
+        max_ongoing_requests=(
+            slots + settings.executor_max_queued_requests
+            if max_ongoing_requests is None
+            else max_ongoing_requests
+        ),
+        target_ongoing_requests=target_ongoing_requests,
+        max_queued_requests=settings.executor_max_queued_requests,
+        graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
+        label_selector=label_selector,
+        runtime_env=runtime_env,
+    )
+
+
+def service_app(
+    settings: Settings,
+    executor: serve.Application,
+    ingress: IngressArgs | None = None,
+    *,
+    runtime_env: dict[str, Any] | None = None,
+) -> serve.Application:
+    """The whole service for ``serve.run``: the ingress, sized by ``ingress`` (default
+    :class:`IngressArgs`' defaults: one replica), bound to ``executor`` (for instance
+    :func:`executor_app`'s). ``runtime_env``: the ingress replicas' Ray runtime environment
+    (default: the node's)."""
+    from ray import serve
+
+    args = IngressArgs() if ingress is None else ingress
+    actor_options: dict[str, Any] = {"num_cpus": args.num_cpus}
+    if args.label_selector:
+        actor_options["label_selector"] = dict(args.label_selector)
+    if runtime_env:
+        actor_options["runtime_env"] = dict(runtime_env)
+    deployment = serve.deployment(
+        name=INGRESS_NAME,
+        ray_actor_options=actor_options,
+        max_ongoing_requests=args.max_ongoing_requests,
+        max_queued_requests=args.max_queued_requests,
+        graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
+        autoscaling_config={
+            "min_replicas": args.min_replicas,
+            "initial_replicas": args.min_replicas,
+            "max_replicas": args.max_replicas,
+            "target_ongoing_requests": args.target_ongoing_requests,
+        },
+    )(serve.ingress()(ApiIngress))
+    app: serve.Application = deployment.bind(settings, executor)
+    return app
+
+
+def build_service_app(settings: Settings, args: ServiceAppArgs) -> serve.Application:
+    """The ingress bound to the executor pool, sized by ``args`` (already in ``settings``)."""
+    executor: ExecutorArgs = args.executor
+    pool = executor_app(
+        settings,
+        num_cpus=executor.num_cpus,
+        memory_bytes=executor.memory_bytes,
+        max_ongoing_requests=executor.max_ongoing_requests,
+        target_ongoing_requests=executor.target_ongoing_requests,
+        label_selector=executor.label_selector,
+    )
+    return service_app(settings, pool, args.ingress)
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """Serve's application builder: ``import_path: serve_app.deployment:app_builder``."""
+    parsed = ServiceAppArgs.model_validate(args)
+    return build_service_app(service_settings(parsed), parsed)

@@ -1,0 +1,48 @@
+"""The ingress deployment's class: one FastAPI app per replica, in front of the executor pool.
+
+Ray Serve builds the app in the replica (``__serve_build_asgi_app__``), after the constructor
+has made the database engine and the limiter there: neither travels between processes, and the
+limiter binds to the replica's event loop. The API (:mod:`serve_app.http`, which imports Ray)
+is imported there too: ``exec-agent serve`` configures its logging before Ray is imported.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from serve_app.observability import configure_process, flush_tracing
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from serve_app.settings import Settings
+
+__all__ = ["INGRESS_NAME", "ApiIngress"]
+
+INGRESS_NAME = "ApiIngress"
+
+
+class ApiIngress:
+    """The HTTP API's deployment class; ``executor`` is the executor deployment's handle."""
+
+    def __init__(self, settings: Settings, executor: Any) -> None:
+        # JSON logs, Sentry (SENTRY_DSN), tracing (OTEL_EXPORTER_OTLP_ENDPOINT)
+        configure_process(settings, component="ingress")
+        from serve_app.db import Database
+        from serve_app.http import ExecutionService
+        from serve_app.ratelimit import build_rate_limiter
+
+        database = Database.from_settings(settings)
+        limiter = build_rate_limiter(settings)
+        self.settings = settings
+        self.service = ExecutionService(settings, database, limiter, executor)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        from serve_app.http import build_api
+
+        return build_api(self.settings, self.service)
+
+    def __del__(self) -> None:
+        # Serve calls this as the replica stops, after the app's shutdown (which let background
+        # runs finish); Ray then ends the process without atexit: send the last spans now.
+        flush_tracing()
