@@ -24,7 +24,7 @@ from serve_app.errors import (
     UnavailableError,
 )
 from serve_app.http._metrics import IngressMetrics
-from serve_app.http.service.auditing import Audit
+from serve_app.http.service.auditing import Auditor
 from serve_app.policy import ImportPolicy
 from serve_app.ratelimit import ConcurrencyDecision, Lease, Limiter, RateDecision, Reason
 from serve_app.settings import Settings
@@ -76,7 +76,7 @@ class Admission:
         settings: Settings,
         limiter: Limiter,
         policy: ImportPolicy,
-        audit: Audit,
+        audit: Auditor,
         metrics: IngressMetrics,
     ) -> None:
         self._settings = settings

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -17,7 +17,7 @@ from serve_app.api import current_request_id
 from serve_app.db import audit
 from serve_app.http.service.transactions import Transact
 
-__all__ = ["AUDIT_MAX_PENDING", "Audit", "Auditor"]
+__all__ = ["AUDIT_MAX_PENDING", "Auditor"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,21 +26,8 @@ AUDIT_MAX_PENDING = 64
 AUDIT_CLOSE_TIMEOUT_S = 5.0
 
 
-class Audit(Protocol):
-    """What a component needs to audit a refusal."""
-
-    def __call__(
-        self,
-        kind: audit.AuditKind,
-        *,
-        key_name: str | None = None,
-        source_address: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None: ...
-
-
 class Auditor:
-    """Background audit writes of one replica (an :class:`Audit`)."""
+    """Background audit writes of one replica: call it with an event."""
 
     def __init__(self, transact: Transact) -> None:
         self._transact = transact

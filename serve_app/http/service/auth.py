@@ -19,7 +19,7 @@ from serve_app.db import audit, keys
 from serve_app.db.models import ApiKey
 from serve_app.errors import RateLimitedError, UnauthorizedError
 from serve_app.http._metrics import IngressMetrics
-from serve_app.http.service.auditing import Audit
+from serve_app.http.service.auditing import Auditor
 from serve_app.http.service.transactions import Transact
 from serve_app.ratelimit import Limiter, Reason
 from serve_app.settings import Settings
@@ -53,7 +53,7 @@ class Authenticator:
         settings: Settings,
         transact: Transact,
         limiter: Limiter,
-        audit: Audit,
+        audit: Auditor,
         metrics: IngressMetrics,
         clock: Callable[[], float],
     ) -> None:

@@ -16,17 +16,14 @@ import uuid
 
 from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus
 from serve_app.api import BatchCreate
-from serve_app.cache import CachedResult, ResultCache
+from serve_app.cache import CachedResult
 from serve_app.db import batches, executions
 from serve_app.db.models import ApiKey, BatchStatus
 from serve_app.errors import DatabaseUnavailableError, NotFoundError
-from serve_app.http.service.admission import Admission
 from serve_app.http.service.answers import BatchAccepted, BatchAnswer
-from serve_app.http.service.background import BackgroundTasks
-from serve_app.http.service.executions import CacheAs, Executions
+from serve_app.http.service.executions import CacheAs, Executions, Parts
 from serve_app.http.service.polling import poll
-from serve_app.http.service.results import Results, copy_of
-from serve_app.http.service.transactions import Transact
+from serve_app.http.service.results import copy_of
 
 __all__ = ["Batches"]
 
@@ -37,44 +34,28 @@ _Firsts = dict[str, asyncio.Future[ExecutionRecord | None]]
 class Batches:
     """One replica's batches."""
 
-    def __init__(
-        self,
-        *,
-        slots: int,
-        transact: Transact,
-        admission: Admission,
-        executions: Executions,
-        results: Results,
-        cache: ResultCache,
-        background: BackgroundTasks,
-        owner: str,
-    ) -> None:
-        self._slots = slots
-        self._transact = transact
-        self._admission = admission
+    def __init__(self, parts: Parts, executions: Executions, slots: int) -> None:
+        self._parts = parts
         self._executions = executions
-        self._results = results
-        self._cache = cache
-        self._background = background
-        self._owner = owner
+        self._slots = slots
 
     async def create(
         self, key: ApiKey, body: BatchCreate, *, request_id: str | None = None
     ) -> BatchAccepted:
         """Accept a batch: store it with its items, then run them in the background."""
         for body_item in body.items:
-            await self._admission.check_policy(key, body_item)
+            await self._parts.admission.check_policy(key, body_item)
         items = [self._executions.accept(body_item) for body_item in body.items]
-        self._admission.check_batch_room(key, len(items))
-        self._admission.hold_batch_items(key, len(items))  # before any await: batches count
+        self._parts.admission.check_batch_room(key, len(items))
+        self._parts.admission.hold_batch_items(key, len(items))  # before any await: batches count
         try:
-            new = await self._transact(
+            new = await self._parts.transact(
                 lambda session: batches.insert_batch(
-                    session, key.id, items, request_id, owner=self._owner
+                    session, key.id, items, request_id, owner=self._parts.owner
                 )
             )
         except BaseException:
-            self._admission.drop_batch_items(key, len(items))
+            self._parts.admission.drop_batch_items(key, len(items))
             raise
         cache_as = [
             self._executions.cache_as(key, item) if body_item.cache else None
@@ -82,8 +63,8 @@ class Batches:
         ]
         # The key's cap, but no more than keeps every slot busy with one run waiting behind
         # it: more in flight would only wait in Serve's router, which backs off.
-        in_flight = min(self._admission.cap(key), 2 * self._slots)
-        self._background.spawn(self._run(key, new, items, cache_as, in_flight))
+        in_flight = min(self._parts.admission.cap(key), 2 * self._slots)
+        self._parts.background.spawn(self._run(key, new, items, cache_as, in_flight))
         return BatchAccepted(id=str(new.batch.id), total=len(items))
 
     async def _run(
@@ -107,7 +88,7 @@ class Batches:
                 if where is not None and await self._finish_from_cache(execution_id, where, firsts):
                     return
                 async with gate:
-                    lease = await self._admission.wait_for_lease(key)
+                    lease = await self._parts.admission.wait_for_lease(key)
                     # run_in_background gives the lease back.
                     record = await self._executions.run_in_background(
                         execution_id, item, lease, cache_as=where
@@ -115,7 +96,7 @@ class Batches:
                 if where is not None and not firsts[where[1]].done():
                     firsts[where[1]].set_result(record)
             finally:
-                self._admission.drop_batch_items(key, 1)
+                self._parts.admission.drop_batch_items(key, 1)
                 if where is not None and not firsts[where[1]].done():
                     firsts[where[1]].set_result(None)
 
@@ -136,7 +117,7 @@ class Batches:
         first = firsts.get(fingerprint)
         if first is None:
             firsts[fingerprint] = asyncio.get_running_loop().create_future()
-            hit = await self._cache.get(*cache_as)
+            hit = await self._parts.cache.get(*cache_as)
             if hit is None:
                 return False
             firsts[fingerprint].set_result(copy_of(hit, hit.execution_id))
@@ -146,7 +127,7 @@ class Batches:
             if earlier is None or earlier.status is ExecutionStatus.INTERNAL_ERROR:
                 return False
             record = copy_of(CachedResult(earlier.id, earlier), execution_id)
-        await self._results.finish(execution_id, record)
+        await self._parts.results.finish(execution_id, record)
         return True
 
     async def refresh(self, batch_id: uuid.UUID) -> None:
@@ -154,7 +135,9 @@ class Batches:
         # The stored status only follows (the API derives it from the items): a write that
         # cannot be made now waits for the batch's next refresh.
         with contextlib.suppress(DatabaseUnavailableError):
-            await self._transact(lambda session: batches.refresh_batch_status(session, batch_id))
+            await self._parts.transact(
+                lambda session: batches.refresh_batch_status(session, batch_id)
+            )
 
     async def get(self, key: ApiKey, batch_id: str, wait_s: float = 0.0) -> BatchAnswer:
         """The key's batch with its records in request order; with ``wait_s``, once done or
@@ -165,7 +148,7 @@ class Batches:
             raise NotFoundError("no such batch") from None
 
         async def progress() -> batches.BatchProgress:
-            found = await self._transact(
+            found = await self._parts.transact(
                 lambda session: batches.batch_progress(session, key.id, wanted)
             )
             if found is None:
@@ -173,7 +156,9 @@ class Batches:
             return found
 
         await poll(progress, lambda found: found.status is BatchStatus.DONE, wait_s)
-        view = await self._transact(lambda session: batches.get_batch(session, key.id, wanted))
+        view = await self._parts.transact(
+            lambda session: batches.get_batch(session, key.id, wanted)
+        )
         if view is None:
             raise NotFoundError("no such batch")
         return BatchAnswer(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from dataclasses import dataclass
 
 from ray.serve.exceptions import BackPressureError
 from sqlalchemy.orm import Session
@@ -38,7 +39,7 @@ from serve_app.http.service.runner import Runner
 from serve_app.http.service.transactions import Transact
 from serve_app.ratelimit import Lease
 
-__all__ = ["BACKGROUND_DEADLINE_S", "CacheAs", "Created", "Executions"]
+__all__ = ["BACKGROUND_DEADLINE_S", "CacheAs", "Created", "Executions", "Parts"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,19 @@ BACKGROUND_DEADLINE_S = 60.0
 
 CacheAs = tuple[int, str]
 """Where a result is cached: the key's id and the request's fingerprint."""
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What single executions and batches share: the replica's components they work with."""
+
+    transact: Transact
+    admission: Admission
+    results: Results
+    cache: ResultCache
+    background: BackgroundTasks
+    owner: str
+    """This replica's instance id: the owner of what it accepts."""
 
 
 class Created:
@@ -65,26 +79,10 @@ class Created:
 class Executions:
     """One replica's single executions (batch items run through :meth:`run_in_background`)."""
 
-    def __init__(
-        self,
-        *,
-        limits: tuple[Limits, Limits],
-        transact: Transact,
-        admission: Admission,
-        runner: Runner,
-        results: Results,
-        cache: ResultCache,
-        background: BackgroundTasks,
-        owner: str,
-    ) -> None:
-        self._default_limits, self._max_limits = limits
-        self._transact = transact
-        self._admission = admission
+    def __init__(self, parts: Parts, runner: Runner, limits: tuple[Limits, Limits]) -> None:
+        self._parts = parts
         self._runner = runner
-        self._results = results
-        self._cache = cache
-        self._background = background
-        self._owner = owner
+        self._default_limits, self._max_limits = limits
 
     def accept(self, body: ExecutionBody) -> ExecutionRequest:
         """What will run for ``body``: its program and judging, with the effective limits."""
@@ -114,7 +112,7 @@ class Executions:
         """Accept ``body``: run it now (``wait``) or in the background; or replay the execution
         an ``Idempotency-Key`` already names, or answer from the result cache (``cache``).
         Code the import policy refuses is refused first, before anything is stored or run."""
-        await self._admission.check_policy(key, body)
+        await self._parts.admission.check_policy(key, body)
         item = self.accept(body)
         idempotency = None
         if idempotency_key is not None:
@@ -125,15 +123,15 @@ class Executions:
                 return replay
         cache_as = self.cache_as(key, item) if body.cache else None
         if cache_as is not None:
-            hit = await self._cache.get(*cache_as)
+            hit = await self._parts.cache.get(*cache_as)
             if hit is not None:
                 return Created(await self._store_copy(key, item, hit, request_id, idempotency))
-        if not body.wait and self._background.room() <= 0:
+        if not body.wait and self._parts.background.room() <= 0:
             raise OverloadedError(OVERLOADED_RETRY_AFTER_S)
-        lease = await self._admission.lease(key)
+        lease = await self._parts.admission.lease(key)
         try:
             try:
-                row = await self._transact(
+                row = await self._parts.transact(
                     lambda session: executions.insert_execution(
                         session,
                         key.id,
@@ -141,7 +139,7 @@ class Executions:
                         request_id=request_id,
                         idempotency=idempotency,
                         running=body.wait,
-                        owner=self._owner,
+                        owner=self._parts.owner,
                     )
                 )
             except ConflictError:
@@ -154,7 +152,7 @@ class Executions:
                 return Created(
                     await self.run(row.id, item, background=False, inserted=row, cache_as=cache_as)
                 )
-            self._background.spawn(
+            self._parts.background.spawn(
                 self.run_in_background(
                     row.id, item, lease, cache_as=cache_as, deadline_s=BACKGROUND_DEADLINE_S
                 )
@@ -162,7 +160,7 @@ class Executions:
             lease = None  # the task gives it back
             return Created(executions.to_record(row))
         finally:
-            await self._admission.release(lease)
+            await self._parts.admission.release(lease)
 
     async def _store_copy(
         self,
@@ -174,7 +172,7 @@ class Executions:
     ) -> ExecutionRecord:
         """Store and answer a new execution that reuses ``hit``'s result (a cache hit)."""
         # Cached before MAX_RECORD_BYTES was lowered, perhaps: the cap holds for copies too.
-        capped = CachedResult(hit.execution_id, await self._results.capped(hit.record))
+        capped = CachedResult(hit.execution_id, await self._parts.results.capped(hit.record))
 
         def store(session: Session) -> ExecutionRecord:
             row = executions.insert_execution(
@@ -184,12 +182,12 @@ class Executions:
                 request_id=request_id,
                 idempotency=idempotency,
                 running=True,
-                owner=self._owner,
+                owner=self._parts.owner,
             )
             return executions.finish_inserted_execution(session, row, copy_of(capped, row.id))
 
         try:
-            return await self._results.store_copy(store)
+            return await self._parts.results.store_copy(store)
         except ConflictError:
             replay = await self._replay(key, idempotency) if idempotency else None
             if replay is None:
@@ -197,7 +195,7 @@ class Executions:
             return replay.record
 
     async def _replay(self, key: ApiKey, idempotency: executions.Idempotency) -> Created | None:
-        row = await self._transact(
+        row = await self._parts.transact(
             lambda session: executions.find_by_idempotency_key(session, key.id, idempotency)
         )
         return None if row is None else Created(executions.to_record(row))
@@ -218,16 +216,16 @@ class Executions:
         except BackPressureError:
             if background:
                 raise
-            await self._results.discard(execution_id, request)
+            await self._parts.results.discard(execution_id, request)
             raise OverloadedError(OVERLOADED_RETRY_AFTER_S) from None
         except asyncio.CancelledError:
             # The client went away (or the replica is stopping): the record still ends.
             internal_error = ExecutionRecord.internal_error(request)
-            self._background.spawn(self._results.finish(execution_id, internal_error))
+            self._parts.background.spawn(self._parts.results.finish(execution_id, internal_error))
             raise
-        finished = await self._results.finish(execution_id, record, inserted)
+        finished = await self._parts.results.finish(execution_id, record, inserted)
         if cache_as is not None and finished.status is not ExecutionStatus.INTERNAL_ERROR:
-            await self._cache.put(*cache_as, execution_id, finished)
+            await self._parts.cache.put(*cache_as, execution_id, finished)
         return finished
 
     async def run_in_background(
@@ -245,7 +243,7 @@ class Executions:
         loop = asyncio.get_running_loop()
         deadline = None if deadline_s is None else loop.time() + deadline_s
         try:
-            if not await self._results.start(execution_id):
+            if not await self._parts.results.start(execution_id):
                 return None
             while True:
                 try:
@@ -253,12 +251,12 @@ class Executions:
                 except BackPressureError:
                     if deadline is not None and loop.time() >= deadline:
                         logger.warning("execution %s: executors stayed at capacity", execution_id)
-                        return await self._results.finish(
+                        return await self._parts.results.finish(
                             execution_id, ExecutionRecord.internal_error(request)
                         )
                     await asyncio.sleep(BACKGROUND_RETRY_S)
         finally:
-            await self._admission.release(lease)
+            await self._parts.admission.release(lease)
 
     async def get(self, key: ApiKey, execution_id: str, wait_s: float = 0.0) -> ExecutionRecord:
         """The key's execution; with ``wait_s``, once terminal or after that long."""
@@ -268,7 +266,7 @@ class Executions:
             raise NotFoundError("no such execution") from None
 
         async def read() -> Execution:
-            row = await self._transact(
+            row = await self._parts.transact(
                 lambda session: executions.get_execution(session, key.id, wanted)
             )
             if row is None:
@@ -280,7 +278,7 @@ class Executions:
 
     async def page(self, key: ApiKey, limit: int, cursor: str | None) -> ExecutionPage:
         """A page of the key's executions, newest first."""
-        page = await self._transact(
+        page = await self._parts.transact(
             lambda session: executions.list_executions(session, key.id, limit=limit, cursor=cursor)
         )
         return ExecutionPage(

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session
 
 from executors import ExecutionRecord, ExecutionRequest
-from serve_app.api import BatchCreate, ExecutionCreate
+from serve_app.api import BatchCreate
 from serve_app.cache import ResultCache, build_result_cache
-from serve_app.db import Database, audit
+from serve_app.db import Database
 from serve_app.db.models import ApiKey
 from serve_app.http._metrics import ingress_metrics
 from serve_app.http._recovery import InstanceKeeper
@@ -31,7 +31,7 @@ from serve_app.http.service.auditing import Auditor
 from serve_app.http.service.auth import Authenticator
 from serve_app.http.service.background import BackgroundTasks
 from serve_app.http.service.batches import Batches
-from serve_app.http.service.executions import Created, Executions
+from serve_app.http.service.executions import Executions, Parts
 from serve_app.http.service.results import Results
 from serve_app.http.service.runner import Runner
 from serve_app.http.service.transactions import Transactions
@@ -61,6 +61,7 @@ class ExecutionService:
         self.policy = settings.import_policy()
         self.transactions = Transactions(database)
         self.auditor = Auditor(self.transactions)
+        self.audit = self.auditor  # service.audit(kind, ...): one event, in the background
         self.auth = Authenticator(
             settings, self.transactions, limiter, self.auditor, self.metrics, time.monotonic
         )
@@ -71,26 +72,19 @@ class ExecutionService:
             self.transactions, self.metrics, self.background.spawn, settings.max_record_bytes
         )
         self.keeper = InstanceKeeper(self)
-        self.executions = Executions(
-            limits=(settings.default_limits(), settings.max_limits()),
+        parts = Parts(
             transact=self.transactions,
             admission=self.admission,
-            runner=self.runner,
             results=self.results,
             cache=self.cache,
             background=self.background,
             owner=self.keeper.instance_id,
         )
-        self.batches = Batches(
-            slots=settings.max_concurrent_executions * settings.executor_num_replicas_max,
-            transact=self.transactions,
-            admission=self.admission,
-            executions=self.executions,
-            results=self.results,
-            cache=self.cache,
-            background=self.background,
-            owner=self.keeper.instance_id,
-        )
+        limits = (settings.default_limits(), settings.max_limits())
+        self.executions = Executions(parts, self.runner, limits)
+        slots = settings.max_concurrent_executions * settings.executor_num_replicas_max
+        self.batches = Batches(parts, self.executions, slots)
+        self.create = self.executions.create  # accept one execution: same signature
 
     # --- the parts' state, under the names readiness, the ingress and tests use
 
@@ -176,17 +170,6 @@ class ExecutionService:
 
     # --- what the routes call
 
-    def audit(
-        self,
-        kind: audit.AuditKind,
-        *,
-        key_name: str | None = None,
-        source_address: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        """Record one audit event in the background (a failed write is logged, never raised)."""
-        self.auditor(kind, key_name=key_name, source_address=source_address, details=details)
-
     async def authenticate(
         self, presented: str | None, *, source_address: str | None = None
     ) -> ApiKey:
@@ -216,19 +199,6 @@ class ExecutionService:
     def check_batch_room(self, key: ApiKey, items: int) -> None:
         """Raise if this replica cannot take ``items`` more of ``key``'s batch items."""
         self.admission.check_batch_room(key, items)
-
-    async def create(
-        self,
-        key: ApiKey,
-        body: ExecutionCreate,
-        *,
-        idempotency_key: str | None = None,
-        request_id: str | None = None,
-    ) -> Created:
-        """Accept one execution (:meth:`Executions.create`)."""
-        return await self.executions.create(
-            key, body, idempotency_key=idempotency_key, request_id=request_id
-        )
 
     async def get(self, key: ApiKey, execution_id: str, wait_s: float = 0.0) -> ExecutionRecord:
         """The key's execution; with ``wait_s``, once terminal or after that long."""
