@@ -19,9 +19,8 @@ import pytest
 from sqlalchemy import event
 
 from serve_app.db import Database, audit, keys
-from serve_app.http import ExecutionService
+from serve_app.http import ExecutionService, build_api
 from serve_app.http._health import Readiness
-from serve_app.http._routes import build_api
 from serve_app.ratelimit import build_rate_limiter
 from serve_app.settings import Settings
 from tests.conftest import migrated_sqlite_settings

@@ -2,7 +2,7 @@
 
     _service.py   :class:`ExecutionService`: keys, rate limits, persistence, the executor handle
     _health.py    ``/health/ready``'s checks
-    _routes.py    :func:`build_api`: the FastAPI app (the routers + the edge of :mod:`serve_app.api`)
+    _app.py       :func:`build_api`: the FastAPI app (the routers + the edge of :mod:`serve_app.api`)
     routes/       the routes, one ``APIRouter`` per resource (health, executions, batches)
     deps.py       the routes' dependencies as typed aliases (service, key, bodies, query bounds)
     _ratelimit_headers.py  the ``RateLimit-*`` headers the charge leaves for every answer
@@ -11,7 +11,7 @@ The Serve deployment around them (:class:`~serve_app.deployment.ApiIngress`) hol
 ``DeploymentHandle`` to the executor deployment; see :mod:`serve_app.deployment`.
 """
 
-from serve_app.http._routes import build_api
+from serve_app.http._app import build_api
 from serve_app.http._service import ExecutionService
 
 __all__ = [
