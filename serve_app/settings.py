@@ -7,6 +7,9 @@ and, as a side effect of that, in the environment). ``.env.example`` lists every
 
 ``MAX_*`` settings are the server's maxima (a request asking for more is refused);
 ``DEFAULT_*`` settings apply when a request leaves a limit out, and must not exceed the maxima.
+
+Longer than this project's other modules for a stated reason: it is the one declaration of every
+setting, each with its description, from which ``.env.example`` is generated.
 """
 
 from __future__ import annotations

@@ -233,6 +233,11 @@ class HostProcess:
     pid_namespace: str
 
     @property
+    def zombie(self) -> bool:
+        """Exited, not yet reaped: gone for every check but the zombie count."""
+        return self.state == psutil.STATUS_ZOMBIE
+
+    @property
     def key(self) -> tuple[int, float]:
         return self.pid, self.started
 
@@ -419,7 +424,7 @@ class WatchedPool:
         return [
             p
             for p in host_processes()
-            if p.uid in self.uids and p.key not in zygotes and p.state != "Z"
+            if p.uid in self.uids and p.key not in zygotes and not p.zombie
         ]
 
     def _settled_processes(self) -> list[HostProcess]:
@@ -480,11 +485,7 @@ class WatchedPool:
     def _zombies(self) -> list[HostProcess]:
         """Zombies of our slots, and of this process (e.g. a slot's bubblewrap)."""
         me = os.getpid()
-        return [
-            p
-            for p in host_processes()
-            if p.state == psutil.STATUS_ZOMBIE and (p.uid in self.uids or p.ppid == me)
-        ]
+        return [p for p in host_processes() if p.zombie and (p.uid in self.uids or p.ppid == me)]
 
     def close(self) -> None:
         self.pool.close()

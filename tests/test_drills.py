@@ -79,15 +79,15 @@ def descendants(root: int, processes: list[HostProcess] | None = None) -> list[H
     return found
 
 
-def alive(keys_: set[tuple[int, int]]) -> list[HostProcess]:
+def alive(keys_: set[tuple[int, float]]) -> list[HostProcess]:
     """The processes of ``keys_`` (pid, start) still running (zombies count as gone)."""
-    return [p for p in host_processes() if p.key in keys_ and p.state != "Z"]
+    return [p for p in host_processes() if p.key in keys_ and not p.zombie]
 
 
 def replica_pids(app: str, deployment: str) -> list[int]:
     """Pids of the Ray workers that hold a replica of ``app``'s ``deployment`` (by title)."""
     title = f"ray::ServeReplica:{app}:{deployment}"
-    return [p.pid for p in host_processes() if p.cmdline.startswith(title) and p.state != "Z"]
+    return [p.pid for p in host_processes() if p.cmdline.startswith(title) and not p.zombie]
 
 
 def rss_bytes(pid: int) -> int:
@@ -173,7 +173,7 @@ class Kill:
     answers: list[httpx.Response]
     later: httpx.Response
     victim: int
-    sandbox: set[tuple[int, int]]
+    sandbox: set[tuple[int, float]]
     """The killed replica's processes below it (bubblewrap, zygotes, spares, jobs)."""
     replacement: int
     done_before_kill: int

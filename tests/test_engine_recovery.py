@@ -63,7 +63,7 @@ def _spare_processes(pool: WatchedPool) -> list[int]:
         if p.uid in pool.uids
         and ZYGOTE_SCRIPT in p.cmdline
         and p.pid not in zygotes
-        and p.state != "Z"
+        and not p.zombie
     ]
 
 

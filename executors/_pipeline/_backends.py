@@ -17,7 +17,7 @@ __all__ = [
 ]
 
 EXECUTOR_APP_NAME = "exec-agent"
-"""The Serve application ``exec-agent serve`` deploys (``serve_app._serve.APP_NAME``)."""
+"""The Serve application ``exec-agent serve`` deploys (``serve_app.deployment.APP_NAME``)."""
 EXECUTOR_DEPLOYMENT_NAME = "SandboxExecutor"
 """The executor deployment in it (``build_executor_app``'s default name)."""
 LOCAL_POOL_NAME = "exec-agent-pipeline-executor"

@@ -1,6 +1,7 @@
 """The HTTP service: the API of ``API.md`` as a Ray Serve application.
 
-    _service.py   :class:`ExecutionService`: keys, rate limits, persistence, the executor handle
+    service/      :class:`ExecutionService` and its parts, one job a module (auth, admission,
+                  runner, results, executions, batches, ...); ``_service.py`` re-exports it
     _health.py    ``/health/ready``'s checks
     _app.py       :func:`build_api`: the FastAPI app (the routers + the edge of :mod:`serve_app.api`)
     routes/       the routes, one ``APIRouter`` per resource (health, executions, batches)
