@@ -505,18 +505,31 @@ def test_a_ray_job_runs_the_example_pipeline(head_cluster: HeadCluster) -> None:
     check_summary(summary_line(done.stdout), 10)
 
 
+RAY_CLIENT_START_RACE = "psutil.ZombieProcess"
+"""Ray 2.60's client proxier asks a starting per-client server for its command line without
+handling one that exited meanwhile (``proxier.py``, ``start_specific_server``): the connection
+then fails at initialisation. Seen about once in five runs of this module; one more connection
+is tried then, and a second failure fails the test."""
+
+
 @pytest.mark.ray
 @pytest.mark.sandbox
 @pytest.mark.slow
 def test_a_ray_client_driver_runs_the_example_pipeline(head_cluster: HeadCluster) -> None:
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--address", head_cluster.client_address, *EXAMPLE_ARGS],
-        cwd=head_cluster.temp_dir,
-        env=head_cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    for _attempt in range(2):
+        done = subprocess.run(
+            [sys.executable, str(EXAMPLE), "--address", head_cluster.client_address,
+             *EXAMPLE_ARGS],
+            cwd=head_cluster.temp_dir,
+            env=head_cluster.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )  # fmt: skip
+        if done.returncode == 0 or RAY_CLIENT_START_RACE not in done.stderr:
+            break
+    servers = sorted(head_cluster.temp_dir.glob("session_latest/logs/ray_client_server*"))
+    logs = "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in servers)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:] + logs
     check_summary(summary_line(done.stdout), 10)
