@@ -505,18 +505,20 @@ def test_a_ray_job_runs_the_example_pipeline(head_cluster: HeadCluster) -> None:
     check_summary(summary_line(done.stdout), 10)
 
 
-RAY_CLIENT_START_RACE = "psutil.ZombieProcess"
-"""Ray 2.60's client proxier asks a starting per-client server for its command line without
-handling one that exited meanwhile (``proxier.py``, ``start_specific_server``): the connection
-then fails at initialisation. Seen about once in five runs of this module; one more connection
-is tried then, and a second failure fails the test."""
+RAY_CLIENT_START_FAILURE = "Initialization failure from server"
+"""How Ray 2.60's client answers when the per-client server its proxier starts for a connection
+dies at start-up: seen now and then in full runs of this suite, with that server's logs empty
+(``SpecificServer startup failed``, or ``psutil.ZombieProcess`` escaping the proxier's own
+check). Not understood yet: a connection that fails so is tried again, up to
+``RAY_CLIENT_ATTEMPTS`` in all; any other failure fails the test at once."""
+RAY_CLIENT_ATTEMPTS = 3
 
 
 @pytest.mark.ray
 @pytest.mark.sandbox
 @pytest.mark.slow
 def test_a_ray_client_driver_runs_the_example_pipeline(head_cluster: HeadCluster) -> None:
-    for _attempt in range(2):
+    for _attempt in range(RAY_CLIENT_ATTEMPTS):
         done = subprocess.run(
             [sys.executable, str(EXAMPLE), "--address", head_cluster.client_address,
              *EXAMPLE_ARGS],
@@ -527,7 +529,7 @@ def test_a_ray_client_driver_runs_the_example_pipeline(head_cluster: HeadCluster
             timeout=300,
             check=False,
         )  # fmt: skip
-        if done.returncode == 0 or RAY_CLIENT_START_RACE not in done.stderr:
+        if done.returncode == 0 or RAY_CLIENT_START_FAILURE not in done.stderr:
             break
     servers = sorted(head_cluster.temp_dir.glob("session_latest/logs/ray_client_server*"))
     logs = "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in servers)
