@@ -489,16 +489,23 @@ EXAMPLE_ARGS = ["--rows", "10", "--local-num-cpus", str(POOL_CPUS)]
 @pytest.mark.ray
 @pytest.mark.sandbox
 @pytest.mark.slow
-def test_a_ray_job_runs_the_example_pipeline(head_cluster: HeadCluster) -> None:
-    done = subprocess.run(
-        [sys.executable, str(SUBMIT), "--address", head_cluster.dashboard_url, "--timeout-s",
-         "240", "--", *EXAMPLE_ARGS],
+def run_against(head_cluster: HeadCluster, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``python argv...`` as a client of ``head_cluster`` would run it."""
+    return subprocess.run(
+        [sys.executable, *argv],
         cwd=head_cluster.temp_dir,
         env=head_cluster.env,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
+    )
+
+
+def test_a_ray_job_runs_the_example_pipeline(head_cluster: HeadCluster) -> None:
+    done = run_against(
+        head_cluster, str(SUBMIT), "--address", head_cluster.dashboard_url, "--timeout-s", "240",
+        "--", *EXAMPLE_ARGS,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     assert "SUCCEEDED" in done.stderr
@@ -519,16 +526,9 @@ RAY_CLIENT_ATTEMPTS = 3
 @pytest.mark.slow
 def test_a_ray_client_driver_runs_the_example_pipeline(head_cluster: HeadCluster) -> None:
     for _attempt in range(RAY_CLIENT_ATTEMPTS):
-        done = subprocess.run(
-            [sys.executable, str(EXAMPLE), "--address", head_cluster.client_address,
-             *EXAMPLE_ARGS],
-            cwd=head_cluster.temp_dir,
-            env=head_cluster.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )  # fmt: skip
+        done = run_against(
+            head_cluster, str(EXAMPLE), "--address", head_cluster.client_address, *EXAMPLE_ARGS
+        )
         if done.returncode == 0 or RAY_CLIENT_START_FAILURE not in done.stderr:
             break
     servers = sorted(head_cluster.temp_dir.glob("session_latest/logs/ray_client_server*"))
