@@ -7,8 +7,11 @@ run in the same slot, on a spare built beside the hostile job.
 
 from __future__ import annotations
 
+import array
+import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from executors import ExecutionStatus, Limits
+from executors._sandbox._spare import SpareFailed, receive_spare
 from tests.conftest import ZYGOTE_SCRIPT, host_processes
 
 if TYPE_CHECKING:
@@ -79,6 +83,31 @@ def test_a_spare_that_died_before_its_job_is_replaced(one_slot: WatchedPool) -> 
         os.kill(pid, signal.SIGKILL)
     record = one_slot.run('print("on a new spare")')
     assert (record.status, record.stdout) == (ExecutionStatus.OK, "on a new spare\n"), record
+
+
+def test_a_spare_reaped_before_the_host_holds_it_is_a_spare_failure() -> None:
+    """Its hello and ready are queued, but its process is gone: another spare is built."""
+    control, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    host_end, spare_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    host_end.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    pid = os.fork()
+    if pid == 0:  # the spare: says hello and ready, then dies
+        spare_end.send(b"hello")
+        spare_end.send(b"ready")
+        os._exit(0)
+    os.waitpid(pid, 0)  # reaped, as the zygote reaps a spare that died
+    spare_end.close()
+    fds = array.array("i", [host_end.fileno()])
+    zygote_end.sendmsg(
+        [json.dumps({"type": "spare"}).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
+    )
+    host_end.close()
+    try:
+        with pytest.raises(SpareFailed, match="gone"):
+            receive_spare(control)
+    finally:
+        control.close()
+        zygote_end.close()
 
 
 def test_a_slot_whose_zygote_died_is_restarted(pool_factory: PoolFactory) -> None:

@@ -75,7 +75,12 @@ def receive_spare(control: socket.socket) -> Spare:
     if hello != b"hello" or not pid:
         sock.close()
         raise SpareFailed(f"no hello from the spare: {hello[:200]!r}")
-    spare = Spare(sock, pid, os.pidfd_open(pid))
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as exc:  # it died after its hello, and the zygote has reaped it
+        sock.close()
+        raise SpareFailed(f"the spare is gone: {exc}") from exc
+    spare = Spare(sock, pid, pidfd)
     try:
         # The program process says "ready" once locked down; a report instead
         # means the spare broke before any job was given to it.
