@@ -3,7 +3,7 @@
 Each record is one line, a JSON object::
 
     {"ts": "2025-01-01T12:00:00.123Z", "level": "WARNING", "component": "ingress",
-     "logger": "serve_app.http._service", "event": "execution 3f2c... failed in the executors",
+     "logger": "serve_app.http.service.runner", "event": "execution 3f2c... failed in the executors",
      "request_id": "9b1e...", "execution_id": "3f2c...", "pid": 4242}
 
 - ``ts`` is ISO 8601 in UTC (milliseconds); ``event`` is the formatted message.

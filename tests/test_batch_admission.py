@@ -121,7 +121,7 @@ def test_items_in_flight_and_the_backlog_are_bounded(settings: Settings) -> None
             await service.create_batch(owners[-1], body)  # the replica's backlog is full
         executor.release.set()
         owner, first = created[0]
-        await until_done(database, owner, first["id"])
+        await until_done(database, owner, first.id)
         await service.create_batch(owners[-1], body)  # room again
         await service.aclose(5.0)
 
@@ -151,7 +151,7 @@ def test_one_key_gets_only_its_share_of_the_backlog(settings: Settings) -> None:
         assert refused.value.retry_after_s > 0
         first = await service.create_batch(other, body)  # the others still get in
         executor.release.set()
-        await until_done(database, other, first["id"])
+        await until_done(database, other, first.id)
         await service.aclose(5.0)
 
     try:
@@ -186,9 +186,9 @@ def test_running_batch_items_hold_leases_of_their_keys_cap(settings: Settings) -
         with pytest.raises(RateLimitedError):
             await service.create(key, wait)  # the key's cap is used by its batch items
         executor.release.set()
-        await until_done(database, key, first["id"])
-        await until_done(database, key, second["id"])  # waiting items ran, none failed
-        for batch_id in (first["id"], second["id"]):
+        await until_done(database, key, first.id)
+        await until_done(database, key, second.id)  # waiting items ran, none failed
+        for batch_id in (first.id, second.id):
             with database.session() as session:
                 view = batches.get_batch(session, key.id, uuid.UUID(batch_id))
             assert view is not None

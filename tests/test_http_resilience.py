@@ -33,7 +33,7 @@ from sqlalchemy import select, update
 from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest
 from serve_app.db import Database, batches, executions, instances, keys
 from serve_app.db.models import ApiKey, Batch, BatchStatus, Execution, ServiceInstance
-from serve_app.http._service import AUTH_CACHE_TTL_S
+from serve_app.http.service import AUTH_CACHE_TTL_S
 from serve_app.settings import Settings
 from tests.http_support import auth, deployed_service, error_code, free_port, run, stored_executions
 from tests.private_services import (

@@ -216,7 +216,7 @@ def test_authenticated_keys_are_trusted_for_a_few_seconds_only(
     service: ExecutionService,
 ) -> None:
     from serve_app.errors import UnauthorizedError
-    from serve_app.http._service import AUTH_CACHE_TTL_S
+    from serve_app.http.service import AUTH_CACHE_TTL_S
 
     secret = service.settings.api_key_secret
     with service.database.session() as session:

@@ -1,7 +1,7 @@
 """The HTTP service: the API of ``API.md`` as a Ray Serve application.
 
     service/      :class:`ExecutionService` and its parts, one job a module (auth, admission,
-                  runner, results, executions, batches, ...); ``_service.py`` re-exports it
+                  runner, results, executions, batches, ...)
     _health.py    ``/health/ready``'s checks
     _app.py       :func:`build_api`: the FastAPI app (the routers + the edge of :mod:`serve_app.api`)
     routes/       the routes, one ``APIRouter`` per resource (health, executions, batches)
@@ -13,7 +13,7 @@ The Serve deployment around them (:class:`~serve_app.deployment.ApiIngress`) hol
 """
 
 from serve_app.http._app import build_api
-from serve_app.http._service import ExecutionService
+from serve_app.http.service import ExecutionService
 
 __all__ = [
     "ExecutionService",

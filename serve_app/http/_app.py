@@ -19,9 +19,9 @@ from starlette.types import Scope
 from serve_app.api import install_edge
 from serve_app.http._metrics import UNMATCHED_ROUTE, RequestMetricsMiddleware, route_template
 from serve_app.http._ratelimit_headers import RateLimitHeadersMiddleware
-from serve_app.http._service import ExecutionService
 from serve_app.http.deps import attach
 from serve_app.http.routes import ROUTERS, ROUTES
+from serve_app.http.service import ExecutionService
 from serve_app.observability import TracingMiddleware, current_tracer
 from serve_app.settings import Settings
 

@@ -31,7 +31,7 @@ from typing import Any
 import psutil
 from sqlalchemy import text
 
-from serve_app.http._service import ExecutionService
+from serve_app.http.service import ExecutionService
 
 __all__ = ["CHECK_TIMEOUT_S", "READINESS_TTL_S", "Readiness", "public_view", "readiness"]
 

@@ -29,7 +29,7 @@ from serve_app.db.models import ApiKey
 from serve_app.errors import InvalidFieldsError
 from serve_app.http._health import Readiness
 from serve_app.http._ratelimit_headers import leave_headers
-from serve_app.http._service import MAX_WAIT_S, ExecutionService, rate_limit_headers
+from serve_app.http.service import MAX_WAIT_S, ExecutionService, rate_limit_headers
 
 __all__ = [
     "DEFAULT_PAGE_ITEMS",

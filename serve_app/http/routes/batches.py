@@ -21,7 +21,7 @@ async def create_batch(
     await charge(request, service, key, len(body.items))
     created = await service.create_batch(key, body, request_id=current_request_id())
     return JSONResponse(
-        created, status_code=202, headers={"Location": f"/v1/batches/{created['id']}"}
+        created.to_api(), status_code=202, headers={"Location": f"/v1/batches/{created.id}"}
     )
 
 
@@ -29,4 +29,4 @@ async def create_batch(
 async def get_batch(
     batch_id: str, service: ServiceDep, key: CurrentKey, wait_s: WaitS = 0.0
 ) -> JSONResponse:
-    return JSONResponse(await service.get_batch(key, batch_id, wait_s))
+    return JSONResponse((await service.batch(key, batch_id, wait_s)).to_api())

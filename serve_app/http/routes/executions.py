@@ -51,4 +51,4 @@ async def list_executions(
     limit: PageLimit = DEFAULT_PAGE_ITEMS,
     cursor: PageCursor = None,
 ) -> JSONResponse:
-    return JSONResponse(await service.list(key, limit, cursor))
+    return JSONResponse((await service.page(key, limit, cursor)).to_api())

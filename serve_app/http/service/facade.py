@@ -26,7 +26,7 @@ from serve_app.db.models import ApiKey
 from serve_app.http._metrics import ingress_metrics
 from serve_app.http._recovery import InstanceKeeper
 from serve_app.http.service.admission import Admission, ExecutionBody
-from serve_app.http.service.answers import BatchAnswer, ExecutionPage
+from serve_app.http.service.answers import BatchAccepted, BatchAnswer, ExecutionPage
 from serve_app.http.service.auditing import Auditor
 from serve_app.http.service.auth import Authenticator
 from serve_app.http.service.background import BackgroundTasks
@@ -208,20 +208,12 @@ class ExecutionService:
         """A page of the key's executions, newest first."""
         return await self.executions.page(key, limit, cursor)
 
-    async def list(self, key: ApiKey, limit: int, cursor: str | None) -> dict[str, Any]:
-        """:meth:`page` in the API's shape."""
-        return (await self.page(key, limit, cursor)).to_api()
-
     async def create_batch(
         self, key: ApiKey, body: BatchCreate, *, request_id: str | None = None
-    ) -> dict[str, Any]:
-        """Accept a batch (:meth:`Batches.create`), in the API's shape."""
-        return (await self.batches.create(key, body, request_id=request_id)).to_api()
+    ) -> BatchAccepted:
+        """Accept a batch (:meth:`Batches.create`): stored at once, its items queued."""
+        return await self.batches.create(key, body, request_id=request_id)
 
     async def batch(self, key: ApiKey, batch_id: str, wait_s: float = 0.0) -> BatchAnswer:
         """The key's batch with its records in request order (:meth:`Batches.get`)."""
         return await self.batches.get(key, batch_id, wait_s)
-
-    async def get_batch(self, key: ApiKey, batch_id: str, wait_s: float = 0.0) -> dict[str, Any]:
-        """:meth:`batch` in the API's shape."""
-        return (await self.batch(key, batch_id, wait_s)).to_api()
