@@ -24,8 +24,9 @@ from serve_app.cache._memory import (
     DEFAULT_MAX_TOTAL_BYTES,
     MemoryResultCache,
 )
-from serve_app.cache._redis import DEFAULT_TIMEOUT_S, RedisResultCache
+from serve_app.cache._redis import RedisResultCache
 from serve_app.cache._types import DEFAULT_KEY_PREFIX, CachedResult, ResultCache
+from serve_app.ratelimit import DEFAULT_TIMEOUT_S
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",

@@ -4,35 +4,27 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any, Literal, Self
+from typing import Literal
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from executors import ExecutionRecord
 from serve_app.cache import _codec
 from serve_app.cache._memory import DEFAULT_MAX_RECORD_BYTES
 from serve_app.cache._types import DEFAULT_KEY_PREFIX, CachedResult
-from serve_app.ratelimit import (
-    ClosesOnExit,
-    StoreGuard,
-    StoreUnavailableError,
-    positive,
-    redis_for_guard,
-)
+from serve_app.ratelimit import DEFAULT_TIMEOUT_S, RedisStore, StoreUnavailableError, positive
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 0.25
 MS_PER_S = 1000
 
 
-class RedisResultCache(ClosesOnExit):
+class RedisResultCache(RedisStore):
     """Entries in Redis under ``{key_prefix}{key_id}:{fingerprint}``, set with an expiry.
 
     A cache must never be why a request fails or waits: every call is bounded by
     ``timeout_s``, and when Redis is unreachable a lookup is a miss and a store is dropped
-    (logged). The rate limiter's :class:`~serve_app.ratelimit._guard.StoreGuard` provides the
+    (logged). The rate limiter's :class:`~serve_app.ratelimit.StoreGuard` provides the
     timeout and the back-off, so during an outage calls fail at once instead of each waiting
     out a timeout, and the cache heals by itself once Redis answers again.
     """
@@ -50,27 +42,17 @@ class RedisResultCache(ClosesOnExit):
         backoff_s: float = 0.5,
         max_backoff_s: float = 5.0,
     ) -> None:
-        self._client = client
-        # Expiries in milliseconds: Redis' EX would round a fractional TTL.
-        self._ttl_ms = max(1, round(positive("ttl_s", ttl_s) * MS_PER_S))
-        self._max_record_bytes = positive("max_record_bytes", max_record_bytes)
-        self._prefix = key_prefix
-        self._guard = StoreGuard(
+        super().__init__(
+            client,
             name="Redis (result cache)",
-            errors=(RedisError, OSError),
             timeout_s=timeout_s,
             backoff_s=backoff_s,
             max_backoff_s=max_backoff_s,
         )
-
-    @classmethod
-    def from_url(cls, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, **options: Any) -> Self:
-        """A cache with its own connection pool (:func:`redis_for_guard`)."""
-        return cls(redis_for_guard(url, timeout_s), timeout_s=timeout_s, **options)
-
-    @property
-    def healthy(self) -> bool:
-        return self._guard.healthy
+        # Expiries in milliseconds: Redis' EX would round a fractional TTL.
+        self._ttl_ms = max(1, round(positive("ttl_s", ttl_s) * MS_PER_S))
+        self._max_record_bytes = positive("max_record_bytes", max_record_bytes)
+        self._prefix = key_prefix
 
     async def get(self, key_id: int, fingerprint: str) -> CachedResult | None:
         key = self._key(key_id, fingerprint)
@@ -92,9 +74,6 @@ class RedisResultCache(ClosesOnExit):
             await self._guard.call(lambda: self._client.set(key, data, px=self._ttl_ms))
         except StoreUnavailableError:
             logger.debug("result of %s not cached: Redis unreachable", execution_id)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
     def _key(self, key_id: int, fingerprint: str) -> str:
         return f"{self._prefix}{key_id}:{fingerprint}"

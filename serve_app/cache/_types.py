@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Literal, Protocol, Self
+from typing import Literal, Protocol
 
 from executors import ExecutionRecord
+from serve_app.ratelimit import AsyncResource
 
 DEFAULT_KEY_PREFIX = "exec-agent:result-cache:v1:"
 """Redis keys are ``{prefix}{key_id}:{fingerprint}``. The version changes with the stored
@@ -26,7 +26,7 @@ class CachedResult:
     record: ExecutionRecord
 
 
-class ResultCache(Protocol):
+class ResultCache(AsyncResource, Protocol):
     """Finished results by (API key id, request fingerprint), reused for ``"cache": true``.
 
     Lookups and stores never fail a request: an unreachable store answers a miss and drops the
@@ -55,16 +55,3 @@ class ResultCache(Protocol):
         size cap. Raise ``ValueError`` for a record that is not terminal (a caller's bug).
         """
         ...
-
-    async def aclose(self) -> None:
-        """Release connections; the cache is unusable afterwards."""
-        ...
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None: ...

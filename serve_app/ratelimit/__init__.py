@@ -24,10 +24,17 @@ in the same Redis under the same outage policy.
 
 from serve_app.ratelimit._factory import build_rate_limiter
 from serve_app.ratelimit._gcra import emission_interval_us
-from serve_app.ratelimit._guard import StoreGuard, StoreUnavailableError, redis_for_guard
+from serve_app.ratelimit._guard import (
+    DEFAULT_TIMEOUT_S,
+    RedisStore,
+    StoreGuard,
+    StoreUnavailableError,
+    redis_for_guard,
+)
 from serve_app.ratelimit._memory import DEFAULT_LEASE_TTL_S, MemoryLimiter
-from serve_app.ratelimit._redis import DEFAULT_KEY_PREFIX, DEFAULT_TIMEOUT_S, RedisLimiter
+from serve_app.ratelimit._redis import DEFAULT_KEY_PREFIX, RedisLimiter
 from serve_app.ratelimit._types import (
+    AsyncResource,
     ClosesOnExit,
     ConcurrencyDecision,
     ConcurrencyLimiter,
@@ -44,6 +51,7 @@ __all__ = [
     "DEFAULT_KEY_PREFIX",
     "DEFAULT_LEASE_TTL_S",
     "DEFAULT_TIMEOUT_S",
+    "AsyncResource",
     "ClosesOnExit",
     "ConcurrencyDecision",
     "ConcurrencyLimiter",
@@ -55,6 +63,7 @@ __all__ = [
     "RateLimiter",
     "Reason",
     "RedisLimiter",
+    "RedisStore",
     "StoreGuard",
     "StoreUnavailableError",
     "build_rate_limiter",

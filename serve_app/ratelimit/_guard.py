@@ -13,17 +13,28 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, Self, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 # Raised here, defined in the package's error tree (and still importable from here).
 from serve_app.errors import StoreUnavailableError
+from serve_app.ratelimit._types import ClosesOnExit
 from serve_app.ratelimit._validate import positive
 
-__all__ = ["StoreGuard", "StoreUnavailableError", "redis_for_guard"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "RedisStore",
+    "StoreGuard",
+    "StoreUnavailableError",
+    "redis_for_guard",
+]
+
+DEFAULT_TIMEOUT_S = 0.25
+"""How long a Redis call on the request path may take before the store counts as down."""
 
 logger = logging.getLogger(__name__)
 
@@ -128,3 +139,41 @@ def redis_for_guard(url: str, timeout_s: float) -> Redis:
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
     )
+
+
+class RedisStore(ClosesOnExit):
+    """A backend whose state is in Redis, every call through its :class:`StoreGuard`.
+
+    Subclasses (the limiter, the result cache) call ``self._guard.call(...)`` with
+    ``self._client``; building one from a URL gives it a connection pool of its own.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        name: str,
+        timeout_s: float,
+        backoff_s: float,
+        max_backoff_s: float,
+    ) -> None:
+        self._client = client
+        self._guard = StoreGuard(
+            name=name,
+            errors=(RedisError, OSError),
+            timeout_s=timeout_s,
+            backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s,
+        )
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, **options: Any) -> Self:
+        """A backend with its own connection pool (:func:`redis_for_guard`)."""
+        return cls(redis_for_guard(url, timeout_s), timeout_s=timeout_s, **options)
+
+    @property
+    def healthy(self) -> bool:
+        return self._guard.healthy
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

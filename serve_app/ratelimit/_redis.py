@@ -5,19 +5,17 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
 from serve_app.ratelimit import _lua
 from serve_app.ratelimit._gcra import PERIOD_US, decision
-from serve_app.ratelimit._guard import StoreGuard, StoreUnavailableError, redis_for_guard
+from serve_app.ratelimit._guard import DEFAULT_TIMEOUT_S, RedisStore, StoreUnavailableError
 from serve_app.ratelimit._memory import DEFAULT_LEASE_TTL_S
 from serve_app.ratelimit._types import (
     US_PER_S,
-    ClosesOnExit,
     ConcurrencyDecision,
     Lease,
     LimiterHealth,
@@ -28,18 +26,17 @@ from serve_app.ratelimit._validate import positive
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 0.25
 DEFAULT_KEY_PREFIX = "exec-agent:limits:"
 
 
-class RedisLimiter(ClosesOnExit):
+class RedisLimiter(RedisStore):
     """Rate and concurrency limits in Redis, shared by all replicas.
 
     Keys are ``{key_prefix}rate:{key}`` (a GCRA TAT) and ``{key_prefix}lease:{key}`` (a sorted
     set of lease ids scored by expiry); both expire once their state no longer matters. When
     Redis is unreachable (error or ``timeout_s``), decisions follow the policy: allowed with
     ``Reason.FAIL_OPEN`` by default, refused with ``Reason.UNAVAILABLE`` if ``fail_closed``;
-    :class:`~serve_app.ratelimit._guard.StoreGuard` retries after a back-off, so the limiter
+    :class:`~serve_app.ratelimit.StoreGuard` retries after a back-off, so the limiter
     recovers by itself. ``clock`` (seconds) replaces Redis' ``TIME`` in tests.
     """
 
@@ -57,15 +54,14 @@ class RedisLimiter(ClosesOnExit):
         max_backoff_s: float = 5.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self.fail_closed = fail_closed
-        self._client = client
-        self._guard = StoreGuard(
+        super().__init__(
+            client,
             name="Redis",
-            errors=(RedisError, OSError),
             timeout_s=timeout_s,
             backoff_s=backoff_s,
             max_backoff_s=max_backoff_s,
         )
+        self.fail_closed = fail_closed
         self._lease_ttl_s = positive("lease_ttl_s", lease_ttl_s)
         self._prefix = key_prefix
         self._clock = clock
@@ -73,15 +69,6 @@ class RedisLimiter(ClosesOnExit):
         self._acquire = client.register_script(_lua.ACQUIRE)
         self._renew = client.register_script(_lua.RENEW)
         self._in_flight = client.register_script(_lua.IN_FLIGHT)
-
-    @classmethod
-    def from_url(cls, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, **options: Any) -> Self:
-        """A limiter with its own connection pool (:func:`redis_for_guard`)."""
-        return cls(redis_for_guard(url, timeout_s), timeout_s=timeout_s, **options)
-
-    @property
-    def healthy(self) -> bool:
-        return self._guard.healthy
 
     async def hit(
         self, key: str, limit_per_minute: int, *, cost: int = 1, dry_run: bool = False
@@ -162,9 +149,6 @@ class RedisLimiter(ClosesOnExit):
         return LimiterHealth(
             ok=True, backend="redis", fail_closed=self.fail_closed, rtt_ms=rtt_s * 1000
         )
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
     async def _eval(self, script: AsyncScript, key: str, *args: int | str) -> Any:
         """Run a script on one key, through the guard; the time is always the last argument."""

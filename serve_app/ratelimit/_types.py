@@ -124,6 +124,23 @@ class ClosesOnExit:
         await self.aclose()
 
 
+class AsyncResource(Protocol):
+    """A backend holding connections: an async context manager that ``aclose`` releases."""
+
+    async def aclose(self) -> None:
+        """Release connections; the backend is unusable afterwards."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+
 class RateLimiter(Protocol):
     """Per-key request rate: ``limit_per_minute`` hits per rolling minute, bursts included."""
 
@@ -158,7 +175,7 @@ class ConcurrencyLimiter(Protocol):
         ...
 
 
-class Limiter(RateLimiter, ConcurrencyLimiter, Protocol):
+class Limiter(RateLimiter, ConcurrencyLimiter, AsyncResource, Protocol):
     """Both limiters over one store, with its health; an async context manager."""
 
     @property
@@ -169,16 +186,3 @@ class Limiter(RateLimiter, ConcurrencyLimiter, Protocol):
     async def check(self) -> LimiterHealth:
         """Round-trip to the store now (readiness); a success ends a degraded period."""
         ...
-
-    async def aclose(self) -> None:
-        """Release connections; the limiter is unusable afterwards."""
-        ...
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None: ...
