@@ -106,6 +106,12 @@ def _keep_share(result: CaseResult, share_bytes: int) -> CaseResult:
     )
 
 
+_RUN_FIELDS = set(CaseResult.model_fields) - {"passed"}
+"""What a case's result copies from its run's record."""
+_OUTCOME_FIELDS = _RUN_FIELDS - {"wall_time_s", "cpu_time_s", "peak_memory_bytes"}
+"""What the record of a judged run copies from the case it shows (usage is summed)."""
+
+
 def judge_case(record: ExecutionRecord, case: CaseSpec, with_test_code: bool) -> CaseResult:
     """The outcome of one case's job."""
     passed = (
@@ -114,19 +120,7 @@ def judge_case(record: ExecutionRecord, case: CaseSpec, with_test_code: bool) ->
         and outputs_match(record.stdout, case.expected_stdout)
         and (record.passed is True or not with_test_code)
     )
-    return CaseResult(
-        status=record.status,
-        passed=passed,
-        stdout=record.stdout,
-        stderr=record.stderr,
-        wall_time_s=record.wall_time_s,
-        cpu_time_s=record.cpu_time_s,
-        peak_memory_bytes=record.peak_memory_bytes,
-        exit_code=record.exit_code,
-        signal=record.signal,
-        stdout_truncated=record.stdout_truncated,
-        stderr_truncated=record.stderr_truncated,
-    )
+    return CaseResult(passed=passed, **record.model_dump(include=_RUN_FIELDS))
 
 
 def _representative(results: Sequence[CaseResult]) -> int:
@@ -148,13 +142,7 @@ def _sum_up(
 ) -> ExecutionRecord:
     shown = results[_representative(results)]
     return ExecutionRecord(
-        status=shown.status,
-        exit_code=shown.exit_code,
-        signal=shown.signal,
-        stdout=shown.stdout,
-        stderr=shown.stderr,
-        stdout_truncated=shown.stdout_truncated,
-        stderr_truncated=shown.stderr_truncated,
+        **shown.model_dump(include=_OUTCOME_FIELDS),
         wall_time_s=round(sum(result.wall_time_s or 0.0 for result in results), 6),
         cpu_time_s=round(sum(result.cpu_time_s or 0.0 for result in results), 6),
         peak_memory_bytes=max(result.peak_memory_bytes or 0 for result in results),
