@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -71,6 +71,16 @@ class Database:
             return True  # psycopg: connection lost, server shutting down, cancelled
         # sqlite3 reports most errors (a missing table too) as OperationalError.
         return any(sign in str(exc.orig) for sign in _SQLITE_UNREACHABLE)
+
+    @property
+    def backend(self) -> str:
+        """The dialect's name: ``postgresql`` or ``sqlite``."""
+        return self.engine.dialect.name
+
+    def ping(self) -> None:
+        """One round trip to the database on a fresh connection (readiness); raises if down."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
         """Close every pooled connection (at shutdown, and in tests)."""

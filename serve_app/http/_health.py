@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from sqlalchemy import text
 
 from serve_app.http.service import ExecutionService
 
@@ -132,15 +131,11 @@ def _failure(exc: BaseException) -> Check:
 
 
 async def _database(service: ExecutionService) -> Check:
-    def round_trip() -> None:
-        with service.database.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-
     try:
-        _, rtt_ms = await _timed(asyncio.to_thread(round_trip))
+        _, rtt_ms = await _timed(asyncio.to_thread(service.database.ping))
     except Exception as exc:  # noqa: BLE001 - a failed check is an answer, not an error
         return _failure(exc)
-    return {"ok": True, "backend": service.database.engine.dialect.name, "rtt_ms": rtt_ms}
+    return {"ok": True, "backend": service.database.backend, "rtt_ms": rtt_ms}
 
 
 async def _redis(service: ExecutionService) -> Check:

@@ -35,7 +35,7 @@ class Transactions:
     def __init__(self, database: Database) -> None:
         self.database = database  # replaceable (tests swap in an unreachable one)
         self._thread: ThreadPoolExecutor | None = None
-        if database.engine.dialect.name == "sqlite":
+        if database.backend == "sqlite":
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
 
     async def __call__(self, work: Callable[[Session], _T]) -> _T:
