@@ -67,6 +67,13 @@ def add_keys_parser(subparsers: Subparsers) -> None:
         metavar="N",
         help="this key's requests per minute (default: RATE_LIMIT_PER_MINUTE)",
     )
+    create.add_argument(
+        "--max-concurrent",
+        type=int,
+        metavar="N",
+        help="this key's executions in flight at once, batch items included "
+        "(default: MAX_CONCURRENT_PER_KEY)",
+    )
     create.set_defaults(handler=_with_database(_create))
     listing = _add(actions, "list", "list keys (never the keys themselves)", KEYS_EPILOG)
     listing.set_defaults(handler=_with_database(_list))
@@ -180,10 +187,15 @@ def _create(args: argparse.Namespace, settings: Settings, database: Database) ->
             settings.api_key_secret,
             args.name,
             rate_limit_per_minute=args.rate_limit_per_minute,
+            max_concurrency=args.max_concurrent,
             source_address=CLI_SOURCE,
         )
     limit = _rate_limit(new.row.rate_limit_per_minute, settings)
-    print(f"created key {args.name!r}, rate limit {limit}. It is shown this once; store it now:")
+    in_flight = _in_flight(new.row.max_concurrency, settings)
+    print(
+        f"created key {args.name!r}, rate limit {limit}, at most {in_flight} in flight. "
+        "It is shown this once; store it now:"
+    )
     print(new.plaintext)
     return _exit.EX_OK
 
@@ -198,10 +210,11 @@ def _list(args: argparse.Namespace, settings: Settings, database: Database) -> i
                 _time(key.created_at),
                 _time(key.revoked_at),
                 _rate_limit(key.rate_limit_per_minute, settings),
+                _in_flight(key.max_concurrency, settings),
             )
             for key in keys.list_keys(session)
         ]
-    _print_table(("NAME", "CREATED", "REVOKED", "RATE LIMIT"), rows)
+    _print_table(("NAME", "CREATED", "REVOKED", "RATE LIMIT", "IN FLIGHT"), rows)
     return _exit.EX_OK
 
 
@@ -233,6 +246,12 @@ def _rate_limit(per_minute: int | None, settings: Settings) -> str:
     if per_minute is None:
         return f"{settings.rate_limit_per_minute}/min (default)"
     return f"{per_minute}/min"
+
+
+def _in_flight(cap: int | None, settings: Settings) -> str:
+    if cap is None:
+        return f"{settings.max_concurrent_per_key} (default)"
+    return str(cap)
 
 
 def _time(moment: datetime | None) -> str:

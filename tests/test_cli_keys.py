@@ -15,6 +15,7 @@ from serve_app import _exit
 from serve_app.cli import main
 from serve_app.db import Database, keys, migrate
 from serve_app.settings import Settings, get_settings
+from tests.support.settings import use_settings_environment
 
 SECRET = "cli-test-secret-0123456789abcdef"
 
@@ -22,13 +23,10 @@ SECRET = "cli-test-secret-0123456789abcdef"
 @pytest.fixture(autouse=True)
 def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
     """Settings from the environment only: a temporary SQLite file, a known key secret."""
-    for name, info in Settings.model_fields.items():
-        monkeypatch.delenv(name.upper(), raising=False)
-        monkeypatch.delenv(str(info.validation_alias), raising=False)
-    monkeypatch.chdir(tmp_path)  # no .env from the repository
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'state' / 'keys.db'}")
-    monkeypatch.setenv("API_KEY_SECRET", SECRET)
-    get_settings.cache_clear()
+    database_url = f"sqlite:///{tmp_path / 'state' / 'keys.db'}"
+    use_settings_environment(
+        monkeypatch, tmp_path, {"DATABASE_URL": database_url, "API_KEY_SECRET": SECRET}
+    )
     yield get_settings()
     get_settings.cache_clear()
 
@@ -113,6 +111,7 @@ def test_create_refuses_a_taken_name_and_bad_arguments(capsys: pytest.CaptureFix
     assert status == 1 and "exists" in err
     assert run(capsys, "keys", "create", "--name", "a b")[0] == _exit.EX_USAGE
     assert run(capsys, "keys", "create", "--name", "x", "--rate-limit-per-minute", "0")[0] == 2
+    assert run(capsys, "keys", "create", "--name", "x", "--max-concurrent", "0")[0] == 2
     assert run(capsys, "keys", "create")[0] == _exit.EX_USAGE  # --name is required
 
 
@@ -120,15 +119,23 @@ def test_create_refuses_a_taken_name_and_bad_arguments(capsys: pytest.CaptureFix
 def test_list_shows_keys_but_never_their_secrets(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    first = run(capsys, "keys", "create", "--name", "ci", "--rate-limit-per-minute", "30")[1]
+    first = run(
+        capsys,
+        *("keys", "create", "--name", "ci", "--rate-limit-per-minute", "30"),
+        *("--max-concurrent", "64"),
+    )[1]
+    assert "at most 64 in flight" in first
     second = run(capsys, "keys", "create", "--name", "ops")[1]
+    assert "at most 8 (default) in flight" in second
     assert run(capsys, "keys", "revoke", "ops")[0] == 0
     status, out, _ = run(capsys, "keys", "list")
     assert status == 0
     header, ci, ops = out.splitlines()
-    assert header.split() == ["NAME", "CREATED", "REVOKED", "RATE", "LIMIT"]
+    assert header.split() == ["NAME", "CREATED", "REVOKED", "RATE", "LIMIT", "IN", "FLIGHT"]
     assert ci.split()[0] == "ci" and ci.split()[2] == "-" and "30/min" in ci
+    assert ci.split()[-1] == "64"
     assert ops.split()[0] == "ops" and ops.split()[2].endswith("Z") and "60/min (default)" in ops
+    assert ops.split()[-2:] == ["8", "(default)"]
     for created in (first, second):
         key = created.splitlines()[-1]
         assert key not in out and key[3:15] not in out

@@ -339,7 +339,9 @@ def traffic(served: Served) -> dict[str, int]:
         single = served.new_key("single", max_concurrency=1)
         held = run(client, single, slow, wait=False)
         assert held.status_code == 202
-        assert run(client, single, "print(1)").status_code == 429  # concurrency
+        refused = run(client, single, "print(1)")
+        assert refused.status_code == 429  # concurrency
+        assert "in-flight cap" in refused.json()["error"]["message"]
         client.get(f"/v1/executions/{held.json()['id']}?wait_s=30", headers=auth(single))
     runs = 3 + 1 + 1 + 1 + 2 + len(accepted) + 1  # each ran in a sandbox once
     return {"ok": 3 + 1 + 1 + 2 + len(accepted) + 1, "runs": runs, "posted_ok": 3}

@@ -105,7 +105,10 @@ class Admission:
                     details={"limit": "rate", "per_minute": decision.limit},
                 )
             self._metrics.rate_limited("rate")
-            raise RateLimitedError(decision.retry_after_s or 1.0)
+            raise RateLimitedError(
+                decision.retry_after_s or 1.0,
+                f"this key's rate limit is reached: {decision.limit} executions a minute",
+            )
         if not decision.allowed:
             raise UnavailableError(decision.retry_after_s or 1.0)
 
@@ -148,7 +151,12 @@ class Admission:
                 details={"limit": "concurrency", "max_in_flight": cap},
             )
             self._metrics.rate_limited("concurrency")
-            raise RateLimitedError(1.0, f"at most {cap} executions in flight per key")
+            raise RateLimitedError(
+                1.0,
+                f"this key's in-flight cap is reached: at most {cap} executions at once "
+                "(set per key by `exec-agent keys create --max-concurrent`, "
+                "default MAX_CONCURRENT_PER_KEY)",
+            )
         if not decision.allowed:
             raise UnavailableError(decision.retry_after_s or 1.0)
         return decision.lease
