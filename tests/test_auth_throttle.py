@@ -23,8 +23,8 @@ from serve_app.http import ExecutionService, build_api
 from serve_app.http._health import Readiness
 from serve_app.ratelimit import build_rate_limiter
 from serve_app.settings import Settings
-from tests.conftest import migrated_sqlite_settings
-from tests.http_support import auth, error_code
+from tests.support.api import auth, error_code
+from tests.support.settings import migrated_sqlite_settings
 
 FAILURES_PER_MINUTE = 3
 ATTACKER = "203.0.113.7"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,14 @@ from serve_app.errors import OverloadedError, RateLimitedError
 from serve_app.http import ExecutionService
 from serve_app.ratelimit import build_rate_limiter
 from serve_app.settings import Settings
-from tests.conftest import migrated_sqlite_settings
+from tests.support.polling import eventually_async
+from tests.support.settings import migrated_sqlite_settings
+from tests.support.stand_ins import RunsStandIn
 
 ITEMS_PER_BATCH = 3
 
 
-class HeldExecutor:
+class HeldExecutor(RunsStandIn):
     """A handle whose runs all wait for ``release``; counts how many are in flight at most."""
 
     def __init__(self) -> None:
@@ -36,14 +39,7 @@ class HeldExecutor:
         self.in_flight = 0
         self.most = 0
 
-    @property
-    def run(self) -> HeldExecutor:
-        return self
-
-    def remote(self, request: ExecutionRequest, **_: Any) -> Any:
-        return self._run(request)
-
-    async def _run(self, request: ExecutionRequest) -> dict[str, Any]:
+    async def answer(self, request: ExecutionRequest) -> dict[str, Any]:
         self.in_flight += 1
         self.most = max(self.most, self.in_flight)
         try:
@@ -79,23 +75,18 @@ def new_key(database: Database, settings: Settings, name: str, **limits: int) ->
         return keys.create_key(session, settings.api_key_secret, name, **limits).row
 
 
-async def until(condition: Any, what: str) -> None:
+async def until(condition: Callable[[], bool], what: str) -> None:
     """Wait (up to 10 s) for ``condition()``: the background tasks run meanwhile."""
-    for _ in range(200):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never: {what}")
+    await eventually_async(condition, 10, what, interval_s=0.05)
 
 
 async def until_done(database: Database, key: ApiKey, batch_id: str) -> None:
-    for _ in range(100):
+    def done() -> bool:
         with database.session() as session:
             view = batches.get_batch(session, key.id, uuid.UUID(batch_id))
-        if view is not None and view.done == view.total:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("the batch never finished")
+        return view is not None and view.done == view.total
+
+    await eventually_async(done, 10, "the batch finishes", interval_s=0.1)
 
 
 def test_items_in_flight_and_the_backlog_are_bounded(settings: Settings) -> None:

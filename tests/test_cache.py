@@ -8,9 +8,6 @@ listener that never answers, so no server is stopped under other tests.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import socket
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
@@ -32,12 +29,12 @@ from serve_app.cache import (
 )
 from serve_app.db.executions import request_fingerprint
 from serve_app.settings import Settings
-from tests.conftest import SMALL_LIMITS
+from tests.support.limits import MIB, SMALL_LIMITS
+from tests.support.listeners import loopback_listener
+from tests.support.shared_redis import REDIS_URL, delete_prefix
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CLOSED_URL = "redis://127.0.0.1:1/0"
 
-MIB = 1024 * 1024
 TTL_S = 60.0
 LIMITS = SMALL_LIMITS
 _T = TypeVar("_T")
@@ -84,23 +81,6 @@ class Backend:
         return RedisResultCache.from_url(
             REDIS_URL, key_prefix=self.prefix, timeout_s=5.0, **options
         )
-
-
-@pytest.fixture(scope="module")
-def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.fail(f"no Redis at {REDIS_URL} ({exc}); scripts/test starts one")
-    yield client
-    client.close()
-
-
-def delete_prefix(client: redis.Redis, prefix: str) -> None:
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -427,10 +407,8 @@ def test_redis_down_is_a_miss_and_puts_are_dropped() -> None:
 def test_a_hanging_redis_costs_one_timeout_then_none() -> None:
     """A server that accepts connections but never answers: the first call waits out the
     timeout; later calls, during the back-off, neither wait nor connect."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        url = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    with loopback_listener() as listener:
+        url = f"redis://127.0.0.1:{listener.port}/0"
 
         async def scenario() -> tuple[float, float]:
             async with RedisResultCache.from_url(
@@ -446,12 +424,7 @@ def test_a_hanging_redis_costs_one_timeout_then_none() -> None:
                 return first_s, time.perf_counter() - started
 
         first_s, later_s = run(scenario())
-        listener.setblocking(False)
-        connections = 0
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                listener.accept()[0].close()
-                connections += 1
+        connections = listener.connections()
     assert 0.2 < first_s < 3
     assert later_s < 0.2
     assert connections == 1

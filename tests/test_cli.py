@@ -19,7 +19,8 @@ import executors
 from executors._models import MIB, ExecutionRecord, ExecutionRequest
 from serve_app import _exit
 from serve_app.cli import build_parser, main
-from serve_app.settings import Settings, get_settings
+from serve_app.settings import get_settings
+from tests.support.settings import use_settings_environment
 
 KEY = "test-key-0123456789"
 
@@ -33,13 +34,9 @@ def record(**fields: Any) -> dict[str, Any]:
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Default settings, no API key from the environment, and no .env from the repo."""
-    for name, info in Settings.model_fields.items():
-        monkeypatch.delenv(name.upper(), raising=False)
-        monkeypatch.delenv(str(info.validation_alias), raising=False)
+    use_settings_environment(monkeypatch, tmp_path)
     monkeypatch.delenv("EXEC_AGENT_API_KEY", raising=False)
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # an empty pipe, not pytest's stdin
-    monkeypatch.chdir(tmp_path)
-    get_settings.cache_clear()
     yield
     get_settings.cache_clear()
 

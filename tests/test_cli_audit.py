@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,8 @@ from serve_app.cli import main
 from serve_app.db import Database, audit
 from serve_app.db.models import AuditEvent
 from serve_app.settings import Settings, get_settings
-from tests.conftest import postgres_schema
+from tests.support.databases import DATABASE_BACKENDS, empty_database
+from tests.support.settings import use_settings_environment
 
 SECRET = "cli-audit-secret-0123456789abcdef"
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -25,32 +25,21 @@ NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 @pytest.fixture(autouse=True)
 def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Settings from the environment only: no .env, no inherited variables."""
-    for name, info in Settings.model_fields.items():
-        monkeypatch.delenv(name.upper(), raising=False)
-        monkeypatch.delenv(str(info.validation_alias), raising=False)
-    monkeypatch.chdir(tmp_path)  # no .env from the repository
-    monkeypatch.setenv("API_KEY_SECRET", SECRET)
-    get_settings.cache_clear()
+    use_settings_environment(monkeypatch, tmp_path, {"API_KEY_SECRET": SECRET})
     yield
     get_settings.cache_clear()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DATABASE_BACKENDS)
 def settings(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[Settings]:
     """The settings of a fresh database of each backend."""
-    with _database_url(request.param, tmp_path) as url:
+    with empty_database(request.param, tmp_path) as url:
         monkeypatch.setenv("DATABASE_URL", url)
         get_settings.cache_clear()
         yield get_settings()
         get_settings.cache_clear()
-
-
-def _database_url(backend: str, tmp_path: Path) -> contextlib.AbstractContextManager[str]:
-    if backend == "postgresql":
-        return postgres_schema()
-    return contextlib.nullcontext(f"sqlite:///{tmp_path / 'audit.db'}")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -2,14 +2,13 @@
 
 Each entry is piped to the command as a program, the way a person would, and its JSON
 record must be the API's record and meet the same expectation as in the engine's tests
-(tests/test_security_corpus.py). The commands run a few at a time, each with its own
+(tests/support/corpus_checks.py). The commands run a few at a time, each with its own
 one-slot pool, as separate invocations do.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from executors import ExecutionRecord
-from tests.test_security_corpus import CHECKS, CORPUS, ENGINE_ENTRIES
+from tests.support.corpus import CORPUS, ENGINE_ENTRIES, host_ports, program
+from tests.support.corpus_checks import CHECKS
 
 pytestmark = pytest.mark.sandbox
 
@@ -33,20 +33,8 @@ COMMAND_TIMEOUT_S = 60
 @pytest.fixture(scope="module")
 def loopback_ports() -> Iterator[dict[str, int]]:
     """TCP listeners on 127.0.0.1 and ::1 for the network probes (loopback only)."""
-    v4 = socket.create_server(("127.0.0.1", 0))
-    v6 = socket.create_server(("::1", 0), family=socket.AF_INET6)
-    try:
-        yield {"HOST_PORT6": v6.getsockname()[1], "HOST_PORT": v4.getsockname()[1]}
-    finally:
-        v4.close()
-        v6.close()
-
-
-def _program(name: str, ports: dict[str, int]) -> str:
-    code: str = CORPUS[name]["code"]
-    for placeholder, port in ports.items():  # HOST_PORT6 first: it contains HOST_PORT
-        code = code.replace(placeholder, str(port))
-    return code
+    with host_ports() as ports:
+        yield ports
 
 
 def _run_command(code: str) -> subprocess.CompletedProcess[str]:
@@ -64,7 +52,7 @@ def _run_command(code: str) -> subprocess.CompletedProcess[str]:
 def command_results(
     loopback_ports: dict[str, int],
 ) -> dict[str, subprocess.CompletedProcess[str]]:
-    programs = {name: _program(name, loopback_ports) for name in PROGRAM_ENTRIES}
+    programs = {name: program(name, loopback_ports) for name in PROGRAM_ENTRIES}
     with ThreadPoolExecutor(max_workers=PARALLEL_COMMANDS) as executor:
         results = executor.map(_run_command, programs.values())
         return dict(zip(programs, results, strict=True))

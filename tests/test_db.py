@@ -38,7 +38,8 @@ from serve_app.errors import (
     NotFoundError,
 )
 from serve_app.settings import Settings
-from tests.conftest import DATABASE_BACKENDS, MIB, SMALL_LIMITS, empty_database
+from tests.support.databases import DATABASE_BACKENDS, empty_database
+from tests.support.limits import MIB, SMALL_LIMITS
 
 SECRET = SecretStr("test-api-key-secret-0123456789abcdef")
 LIMITS = SMALL_LIMITS

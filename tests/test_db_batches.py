@@ -1,8 +1,8 @@
 """Batches against real databases: SQLite (a temporary file) and PostgreSQL (127.0.0.1:5432).
 
 The databases are made as in ``tests/test_db.py``: one migrated database per backend for the
-session (PostgreSQL in a schema of its own, from ``tests.conftest.postgres_schema``), emptied
-after each test.
+session (PostgreSQL in a schema of its own, from ``tests/support/databases.py``), emptied after
+each test.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from serve_app.db import Database, batches, executions, keys
 from serve_app.db.batches import BatchView
 from serve_app.db.models import Batch, BatchStatus, Execution
 from serve_app.errors import ConflictError, InvalidRequestError
-from tests.conftest import SMALL_LIMITS
+from tests.support.limits import SMALL_LIMITS
 
 SECRET = SecretStr("test-api-key-secret-0123456789abcdef")
 LIMITS = SMALL_LIMITS

@@ -12,10 +12,8 @@ import errno
 import os
 import shutil
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 from pydantic import ValidationError
@@ -32,8 +30,10 @@ from executors import (
 from executors._sandbox._seccomp import compile_filter
 from executors._sandbox._verdict import JobFacts, KillReason, Verdict, decide
 from executors._sandbox.zygote import MAX_PTYS
-from tests.conftest import (
-    ALLOWED_ENV,
+from tests.support.canary import Canary
+from tests.support.interpreters import reachable_interpreter
+from tests.support.limits import MIB
+from tests.support.statuses import (
     CRASHED,
     INTERNAL_ERROR,
     MEMORY_LIMIT,
@@ -42,19 +42,11 @@ from tests.conftest import (
     OUTPUT_LIMIT,
     TIMEOUT,
 )
-
-if TYPE_CHECKING:
-    from tests.conftest import Canary, PoolFactory, WatchedPool
+from tests.support.watched_pool import ALLOWED_ENV, PoolFactory, WatchedPool
 
 pytestmark = pytest.mark.sandbox
 
-MIB = 1024 * 1024
 SANDBOX_UID = 1000
-
-
-def with_limits(sandbox: WatchedPool, **changes: float) -> Limits:
-    """The pool's default limits with ``changes``."""
-    return Limits.model_validate({**sandbox.limits.model_dump(), **changes})
 
 
 def assert_ok(record: ExecutionRecord, stdout: str) -> None:
@@ -200,7 +192,7 @@ def test_the_status_pipe_cannot_make_the_service_look_at_fault(
 
 
 def test_a_busy_loop_is_stopped_by_the_cpu_limit_before_the_wall(sandbox: WatchedPool) -> None:
-    limits = with_limits(sandbox, cpu_time_s=1, wall_timeout_s=10)
+    limits = sandbox.limits_with(cpu_time_s=1, wall_timeout_s=10)
     record = sandbox.run("while True:\n    pass\n", limits=limits)
     assert record.status == TIMEOUT, record
     assert record.cpu_time_s is not None and record.cpu_time_s >= 0.9
@@ -208,7 +200,7 @@ def test_a_busy_loop_is_stopped_by_the_cpu_limit_before_the_wall(sandbox: Watche
 
 
 def test_the_cpu_limit_is_for_the_whole_job(sandbox: WatchedPool) -> None:
-    limits = with_limits(sandbox, cpu_time_s=1, wall_timeout_s=10)
+    limits = sandbox.limits_with(cpu_time_s=1, wall_timeout_s=10)
     record = sandbox.run("import os\nos.fork()\nwhile True:\n    pass\n", limits=limits)
     assert record.status == TIMEOUT, record
     assert record.wall_time_s is not None and record.wall_time_s < 8
@@ -230,13 +222,13 @@ def test_the_cpu_limit_counts_the_cpu_of_children_that_came_and_went(
         "    os.waitpid(pid, 0)\n"
         "print('survived')\n"
     )
-    record = sandbox.run(code, limits=with_limits(sandbox, cpu_time_s=1, wall_timeout_s=10))
+    record = sandbox.run(code, limits=sandbox.limits_with(cpu_time_s=1, wall_timeout_s=10))
     assert record.status == TIMEOUT, record
     assert record.stdout == ""
 
 
 def test_the_wall_limit_stops_a_sleeper(sandbox: WatchedPool) -> None:
-    limits = with_limits(sandbox, wall_timeout_s=1)
+    limits = sandbox.limits_with(wall_timeout_s=1)
     record = sandbox.run("import time; time.sleep(60)", limits=limits)
     assert (record.status, record.signal) == (TIMEOUT, signal.SIGKILL)
 
@@ -275,7 +267,7 @@ def test_a_fork_bomb_under_max_processes_ends_and_leaves_nothing(sandbox: Watche
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     )
     with sandbox.watch():  # P: no process of it survives
-        record = sandbox.run(code, limits=with_limits(sandbox, max_processes=16, wall_timeout_s=2))
+        record = sandbox.run(code, limits=sandbox.limits_with(max_processes=16, wall_timeout_s=2))
     assert record.status in (OK, NONZERO_EXIT, TIMEOUT), record
 
 
@@ -295,7 +287,7 @@ def test_max_processes_caps_the_tasks_of_the_job(sandbox: WatchedPool) -> None:
         "print(n)\n"
     )
     with sandbox.watch():
-        record = sandbox.run(code, limits=with_limits(sandbox, max_processes=16))
+        record = sandbox.run(code, limits=sandbox.limits_with(max_processes=16))
     assert record.status == OK, record
     assert 0 < int(record.stdout) < 16  # the program itself is one of the 16
 
@@ -328,7 +320,7 @@ def test_times_are_ordered(sandbox: WatchedPool) -> None:
 
 
 def test_the_record_echoes_the_effective_limits_in_api_units(sandbox: WatchedPool) -> None:
-    limits = with_limits(sandbox, wall_timeout_s=2.5, memory_bytes=128 * MIB, max_processes=10)
+    limits = sandbox.limits_with(wall_timeout_s=2.5, memory_bytes=128 * MIB, max_processes=10)
     record = sandbox.run("print(1)", limits=limits)
     assert record.limits == {
         "wall_timeout_s": 2.5,
@@ -590,27 +582,6 @@ def test_every_isolation_layer_is_in_force(sandbox_pool: SandboxPool) -> None:
     assert report.sandbox_uid == SANDBOX_UID
     assert report.host_uid == sandbox_pool.config.slot_uid_base != 0
     assert report.cgroup_version in (1, 2)
-
-
-def reachable_interpreter() -> str | None:
-    """A Python >= 3.11 that any uid can run, for slots without bubblewrap (or None).
-
-    Without bubblewrap a slot's zygote runs straight from the host as the slot's uid, so
-    an interpreter under a closed directory (e.g. pyenv's under /root) cannot serve.
-    """
-    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        path = os.path.realpath(candidate)
-        if not os.path.exists(path):
-            continue
-        parents = [os.path.dirname(path)]
-        while parents[-1] != "/":
-            parents.append(os.path.dirname(parents[-1]))
-        if any(not os.stat(p).st_mode & 0o001 for p in [path, *parents]):
-            continue
-        check = [path, "-c", "import sys; sys.exit(sys.version_info < (3, 11))"]
-        if subprocess.run(check, check=False, capture_output=True).returncode == 0:
-            return path
-    return None
 
 
 @pytest.fixture(scope="module")

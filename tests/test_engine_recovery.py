@@ -16,16 +16,14 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import pytest
 
 from executors import ExecutionStatus, Limits
 from executors._sandbox._spare import SpareFailed, receive_spare
-from tests.conftest import ZYGOTE_SCRIPT, host_processes
-
-if TYPE_CHECKING:
-    from tests.conftest import PoolFactory, WatchedPool
+from tests.support.polling import polled
+from tests.support.processes import ZYGOTE_SCRIPT, host_processes
+from tests.support.watched_pool import PoolFactory, WatchedPool
 
 pytestmark = pytest.mark.sandbox
 
@@ -75,9 +73,7 @@ def test_a_spare_that_died_before_its_job_is_replaced(one_slot: WatchedPool) -> 
     if not one_slot.tracks_processes:
         pytest.skip("needs slots with host uids of their own (root and bubblewrap)")
     one_slot.run("pass")
-    deadline = time.monotonic() + 5
-    while not (spare := _spare_processes(one_slot)) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    spare = polled(lambda: _spare_processes(one_slot), 5, interval_s=0.01)
     assert spare, "no spare sandbox waiting after a job"
     for pid in spare:
         os.kill(pid, signal.SIGKILL)
@@ -116,9 +112,7 @@ def test_a_slot_whose_zygote_died_is_restarted(pool_factory: PoolFactory) -> Non
         pytest.skip("needs slots with host uids of their own (root and bubblewrap)")
     ((zygote_pid, _),) = pool.zygotes.values()
     os.kill(zygote_pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while pool.pool.alive_slots and time.monotonic() < deadline:
-        time.sleep(0.01)
+    polled(lambda: pool.pool.alive_slots, 5, until=lambda alive: not alive, interval_s=0.01)
     assert pool.pool.alive_slots == 0
     record = pool.run('print("restarted")')
     assert (record.status, record.stdout) == (ExecutionStatus.OK, "restarted\n"), record

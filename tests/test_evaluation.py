@@ -15,16 +15,13 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING
 
 import pytest
 
-from executors import ExecutionRecord, ExecutionRequest, Limits, SandboxPool
+from executors import ExecutionRecord, ExecutionRequest, SandboxPool
 from executors._evaluation import CASE_OUTPUT_FLOOR_BYTES, outputs_match
-from tests.conftest import CRASHED, INTERNAL_ERROR, MEMORY_LIMIT, NONZERO_EXIT, OK, TIMEOUT
-
-if TYPE_CHECKING:
-    from tests.conftest import WatchedPool
+from tests.support.statuses import CRASHED, INTERNAL_ERROR, MEMORY_LIMIT, NONZERO_EXIT, OK, TIMEOUT
+from tests.support.watched_pool import WatchedPool
 
 pytestmark = pytest.mark.sandbox
 
@@ -59,10 +56,6 @@ REFUSED = "is not available while the program is judged"
 
 
 JUDGES = ("isolated", "in_process")
-
-
-def with_limits(sandbox: WatchedPool, **changes: float) -> Limits:
-    return Limits.model_validate({**sandbox.limits.model_dump(), **changes})
 
 
 @pytest.fixture(params=JUDGES)
@@ -140,7 +133,7 @@ def test_a_run_that_times_out_after_its_test_passed_does_not_pass(
     """The proof came (the test returned), but the run did not end well: not passed."""
     code = RIGHT_ADD + "import atexit, time\natexit.register(time.sleep, 60)\n"
     record = sandbox.run(
-        code, test_code=ADD_TEST, limits=with_limits(sandbox, wall_timeout_s=1), judge=judge
+        code, test_code=ADD_TEST, limits=sandbox.limits_with(wall_timeout_s=1), judge=judge
     )
     assert (record.status, record.passed) == (TIMEOUT, False), record
 
@@ -148,7 +141,7 @@ def test_a_run_that_times_out_after_its_test_passed_does_not_pass(
 def test_a_test_that_never_ends_times_out_and_does_not_pass(
     sandbox: WatchedPool, judge: str
 ) -> None:
-    limits = with_limits(sandbox, wall_timeout_s=1)
+    limits = sandbox.limits_with(wall_timeout_s=1)
     record = sandbox.run(RIGHT_ADD, test_code="while True:\n    pass\n", limits=limits, judge=judge)
     assert (record.status, record.passed) == (TIMEOUT, False), record
 
@@ -719,7 +712,7 @@ def test_trailing_whitespace_does_not_fail_a_case(sandbox: WatchedPool) -> None:
 
 def test_a_case_that_times_out_makes_the_record_time_out(sandbox: WatchedPool) -> None:
     code = "import time\nn = int(input())\ntime.sleep(n)\nprint(n)\n"
-    limits = with_limits(sandbox, wall_timeout_s=1)
+    limits = sandbox.limits_with(wall_timeout_s=1)
     record = sandbox.run(
         code, cases=[case("0", "0"), case("30", "30"), case("0", "0")], limits=limits
     )
@@ -821,7 +814,7 @@ def test_cancelling_stops_every_case(sandbox_pool: SandboxPool, sandbox: Watched
         {
             "code": "import time\ntime.sleep(30)\n",
             "cases": [case(str(n), "") for n in range(6)],
-            "limits": with_limits(sandbox, wall_timeout_s=30),
+            "limits": sandbox.limits_with(wall_timeout_s=30),
         }
     )
     threading.Timer(0.5, cancel.set).start()

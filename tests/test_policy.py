@@ -14,12 +14,14 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from serve_app.api import ExecutionCreate, RequestBounds, validate_body
-from serve_app.db import Database, keys, migrate
+from serve_app.db import Database, keys
 from serve_app.db.models import AuditEvent, Execution
 from serve_app.errors import PolicyViolationError
 from serve_app.http import ExecutionService
 from serve_app.policy import ImportPolicy, imported_modules, local_modules
 from serve_app.settings import Settings
+from tests.support.paths import REPO
+from tests.support.settings import migrated_sqlite_settings
 
 # --- the analysis
 
@@ -149,7 +151,7 @@ def test_policy_settings_are_checked(allowed: list[str], denied: list[str], prob
 
 
 def test_env_example_documents_the_policy() -> None:
-    text = (Path(__file__).resolve().parent.parent / ".env.example").read_text()
+    text = (REPO / ".env.example").read_text()
     assert "\nALLOWED_IMPORTS=\n" in text and "\nDENIED_IMPORTS=\n" in text
 
 
@@ -167,12 +169,7 @@ class NoExecutor:
 def service(tmp_path: Path) -> Iterator[ExecutionService]:
     from serve_app.ratelimit import build_rate_limiter
 
-    settings = Settings(
-        _env_file=None,
-        database_url=f"sqlite:///{tmp_path / 'policy.db'}",
-        denied_imports=["socket", "ctypes"],
-    )
-    migrate.upgrade(settings)
+    settings = migrated_sqlite_settings(tmp_path, denied_imports=["socket", "ctypes"])
     database = Database.from_settings(settings)
     yield ExecutionService(settings, database, build_rate_limiter(settings), NoExecutor())
     database.dispose()

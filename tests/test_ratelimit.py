@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -35,8 +30,11 @@ from serve_app.ratelimit import (
 )
 from serve_app.ratelimit._guard import StoreGuard
 from serve_app.settings import Settings
+from tests.support.listeners import loopback_listener
+from tests.support.ports import free_port
+from tests.support.private_servers import REDIS_SERVER, PrivateRedis
+from tests.support.shared_redis import REDIS_URL, delete_prefix
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 LEASE_TTL_S = 30.0
 _T = TypeVar("_T")
 
@@ -81,17 +79,6 @@ class Backend:
         return [await stack.enter_async_context(self.make(clock)) for _ in range(count)]
 
 
-@pytest.fixture(scope="module")
-def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.fail(f"no Redis at {REDIS_URL} ({exc}); scripts/test starts one")
-    yield client
-    client.close()
-
-
 @pytest.fixture(params=["memory", "redis"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     chosen = Backend(request.param)
@@ -100,9 +87,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         return
     client = request.getfixturevalue("redis_client")
     yield chosen
-    keys = list(client.scan_iter(match=chosen.prefix + "*"))
-    if keys:
-        client.delete(*keys)
+    delete_prefix(client, chosen.prefix)
 
 
 # ------------------------------------------------------------------ rate
@@ -480,51 +465,12 @@ def test_the_guard_backs_off_and_probes_one_at_a_time() -> None:
     run(scenario())
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class PrivateRedis:
-    """A throwaway redis-server on a free loopback port, stopped and restarted at will."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(redis.ConnectionError):
-                if client.ping():
-                    break
-            assert time.monotonic() < deadline, "private redis-server did not start"
-            time.sleep(0.02)
-        client.close()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
+def private_redis() -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own (tests/support/private_servers.py), to stop at will."""
+    if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed")
-    server = PrivateRedis(tmp_path)
+    server = PrivateRedis(free_port())
     server.start()
     yield server
     server.stop()
@@ -610,10 +556,8 @@ def test_redis_down_fails_closed_with_a_distinct_reason(private_redis: PrivateRe
 def test_a_hanging_redis_costs_one_timeout_then_none() -> None:
     """A server that accepts connections but never answers: the first call waits out the
     timeout; later calls in the back-off neither wait nor connect."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        url = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    with loopback_listener() as listener:
+        url = f"redis://127.0.0.1:{listener.port}/0"
 
         async def scenario() -> tuple[float, list[float]]:
             async with RedisLimiter.from_url(url, timeout_s=0.5, backoff_s=60) as limiter:
@@ -624,12 +568,7 @@ def test_a_hanging_redis_costs_one_timeout_then_none() -> None:
                 return first_s, [elapsed_s for _, elapsed_s in later]
 
         first_s, later_s = run(scenario())
-        listener.setblocking(False)
-        connections = 0
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                listener.accept()[0].close()
-                connections += 1
+        connections = listener.connections()
     assert 0.4 < first_s < 3
     assert max(later_s) < 0.4
     assert connections == 1

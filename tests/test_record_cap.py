@@ -22,7 +22,8 @@ from serve_app.http import ExecutionService
 from serve_app.http._record_size import cap_record, record_bytes
 from serve_app.ratelimit import build_rate_limiter
 from serve_app.settings import KIB, MIB, Settings
-from tests.conftest import migrated_sqlite_settings
+from tests.support.settings import migrated_sqlite_settings
+from tests.support.stand_ins import RunsStandIn
 
 CAP = 64 * KIB
 
@@ -87,17 +88,10 @@ def settings(tmp_path: Path) -> Settings:
     return migrated_sqlite_settings(tmp_path, max_record_bytes=CAP)
 
 
-class HugeRecords:
+class HugeRecords(RunsStandIn):
     """An executor handle that answers every run with a record of several MiB."""
 
-    @property
-    def run(self) -> HugeRecords:
-        return self
-
-    def remote(self, request: ExecutionRequest, **_: Any) -> Any:
-        return self._run(request)
-
-    async def _run(self, request: ExecutionRequest) -> dict[str, Any]:
+    async def answer(self, request: ExecutionRequest) -> dict[str, Any]:
         record = huge().model_copy(update={"limits": request.limits.to_api()})
         return record.to_api()
 

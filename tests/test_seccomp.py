@@ -23,7 +23,6 @@ import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -36,10 +35,8 @@ from executors._sandbox._seccomp import (
     UNSUPPORTED_SYSCALLS,
     compile_filter,
 )
-from tests.conftest import OK
-
-if TYPE_CHECKING:
-    from tests.conftest import WatchedPool
+from tests.support.statuses import OK
+from tests.support.watched_pool import WatchedPool
 
 ARCHES = ("x86_64", "aarch64")
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}

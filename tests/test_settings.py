@@ -19,9 +19,10 @@ from serve_app.settings import (
     get_settings,
     load_settings,
 )
-from tests.conftest import POSTGRES_URL
+from tests.support.databases import POSTGRES_URL
+from tests.support.paths import REPO
+from tests.support.settings import use_settings_environment
 
-REPO = Path(__file__).resolve().parent.parent
 STRONG_SECRET = "s" * 40
 
 
@@ -33,21 +34,10 @@ def aliases(field: FieldInfo) -> list[str]:
     return [str(alias)]
 
 
-def env_names() -> list[str]:
-    """Every variable a setting may be read from: its documented and old names, its attribute."""
-    names = []
-    for attribute, field in Settings.model_fields.items():
-        names += [attribute.upper(), *aliases(field)]
-    return names
-
-
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No setting from the machine's environment or a .env file leaks into a test."""
-    for name in env_names():
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    get_settings.cache_clear()
+    use_settings_environment(monkeypatch, tmp_path)
     yield
     get_settings.cache_clear()
 

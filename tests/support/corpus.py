@@ -1,0 +1,45 @@
+"""The adversarial corpus (tests/data/security_corpus.json): its entries, and each entry's
+program ready to run (its host ports filled in, its test code beside it)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from tests.support.paths import TEST_DATA
+
+__all__ = ["CORPUS", "CORPUS_PATH", "ENGINE_ENTRIES", "host_ports", "judging", "program"]
+
+CORPUS_PATH = TEST_DATA / "security_corpus.json"
+CORPUS: dict[str, dict[str, Any]] = {
+    entry["name"]: entry for entry in json.loads(CORPUS_PATH.read_text(encoding="utf-8"))
+}
+ENGINE_ENTRIES = [name for name, entry in CORPUS.items() if entry["category"] != "http"]
+"""Every entry but the HTTP ones (the API's tests take those): what the engine must meet."""
+
+
+@contextlib.contextmanager
+def host_ports() -> Iterator[dict[str, int]]:
+    """TCP listeners on 127.0.0.1 and ::1 for the network probes (loopback only): placeholder
+    (``HOST_PORT6`` first: it contains ``HOST_PORT``) -> port."""
+    v4 = socket.create_server(("127.0.0.1", 0))
+    v6 = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    with v4, v6:
+        yield {"HOST_PORT6": v6.getsockname()[1], "HOST_PORT": v4.getsockname()[1]}
+
+
+def program(name: str, ports: dict[str, int]) -> str:
+    """Entry ``name``'s code, with the ports of :func:`host_ports` in its placeholders."""
+    code: str = CORPUS[name]["code"]
+    for placeholder, port in ports.items():  # HOST_PORT6 first: it contains HOST_PORT
+        code = code.replace(placeholder, str(port))
+    return code
+
+
+def judging(name: str) -> dict[str, str]:
+    """Entry ``name``'s ``test_code`` as request fields, if it is judged (else none)."""
+    entry = CORPUS[name]
+    return {"test_code": entry["test_code"]} if "test_code" in entry else {}
