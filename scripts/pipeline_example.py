@@ -120,7 +120,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--mappers", type=int, default=1, help="mapper actors")
     parser.add_argument("--local-slots", type=int, default=2, help="the local pool's slots")
     parser.add_argument(
-        "--local-num-cpus", type=float, default=1.0, help="CPUs the local pool reserves"
+        "--local-num-cpus", type=float, default=0.0, help="CPUs the local pool reserves"
     )
     parser.add_argument(
         "--batch-format", choices=("pandas", "numpy"), default="pandas", help="batch format"

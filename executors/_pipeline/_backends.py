@@ -12,6 +12,7 @@ __all__ = [
     "EXECUTOR_APP_NAME",
     "EXECUTOR_DEPLOYMENT_NAME",
     "LOCAL_POOL_NAME",
+    "check_cpus_free",
     "local_pool",
     "serve_handle",
 ]
@@ -42,11 +43,22 @@ def serve_handle(app_name: str, deployment_name: str, *, required: bool) -> Any:
 def local_pool(
     name: str, slots: int, num_cpus: float, sandbox_config: SandboxConfig, start_timeout_s: float
 ) -> Any:
-    """The job's shared local pool ``name``, created if missing, once it answers."""
+    """The job's shared local pool ``name``, created if missing, once it answers.
+
+    Raises :class:`PipelineConfigurationError` at once when no node has ``num_cpus`` CPUs
+    free for a pool that does not exist yet: Ray would otherwise wait for them forever,
+    while the dataset's own actors hold what it waits for.
+    """
     import ray
 
     from executors._deployment import SandboxExecutor
 
+    try:
+        existing: Any = ray.get_actor(name)
+    except ValueError:  # none yet: this mapper creates it
+        check_cpus_free(num_cpus)
+    else:
+        return existing
     actor: Any = (
         ray.remote(SandboxExecutor)
         .options(
@@ -61,8 +73,32 @@ def local_pool(
         ray.get(actor.stats.remote(), timeout=start_timeout_s)
     except ray.exceptions.GetTimeoutError:
         raise PipelineConfigurationError(
-            f"the local executor pool {name!r} did not start within "
-            f"{start_timeout_s} s: does the cluster have "
-            f"{num_cpus} free CPUs for it (local_num_cpus)?"
+            f"the local executor pool {name!r} did not start within {start_timeout_s} s "
+            f"(it reserves local_num_cpus={num_cpus:g} CPUs; 0 reserves none)"
         ) from None
     return actor
+
+
+def check_cpus_free(num_cpus: float) -> None:
+    """Raise :class:`PipelineConfigurationError` unless ``num_cpus`` CPUs are free now."""
+    if num_cpus <= 0:
+        return
+    import ray
+
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    largest = max(
+        (node["Resources"].get("CPU", 0.0) for node in nodes if node.get("Alive")), default=0.0
+    )
+    available: dict[str, float] = ray.available_resources()  # type: ignore[no-untyped-call]
+    free = available.get("CPU", 0.0)
+    if num_cpus > largest:
+        raise PipelineConfigurationError(
+            f"local_num_cpus={num_cpus:g}, but the largest node has {largest:g} CPUs: pass "
+            f"local_num_cpus=0 (the default: the pool reserves none) or at most {largest:g}"
+        )
+    if num_cpus > free:
+        raise PipelineConfigurationError(
+            f"local_num_cpus={num_cpus:g}, but only {free:g} CPUs are free (the dataset's own "
+            f"tasks and actors hold the rest): pass local_num_cpus=0 (the default: the pool "
+            f"reserves none) or at most {free:g}, or deploy the service's executors"
+        )

@@ -36,10 +36,13 @@ class SandboxMapper:
     see :mod:`executors._pipeline`. ``timeout_s`` bounds one row's call (None: wait for its
     record, which the row's own wall limit bounds once it runs).
 
-    The local pool: ``local_slots`` sandboxes, reserving ``local_num_cpus`` CPUs (default one
-    per slot, as the service's executor does), built from ``sandbox_config`` (default the
-    service's ``SANDBOX_*`` settings); ``local_start_timeout_s`` bounds its start (a pool
-    Ray cannot place for lack of CPUs fails then, rather than hanging the dataset).
+    The local pool: ``local_slots`` sandboxes, built from ``sandbox_config`` (default the
+    service's ``SANDBOX_*`` settings), reserving ``local_num_cpus`` CPUs. The default is none:
+    the pool is created from inside a running dataset whose actors and tasks already hold
+    CPUs, and a reservation that waits for them would wait forever (on a 2-core laptop the
+    mapper's own share is enough to block a 2-CPU pool); its sandboxes still run under their
+    own limits, sharing the CPUs with the rest. A reservation that no node has free fails at
+    once, saying what to change; ``local_start_timeout_s`` bounds the pool's start.
     """
 
     def __init__(
@@ -55,7 +58,7 @@ class SandboxMapper:
         prefix: str = "",
         local_pool_name: str = LOCAL_POOL_NAME,
         local_slots: int = 2,
-        local_num_cpus: float | None = None,
+        local_num_cpus: float = 0.0,
         sandbox_config: SandboxConfig | None = None,
         local_start_timeout_s: float = 120.0,
     ) -> None:
@@ -77,7 +80,9 @@ class SandboxMapper:
         self._prefix = prefix
         self._local_name = local_pool_name
         self._local_slots = local_slots
-        self._local_num_cpus = float(local_slots) if local_num_cpus is None else local_num_cpus
+        if local_num_cpus < 0:
+            raise ValueError("local_num_cpus must be at least 0")
+        self._local_num_cpus = float(local_num_cpus)
         self._local_start_timeout_s = local_start_timeout_s
         self._lock = threading.Lock()
         self._handle: Any = None
