@@ -7,7 +7,6 @@ Limiter keys are the API keys' random lookup ids, so runs never share rate state
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,65 +19,40 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from executors import TERMINAL_STATUSES, ExecutionRecord
-from serve_app.db import Database, keys
-from serve_app.db.models import ApiKey, AuditEvent, Execution
-from serve_app.settings import Settings
-from tests.http_support import auth, deployed_service, error_code, free_port, run
+from serve_app.db.models import AuditEvent, Execution
+from tests.support.api import RECORD_FIELDS, auth, error_code, run
+from tests.support.service import DeployedService, deployed_service, service_settings
+from tests.support.shared_redis import REDIS_URL, shared_redis_answers
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox]
 
 APP_NAME = "exec-agent-http-test"
 SECRET = SecretStr("http-test-api-key-secret-0123456789abcdef")
-REDIS_URL = "redis://127.0.0.1:6379/0"
 MAX_BODY_BYTES = 64 * 1024
 MAX_RECORD_BYTES = 256 * 1024
-RECORD_FIELDS = set(ExecutionRecord.model_fields) - {"cases"}  # only with cases
-
-
-def redis_answers() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass
-class Server:
-    url: str
-    database: Database
-    key: str
-    other_key: str
-
-    def new_key(self, name: str, rate_limit_per_minute: int | None = None) -> str:
-        with self.database.session() as session:
-            new = keys.create_key(
-                session, SECRET, name, rate_limit_per_minute=rate_limit_per_minute
-            )
-            return new.plaintext
+class Server(DeployedService):
+    key: str = ""
+    other_key: str = ""
 
 
 @pytest.fixture(scope="module")
 def server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     directory: Path = tmp_path_factory.mktemp("http")
-    port = free_port()
-    settings = Settings(
-        database_url=f"sqlite:///{directory / 'api.db'}",
-        redis_url=REDIS_URL if redis_answers() else None,
-        api_key_secret=SECRET,
-        port=port,
+    settings = service_settings(
+        f"sqlite:///{directory / 'api.db'}",
+        SECRET,
+        redis_url=REDIS_URL if shared_redis_answers() else None,
         max_body_bytes=MAX_BODY_BYTES,
         max_code_bytes=MAX_BODY_BYTES // 2,
-        rate_limit_per_minute=1000,
-        max_concurrent_executions=2,
-        executor_num_replicas_min=1,
-        executor_num_replicas_max=1,
         executor_max_queued_requests=8,
         denied_imports=["os", "socket"],
         max_record_bytes=MAX_RECORD_BYTES,
     )
     with deployed_service(settings, APP_NAME) as database:
-        fixture = Server(f"http://127.0.0.1:{port}", database, "", "")
+        fixture = Server(database, settings)
         fixture.key = fixture.new_key("main")
         fixture.other_key = fixture.new_key("other")
         yield fixture
@@ -86,7 +60,7 @@ def server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture
 def client(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with server.client() as http:
         yield http
 
 
@@ -315,17 +289,6 @@ def test_every_stored_execution_is_terminal_once(server: Server, client: httpx.C
 # --- the import policy (DENIED_IMPORTS=os,socket in this deployment)
 
 
-def stored_for(server: Server, key_name: str) -> int:
-    with server.database.session() as session:
-        count = session.scalar(
-            select(func.count())
-            .select_from(Execution)
-            .join(ApiKey, ApiKey.id == Execution.key_id)
-            .where(ApiKey.name == key_name)
-        )
-    return int(count or 0)
-
-
 def audit_events(
     server: Server, kind: str, request_id: str, timeout_s: float = 10
 ) -> list[AuditEvent]:
@@ -360,7 +323,7 @@ def test_a_denied_import_is_refused_before_anything_is_stored(
     assert response.headers["ratelimit-limit"]
     background = run(client, key, "__import__('socket')", wait=False)
     assert (background.status_code, error_code(background)) == (422, "policy_violation")
-    assert stored_for(server, "policy-denied") == 0
+    assert len(server.stored("policy-denied")) == 0
     [event] = audit_events(server, "policy_refused", request_id)
     assert (event.key_name, event.details) == ("policy-denied", {"modules": ["os"]})
     # Code that does not parse is the sandbox's to report.
@@ -503,7 +466,7 @@ def test_batches_are_private_and_validated(server: Server, client: httpx.Client)
     assert not_a_list.status_code == 422
     policy = batch(client, key, [{"code": "print(1)"}, {"code": "import socket"}])
     assert (policy.status_code, error_code(policy)) == (422, "policy_violation")
-    assert stored_for(server, "batch-owner") == 1  # the refused batches stored nothing
+    assert len(server.stored("batch-owner")) == 1  # the refused batches stored nothing
 
 
 def test_a_larger_batch_completes(server: Server, client: httpx.Client) -> None:
@@ -668,8 +631,8 @@ def test_a_batch_is_charged_one_allowance_per_item(server: Server, client: httpx
     after = client.get("/v1/executions", headers=auth(rested))
     assert (after.status_code, error_code(after)) == (429, "rate_limited")
     assert int(after.headers["retry-after"]) > 6  # 12 executions at 10 a minute
-    assert stored_for(server, "batch-cost") == 4
-    assert stored_for(server, "batch-cost-big") == 12
+    assert len(server.stored("batch-cost")) == 4
+    assert len(server.stored("batch-cost-big")) == 12
 
 
 def test_a_records_outputs_are_cut_to_max_record_bytes(

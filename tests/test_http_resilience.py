@@ -2,7 +2,7 @@
 
 Unlike ``test_http_api.py`` (SQLite, the shared Redis), this module's service stores in a
 private PostgreSQL server and limits through a private ``redis-server``, each on a free loopback
-port (``tests/private_services.py``), which the tests stop and start again; the shared servers
+port (``tests/support/private_servers.py``), which the tests stop and start again; the shared servers
 are never touched. The executors' queue is small
 (``EXECUTOR_MAX_QUEUED_REQUESTS=2`` beside 2 slots), so a burst meets back-pressure.
 
@@ -17,7 +17,6 @@ disconnects during a ``wait: true`` run.
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,20 +29,23 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select, update
 
-from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest
-from serve_app.db import Database, batches, executions, instances, keys
+from executors import ExecutionRecord, ExecutionRequest
+from serve_app.db import batches, executions, instances
 from serve_app.db.models import ApiKey, Batch, BatchStatus, Execution, ServiceInstance
 from serve_app.http.service import AUTH_CACHE_TTL_S
-from serve_app.settings import Settings
-from tests.http_support import auth, deployed_service, error_code, free_port, run, stored_executions
-from tests.private_services import (
+from tests.support.api import RECORD_FIELDS, auth, error_code, run
+from tests.support.corpus import CORPUS, ENGINE_ENTRIES, host_ports, judging, program
+from tests.support.corpus_checks import CHECKS
+from tests.support.polling import eventually
+from tests.support.ports import free_port
+from tests.support.private_servers import (
     REDIS_SERVER,
     PrivatePostgres,
     PrivateRedis,
-    eventually,
     postgres_bin_dir,
 )
-from tests.test_security_corpus import CHECKS, CORPUS, ENGINE_ENTRIES
+from tests.support.service import DeployedService, deployed_service, service_settings
+from tests.support.statuses import TERMINAL
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow]
 
@@ -53,8 +55,6 @@ SLOTS = 2
 QUEUED = 2
 BURST = 12
 SLEEPER = "import time\ntime.sleep(2)\nprint('slept')"
-RECORD_FIELDS = set(ExecutionRecord.model_fields) - {"cases"}  # only with cases
-TERMINAL = {str(status) for status in TERMINAL_STATUSES}
 HEARTBEAT_S = 0.2
 STALE_AFTER_S = 1.0
 
@@ -63,20 +63,10 @@ STALE_AFTER_S = 1.0
 
 
 @dataclass
-class Server:
-    url: str
-    database: Database
+class Server(DeployedService):
     redis: PrivateRedis
     postgres: PrivatePostgres
-    settings: Settings
-    key: str
-
-    def new_key(self, name: str) -> str:
-        with self.database.session() as session:
-            return keys.create_key(session, SECRET, name).plaintext
-
-    def stored(self, key_name: str) -> list[Execution]:
-        return stored_executions(self.database, key_name)
+    key: str = ""
 
 
 @pytest.fixture(scope="module")
@@ -91,30 +81,25 @@ def server(ray_session: None) -> Iterator[Server]:
         redis = PrivateRedis(free_port())
         redis.start()
         stack.callback(redis.stop)
-        port = free_port()
-        settings = Settings(
-            database_url=database_url,
+        settings = service_settings(
+            database_url,
+            SECRET,
             redis_url=redis.url,
-            api_key_secret=SECRET,
-            port=port,
-            rate_limit_per_minute=1000,
             max_concurrent_per_key=64,
             max_concurrent_executions=SLOTS,
-            executor_num_replicas_min=1,
-            executor_num_replicas_max=1,
             executor_max_queued_requests=QUEUED,
             instance_heartbeat_interval_s=HEARTBEAT_S,
             instance_stale_after_s=STALE_AFTER_S,
         )
         database = stack.enter_context(deployed_service(settings, APP_NAME))
-        fixture = Server(f"http://127.0.0.1:{port}", database, redis, postgres, settings, "")
+        fixture = Server(database, settings, redis, postgres)
         fixture.key = fixture.new_key("main")
         yield fixture
 
 
 @pytest.fixture
 def client(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with server.client() as http:
         yield http
 
 
@@ -413,17 +398,8 @@ def test_a_sample_of_the_corpus_meets_its_expectations_through_a_batch(
     server: Server, client: httpx.Client
 ) -> None:
     key = server.new_key("corpus-sample")
-    v4 = socket.create_server(("127.0.0.1", 0))
-    v6 = socket.create_server(("::1", 0), family=socket.AF_INET6)
-    with v4, v6:
-        ports = {"HOST_PORT6": v6.getsockname()[1], "HOST_PORT": v4.getsockname()[1]}
-        items = []
-        for name in CORPUS_SAMPLE:
-            code: str = CORPUS[name]["code"]
-            for placeholder, port in ports.items():  # HOST_PORT6 first: it holds HOST_PORT
-                code = code.replace(placeholder, str(port))
-            judged = {"test_code": CORPUS[name]["test_code"]} if "test_code" in CORPUS[name] else {}
-            items.append({"code": code, **judged})
+    with host_ports() as ports:
+        items = [{"code": program(name, ports), **judging(name)} for name in CORPUS_SAMPLE]
         created = client.post("/v1/batches", json={"items": items}, headers=auth(key))
         assert created.status_code == 202, created.text
         path = f"/v1/batches/{created.json()['id']}?wait_s=60"
