@@ -48,6 +48,8 @@ from serve_app.errors import (
 )
 from serve_app.ratelimit import StoreUnavailableError
 from serve_app.settings import Settings
+from tests.support.asgi import call
+from tests.support.limits import API_LIMIT_FIELDS
 
 KIB = 1024
 MAX_BODY = 256 * KIB
@@ -146,15 +148,6 @@ def _fresh_calls(edge: EdgeApp) -> Iterator[None]:
     yield
 
 
-def call(app: FastAPI, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            return await client.request(method, url, **kwargs)
-
-    return asyncio.run(go())
-
-
 def post(
     edge: EdgeApp,
     body: Any = None,
@@ -212,16 +205,7 @@ def test_minimal_execution_gets_the_documented_defaults(edge: EdgeApp) -> None:
         "code": "print(1)",
         "stdin": "",
         "files": {},
-        "limits": dict.fromkeys(
-            (
-                "wall_timeout_s",
-                "cpu_time_s",
-                "memory_mb",
-                "max_output_bytes",
-                "max_processes",
-                "max_file_bytes",
-            )
-        ),
+        "limits": dict.fromkeys(API_LIMIT_FIELDS),
         "cache": False,
         "test_code": None,
         "judge": "isolated",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import re
 import shutil
@@ -19,20 +17,16 @@ from typing import Any
 import pytest
 
 from executors import ISOLATION_LAYERS
+from tests.support.paths import SCRIPTS
+from tests.support.scripts import load_script
 
-BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+BENCH = SCRIPTS / "bench.py"
 LATENCY_KEYS = {"p50", "p90", "p99", "mean", "min", "max"}
 
 
-@functools.cache
 def load_bench() -> ModuleType:
-    """scripts/ is not a package: load the script as a module by path."""
-    spec = importlib.util.spec_from_file_location("bench_script", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+    """scripts/bench.py, as a module."""
+    return load_script("bench")
 
 
 def test_percentile_interpolates_between_ranks() -> None:

@@ -6,80 +6,36 @@ the deployments it makes are checked against the config's args and the settings.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-import yaml
 from pydantic import ValidationError
 
 from executors import ExecutorAppArgs
 from serve_app.deployment import ServiceAppArgs, app_builder
 from serve_app.errors import ConfigurationError
 from serve_app.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-SERVE_SCHEMA = json.loads((ROOT / "tests/data/serve-config.schema.json").read_text())
-
-
-def _without_nulls(value: Any) -> Any:
-    """The API server prunes nulls; the schema is written for what it stores."""
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
-    return value
-
-
-def settings_variables() -> set[str]:
-    """Every environment variable Settings may read: its aliases and attribute names."""
-    names = set()
-    for attribute, field in Settings.model_fields.items():
-        names.add(attribute.upper())
-        if isinstance(field.validation_alias, str):
-            names.add(field.validation_alias)
-    return names
-
-
-def use_environment(monkeypatch: pytest.MonkeyPatch, path: Path, env: dict[str, str]) -> None:
-    """Exactly ``env`` as the settings' environment: no inherited setting, no ``.env``."""
-    for name in settings_variables():
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    monkeypatch.chdir(path)  # no .env here
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-
-
-def deployments(app: Any) -> dict[str, Any]:
-    """The deployments of a built service by name: the ingress and the executor it binds.
-
-    ``Application._bound_deployment`` is Serve's own (private) view of what ``serve.run`` and
-    a config deploy get; there is no public one without a running cluster.
-    """
-    ingress = app._bound_deployment
-    (executor_app,) = [arg for arg in ingress.init_args if hasattr(arg, "_bound_deployment")]
-    executor = executor_app._bound_deployment
-    return {ingress.name: ingress, executor.name: executor}
+from tests.support.cluster import SERVE_SCHEMA, deployments, load_cluster_yaml, without_nulls
+from tests.support.settings import use_settings_environment
 
 
 @pytest.fixture(scope="module")
 def serve_config() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((ROOT / "cluster/serve-config.yaml").read_text())
+    loaded: dict[str, Any] = load_cluster_yaml("serve-config.yaml")
     return loaded
 
 
 @pytest.fixture
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    use_environment(monkeypatch, tmp_path, {})
+    use_settings_environment(monkeypatch, tmp_path)
     yield
 
 
 def test_serve_config_matches_the_serve_schema(serve_config: dict[str, Any]) -> None:
-    jsonschema.validate(_without_nulls(serve_config), SERVE_SCHEMA)
+    jsonschema.validate(without_nulls(serve_config), SERVE_SCHEMA)
 
 
 def test_serve_config_is_read_by_serve(serve_config: dict[str, Any]) -> None:
@@ -151,7 +107,7 @@ def test_serve_config_builds_what_it_says(
 def test_the_service_builder_takes_the_rest_from_the_settings(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    use_environment(
+    use_settings_environment(
         monkeypatch,
         tmp_path,
         {
@@ -187,7 +143,9 @@ def test_the_service_builder_takes_the_rest_from_the_settings(
 def test_arguments_override_the_settings_and_are_checked_with_them(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    use_environment(monkeypatch, tmp_path, {"EXECUTOR_NUM_REPLICAS_MAX": "2", "MAX_TIMEOUT": "30"})
+    use_settings_environment(
+        monkeypatch, tmp_path, {"EXECUTOR_NUM_REPLICAS_MAX": "2", "MAX_TIMEOUT": "30"}
+    )
     built = deployments(app_builder({"executor": {"slots": 4, "max_replicas": 6}}))
     executor = built["SandboxExecutor"]
     assert executor.init_args[1] == 4
@@ -210,10 +168,10 @@ def test_arguments_override_the_settings_and_are_checked_with_them(
 def test_require_full_isolation_only_strengthens(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    use_environment(monkeypatch, tmp_path, {})
+    use_settings_environment(monkeypatch, tmp_path, {})
     built = deployments(app_builder({"require_full_isolation": True}))
     assert built["SandboxExecutor"].init_args[0].require_full_isolation
-    use_environment(monkeypatch, tmp_path, {"SANDBOX_REQUIRE_FULL_ISOLATION": "true"})
+    use_settings_environment(monkeypatch, tmp_path, {"SANDBOX_REQUIRE_FULL_ISOLATION": "true"})
     built = deployments(app_builder({"require_full_isolation": False}))
     assert built["SandboxExecutor"].init_args[0].require_full_isolation
 

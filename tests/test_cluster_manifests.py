@@ -34,13 +34,17 @@ from pydantic import ValidationError
 from serve_app.api.middleware import PROXY_MIDDLEWARES_IMPORT_PATH
 from serve_app.deployment import ServiceAppArgs, app_builder
 from serve_app.settings import Settings
-from tests.test_cluster_config import deployments, settings_variables, use_environment
+from tests.support.cluster import (
+    SERVE_SCHEMA,
+    deployments,
+    load_cluster_yaml,
+    load_cluster_yamls,
+    without_nulls,
+)
+from tests.support.paths import CLUSTER, REPO, TEST_DATA
+from tests.support.settings import settings_variables, use_settings_environment
 
-ROOT = Path(__file__).resolve().parent.parent
-CLUSTER = ROOT / "cluster"
-DATA = ROOT / "tests/data"
-RAYSERVICE_SCHEMA = json.loads((DATA / "rayservice.strict.schema.json").read_text())
-SERVE_SCHEMA = json.loads((DATA / "serve-config.schema.json").read_text())
+RAYSERVICE_SCHEMA = json.loads((TEST_DATA / "rayservice.strict.schema.json").read_text())
 HEAD_PORTS = {
     "gcs-server": 6379,
     "dashboard": 8265,
@@ -52,23 +56,6 @@ SECRET_KEYS = {"DATABASE_URL", "REDIS_URL", "API_KEY_SECRET", "SENTRY_DSN"}
 SANDBOX_PACKAGES = ("bubblewrap", "libseccomp2", "util-linux", "mount", "procps", "iproute2")
 """bubblewrap, the seccomp library, setpriv, mount for each slot's /proc; as scripts/setup."""
 A_REAL_SECRET = "0123456789abcdef0123456789abcdef"  # what an operator puts in place of REPLACE_ME
-
-
-def load(name: str) -> Any:
-    return yaml.safe_load((CLUSTER / name).read_text())
-
-
-def load_all(name: str) -> list[Any]:
-    return [doc for doc in yaml.safe_load_all((CLUSTER / name).read_text()) if doc]
-
-
-def without_nulls(value: Any) -> Any:
-    """The API server prunes nulls; the schemas are written for what it stores."""
-    if isinstance(value, dict):
-        return {k: without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [without_nulls(v) for v in value]
-    return value
 
 
 def quantity(value: str | int | float) -> float:
@@ -98,7 +85,7 @@ def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 @pytest.fixture(scope="module")
 def rayservice() -> dict[str, Any]:
-    loaded: dict[str, Any] = load("rayservice.yaml")
+    loaded: dict[str, Any] = load_cluster_yaml("rayservice.yaml")
     return loaded
 
 
@@ -127,19 +114,19 @@ def groups(head: dict[str, Any], workers: list[dict[str, Any]]) -> list[dict[str
 
 @pytest.fixture(scope="module")
 def configmap() -> dict[str, Any]:
-    loaded: dict[str, Any] = load("configmap.yaml")
+    loaded: dict[str, Any] = load_cluster_yaml("configmap.yaml")
     return loaded
 
 
 @pytest.fixture(scope="module")
 def secret() -> dict[str, Any]:
-    loaded: dict[str, Any] = load("secret.example.yaml")
+    loaded: dict[str, Any] = load_cluster_yaml("secret.example.yaml")
     return loaded
 
 
 @pytest.fixture(scope="module")
 def policies() -> list[dict[str, Any]]:
-    return load_all("networkpolicy.yaml")
+    return load_cluster_yamls("networkpolicy.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +146,7 @@ def built(
     """serveConfigV2's application, built as Serve builds it in a pod: with the ConfigMap's and
     the Secret's variables as its whole environment (a real API_KEY_SECRET put in)."""
     env = {**configmap["data"], **secret["stringData"], "API_KEY_SECRET": A_REAL_SECRET}
-    use_environment(monkeypatch, tmp_path, env)
+    use_settings_environment(monkeypatch, tmp_path, env)
     (app,) = serve_config_v2["applications"]
     return deployments(app_builder(app["args"]))
 
@@ -214,7 +201,7 @@ def test_serve_config_v2_matches_the_serve_schema(serve_config_v2: dict[str, Any
 def test_ray_version_is_the_projects(cluster_spec: dict[str, Any]) -> None:
     import ray
 
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     (pin,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("ray[")]
     assert pin.endswith("==" + cluster_spec["rayVersion"])
     assert ray.__version__ == cluster_spec["rayVersion"]
@@ -361,7 +348,7 @@ def test_example_secret_is_marked_and_refused_as_is(
 ) -> None:
     for key, value in secret["stringData"].items():
         assert value == "" or "REPLACE_ME" in value, key
-    use_environment(monkeypatch, tmp_path, {**configmap["data"], **secret["stringData"]})
+    use_settings_environment(monkeypatch, tmp_path, {**configmap["data"], **secret["stringData"]})
     with pytest.raises(ValidationError, match="API_KEY_SECRET"):
         Settings()
 
@@ -478,7 +465,7 @@ def test_the_head_takes_the_api_traffic(
 
 
 def test_compose_runs_the_service_with_its_databases() -> None:
-    compose = load("compose.yaml")
+    compose = load_cluster_yaml("compose.yaml")
     services = compose["services"]
     assert set(services) == {"api", "postgres", "redis"}
     for name, service in services.items():
@@ -489,7 +476,7 @@ def test_compose_runs_the_service_with_its_databases() -> None:
         "redis": {"condition": "service_healthy"},
     }
     context = (CLUSTER / api["build"]["context"]).resolve()
-    assert context == ROOT
+    assert context == REPO
     assert (context / api["build"]["dockerfile"]).is_file()
     assert "127.0.0.1:8000/health" in " ".join(api["healthcheck"]["test"])
     assert "seccomp=unconfined" in api["security_opt"]
@@ -554,7 +541,7 @@ def test_dockerfile_builds_the_service_image() -> None:
     exposed = {int(port) for line in values["EXPOSE"] for port in line.split()}
     assert set(HEAD_PORTS.values()) <= exposed
     # The system packages the sandbox needs, which scripts/setup installs too (with dev tools).
-    setup = (ROOT / "scripts/setup").read_text()
+    setup = (REPO / "scripts/setup").read_text()
     match = re.search(r"SYSTEM_PACKAGES=\(([^)]*)\)", setup)
     assert match
     assert set(SANDBOX_PACKAGES) <= set(match.group(1).split())
@@ -569,7 +556,7 @@ def test_dockerfile_builds_the_service_image() -> None:
 def test_dockerignore_admits_what_the_dockerfile_copies() -> None:
     patterns = [
         line.strip()
-        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     assert patterns[0] == "*", "an allowlist: nothing reaches the image unless named"

@@ -48,9 +48,8 @@ from executors import _metrics as executor_side
 from serve_app.http import _metrics as ingress_side
 from serve_app.http import routes as api_side
 from serve_app.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-CLUSTER = ROOT / "cluster"
+from tests.support.cluster import load_cluster_yaml
+from tests.support.paths import CLUSTER
 
 # --------------------------------------------------------------------------- what is exported
 
@@ -150,7 +149,7 @@ def exported_series(metric: MetricDef) -> dict[str, frozenset[str]]:
 
 
 def serve_application_names() -> frozenset[str]:
-    config = yaml.safe_load((CLUSTER / "serve-config.yaml").read_text())
+    config = load_cluster_yaml("serve-config.yaml")
     return frozenset(app["name"] for app in config["applications"])
 
 
@@ -392,10 +391,6 @@ def grafana_query(expr: str) -> str:
 # --------------------------------------------------------------------------- fixtures
 
 
-def load_yaml(name: str) -> Any:
-    return yaml.safe_load((CLUSTER / name).read_text())
-
-
 @pytest.fixture(scope="module")
 def dashboard() -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads((CLUSTER / "grafana-dashboard.json").read_text())
@@ -404,13 +399,13 @@ def dashboard() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def rules() -> dict[str, Any]:
-    loaded: dict[str, Any] = load_yaml("alert-rules.yaml")
+    loaded: dict[str, Any] = load_cluster_yaml("alert-rules.yaml")
     return loaded
 
 
 @pytest.fixture(scope="module")
 def prometheus() -> dict[str, Any]:
-    loaded: dict[str, Any] = load_yaml("prometheus.yaml")
+    loaded: dict[str, Any] = load_cluster_yaml("prometheus.yaml")
     return loaded
 
 
@@ -779,7 +774,7 @@ def test_prometheus_scrapes_the_metrics_port(prometheus: dict[str, Any]) -> None
 def test_the_kubernetes_job_finds_every_ray_pod(prometheus: dict[str, Any]) -> None:
     """The pods cluster/rayservice.yaml makes pass the job's keep rules, each on its `metrics`
     port, 8080: the head (the API's metrics) and the sandbox workers (the executors')."""
-    rayservice = load_yaml("rayservice.yaml")
+    rayservice = load_cluster_yaml("rayservice.yaml")
     cluster = rayservice["spec"]["rayClusterConfig"]
     groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
     job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "exec-agent")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +26,9 @@ from executors import (
     app_builder,
     build_executor_app,
 )
+from tests.support.polling import eventually
+from tests.support.ports import free_ports
+from tests.support.processes import alive, descendants
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox]
 
@@ -140,14 +141,14 @@ def test_a_cancelled_call_kills_its_run(executor: Any) -> None:
     import ray
 
     ref = executor.run.remote(request("import time; time.sleep(30)"))
-    deadline = time.monotonic() + 10
-    while ray.get(executor.stats.remote())["busy_slots"] == 0:
-        assert time.monotonic() < deadline, "the run never started"
-        time.sleep(0.05)
+
+    def busy_slots() -> int:
+        return int(ray.get(executor.stats.remote())["busy_slots"])
+
+    eventually(busy_slots, 10, "the run starts", interval_s=0.05)
     ray.cancel(ref)
-    while ray.get(executor.stats.remote())["busy_slots"] != 0:
-        assert time.monotonic() < deadline, "the cancelled run still holds its slot"
-        time.sleep(0.05)
+    freed = "the cancelled run frees its slot"
+    eventually(busy_slots, 10, freed, until=lambda busy: busy == 0, interval_s=0.05)
 
 
 def test_health_follows_the_sandboxes_and_the_pool(ray_session: None) -> None:
@@ -156,9 +157,14 @@ def test_health_follows_the_sandboxes_and_the_pool(ray_session: None) -> None:
     actor: Any = ray.remote(SandboxExecutor).options(num_cpus=ACTOR_CPUS).remote(SandboxConfig(), 1)
     try:
         assert ray.get(actor.check_health.remote()) is None
-        (zygote,) = zygotes_under(ray.get(actor.stats.remote())["pid"])
+        ((zygote, _),) = zygotes_under(ray.get(actor.stats.remote())["pid"])
         os.kill(zygote, signal.SIGKILL)  # the only slot's sandbox dies
-        wait_until(lambda: ray.get(actor.stats.remote())["alive_slots"] == 0)
+        eventually(
+            lambda: ray.get(actor.stats.remote())["alive_slots"] == 0,
+            15,
+            "the slot is seen dead",
+            interval_s=0.1,
+        )
         with pytest.raises(ExecutorError, match="no sandbox slot is alive"):
             ray.get(actor.check_health.remote())
 
@@ -222,65 +228,32 @@ def test_delete_drains_running_jobs_and_ends_sandboxes(serve_instance: None) -> 
     assert len(zygotes) == 2  # one per slot
 
     response = handle.run.remote(request(SLEEP_2_S))
-    wait_until(lambda: handle.stats.remote().result()["busy_slots"] == 1)
+    eventually(
+        lambda: handle.stats.remote().result()["busy_slots"] == 1,
+        15,
+        "the run starts",
+        interval_s=0.1,
+    )
     serve.delete(app)  # blocks until the replica has drained and stopped
 
     record = ExecutionRecord.model_validate(response.result())
     assert (record.status, record.stdout) == ("ok", "done\n")  # finished, not killed
-    wait_until(lambda: not any(still_running(pid, start) for pid, start in zygotes.items()))
+    eventually(
+        lambda: not alive(zygotes, zombies=True), 15, "the zygotes have exited", interval_s=0.1
+    )
 
 
 # --- helpers
 
 
-def wait_until(condition: Any, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, start time) of a process, or None once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-    return int(fields[1]), int(fields[19])
-
-
-def zygotes_under(ancestor: int) -> dict[int, int]:
-    """The sandbox zygotes descending from process ``ancestor``: pid -> start time."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if b"zygote.py" not in cmdline or b"bwrap" in cmdline.split(b"\0")[0]:
-            continue
-        pid, stat = int(entry.name), _stat(int(entry.name))
-        if stat is not None and _descends_from(pid, ancestor):
-            found[pid] = stat[1]
-    return found
-
-
-def _descends_from(pid: int, ancestor: int) -> bool:
-    while pid > 1:
-        stat = _stat(pid)
-        if stat is None:
-            return False
-        pid = stat[0]
-        if pid == ancestor:
-            return True
-    return False
-
-
-def still_running(pid: int, start_time: int) -> bool:
-    stat = _stat(pid)
-    return stat is not None and stat[1] == start_time  # not a new process with a reused pid
+def zygotes_under(ancestor: int) -> set[tuple[int, float]]:
+    """The sandbox zygotes descending from process ``ancestor`` (their keys): the processes
+    that run the zygote script, not the bubblewrap that started one."""
+    return {
+        p.key
+        for p in descendants(ancestor)
+        if "zygote.py" in p.cmdline and "bwrap" not in p.cmdline.split(" ", 1)[0]
+    }
 
 
 # --- exec-agent serve (the local demo until the HTTP service exists)
@@ -320,14 +293,3 @@ def test_serve_runs_programs_on_its_own_ray(tmp_path: Path) -> None:
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [(r["status"], r["stdout"]) for r in records] == [("ok", "45\n")]
     assert "Ray dashboard: http://127.0.0.1:" in done.stderr
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()

@@ -17,8 +17,6 @@ is not repeated here.
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib.util
 import json
 import os
 import shutil
@@ -31,20 +29,28 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from executors import TERMINAL_STATUSES
 from serve_app.db import Database, keys, migrate
-from serve_app.db.models import Execution
-from serve_app.settings import Settings
-from tests.conftest import ZYGOTE_SCRIPT, HostProcess, host_processes, postgres_schema
-from tests.http_support import deployed_service, error_code, free_port, run, stored_executions
-from tests.private_services import eventually
+from tests.support.api import auth, error_code, run
+from tests.support.databases import postgres_schema
+from tests.support.interpreters import reachable_interpreter
+from tests.support.paths import SCRIPTS
+from tests.support.polling import eventually
+from tests.support.processes import (
+    HostProcess,
+    alive,
+    descendants,
+    host_processes,
+    slot_zygotes,
+)
+from tests.support.scripts import load_script
+from tests.support.service import DeployedService, deployed_service, service_settings
+from tests.support.statuses import TERMINAL
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow]
 
@@ -57,31 +63,10 @@ QUEUED = 2
 SLOT_UID_BASE = 60000
 SLOT_UIDS = range(SLOT_UID_BASE, SLOT_UID_BASE + SLOTS)
 """The engine's default: the deployment's slots run as these host uids."""
-TERMINAL = {str(status) for status in TERMINAL_STATUSES}
 SLEEPER = "import time\ntime.sleep(3)\nprint('slept')"
 
 
 # --- host processes
-
-
-def descendants(root: int, processes: list[HostProcess] | None = None) -> list[HostProcess]:
-    """Every process below ``root`` (not ``root`` itself), by parent links."""
-    processes = host_processes() if processes is None else processes
-    children: dict[int, list[HostProcess]] = {}
-    for process in processes:
-        children.setdefault(process.ppid, []).append(process)
-    found: list[HostProcess] = []
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child.pid)
-    return found
-
-
-def alive(keys_: set[tuple[int, float]]) -> list[HostProcess]:
-    """The processes of ``keys_`` (pid, start) still running (zombies count as gone)."""
-    return [p for p in host_processes() if p.key in keys_ and not p.zombie]
 
 
 def replica_pids(app: str, deployment: str) -> list[int]:
@@ -97,35 +82,15 @@ def rss_bytes(pid: int) -> int:
 
 
 def zygotes_under(pid: int) -> list[HostProcess]:
-    """The slots' fork servers below ``pid``: the zygote script, started by bwrap's shell
-    (its spares are forks of it, with the same command line, below it)."""
-    below = descendants(pid)
-    names = {p.pid: p.name for p in below}
-    return [
-        p
-        for p in below
-        if p.uid in SLOT_UIDS
-        and ZYGOTE_SCRIPT in p.cmdline
-        and names.get(p.ppid) in {"bwrap", "sh"}
-    ]
+    """The slots' fork servers below ``pid`` (not their spares)."""
+    return slot_zygotes(descendants(pid), SLOT_UIDS)
 
 
 # --- the in-process deployment (drills a, b, d)
 
 
 @dataclass
-class Deployment:
-    url: str
-    database: Database
-    settings: Settings
-
-    def new_key(self, name: str) -> str:
-        with self.database.session() as session:
-            return keys.create_key(session, SECRET, name).plaintext
-
-    def stored(self, key_name: str) -> list[Execution]:
-        return stored_executions(self.database, key_name)
-
+class Deployment(DeployedService):
     def executor(self) -> Any:
         from ray import serve
 
@@ -135,20 +100,16 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     directory: Path = tmp_path_factory.mktemp("drills")
-    port = free_port()
-    settings = Settings(
-        database_url=f"sqlite:///{directory / 'drills.db'}",
-        api_key_secret=SECRET,
-        port=port,
+    settings = service_settings(
+        f"sqlite:///{directory / 'drills.db'}",
+        SECRET,
         rate_limit_per_minute=100_000,
         max_concurrent_per_key=1000,
         max_concurrent_executions=SLOTS,
-        executor_num_replicas_min=1,
-        executor_num_replicas_max=1,
         executor_max_queued_requests=QUEUED,
     )
     with deployed_service(settings, APP_NAME) as database:
-        yield Deployment(f"http://127.0.0.1:{port}", database, settings)
+        yield Deployment(database, settings)
 
 
 def post(url: str, key: str, code: str, **fields: object) -> tuple[httpx.Response, float]:
@@ -282,7 +243,7 @@ def test_a_killed_executor_replica_leaves_no_sandbox_process(
     ours = {p.key for p in descendants(kill.replacement)}
     strays = [p for p in host_processes() if p.uid in SLOT_UIDS and p.key not in ours]
     assert not strays, "\n".join(map(str, strays))
-    operator = {"Authorization": f"Bearer {deployment.new_key('ready-operator')}"}  # the details
+    operator = auth(deployment.new_key("ready-operator"))  # the details
     ready = httpx.get(deployment.url + "/health/ready", headers=operator, timeout=30).json()
     assert ready["checks"]["executors"]["ok"], ready
     assert ready["checks"]["executors"]["alive_slots"] == SLOTS
@@ -344,20 +305,6 @@ def test_overload_is_refused_fast_and_admitted_runs_complete(deployment: Deploym
 
 # --- c. exec-agent serve stopped under load
 
-SOAK_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
-
-
-@functools.cache
-def soak_script() -> ModuleType:
-    """scripts/ is not a package: load scripts/soak.py (its ``ServeProcess``) by path."""
-    spec = importlib.util.spec_from_file_location("soak_script", SOAK_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
-
-
 BACKGROUND_RUNS = 6
 WAITED_RUNS = 2
 DRAIN_SLEEPER = "import time\ntime.sleep(1.5)\nprint('drained')"
@@ -370,7 +317,7 @@ def test_sigterm_under_load_answers_and_records_every_accepted_execution(
     waited runs are in flight: it drains and exits 0; the waiting clients get their answers;
     its database holds a terminal record for every execution it accepted, none queued or
     running; and nothing of it is left: no process, no sandbox cgroup."""
-    soak = soak_script()
+    soak = load_script("soak")
     # Room for every background run: this drill is about the drain, not the queue.
     service = soak.ServeProcess(tmp_path, slots=SLOTS, executor_queue=BACKGROUND_RUNS)
     key = service.create_key("drain")
@@ -439,7 +386,6 @@ def test_without_bubblewrap_readiness_is_degraded_and_names_the_missing_layers(
 
     from executors import SandboxConfig, build_executor_app
     from serve_app.deployment import IngressArgs, service_app
-    from tests.test_engine import reachable_interpreter
 
     python = reachable_interpreter()
     if python is None:
@@ -465,7 +411,7 @@ def test_without_bubblewrap_readiness_is_degraded_and_names_the_missing_layers(
             key = keys.create_key(session, SECRET, "degraded").plaintext
         with httpx.Client(base_url=deployment.url + "/degraded", timeout=60) as http:
             # The details (the missing layers) are for a caller with a key.
-            ready = http.get("/health/ready", headers={"Authorization": f"Bearer {key}"})
+            ready = http.get("/health/ready", headers=auth(key))
             body = ready.json()
             assert (ready.status_code, body["status"]) == (503, "degraded"), body
             sandbox = body["checks"]["sandbox"]
@@ -502,7 +448,7 @@ def test_in_production_without_bubblewrap_the_service_refuses_to_start(tmp_path:
     ``exec-agent serve`` exits non-zero naming the missing layers (before starting Ray, since
     it checks first). Until it has, it is never ready and runs nothing: executions tried
     meanwhile never come back as a run."""
-    soak = soak_script()
+    soak = load_script("soak")
     with postgres_schema() as database_url:
         service = soak.ServeProcess(
             tmp_path,
@@ -571,7 +517,7 @@ def test_a_short_soak_loses_and_leaks_nothing(tmp_path: Path) -> None:
     reported, never checked."""
     out = tmp_path / "soak.json"
     done = subprocess.run(
-        [sys.executable, str(SOAK_SCRIPT), "--duration-s", str(SOAK_DURATION_S), "--warmup-s", "3",
+        [sys.executable, str(SCRIPTS / "soak.py"), "--duration-s", str(SOAK_DURATION_S), "--warmup-s", "3",
          "--out", str(out)],
         capture_output=True,
         text=True,

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.paths import REPO
+
 pytestmark = pytest.mark.sandbox
 
-ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3.11"
 SERVICE = """
 import json
@@ -88,7 +89,7 @@ def unprivileged_run() -> dict[str, dict[str, object]]:
         pytest.skip(f"needs {SYSTEM_PYTHON}, an interpreter nobody can run")
     nobody = pwd.getpwnam("nobody")
     packages = sysconfig.get_paths()["purelib"]
-    for needed in (ROOT / "executors" / "__init__.py", Path(packages) / "pydantic"):
+    for needed in (REPO / "executors" / "__init__.py", Path(packages) / "pydantic"):
         if not all(os.stat(d).st_mode & stat.S_IXOTH for d in needed.parents):
             pytest.skip(f"{needed} is closed to other users: nobody cannot import the project")
     result = subprocess.run(
@@ -101,7 +102,7 @@ def unprivileged_run() -> dict[str, dict[str, object]]:
             "-c",
             SERVICE % (PLANT, FIND, SYSTEM_PYTHON),
         ],
-        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": f"{ROOT}:{packages}"},
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": f"{REPO}:{packages}"},
         cwd="/tmp",
         capture_output=True,
         text=True,

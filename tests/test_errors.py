@@ -10,7 +10,6 @@ import importlib
 import pickle
 import re
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -22,8 +21,7 @@ from executors import ExecutorError
 from serve_app import errors
 from serve_app.api.errors import api_error
 from serve_app.errors import ServiceError, UnavailableError
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.paths import REPO
 
 # Every module whose ``__all__`` is public surface of one of the two packages.
 EXPORTING_MODULES = (

@@ -9,7 +9,6 @@ scrape is retried, and counts are checked as lower bounds, never timings.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import time
 import uuid
@@ -29,7 +28,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from executors._metrics import NO_METRICS as NO_EXECUTOR_METRICS
 from executors._metrics import KeptGauge, executor_metrics
 from serve_app.api.errors import ApiError, error_response
-from serve_app.db import Database, keys
 from serve_app.deployment import metrics_url
 from serve_app.http._metrics import (
     NO_METRICS,
@@ -40,8 +38,9 @@ from serve_app.http._metrics import (
     ingress_metrics,
     rejection_reason,
 )
-from serve_app.settings import Settings
-from tests.http_support import auth, deployed_service, free_port, run
+from tests.support.api import auth, run
+from tests.support.asgi import call
+from tests.support.service import DeployedService, deployed_service, service_settings
 
 # --- the middleware, without Ray
 
@@ -96,15 +95,6 @@ def recording_app() -> tuple[FastAPI, Recorder]:
     app.add_middleware(RefuseLargeBodies)
     app.add_middleware(RequestMetricsMiddleware, metrics=recorder, routes=app.router.routes)
     return app, recorder
-
-
-def call(app: FastAPI, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            return await client.request(method, url, **kwargs)
-
-    return asyncio.run(go())
 
 
 def test_routes_are_their_templates_never_raw_paths() -> None:
@@ -238,10 +228,8 @@ Sample = tuple[str, dict[str, str], float]
 
 
 @dataclass
-class Served:
-    url: str
+class Served(DeployedService):
     metrics_url: str
-    database: Database
 
     def new_key(
         self,
@@ -250,15 +238,12 @@ class Served:
         rate_limit_per_minute: int | None = None,
         max_concurrency: int | None = None,
     ) -> str:
-        with self.database.session() as session:
-            new = keys.create_key(
-                session,
-                SECRET,
-                f"{name}-{uuid.uuid4().hex[:6]}",
-                rate_limit_per_minute=rate_limit_per_minute,
-                max_concurrency=max_concurrency,
-            )
-            return new.plaintext
+        """A new key named ``name`` and a random suffix (the module's keys never collide)."""
+        return super().new_key(
+            f"{name}-{uuid.uuid4().hex[:6]}",
+            rate_limit_per_minute=rate_limit_per_minute,
+            max_concurrency=max_concurrency,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -266,29 +251,24 @@ def served(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     import ray
 
     directory: Path = tmp_path_factory.mktemp("metrics")
-    port = free_port()
-    settings = Settings(
-        database_url=f"sqlite:///{directory / 'api.db'}",
+    settings = service_settings(
+        f"sqlite:///{directory / 'api.db'}",
+        SECRET,
         redis_url=None,
-        api_key_secret=SECRET,
-        port=port,
-        rate_limit_per_minute=1000,
         max_concurrent_executions=SLOTS,
-        executor_num_replicas_min=1,
-        executor_num_replicas_max=1,
         executor_max_queued_requests=2,  # a third background run at once: 503 overloaded
         denied_imports=["socket"],
     )
     [node] = [node for node in ray.nodes() if node["Alive"]]  # type: ignore[no-untyped-call]
     metrics_url = f"http://127.0.0.1:{node['MetricsExportPort']}/metrics"
     with deployed_service(settings, APP_NAME) as database:
-        yield Served(f"http://127.0.0.1:{port}", metrics_url, database)
+        yield Served(database, settings, metrics_url)
 
 
 @pytest.fixture(scope="module")
 def traffic(served: Served) -> dict[str, int]:
     """Real requests of every kind; what they must add up to at least."""
-    with httpx.Client(base_url=served.url, timeout=60) as client:
+    with served.client() as client:
         key = served.new_key("main")
         ok = [run(client, key, f"print({n})") for n in range(3)]
         assert [r.json()["status"] for r in ok] == ["ok"] * 3
@@ -487,7 +467,7 @@ def test_the_active_gauge_counts_runs_in_flight(served: Served) -> None:
         at_least(1, "ray_exec_agent_sandbox_slots", state="busy"),
     ]
     with (
-        httpx.Client(base_url=served.url, timeout=60) as client,
+        served.client() as client,
         concurrent.futures.ThreadPoolExecutor(2) as pool,
     ):
         running = [pool.submit(run, client, key, code, limits=limits) for _ in range(2)]

@@ -21,31 +21,10 @@ from executors._models import (
     Limits,
     LimitsRequest,
 )
+from tests.support.limits import API_LIMIT_FIELDS, SERVICE_DEFAULT_LIMITS, SERVICE_MAX_LIMITS
 
-DEFAULTS = Limits(
-    wall_timeout_s=5,
-    cpu_time_s=5,
-    memory_bytes=256 * MIB,
-    max_output_bytes=MIB,
-    max_processes=64,
-    max_file_bytes=16 * MIB,
-)
-MAXIMA = Limits(
-    wall_timeout_s=30,
-    cpu_time_s=30,
-    memory_bytes=512 * MIB,
-    max_output_bytes=MIB,
-    max_processes=64,
-    max_file_bytes=64 * MIB,
-)
-LIMIT_FIELDS = [
-    "wall_timeout_s",
-    "cpu_time_s",
-    "memory_mb",
-    "max_output_bytes",
-    "max_processes",
-    "max_file_bytes",
-]
+DEFAULTS = SERVICE_DEFAULT_LIMITS
+MAXIMA = SERVICE_MAX_LIMITS
 
 
 def request(**overrides: object) -> ExecutionRequest:
@@ -83,7 +62,7 @@ def test_resolve_accepts_exactly_the_maximum() -> None:
     assert asked.resolve(DEFAULTS, MAXIMA).within(MAXIMA) == []
 
 
-@pytest.mark.parametrize("field", LIMIT_FIELDS)
+@pytest.mark.parametrize("field", API_LIMIT_FIELDS)
 @pytest.mark.parametrize("value", [0, -1])
 def test_limits_request_refuses_zero_and_negative(field: str, value: int) -> None:
     with pytest.raises(ValidationError, match=field):
@@ -132,7 +111,7 @@ def test_limits_to_api_speaks_memory_mb() -> None:
     assert api["memory_mb"] == 256
     assert isinstance(api["memory_mb"], int)
     assert "memory_bytes" not in api
-    assert set(api) == set(LIMIT_FIELDS)
+    assert set(api) == set(API_LIMIT_FIELDS)
 
 
 def test_limits_to_api_keeps_fractional_mebibytes() -> None:

@@ -6,7 +6,6 @@ ingestion endpoint; the app is a small FastAPI app with the service's edge insta
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import logging
@@ -20,7 +19,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import sentry_sdk
 from fastapi import FastAPI, Request
@@ -37,6 +35,7 @@ from serve_app.observability import (
     scrub_event,
 )
 from serve_app.settings import Settings
+from tests.support.asgi import served_call
 
 API_KEY = "ea_0123456789ab_" + "K" * 43
 DATABASE_URL = "postgresql://exec:hunter2@10.9.8.7:5432/exec_agent"
@@ -101,15 +100,6 @@ class EdgeApp:
             logger.info("inside the request", extra={"key_name": "ci", "code": CODE})
             logger.error("slot failed for key %s at %s", API_KEY, DATABASE_URL)
             return {"request_id": current_request_id() or "-"}
-
-
-def call(app: FastAPI, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            return await client.request(method, url, **kwargs)
-
-    return asyncio.run(go())
 
 
 # --------------------------------------------------------------------------- JSON log lines
@@ -198,7 +188,7 @@ def test_long_events_are_cut(capsys: pytest.CaptureFixture[str]) -> None:
 def test_request_id_inside_a_request(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("INFO", component="ingress")
     app = EdgeApp(settings()).app
-    response = call(app, "GET", "/v1/logged", headers={"X-Request-ID": "req-log-1"})
+    response = served_call(app, "GET", "/v1/logged", headers={"X-Request-ID": "req-log-1"})
     assert response.status_code == 200 and response.json() == {"request_id": "req-log-1"}
     logger.info("after the request")
     records = lines(capsys.readouterr().err)
@@ -342,10 +332,12 @@ def test_an_internal_error_reaches_sentry_scrubbed(ingestion: Ingestion) -> None
         "Cookie": "session=COOKIE-MARKER",
     }
     body = json.dumps({"code": CODE, "stdin": "STDIN-MARKER"})
-    response = call(app, "POST", "/v1/boom?token=QUERY-MARKER", content=body, headers=headers)
+    response = served_call(
+        app, "POST", "/v1/boom?token=QUERY-MARKER", content=body, headers=headers
+    )
     assert response.status_code == 500
     assert response.json()["error"]["request_id"] == "req-sentry-1"
-    assert call(app, "GET", "/no-such-route", headers=headers).status_code == 404  # not sent
+    assert served_call(app, "GET", "/no-such-route", headers=headers).status_code == 404  # not sent
     ingestion.wait_for_events(1)
     time.sleep(0.3)  # a duplicate (the log record of the same exception) would arrive now
     sentry_sdk.flush(timeout=2.0)
@@ -392,7 +384,7 @@ def test_error_logs_in_a_request_are_tagged(ingestion: Ingestion) -> None:
     configure_logging("INFO", component="ingress")  # as the replica does: INFO becomes crumbs
     init_sentry(settings(sentry_dsn=ingestion.dsn), component="ingress")
     app = EdgeApp(settings()).app
-    response = call(app, "GET", "/v1/logged", headers={"X-Request-ID": "req-sentry-2"})
+    response = served_call(app, "GET", "/v1/logged", headers={"X-Request-ID": "req-sentry-2"})
     assert response.status_code == 200
     ingestion.wait_for_events(1)
     (_, raw, event) = ingestion.events()[0]

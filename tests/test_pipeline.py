@@ -14,8 +14,6 @@ Counts and structure only, never timings.
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib.util
 import itertools
 import json
 import math
@@ -23,7 +21,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,44 +35,29 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from executors import Limits, PipelineConfigurationError, SandboxConfig, row_to_request
+from executors import PipelineConfigurationError, SandboxConfig, row_to_request
 from executors._pipeline import OUTPUT_COLUMNS, to_plain
 from executors._pipeline._rows import describe_error
+from tests.support.limits import MIB, SERVICE_DEFAULT_LIMITS, SERVICE_MAX_LIMITS
+from tests.support.paths import REPO, SCRIPTS
+from tests.support.polling import eventually
+from tests.support.ports import free_ports
+from tests.support.scripts import load_script
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO / "scripts" / "pipeline_example.py"
-SUBMIT = REPO / "scripts" / "submit_job.py"
-MIB = 1024 * 1024
-DEFAULTS = Limits(
-    wall_timeout_s=5,
-    cpu_time_s=5,
-    memory_bytes=256 * MIB,
-    max_output_bytes=1 * MIB,
-    max_processes=64,
-    max_file_bytes=16 * MIB,
-)
-MAXIMA = Limits(
-    wall_timeout_s=30,
-    cpu_time_s=30,
-    memory_bytes=512 * MIB,
-    max_output_bytes=1 * MIB,
-    max_processes=64,
-    max_file_bytes=64 * MIB,
-)
+EXAMPLE = SCRIPTS / "pipeline_example.py"
+SUBMIT = SCRIPTS / "submit_job.py"
+DEFAULTS = SERVICE_DEFAULT_LIMITS
+MAXIMA = SERVICE_MAX_LIMITS
 POOL_CPUS = 0.5
 """What this module's pools reserve: the session's Ray has 2 CPUs for everything."""
 SLOT_UID_BASE = 63000
-"""Our local pools' slots: host uids of their own (see conftest's SLOT_UID_BASE)."""
+"""Our local pools' slots: host uids of their own (see tests/support/watched_pool.py's
+SLOT_UID_BASE)."""
 
 
-@functools.cache
 def example() -> ModuleType:
-    """scripts/ is not a package: load the example by path for its programs and counts."""
-    spec = importlib.util.spec_from_file_location("pipeline_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """scripts/pipeline_example.py, for its programs and counts."""
+    return load_script("pipeline_example")
 
 
 # --------------------------------------------------------------------------- rows -> requests
@@ -249,13 +231,6 @@ def pool_is_gone(name: str) -> bool:
     return False
 
 
-def wait_until(condition: Any, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
-
-
 @pytest.mark.ray
 @pytest.mark.sandbox
 @pytest.mark.slow
@@ -274,7 +249,7 @@ def test_without_a_deployment_the_pipeline_starts_and_ends_a_local_pool(ray_sess
     )
     check_example_results(results, "local")
     # The pool belonged to the mapper, which Ray Data stopped with the dataset's execution.
-    wait_until(lambda: pool_is_gone(pool))
+    eventually(lambda: pool_is_gone(pool), 30, "the mapper's pool is gone")
 
 
 @pytest.mark.ray
@@ -339,24 +314,6 @@ def test_backend_serve_without_a_deployment_fails_the_mapper(ray_session: None) 
 
 
 # --------------------------------------------------------------------------- a cluster of our own
-
-
-def free_ports(count: int) -> list[int]:
-    """Free loopback ports, never Redis' 6379 or the service's Ray 6380."""
-    sockets: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        while len(ports) < count:
-            sock = socket.socket()
-            sockets.append(sock)
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-            if port not in (6379, 6380):
-                ports.append(port)
-        return ports
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass(frozen=True)

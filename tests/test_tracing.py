@@ -8,7 +8,6 @@ receiver on 127.0.0.1, whose raw exports are searched for the program's code, in
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import logging
 import threading
@@ -49,14 +48,16 @@ from executors._tracing import (
     tracing_enabled,
 )
 from serve_app.api import install_edge
-from serve_app.db import keys
 from serve_app.observability import (
     TracingMiddleware,
     init_tracing,
     tracing_environment,
 )
 from serve_app.settings import Settings
-from tests.http_support import auth, deployed_service, free_port
+from tests.support.api import auth
+from tests.support.asgi import served_call
+from tests.support.ports import free_port
+from tests.support.service import DeployedService, deployed_service, service_settings
 
 APP_NAME = "exec-agent-tracing-test"
 SECRET = SecretStr("tracing-test-api-key-secret-0123456789abcdef")
@@ -186,15 +187,6 @@ def edge_app(tracer: trace.Tracer) -> FastAPI:
     return app
 
 
-def call(app: FastAPI, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            return await client.request(method, url, **kwargs)
-
-    return asyncio.run(go())
-
-
 def test_the_middleware_traces_each_request_by_its_route_without_its_data() -> None:
     tracer, exporter = private_tracer()
     app = edge_app(tracer)
@@ -204,7 +196,7 @@ def test_the_middleware_traces_each_request_by_its_route_without_its_data() -> N
         "Content-Type": "application/json",
     }
     body = f'{{"code": "{CODE_MARKER}"}}'
-    response = call(
+    response = served_call(
         app, "POST", f"/v1/things/{OUTPUT_MARKER}?q={OUTPUT_MARKER}", content=body, headers=headers
     )
     assert response.status_code == 200
@@ -223,7 +215,10 @@ def test_the_middleware_traces_each_request_by_its_route_without_its_data() -> N
         assert not any(marker in span.to_json() for marker in MARKERS)
 
     exporter.clear()
-    assert call(app, "GET", "/nowhere", headers={"X-Request-ID": "req-trace-2"}).status_code == 404
+    assert (
+        served_call(app, "GET", "/nowhere", headers={"X-Request-ID": "req-trace-2"}).status_code
+        == 404
+    )
     (unmatched,) = exporter.get_finished_spans()
     assert unmatched.name == "GET"
     assert dict(unmatched.attributes or {}) == {
@@ -233,14 +228,14 @@ def test_the_middleware_traces_each_request_by_its_route_without_its_data() -> N
     }
 
     exporter.clear()
-    assert call(app, "GET", "/v1/boom").status_code == 500  # the edge's last-resort answer
+    assert served_call(app, "GET", "/v1/boom").status_code == 500  # the edge's last-resort answer
     (failed,) = exporter.get_finished_spans()
     assert failed.name == "GET /v1/boom"
     assert failed.status.status_code is StatusCode.ERROR
     assert CODE_MARKER not in failed.to_json()
 
     exporter.clear()
-    assert call(app, "BREW", "/v1/things/x").status_code == 405
+    assert served_call(app, "BREW", "/v1/things/x").status_code == 405
     (odd,) = exporter.get_finished_spans()
     assert (odd.attributes or {})["http.method"] == "_OTHER"
 
@@ -345,9 +340,8 @@ def receiver() -> Iterator[Receiver]:
 
 
 @dataclass
-class Service:
-    url: str
-    key: str
+class Service(DeployedService):
+    key: str = ""
 
 
 @pytest.fixture(scope="module")
@@ -355,16 +349,10 @@ def service(
     ray_session: None, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
     directory: Path = tmp_path_factory.mktemp("tracing")
-    port = free_port()
-    settings = Settings(
-        database_url=f"sqlite:///{directory / 'api.db'}",
+    settings = service_settings(
+        f"sqlite:///{directory / 'api.db'}",
+        SECRET,
         redis_url=None,
-        api_key_secret=SECRET,
-        port=port,
-        rate_limit_per_minute=1000,
-        max_concurrent_executions=2,
-        executor_num_replicas_min=1,
-        executor_num_replicas_max=1,
         executor_max_queued_requests=8,
         otel_exporter_otlp_endpoint=receiver.endpoint,
     )
@@ -382,14 +370,14 @@ def service(
         executor_runtime_env=executor_env,
         ingress_runtime_env={"env_vars": quick},
     ) as database:
-        with database.session() as session:
-            key = keys.create_key(session, SECRET, "tracing").plaintext
-        yield Service(f"http://127.0.0.1:{port}", key)
+        deployed = Service(database, settings)
+        deployed.key = deployed.new_key("tracing")
+        yield deployed
 
 
 @pytest.fixture
 def client(service: Service) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=service.url, timeout=60, headers=auth(service.key)) as http:
+    with service.client(headers=auth(service.key)) as http:
         yield http
 
 

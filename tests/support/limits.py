@@ -4,9 +4,26 @@ from __future__ import annotations
 
 from executors import Limits
 
-__all__ = ["CORPUS_LIMITS", "MIB", "SERVICE_DEFAULT_LIMITS", "SERVICE_MAX_LIMITS", "SMALL_LIMITS"]
+__all__ = [
+    "API_LIMIT_FIELDS",
+    "CORPUS_LIMITS",
+    "MIB",
+    "SERVICE_DEFAULT_LIMITS",
+    "SERVICE_MAX_LIMITS",
+    "SMALL_LIMITS",
+]
 
 MIB = 1024 * 1024
+
+API_LIMIT_FIELDS = (
+    "wall_timeout_s",
+    "cpu_time_s",
+    "memory_mb",
+    "max_output_bytes",
+    "max_processes",
+    "max_file_bytes",
+)
+"""The limits a request may set, as the API names them (memory in MiB)."""
 
 SMALL_LIMITS = Limits(
     wall_timeout_s=2,
