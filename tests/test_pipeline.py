@@ -443,9 +443,6 @@ def check_summary(summary: dict[str, Any], rows: int) -> None:
 EXAMPLE_ARGS = ["--rows", "10", "--local-num-cpus", str(POOL_CPUS)]
 
 
-@pytest.mark.ray
-@pytest.mark.sandbox
-@pytest.mark.slow
 def run_against(head_cluster: HeadCluster, *argv: str) -> subprocess.CompletedProcess[str]:
     """``python argv...`` as a client of ``head_cluster`` would run it."""
     return subprocess.run(
@@ -459,6 +456,9 @@ def run_against(head_cluster: HeadCluster, *argv: str) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.ray
+@pytest.mark.sandbox
+@pytest.mark.slow
 def test_a_ray_job_runs_the_example_pipeline(head_cluster: HeadCluster) -> None:
     done = run_against(
         head_cluster, str(SUBMIT), "--address", head_cluster.dashboard_url, "--timeout-s", "240",
