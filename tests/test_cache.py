@@ -31,7 +31,13 @@ from serve_app.db.executions import request_fingerprint
 from serve_app.settings import Settings
 from tests.support.limits import MIB, SMALL_LIMITS
 from tests.support.listeners import loopback_listener
-from tests.support.shared_redis import REDIS_URL, delete_prefix
+from tests.support.shared_redis import (
+    BACKENDS,
+    REDIS_URL,
+    SuiteBackend,
+    delete_prefix,
+    used_then_cleaned,
+)
 
 CLOSED_URL = "redis://127.0.0.1:1/0"
 
@@ -67,12 +73,10 @@ def fingerprint(code: str = "print(42)") -> str:
     return cache_fingerprint(ExecutionRequest(code=code, limits=LIMITS))
 
 
-class Backend:
+class Backend(SuiteBackend):
     """Builds caches of one kind; for Redis, under a key prefix of the test's own."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.prefix = f"test-result-cache:{uuid.uuid4().hex}:"
+    KEY_PREFIX = "test-result-cache"
 
     def make(self, **options: Any) -> ResultCache:
         options.setdefault("ttl_s", TTL_S)
@@ -83,15 +87,9 @@ class Backend:
         )
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    chosen = Backend(request.param)
-    if chosen.name == "memory":
-        yield chosen
-        return
-    client = request.getfixturevalue("redis_client")
-    yield chosen
-    delete_prefix(client, chosen.prefix)
+    yield from used_then_cleaned(request, Backend(request.param))
 
 
 # ------------------------------------------------------------------ both backends

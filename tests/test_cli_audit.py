@@ -11,10 +11,10 @@ import pytest
 
 from serve_app import _exit
 from serve_app._cli_audit import parse_since
-from serve_app.cli import main
 from serve_app.db import Database, audit
 from serve_app.db.models import AuditEvent
 from serve_app.settings import Settings, get_settings
+from tests.support.cli import run_cli
 from tests.support.databases import DATABASE_BACKENDS, empty_database
 from tests.support.settings import use_settings_environment
 
@@ -42,21 +42,15 @@ def settings(
         get_settings.cache_clear()
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    status = main(list(argv))
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 def events(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict[str, object]]:
-    status, out, err = run(capsys, "audit", "--json", *argv)
+    status, out, err = run_cli(capsys, "audit", "--json", *argv)
     assert status == 0, err
     return [json.loads(line) for line in out.splitlines()]
 
 
 @pytest.fixture
 def upgraded(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "db", "upgrade")[0] == 0
+    assert run_cli(capsys, "db", "upgrade")[0] == 0
 
 
 def add_events(settings: Settings, *rows: AuditEvent) -> None:
@@ -80,9 +74,9 @@ def event(
 
 @pytest.mark.usefixtures("upgraded")
 def test_keys_created_and_revoked_show_up_newest_first(capsys: pytest.CaptureFixture[str]) -> None:
-    created = run(capsys, "keys", "create", "--name", "ci")[1].splitlines()[-1]
-    assert run(capsys, "keys", "create", "--name", "ops")[0] == 0
-    assert run(capsys, "keys", "revoke", "ci")[0] == 0
+    created = run_cli(capsys, "keys", "create", "--name", "ci")[1].splitlines()[-1]
+    assert run_cli(capsys, "keys", "create", "--name", "ops")[0] == 0
+    assert run_cli(capsys, "keys", "revoke", "ci")[0] == 0
 
     listed = events(capsys)
     assert [(e["kind"], e["key_name"]) for e in listed] == [
@@ -95,7 +89,7 @@ def test_keys_created_and_revoked_show_up_newest_first(capsys: pytest.CaptureFix
     assert times == sorted(times, reverse=True) and all(t.tzinfo == UTC for t in times)
     assert str(listed[0]["at"]).endswith("Z")
 
-    status, out, err = run(capsys, "audit")
+    status, out, err = run_cli(capsys, "audit")
     assert status == 0 and err == ""
     header, *rows = out.splitlines()
     assert header.split() == ["TIME", "KIND", "KEY", "SOURCE", "REQUEST", "ID", "DETAILS"]
@@ -147,10 +141,10 @@ def test_filters_by_key_since_and_limit(
     naive_utc = (now - timedelta(minutes=15)).replace(tzinfo=None).isoformat()
     assert kinds("--since", naive_utc) == [("rate_limited", "ops")]
 
-    status, out, err = run(capsys, "audit", "--json", "--limit", "2")
+    status, out, err = run_cli(capsys, "audit", "--json", "--limit", "2")
     assert status == 0 and len(out.splitlines()) == 2
     assert "showing the 2 newest events" in err
-    assert run(capsys, "audit", "--limit", "4")[2] == ""  # exactly all: no note
+    assert run_cli(capsys, "audit", "--limit", "4")[2] == ""  # exactly all: no note
 
     refused = events(capsys, "--key", "ci")[0]
     assert refused["details"] == {"modules": ["socket"]}
@@ -171,14 +165,14 @@ def test_stored_text_cannot_forge_output(
             details={"reason": "unknown_or_revoked\nkey_revoked"},
         ),
     )
-    status, out, _ = run(capsys, "audit")
+    status, out, _ = run_cli(capsys, "audit")
     assert status == 0
     _header, row = out.splitlines()  # one event, one line
     assert "\x1b" not in out and "\u2028" not in out and "\r" not in out
     assert "10.0.0.1\\r\\nkey_created\\x20\\x20admin\\x1b[2J\\u2028" in row
     assert "req\\x201" in row and '"reason":"unknown_or_revoked\\nkey_revoked"' in row
 
-    (line,) = run(capsys, "audit", "--json")[1].splitlines()
+    (line,) = run_cli(capsys, "audit", "--json")[1].splitlines()
     assert json.loads(line)["source_address"] == forged
 
 
@@ -197,13 +191,13 @@ def test_stored_text_cannot_forge_output(
 def test_bad_arguments_are_a_usage_error(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, out, err = run(capsys, "audit", *argv)
+    status, out, err = run_cli(capsys, "audit", *argv)
     assert status == _exit.EX_USAGE == 2
     assert out == "" and message in err
 
 
 def test_needs_an_upgraded_database(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    status, out, err = run(capsys, "audit")
+    status, out, err = run_cli(capsys, "audit")
     assert status == 1 and out == ""
     assert "exec-agent db upgrade" in err
 
@@ -213,14 +207,14 @@ def test_unreachable_database_is_one_line_without_the_password(
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://postgres:hunter2@127.0.0.1:1/test")
     get_settings.cache_clear()
-    status, _, err = run(capsys, "audit")
+    status, _, err = run_cli(capsys, "audit")
     assert status == _exit.EX_UNAVAILABLE
     assert "database unavailable" in err and len(err.splitlines()) == 1
     assert "hunter2" not in err
 
 
 def test_help_lists_the_forms_of_since(capsys: pytest.CaptureFixture[str]) -> None:
-    status, out, _ = run(capsys, "audit", "--help")
+    status, out, _ = run_cli(capsys, "audit", "--help")
     assert status == 0
     for text in ("--since", "--key", "--limit", "--json", "30m", "ISO 8601", "Newest first"):
         assert text in out

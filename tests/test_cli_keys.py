@@ -12,9 +12,9 @@ import pytest
 from pydantic import SecretStr
 
 from serve_app import _exit
-from serve_app.cli import main
 from serve_app.db import Database, keys, migrate
 from serve_app.settings import Settings, get_settings
+from tests.support.cli import run_cli
 from tests.support.settings import use_settings_environment
 
 SECRET = "cli-test-secret-0123456789abcdef"
@@ -31,12 +31,6 @@ def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settin
     get_settings.cache_clear()
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    status = main(list(argv))
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 def authenticate(settings: Settings, presented: str) -> str | None:
     database = Database.from_settings(settings)
     try:
@@ -49,15 +43,15 @@ def authenticate(settings: Settings, presented: str) -> str | None:
 
 @pytest.fixture
 def upgraded(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "db", "upgrade")[0] == 0
+    assert run_cli(capsys, "db", "upgrade")[0] == 0
 
 
 def test_db_upgrade_creates_the_schema_once(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, out, _ = run(capsys, "db", "upgrade")
+    status, out, _ = run_cli(capsys, "db", "upgrade")
     assert status == 0 and migrate.head_revision() in out
-    assert run(capsys, "db", "upgrade")[0] == 0  # nothing left to do
+    assert run_cli(capsys, "db", "upgrade")[0] == 0  # nothing left to do
     database = Database.from_settings(settings)
     migrate.check_schema(database.engine)
     database.dispose()
@@ -68,7 +62,7 @@ def test_default_database_is_sqlite_under_data(
 ) -> None:
     monkeypatch.delenv("DATABASE_URL")
     get_settings.cache_clear()
-    assert run(capsys, "db", "upgrade")[0] == 0
+    assert run_cli(capsys, "db", "upgrade")[0] == 0
     assert (tmp_path / "data" / "exec_agent.db").is_file()
 
 
@@ -76,7 +70,7 @@ def test_default_database_is_sqlite_under_data(
 def test_keys_need_an_upgraded_database(
     argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, out, err = run(capsys, "keys", *argv)
+    status, out, err = run_cli(capsys, "keys", *argv)
     assert status == 1 and out == ""
     assert "no database at" in err and "exec-agent db upgrade" in err
     assert not any(tmp_path.rglob("*.db"))  # asking created no database
@@ -86,7 +80,7 @@ def test_keys_need_a_schema(settings: Settings, capsys: pytest.CaptureFixture[st
     Database.from_settings(settings).dispose()  # what opening does: an empty file
     with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as connection:
         connection.execute("PRAGMA user_version = 1")  # make sure the file is written
-    status, _, err = run(capsys, "keys", "list")
+    status, _, err = run_cli(capsys, "keys", "list")
     assert status == 1 and "no schema yet: run `exec-agent db upgrade`" in err
 
 
@@ -94,7 +88,7 @@ def test_keys_need_a_schema(settings: Settings, capsys: pytest.CaptureFixture[st
 def test_create_prints_the_key_as_the_last_line(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, out, err = run(
+    status, out, err = run_cli(
         capsys, "keys", "create", "--name", "ci", "--rate-limit-per-minute", "30"
     )
     assert status == 0
@@ -106,29 +100,29 @@ def test_create_prints_the_key_as_the_last_line(
 
 @pytest.mark.usefixtures("upgraded")
 def test_create_refuses_a_taken_name_and_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "keys", "create", "--name", "ci")[0] == 0
-    status, _, err = run(capsys, "keys", "create", "--name", "ci")
+    assert run_cli(capsys, "keys", "create", "--name", "ci")[0] == 0
+    status, _, err = run_cli(capsys, "keys", "create", "--name", "ci")
     assert status == 1 and "exists" in err
-    assert run(capsys, "keys", "create", "--name", "a b")[0] == _exit.EX_USAGE
-    assert run(capsys, "keys", "create", "--name", "x", "--rate-limit-per-minute", "0")[0] == 2
-    assert run(capsys, "keys", "create", "--name", "x", "--max-concurrent", "0")[0] == 2
-    assert run(capsys, "keys", "create")[0] == _exit.EX_USAGE  # --name is required
+    assert run_cli(capsys, "keys", "create", "--name", "a b")[0] == _exit.EX_USAGE
+    assert run_cli(capsys, "keys", "create", "--name", "x", "--rate-limit-per-minute", "0")[0] == 2
+    assert run_cli(capsys, "keys", "create", "--name", "x", "--max-concurrent", "0")[0] == 2
+    assert run_cli(capsys, "keys", "create")[0] == _exit.EX_USAGE  # --name is required
 
 
 @pytest.mark.usefixtures("upgraded")
 def test_list_shows_keys_but_never_their_secrets(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    first = run(
+    first = run_cli(
         capsys,
         *("keys", "create", "--name", "ci", "--rate-limit-per-minute", "30"),
         *("--max-concurrent", "64"),
     )[1]
     assert "at most 64 in flight" in first
-    second = run(capsys, "keys", "create", "--name", "ops")[1]
+    second = run_cli(capsys, "keys", "create", "--name", "ops")[1]
     assert "at most 8 (default) in flight" in second
-    assert run(capsys, "keys", "revoke", "ops")[0] == 0
-    status, out, _ = run(capsys, "keys", "list")
+    assert run_cli(capsys, "keys", "revoke", "ops")[0] == 0
+    status, out, _ = run_cli(capsys, "keys", "list")
     assert status == 0
     header, ci, ops = out.splitlines()
     assert header.split() == ["NAME", "CREATED", "REVOKED", "RATE", "LIMIT", "IN", "FLIGHT"]
@@ -146,12 +140,12 @@ def test_list_shows_keys_but_never_their_secrets(
 def test_revoke_takes_effect_at_once(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    key = run(capsys, "keys", "create", "--name", "ci")[1].splitlines()[-1]
+    key = run_cli(capsys, "keys", "create", "--name", "ci")[1].splitlines()[-1]
     assert authenticate(settings, key) == "ci"
-    status, out, _ = run(capsys, "keys", "revoke", "ci")
+    status, out, _ = run_cli(capsys, "keys", "revoke", "ci")
     assert status == 0 and "revoked" in out
     assert authenticate(settings, key) is None
-    status, _, err = run(capsys, "keys", "revoke", "nobody")
+    status, _, err = run_cli(capsys, "keys", "revoke", "nobody")
     assert status == 1 and "no key named 'nobody'" in err
 
 
@@ -161,7 +155,7 @@ def test_unreachable_database_is_one_line_without_the_password(
     monkeypatch.setenv("DATABASE_URL", "postgresql://postgres:hunter2@127.0.0.1:1/test")
     get_settings.cache_clear()
     for argv in (["keys", "list"], ["db", "upgrade"]):
-        status, _, err = run(capsys, *argv)
+        status, _, err = run_cli(capsys, *argv)
         assert status == _exit.EX_UNAVAILABLE
         assert "database unavailable" in err and len(err.splitlines()) == 1
         assert "hunter2" not in err
@@ -174,14 +168,14 @@ def test_other_database_urls_are_a_configuration_error(
     monkeypatch.setenv("DATABASE_URL", url)
     get_settings.cache_clear()
     for argv in (["keys", "list"], ["db", "upgrade"]):
-        status, _, err = run(capsys, *argv)
+        status, _, err = run_cli(capsys, *argv)
         assert status == _exit.EX_CONFIG and "DATABASE_URL" in err
         assert "secret" not in err and "Traceback" not in err
 
 
 def test_help_says_how_to_prepare_the_database(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["keys", "--help"], ["keys", "create", "--help"], ["db", "upgrade", "--help"]):
-        status, out, _ = run(capsys, *argv)
+        status, out, _ = run_cli(capsys, *argv)
         assert status == 0
         assert "exec-agent db upgrade" in out or "migrations" in out
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -33,7 +32,7 @@ from serve_app.settings import Settings
 from tests.support.listeners import loopback_listener
 from tests.support.ports import free_port
 from tests.support.private_servers import REDIS_SERVER, PrivateRedis
-from tests.support.shared_redis import REDIS_URL, delete_prefix
+from tests.support.shared_redis import BACKENDS, REDIS_URL, SuiteBackend, used_then_cleaned
 
 LEASE_TTL_S = 30.0
 _T = TypeVar("_T")
@@ -56,12 +55,10 @@ class FakeClock:
         self.us += round(seconds * 1_000_000)
 
 
-class Backend:
+class Backend(SuiteBackend):
     """Builds limiters of one kind; for Redis, under a key prefix of the test's own."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.prefix = f"test-ratelimit:{uuid.uuid4().hex}:"
+    KEY_PREFIX = "test-ratelimit"
 
     def make(self, clock: FakeClock | None = None) -> Limiter:
         if self.name == "memory":
@@ -79,15 +76,9 @@ class Backend:
         return [await stack.enter_async_context(self.make(clock)) for _ in range(count)]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    chosen = Backend(request.param)
-    if chosen.name == "memory":
-        yield chosen
-        return
-    client = request.getfixturevalue("redis_client")
-    yield chosen
-    delete_prefix(client, chosen.prefix)
+    yield from used_then_cleaned(request, Backend(request.param))
 
 
 # ------------------------------------------------------------------ rate
