@@ -1018,38 +1018,6 @@ def test_cors_refuses_an_unlisted_origin(cors_edge: EdgeApp) -> None:
 # --------------------------------------------------------------------------- schemas alone
 
 
-def test_public_surface() -> None:
-    import serve_app.api
-
-    assert serve_app.api.__all__ == [
-        "MAX_CASES",
-        "MAX_JSON_DEPTH",
-        "REQUEST_ID_HEADER",
-        "ApiError",
-        "BatchCreate",
-        "BatchItem",
-        "BodyGuardMiddleware",
-        "Case",
-        "ExecutionCreate",
-        "RequestBounds",
-        "RequestContextMiddleware",
-        "RequestIdLogFilter",
-        "api_error",
-        "body_parser",
-        "current_request_id",
-        "decode_json",
-        "error_response",
-        "install_edge",
-        "install_error_handlers",
-        "parse_body",
-        "proxy_middlewares",
-        "read_body",
-        "read_model",
-        "request_bounds",
-        "validate_body",
-    ]
-
-
 def test_schemas_refuse_to_validate_without_bounds() -> None:
     with pytest.raises(TypeError, match="validate_body"):
         ExecutionCreate.model_validate({"code": "x"})

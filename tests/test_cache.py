@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
-import serve_app.cache as cache
 from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus
 from serve_app.cache import (
     CachedResult,
@@ -428,7 +427,7 @@ def test_a_hanging_redis_costs_one_timeout_then_none() -> None:
     assert connections == 1
 
 
-# ------------------------------------------------------------------ factory and surface
+# ------------------------------------------------------------------ the factory
 
 
 def test_the_factory_follows_redis_url() -> None:
@@ -462,20 +461,3 @@ def test_the_factorys_settings_take_effect() -> None:
             assert await results.get(1, fingerprint("2")) is not None
 
     run(scenario())
-
-
-def test_public_surface() -> None:
-    assert set(cache.__all__) == {
-        "DEFAULT_KEY_PREFIX",
-        "DEFAULT_MAX_ENTRIES",
-        "DEFAULT_MAX_RECORD_BYTES",
-        "DEFAULT_MAX_TOTAL_BYTES",
-        "DEFAULT_TIMEOUT_S",
-        "FINGERPRINT_VERSION",
-        "CachedResult",
-        "MemoryResultCache",
-        "RedisResultCache",
-        "ResultCache",
-        "build_result_cache",
-        "cache_fingerprint",
-    }
