@@ -32,7 +32,7 @@ import yaml
 from pydantic import ValidationError
 
 from serve_app.api.middleware import PROXY_MIDDLEWARES_IMPORT_PATH
-from serve_app.deployment import ServiceAppArgs, app_builder
+from serve_app.deployment import SERVE_TUNING, ServiceAppArgs, app_builder
 from serve_app.settings import Settings
 from tests.support.cluster import (
     SERVE_SCHEMA,
@@ -538,6 +538,10 @@ def test_dockerfile_builds_the_service_image() -> None:
     (healthcheck,) = values["HEALTHCHECK"]
     assert "http://127.0.0.1:8000/health" in healthcheck
     assert json.loads(values["CMD"][0]) == ["exec-agent", "serve"]
+    environment = dict(
+        assignment.split("=", 1) for line in values["ENV"] for assignment in line.split()
+    )
+    assert SERVE_TUNING.items() <= environment.items(), "the image tunes Serve as serve does"
     exposed = {int(port) for line in values["EXPOSE"] for port in line.split()}
     assert set(HEAD_PORTS.values()) <= exposed
     # The system packages the sandbox needs, which scripts/setup installs too (with dev tools).

@@ -23,12 +23,13 @@ from serve_app.deployment._args import (
 from serve_app.deployment._demo import run_demo
 from serve_app.deployment._ingress import INGRESS_NAME, ApiIngress
 from serve_app.deployment._ray import APP_NAME, PROXY_CALLBACK_VARIABLE, metrics_url, start_ray
-from serve_app.deployment._serve import choose_ingress, haproxy_binary, run_service
+from serve_app.deployment._serve import SERVE_TUNING, choose_ingress, haproxy_binary, run_service
 
 __all__ = [
     "APP_NAME",
     "INGRESS_NAME",
     "PROXY_CALLBACK_VARIABLE",
+    "SERVE_TUNING",
     "ApiIngress",
     "ExecutorArgs",
     "IngressArgs",

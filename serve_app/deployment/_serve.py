@@ -37,8 +37,23 @@ from serve_app.deployment._ray import APP_NAME, metrics_url, start_ray
 if TYPE_CHECKING:
     from serve_app.settings import Settings
 
-__all__ = ["choose_ingress", "haproxy_binary", "run_service"]
+__all__ = ["SERVE_TUNING", "choose_ingress", "haproxy_binary", "run_service"]
 
+SERVE_TUNING = {
+    # Ray Serve's "throughput optimized" set (RAY_SERVE_THROUGHPUT_OPTIMIZED), flag by flag,
+    # less RAY_SERVE_LOG_TO_STDERR=0 (the replicas' JSON logs stay on stderr). Measured here,
+    # HAProxy, 16 connections, runs alternated: 76-85 -> 95-106 executions/s; CPU per execution
+    # 8.8-9.7 -> 6.2-6.8 ms in the API replica, 4.2-4.6 -> 2.5-2.8 ms in the executor replica.
+    # Every handler of ours is async and blocks nothing (database work runs in threads), so
+    # user code may share the replica's event loop.
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
+}
+"""Serve's flags for the replicas of a Ray that ``exec-agent serve`` starts (an environment
+that sets one wins); cluster/Dockerfile sets the same for a cluster's nodes."""
 HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
 HAPROXY_BINARY_VARIABLE = "RAY_SERVE_HAPROXY_BINARY_PATH"
 LOOPBACK_WRAPPER = """\
@@ -131,7 +146,11 @@ def run_service(settings: Settings) -> int:
             print(f"exec-agent serve: {exc}; refusing to run code unsandboxed", file=sys.stderr)
             return _exit.EX_CONFIG
     # Serve reads its flags when its modules are imported, here and in the actors Ray starts.
-    private = None if joined else _configure_ingress(ingress, os.environ)
+    private = None
+    if not joined:
+        for variable, value in SERVE_TUNING.items():
+            os.environ.setdefault(variable, value)
+        private = _configure_ingress(ingress, os.environ)
     try:
         return _serve(settings, ingress if not joined else None)
     finally:
