@@ -356,10 +356,22 @@ def test_an_execution_inserted_running_is_finished_without_reading_back(
     with database.session() as session:
         assert not executions.start_execution(session, inserted.id)  # running already
     result = ExecutionRecord.model_validate(
-        {"status": "ok", "exit_code": 0, "stdout": "1\x00\n", "limits": {}, "wall_time_s": 0.5}
+        {
+            "status": "ok",
+            "exit_code": 0,
+            "stdout": "1\x00\n",
+            "stderr": "warned",
+            "stdout_truncated": True,
+            "limits": {},
+            "wall_time_s": 0.5,
+            "cpu_time_s": 0.25,
+            "peak_memory_bytes": 1024,
+            "passed": True,
+        }
     )
     with database.session() as session:
         answer = executions.finish_inserted_execution(session, inserted, result)
+    assert (answer.stderr, answer.stdout_truncated, answer.passed) == ("warned", True, True)
     with database.session() as session:
         stored = executions.get_execution(session, key.id, inserted.id)
         assert stored is not None

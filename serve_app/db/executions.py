@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Table, delete, select, update
+from sqlalchemy import Table, Update, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -55,6 +55,39 @@ __all__ = [
 IDEMPOTENCY_TTL = timedelta(hours=24)
 MAX_PAGE_ITEMS = 100
 _UNFINISHED = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+_RESULT_COLUMNS = (
+    "status",
+    "exit_code",
+    "signal",
+    "stdout",
+    "stderr",
+    "stdout_truncated",
+    "stderr_truncated",
+    "wall_time_s",
+    "cpu_time_s",
+    "peak_memory_bytes",
+    "passed",
+    "case_results",
+    "cached",
+    "cached_from",
+    "finished_at",
+)
+"""What a terminal write sets (:func:`_result_values`), ``started_at`` aside."""
+
+
+def _finish_statement(*, with_start: bool) -> Update:
+    """The conditional UPDATE of a terminal write, built once: building a statement costs more
+    than running it on this path (one per execution), and a built one keeps its cache key."""
+    table: Table = Execution.__table__  # type: ignore[assignment]
+    columns = (*_RESULT_COLUMNS, "started_at") if with_start else _RESULT_COLUMNS
+    return (
+        update(table)
+        .where(table.c.id == bindparam("finished_id"), table.c.status.in_(_UNFINISHED))
+        .values({name: bindparam(name) for name in columns})
+    )
+
+
+_FINISH = {started: _finish_statement(with_start=started) for started in (False, True)}
 
 
 @dataclass(frozen=True)
@@ -230,11 +263,9 @@ def finish_inserted_execution(
     if record.status not in TERMINAL_STATUSES:
         raise ValueError(f"not a terminal status: {record.status}")
     record = with_finish_time(record)
-    table: Table = Execution.__table__  # type: ignore[assignment]
+    values = _result_values(record)
     written = session.connection().execute(
-        update(table)
-        .where(table.c.id == inserted.id, table.c.status.in_(_UNFINISHED))
-        .values(**_result_values(record))
+        _FINISH["started_at" in values], {"finished_id": inserted.id, **values}
     )
     if written.rowcount != 1:
         if session.get(Execution, inserted.id) is None:
