@@ -30,7 +30,7 @@ STATUSES = {
 CORPUS_WORDS = {"runtime_error": "crashed"}
 """The corpus' status words that the API names otherwise (tests/data/security_corpus.README)."""
 API_WINS = {"huge_exception_message": {"output_limit"}}
-"""Where the API's status table overrides the corpus (tests/test_security_corpus.py says why)."""
+"""Where the API's status table overrides the corpus (tests/support/corpus_checks.py says why)."""
 STATUS_WORDS = re.compile(
     r"(?<!never )status=([a-z_]+)((?:\s*(?:/|\bor\b)\s*[a-z_]+)*)", re.IGNORECASE
 )
