@@ -264,6 +264,8 @@ def build_executor_app(
     max_constructor_retry_count: int = 3,
     label_selector: dict[str, str] | None = None,
     runtime_env: dict[str, Any] | None = None,
+    upscale_delay_s: float | None = None,
+    downscale_delay_s: float | None = None,
 ) -> serve.Application:
     """The executor as a Ray Serve application, ready for ``serve.run``.
 
@@ -273,7 +275,9 @@ def build_executor_app(
       ``memory`` resource per replica; default none reserved) are what Ray schedules a
       replica by, and what a cluster autoscaler adds nodes for.
     - ``min_replicas``/``max_replicas`` bound Serve's autoscaler, which aims at
-      ``target_ongoing_requests`` per replica (default ``slots``: every slot busy).
+      ``target_ongoing_requests`` per replica (default ``slots``: every slot busy), and adds
+      or removes replicas once it has wanted to for ``upscale_delay_s`` or
+      ``downscale_delay_s`` (None: Serve's defaults, 30 and 600 s).
     - ``max_ongoing_requests`` (default ``2 * slots``) is how many requests a replica takes
       at once: one job per slot plus one waiting per slot, so a slot never idles between
       jobs. ``max_queued_requests`` caps the requests waiting in each caller (handle or
@@ -309,19 +313,22 @@ def build_executor_app(
         actor_options["label_selector"] = dict(label_selector)
     if runtime_env:
         actor_options["runtime_env"] = dict(runtime_env)
+    autoscaling: dict[str, Any] = {
+        "min_replicas": min_replicas,
+        "initial_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "target_ongoing_requests": (
+            slots if target_ongoing_requests is None else target_ongoing_requests
+        ),
+    }
+    delays = {"upscale_delay_s": upscale_delay_s, "downscale_delay_s": downscale_delay_s}
+    autoscaling |= {option: value for option, value in delays.items() if value is not None}
     deployment = serve.deployment(
         name=name,
         ray_actor_options=actor_options,
         max_ongoing_requests=2 * slots if max_ongoing_requests is None else max_ongoing_requests,
         max_queued_requests=max_queued_requests,
-        autoscaling_config={
-            "min_replicas": min_replicas,
-            "initial_replicas": min_replicas,
-            "max_replicas": max_replicas,
-            "target_ongoing_requests": (
-                slots if target_ongoing_requests is None else target_ongoing_requests
-            ),
-        },
+        autoscaling_config=autoscaling,
         graceful_shutdown_timeout_s=graceful_shutdown_timeout_s,
         graceful_shutdown_wait_loop_s=graceful_shutdown_wait_loop_s,
         health_check_period_s=health_check_period_s,

@@ -48,6 +48,8 @@ def executor_app(
     target_ongoing_requests: float | None = None,
     label_selector: dict[str, str] | None = None,
     runtime_env: dict[str, Any] | None = None,
+    upscale_delay_s: float | None = None,
+    downscale_delay_s: float | None = None,
 ) -> serve.Application:
     """The executor deployment as the settings size it.
 
@@ -63,7 +65,8 @@ def executor_app(
     512 MiB plus, per slot, ``MAX_MEMORY_MB`` and 32 MiB) are what Ray reserves per replica;
     ``max_ongoing_requests`` (default: slots plus ``EXECUTOR_MAX_QUEUED_REQUESTS``),
     ``target_ongoing_requests`` (default: every slot busy), ``label_selector`` (default: any
-    node) and ``runtime_env`` (default: the node's) go to :func:`executors.build_executor_app`.
+    node), ``runtime_env`` (default: the node's) and the autoscaler's ``upscale_delay_s`` and
+    ``downscale_delay_s`` (default: Serve's) go to :func:`executors.build_executor_app`.
     """
     slots = settings.max_concurrent_executions
     job_memory_bytes = settings.max_memory_mb * MIB + SLOT_OVERHEAD_BYTES
@@ -88,6 +91,8 @@ def executor_app(
         graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
         label_selector=label_selector,
         runtime_env=runtime_env,
+        upscale_delay_s=upscale_delay_s,
+        downscale_delay_s=downscale_delay_s,
     )
 
 
@@ -137,6 +142,8 @@ def build_service_app(settings: Settings, args: ServiceAppArgs) -> serve.Applica
         max_ongoing_requests=executor.max_ongoing_requests,
         target_ongoing_requests=executor.target_ongoing_requests,
         label_selector=executor.label_selector,
+        upscale_delay_s=executor.upscale_delay_s,
+        downscale_delay_s=executor.downscale_delay_s,
     )
     return service_app(settings, pool, args.ingress)
 

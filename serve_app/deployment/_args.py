@@ -77,7 +77,8 @@ class ExecutorArgs(_Args):
     ``EXECUTOR_MAX_QUEUED_REQUESTS``. ``num_cpus`` defaults to one per slot, ``memory_bytes``
     to the replica's 512 MiB plus ``MAX_MEMORY_MB`` and 32 MiB per slot,
     ``target_ongoing_requests`` to one per slot (every slot busy), ``max_ongoing_requests`` to
-    :func:`~serve_app.deployment.executor_app`'s default.
+    :func:`~serve_app.deployment.executor_app`'s default; ``upscale_delay_s`` and
+    ``downscale_delay_s`` to Serve's autoscaler's own.
     """
 
     slots: int | None = Field(default=None, ge=1)
@@ -89,6 +90,18 @@ class ExecutorArgs(_Args):
     max_queued_requests: int | None = None
     label_selector: dict[str, str] | None = None
     """Ray node labels the replicas must run on."""
+    upscale_delay_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds the autoscaler must want more replicas before it adds them "
+        "(default: Serve's, 30).",
+    )
+    downscale_delay_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds the autoscaler must want fewer replicas before it removes them "
+        "(default: Serve's, 600).",
+    )
 
 
 class ServiceAppArgs(BaseModel):
