@@ -13,7 +13,8 @@ The sandbox engine: ``watched_pool`` (pools checked against the corpus' invarian
 The service: ``service`` (deployed on the session's Ray), ``api`` (requests as clients make
 them), ``asgi`` (an app called in-process), ``stand_ins`` (executor handles), ``cli`` (the
 command line in-process), ``settings``, ``databases``, ``shared_redis``, ``private_servers``,
-``cluster`` (cluster/'s files), ``scripts`` (scripts/ as modules).
+``cluster`` (cluster/'s files), ``scripts`` (scripts/ as modules), ``ray_nodes`` (a Ray
+cluster of several ``ray start`` nodes on this machine, stopped or killed by process ids).
 
 Plumbing: ``polling`` (waiting for a condition), ``ports``, ``listeners``, ``paths``.
 """

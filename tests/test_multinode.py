@@ -1,0 +1,400 @@
+"""Several machines (issue 12): the service on a Ray cluster of a head and two worker nodes.
+
+Three ``ray start`` processes on this machine stand for three machines (tests/support/
+ray_nodes.py), as cluster/rayservice.yaml makes them: the head (``exec-agent/role=api``, no CPUs)
+and two sandbox workers (``exec-agent/role=sandbox``, 2 CPUs each). Every node gets the service's
+settings in its environment, as every Ray pod gets the ConfigMap and the Secret: production, the
+machine's PostgreSQL (a schema of this module's own), a real API key secret. The database is
+migrated and a key created with the ``exec-agent`` CLI, and the application is deployed with
+``serve run`` of cluster/serve-config.yaml itself, its args sized for this machine: executor
+replicas of one CPU (two fit a worker), between two and three of them, and an autoscaler that
+waits seconds, not minutes, before it adds or removes one.
+
+The tests, in order (the last one loses a node for good):
+
+- executor replicas run on the worker nodes only; the ingress, Serve's controller and its proxy
+  on the head, which runs no sandbox;
+- Serve's autoscaler adds an executor replica under a queue of slow runs and removes it once
+  idle;
+- a worker node killed under load (every process of it, by its own process id) leaves every
+  accepted execution with one terminal record, and Serve replaces its replicas on the other
+  worker, where new runs succeed.
+
+Deadlines bound the polling only; nothing here asserts a duration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from sqlalchemy import select
+
+from executors import TERMINAL_STATUSES
+from serve_app.api.middleware import PROXY_MIDDLEWARES_IMPORT_PATH
+from serve_app.db import Database
+from serve_app.db.models import ApiKey, Execution
+from serve_app.deployment import APP_NAME, INGRESS_NAME, PROXY_CALLBACK_VARIABLE, SERVE_TUNING
+from tests.support.api import auth
+from tests.support.cluster import load_cluster_yaml
+from tests.support.databases import postgres_schema
+from tests.support.polling import eventually
+from tests.support.ports import free_port
+from tests.support.ray_nodes import ActorInfo, LocalCluster, NodeSpec, RayNode, local_cluster
+from tests.support.settings import settings_variables
+
+pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow]
+
+BIN = Path(sys.executable).parent
+ROLE = "exec-agent/role"
+HEAD = NodeSpec("head", num_cpus=0, labels={ROLE: "api"})
+"""As the RayService's head: no CPUs, so no executor replica (one CPU each) can land there."""
+WORKERS = [NodeSpec(f"worker-{n}", num_cpus=2, labels={ROLE: "sandbox"}) for n in (1, 2)]
+
+EXECUTOR = f"ServeReplica:{APP_NAME}:SandboxExecutor"
+"""The actor class of an executor replica (Serve's ``ServeReplica:<app>:<deployment>``)."""
+HEAD_ACTORS = (f"ServeReplica:{APP_NAME}:{INGRESS_NAME}", "ServeController", "ProxyActor")
+EXECUTOR_ARGS = {
+    "num_cpus": 1,  # two replicas fit a worker: the survivor of a lost node can take them
+    "min_replicas": 2,
+    "max_replicas": 3,
+    "upscale_delay_s": 1,
+    "downscale_delay_s": 5,
+}
+"""The executor's args over cluster/serve-config.yaml's. With at least two replicas and at most
+three, two a node, the node killed (the one with the most replicas) leaves the survivor fewer
+than ``min_replicas``: Serve must start a replacement there."""
+SLOW_RUN = "import time\ntime.sleep(3)\nprint('slept')"
+QUEUE = 24
+"""Slow runs queued at once: 18 s of work for the two replicas' four slots (Serve's handles
+report their load every 10 s)."""
+KEY_NAME = "multinode"
+START_TIMEOUT_S = 120.0
+SCALE_TIMEOUT_S = 90.0
+FINISH_TIMEOUT_S = 240.0
+
+
+@dataclass
+class MultiNodeService:
+    """The deployed service as the tests see it: the cluster, an HTTP client and key, the
+    database, and every execution the service accepted."""
+
+    cluster: LocalCluster
+    client: httpx.Client
+    key: str
+    database: Database
+    accepted: list[str] = field(default_factory=list)
+
+    def submit(self, code: str) -> str:
+        """Queue a run (``wait: false``); its id, once accepted."""
+        body = {"code": code, "wait": False, "limits": {"wall_timeout_s": 10}}
+        answer = self.client.post("/v1/executions", json=body, headers=auth(self.key))
+        assert answer.status_code == 202, answer.text
+        execution_id: str = answer.json()["id"]
+        self.accepted.append(execution_id)
+        return execution_id
+
+    def run(self, code: str) -> dict[str, Any]:
+        """Run ``code`` and wait for its record."""
+        answer = self.client.post("/v1/executions", json={"code": code}, headers=auth(self.key))
+        assert answer.status_code == 200, answer.text
+        self.accepted.append(answer.json()["id"])
+        record: dict[str, Any] = answer.json()
+        return record
+
+    def status(self, execution_id: str, wait_s: float = 0.0) -> str:
+        answer = self.client.get(
+            f"/v1/executions/{execution_id}",
+            params={"wait_s": wait_s},
+            headers=auth(self.key),
+        )
+        assert answer.status_code == 200, answer.text
+        status: str = answer.json()["status"]
+        return status
+
+    def finish(self, ids: list[str]) -> dict[str, str]:
+        """Wait for every execution of ``ids`` to end; their terminal statuses."""
+        deadline = time.monotonic() + FINISH_TIMEOUT_S
+        statuses: dict[str, str] = {}
+        for execution_id in ids:
+            status = self.status(execution_id)
+            while status not in TERMINAL_STATUSES and time.monotonic() < deadline:
+                status = self.status(execution_id, wait_s=10)
+            statuses[execution_id] = status
+        unfinished = {i: s for i, s in statuses.items() if s not in TERMINAL_STATUSES}
+        assert not unfinished, f"not terminal within {FINISH_TIMEOUT_S} s: {unfinished}"
+        return statuses
+
+    def executors(self) -> list[ActorInfo]:
+        """The executor replicas alive now."""
+        return self.cluster.actors(EXECUTOR)
+
+    def executors_on(self) -> Counter[str]:
+        """How many executor replicas each node runs now, by node name."""
+        return Counter(self.node(actor).name for actor in self.executors())
+
+    def node(self, actor: ActorInfo) -> RayNode:
+        node = self.cluster.node_of(actor.node_id)
+        assert node is not None, f"{actor} runs on a node not ours"
+        return node
+
+    def stored(self) -> dict[str, str]:
+        """The key's executions as stored: status by id."""
+        with self.database.session() as session:
+            rows = session.execute(
+                select(Execution.id, Execution.status)
+                .join(ApiKey, ApiKey.id == Execution.key_id)
+                .where(ApiKey.name == KEY_NAME)
+            )
+            return {str(row.id): str(row.status) for row in rows}
+
+
+def cli(cluster: LocalCluster, *argv: str) -> str:
+    """``exec-agent argv...`` with the cluster's environment, as an operator runs it; its
+    standard output."""
+    done = subprocess.run(
+        [str(BIN / "exec-agent"), *argv],
+        env=cluster.env,
+        cwd=cluster.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def serve_run(cluster: LocalCluster, port: int) -> None:
+    """``serve run`` of cluster/serve-config.yaml against the cluster's head, with Serve's proxy
+    on 127.0.0.1:``port`` and the test's executor args."""
+    config = load_cluster_yaml("serve-config.yaml")
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    (app,) = config["applications"]
+    assert app["name"] == APP_NAME
+    app["args"]["ingress"]["max_replicas"] = 1  # this machine's memory: one is enough here
+    app["args"]["executor"].update(EXECUTOR_ARGS)
+    path = cluster.root / "serve-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [str(BIN / "serve"), "run", str(path), "--address", cluster.gcs_address, "--non-blocking"],
+        env=cluster.env,
+        cwd=cluster.root,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+
+
+SERVE_DELETE = """\
+import sys
+import ray
+from ray import serve
+ray.init(address=sys.argv[1], namespace="serve", logging_level="ERROR")
+serve.delete(sys.argv[2])
+"""
+
+
+def serve_delete(cluster: LocalCluster) -> None:
+    """Delete the application, as ``exec-agent serve`` does before it stops: its replicas
+    drain and close their sandbox pools (their cgroups with them), which killing the nodes
+    would leave behind. Best effort: the nodes are killed next in any case."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        subprocess.run(
+            [sys.executable, "-c", SERVE_DELETE, cluster.gcs_address, APP_NAME],
+            env=cluster.env,
+            cwd=cluster.root,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+
+
+def ready(client: httpx.Client) -> bool:
+    try:
+        return client.get("/health/ready").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[MultiNodeService]:
+    """The service deployed on a head and two workers, as cluster/ deploys it."""
+    with postgres_schema() as database_url:
+        env = {
+            "ENVIRONMENT": "production",
+            "DATABASE_URL": database_url,
+            "API_KEY_SECRET": secrets.token_hex(32),
+            "RATE_LIMIT_PER_MINUTE": "1000",
+            # What cluster/Dockerfile sets for every node of the image.
+            PROXY_CALLBACK_VARIABLE: PROXY_MIDDLEWARES_IMPORT_PATH,
+            **SERVE_TUNING,
+        }
+        unset = settings_variables(old_names=True)
+        with local_cluster(HEAD, WORKERS, env, unset=unset) as cluster:
+            cli(cluster, "db", "upgrade")  # the RayService's init container
+            created = cli(cluster, "keys", "create", "--name", KEY_NAME, "--max-concurrent", "64")
+            key = created.strip().splitlines()[-1]
+            port = free_port()
+            serve_run(cluster, port)
+            database = Database.from_url(database_url)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                deployed = MultiNodeService(cluster, client, key, database)
+                try:
+                    wait_until_deployed(deployed)
+                    yield deployed
+                finally:
+                    database.dispose()
+                    serve_delete(cluster)
+
+
+def wait_until_deployed(service: MultiNodeService) -> None:
+    """Until the service is ready with its ``min_replicas`` executors; else fail showing Serve's
+    controller log."""
+    try:
+        eventually(lambda: ready(service.client), START_TIMEOUT_S, "the service is ready")
+        eventually(
+            lambda: len(service.executors()) == EXECUTOR_ARGS["min_replicas"],
+            START_TIMEOUT_S,
+            "the executor's min_replicas run",
+        )
+    except AssertionError as exc:
+        logs = service.cluster.head.session_logs("serve/controller_*.log")
+        raise AssertionError(f"{exc}{logs}") from None
+
+
+def labels_by_node(cluster: LocalCluster) -> dict[str, dict[str, str]]:
+    return {info.node_id: info.labels for info in cluster.probe.nodes()}
+
+
+def check_executors_on_workers(service: MultiNodeService, actors: list[ActorInfo]) -> None:
+    """Every replica of ``actors`` on a sandbox worker, as Ray places it and as this machine's
+    processes show it (in a worker's session, never the head's)."""
+    labels = labels_by_node(service.cluster)
+    assert [labels[actor.node_id].get(ROLE) for actor in actors] == ["sandbox"] * len(actors)
+    workers = {node.process.pid: node.name for node in service.cluster.workers}
+    for actor in actors:
+        node = service.node(actor)
+        assert node in service.cluster.workers, f"{actor} on {node.name}"
+        assert workers.get(os.getsid(actor.pid)) == node.name, actor
+
+
+def test_executor_replicas_run_on_the_worker_nodes_only(service: MultiNodeService) -> None:
+    cluster = service.cluster
+    labels = labels_by_node(cluster)
+    assert sorted(info.get(ROLE, "") for info in labels.values()) == ["api", "sandbox", "sandbox"]
+    head = cluster.info(cluster.head)
+    assert head is not None and head.is_head
+
+    executors = service.executors()
+    assert len(executors) == EXECUTOR_ARGS["min_replicas"]
+    check_executors_on_workers(service, executors)
+    for name in HEAD_ACTORS:
+        (actor,) = cluster.actors(name)
+        assert service.node(actor) is cluster.head, actor
+        assert labels[actor.node_id][ROLE] == "api"
+
+    # The head runs no sandbox: no bubblewrap among its processes; the workers' replicas have
+    # their slots' sandboxes.
+    def sandboxes(node: RayNode) -> int:
+        return list(node.process_names().values()).count("bwrap")
+
+    assert sandboxes(cluster.head) == 0
+    assert sum(map(sandboxes, cluster.workers)) >= len(executors)
+
+    record = service.run("print(6 * 7)")
+    assert (record["status"], record["stdout"]) == ("ok", "42\n")
+
+
+def test_serve_adds_an_executor_replica_under_a_queue_and_removes_it_idle(
+    service: MultiNodeService,
+) -> None:
+    low, high = EXECUTOR_ARGS["min_replicas"], EXECUTOR_ARGS["max_replicas"]
+    assert len(service.executors()) == low
+    ids = [service.submit(SLOW_RUN) for _ in range(QUEUE)]
+
+    def scaled_up() -> list[ActorInfo] | None:
+        found = service.executors()
+        return found if len(found) == high else None
+
+    grown = eventually(
+        scaled_up,
+        SCALE_TIMEOUT_S,
+        f"{high} executor replicas under a queue of {QUEUE}",
+        interval_s=0.5,
+    )
+    check_executors_on_workers(service, grown)
+    # Three replicas, two at most a worker: the pool spans both machines.
+    assert {service.node(actor).name for actor in grown} == {w.name for w in WORKERS}
+    assert set(service.finish(ids).values()) == {"ok"}
+    eventually(
+        lambda: len(service.executors()) == low,
+        SCALE_TIMEOUT_S,
+        f"back to {low} executor replicas once idle",
+        interval_s=0.5,
+    )
+    check_executors_on_workers(service, service.executors())
+
+
+def test_a_worker_node_lost_under_load(service: MultiNodeService) -> None:
+    cluster = service.cluster
+    ids = [service.submit(SLOW_RUN) for _ in range(QUEUE)]
+    # Under load: runs already at the executors, and slots busy for seconds more.
+    eventually(
+        lambda: sum(service.status(i) == "running" for i in ids) >= 4,
+        SCALE_TIMEOUT_S,
+        "runs at the executors",
+        interval_s=0.5,
+    )
+    time.sleep(1)
+    placement = service.executors_on()
+    victim_name, _ = placement.most_common(1)[0]
+    (victim,) = [node for node in cluster.workers if node.name == victim_name]
+    (survivor,) = [node for node in cluster.workers if node is not victim]
+    replicas = service.executors()
+    before = {actor.actor_id for actor in replicas}
+    victim_replicas = [a for a in replicas if service.node(a) is victim]
+    assert victim_replicas
+    processes = victim.process_names()
+    raylets = [pid for pid, name in processes.items() if name == "raylet"]
+    assert len(raylets) == 1 and {a.pid for a in victim_replicas} <= processes.keys()
+
+    killed = victim.kill()
+    assert set(killed) >= {*raylets, *(a.pid for a in victim_replicas)}
+    assert not set(killed) & set(victim.pids())
+    # More work while the cluster has not noticed yet.
+    ids += [service.submit(SLOW_RUN) for _ in range(4)]
+
+    statuses = service.finish(ids)
+    assert set(statuses.values()) <= {"ok", "internal_error"}, Counter(statuses.values())
+    stored = service.stored()
+    assert stored.keys() == set(service.accepted)  # one record each, no other
+    assert {i: stored[i] for i in ids} == statuses  # the API answers what is stored
+
+    def replaced() -> list[ActorInfo] | None:
+        found = service.executors()
+        on_survivor = [a for a in found if service.node(a) is survivor]
+        new = [a for a in on_survivor if a.actor_id not in before]  # started after the kill
+        enough = len(found) >= EXECUTOR_ARGS["min_replicas"]
+        return found if enough and len(on_survivor) == len(found) and new else None
+
+    check_executors_on_workers(
+        service, eventually(replaced, SCALE_TIMEOUT_S, f"replicas replaced on {survivor.name}")
+    )
+    assert cluster.info(victim) is None  # the GCS knows the node is gone
+    record = service.run("print(6 * 7)")
+    assert (record["status"], record["stdout"]) == ("ok", "42\n")
