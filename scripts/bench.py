@@ -26,7 +26,7 @@ SCRIPTS_DIR = str(Path(__file__).resolve().parent)
 if SCRIPTS_DIR not in sys.path:  # loaded by path (as the tests do), not run as a script
     sys.path.insert(0, SCRIPTS_DIR)
 from benchlib.cli import build_parser, main  # noqa: E402
-from benchlib.http import http_goal_met, http_ratios  # noqa: E402
+from benchlib.http import engine_share, http_goal_met, http_ratios  # noqa: E402
 from benchlib.humaneval_data import (  # noqa: E402
     humaneval_outcome,
     humaneval_problems,
@@ -40,6 +40,7 @@ __all__ = [
     "WrkTarget",
     "build_parser",
     "enable_reference_exec",
+    "engine_share",
     "http_goal_met",
     "http_ratios",
     "humaneval_outcome",

@@ -343,10 +343,13 @@ def test_http_goal_needs_both_figures_and_no_failure() -> None:
     part["execution"]["1"]["latency_ms"]["p50"] = 10.5
     assert not bench.http_goal_met(part, bench.http_ratios(part, floor, 16, 1), 1)
     part["execution"]["1"]["latency_ms"]["p50"] = 5.0
-    part["execution"]["16"]["throughput_per_s"] = 280.0
+    part["execution"]["16"]["throughput_per_s"] = 180.0
     ratio = bench.http_ratios(part, floor, 16, 1)
-    assert ratio["throughput"] == 1.4
+    assert ratio["throughput"] == 0.9
     assert not bench.http_goal_met(part, ratio, 1)
+    engine = {"1": measured(250.0, 4.0), "2": measured(300.0, 6.0)}
+    assert bench.engine_share(part, engine, 16) == 0.6
+    assert bench.engine_share(part, None, 16) is None
     assert bench.http_ratios({"error": "x"}, floor, 16, 1) == {
         "throughput": None,
         "p50_latency": None,
@@ -408,8 +411,10 @@ def test_http_benchmark_writes_consistent_results(tmp_path: Path) -> None:
     assert set(result["ratio"]) == {"proxy"}
     assert set(result["ratio"]["proxy"]) == {"throughput", "p50_latency"}
     assert all(value > 0 for value in result["ratio"]["proxy"].values())
+    assert result["engine_share"] == {"proxy": None}  # --no-sandbox-reference
     goal = result["goal"]
-    assert (goal["throughput_ratio"], goal["p50_ms"]) == (1.5, 10.0)
+    assert (goal["throughput_ratio"], goal["p50_ms"]) == (1.0, 10.0)
+    assert (goal["throughput_stretch"], goal["engine_share"]) == (1.5, 0.6)
     assert (goal["throughput_connections"], goal["p50_connections"]) == (2, 1)
     assert set(goal["met"]) == {"proxy"}
     assert isinstance(goal["met"]["proxy"], bool)
