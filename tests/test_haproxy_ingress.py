@@ -1,5 +1,6 @@
 """``SERVE_INGRESS=haproxy``: Serve's HAProxy serves the API, and its stats page and its
-Prometheus listener (which Serve's template binds on every interface) listen on loopback only.
+Prometheus listener (which Serve's template binds on every interface) listen on loopback only;
+the replicas ``exec-agent serve`` starts run with Serve's tuning (``SERVE_TUNING``).
 """
 
 from __future__ import annotations
@@ -7,13 +8,14 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from serve_app.deployment import haproxy_binary
+from serve_app.deployment import SERVE_TUNING, haproxy_binary
 from serve_app.deployment._serve import LOOPBACK_WRAPPER
 from tests.support.scripts import load_script
 
@@ -79,6 +81,9 @@ def test_haproxy_serves_the_api_with_its_own_listeners_on_loopback(tmp_path: Pat
         }
         assert {port for _, port in listening} == ports, listening
         assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
+        for replica in replica_processes(service.pid):
+            environment = replica.environ()
+            assert SERVE_TUNING.items() <= environment.items(), replica.cmdline()
     finally:
         service.stop()
         service.kill_group()
@@ -86,14 +91,26 @@ def test_haproxy_serves_the_api_with_its_own_listeners_on_loopback(tmp_path: Pat
 
 def haproxy_processes(root_pid: int | None) -> list[psutil.Process]:
     """The haproxy processes under ``exec-agent serve`` (its session: Ray's workers start them)."""
+    return session_processes(root_pid, lambda process: process.name() == "haproxy")
+
+
+def replica_processes(root_pid: int | None) -> list[psutil.Process]:
+    """The Serve replicas (``ray::ServeReplica:...``) under ``exec-agent serve``."""
+    return session_processes(root_pid, lambda process: "ServeReplica" in process.cmdline()[0])
+
+
+def session_processes(
+    root_pid: int | None, wanted: Callable[[psutil.Process], bool]
+) -> list[psutil.Process]:
+    """The processes of ``exec-agent serve``'s session that ``wanted`` picks (at least one)."""
     assert root_pid is not None
     session = os.getsid(root_pid)
     found = []
-    for process in psutil.process_iter(["name"]):
+    for process in psutil.process_iter():
         try:
-            if process.info["name"] == "haproxy" and os.getsid(process.pid) == session:
+            if os.getsid(process.pid) == session and wanted(process):
                 found.append(process)
-        except (ProcessLookupError, psutil.NoSuchProcess):
+        except (ProcessLookupError, psutil.NoSuchProcess, IndexError):
             continue
-    assert found, "no haproxy process under the service"
+    assert found, "no such process under the service"
     return found

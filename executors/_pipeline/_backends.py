@@ -45,9 +45,10 @@ def local_pool(
 ) -> Any:
     """The job's shared local pool ``name``, created if missing, once it answers.
 
-    Raises :class:`PipelineConfigurationError` at once when no node has ``num_cpus`` CPUs
-    free for a pool that does not exist yet: Ray would otherwise wait for them forever,
-    while the dataset's own actors hold what it waits for.
+    Raises :class:`PipelineConfigurationError` at once, for a pool that does not exist yet,
+    when ``num_cpus`` is more than the largest node has or than the cluster has free now:
+    Ray would otherwise wait for them, maybe forever, while the dataset's own actors hold
+    what it waits for.
     """
     import ray
 
