@@ -167,14 +167,40 @@ class SandboxExecutor:
         if job.cancelled():
             self._metrics.dropped()
 
-    async def run_batch(self, requests: Sequence[RequestLike]) -> list[dict[str, Any]]:
+    async def run_batch(
+        self,
+        requests: Sequence[RequestLike],
+        trace_contexts: Sequence[Mapping[str, str] | None] | None = None,
+    ) -> list[dict[str, Any]]:
         """Run ``requests`` concurrently, at most one per slot; records in request order.
+
+        A run that fails here (the pool shut down under it) is that request's
+        ``internal_error`` record, not the batch's failure: the others keep their results.
+        ``trace_contexts``: one carrier per request, as ``run``'s ``trace_context``.
 
         A batch is one request to Serve: its replica cannot drain until the whole batch is
         done, so callers send batches of about ``slots`` items, not thousands.
         """
         checked = [ExecutionRequest.model_validate(request) for request in requests]
-        return list(await asyncio.gather(*(self.run(request) for request in checked)))
+        contexts = list(trace_contexts) if trace_contexts is not None else [None] * len(checked)
+        if len(contexts) != len(checked):
+            raise ValueError("one trace context per request, or none")
+        results = await asyncio.gather(
+            *(
+                self.run(request, trace_context=context)
+                for request, context in zip(checked, contexts, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        records: list[dict[str, Any]] = []
+        for request, result in zip(checked, results, strict=True):
+            if isinstance(result, asyncio.CancelledError):
+                raise result  # the caller went away: every run was cancelled
+            if isinstance(result, BaseException):
+                logger.error("a batch's run failed in the executor: %s", type(result).__name__)
+                result = ExecutionRecord.internal_error(request).to_api()
+            records.append(result)
+        return records
 
     def isolation(self) -> dict[str, Any]:
         """The isolation layers in force in this pool (the ``sandbox`` readiness check)."""

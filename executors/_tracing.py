@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ATTEMPT",
+    "BATCH_RUNS",
     "DEFAULT_SERVICE_NAME",
     "ENDPOINT_VARIABLE",
     "ERROR_TYPE",
@@ -88,6 +89,8 @@ FLUSH_TIMEOUT_S = 5.0
 REQUEST_ID = "exec_agent.request_id"
 EXECUTION_ID = "exec_agent.execution_id"
 ATTEMPT = "exec_agent.attempt"
+BATCH_RUNS = "exec_agent.batch_runs"
+"""How many runs one ``executor.run`` call carried (a batch's chunk); absent for one."""
 STATUS = "exec_agent.status"
 EXIT_CODE = "exec_agent.exit_code"
 WALL_TIME_S = "exec_agent.wall_time_s"

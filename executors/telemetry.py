@@ -21,6 +21,7 @@ from executors._metrics import (
 )
 from executors._tracing import (
     ATTEMPT,
+    BATCH_RUNS,
     ENDPOINT_VARIABLE,
     EXECUTION_ID,
     REQUEST_ID,
@@ -36,6 +37,7 @@ from executors._tracing import (
 
 __all__ = [
     "ATTEMPT",
+    "BATCH_RUNS",
     "DURATION_BUCKETS_S",
     "ENDPOINT_VARIABLE",
     "EXECUTION_ID",

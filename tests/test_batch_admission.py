@@ -35,6 +35,7 @@ class HeldExecutor(RunsStandIn):
     """A handle whose runs all wait for ``release``; counts how many are in flight at most."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.release = asyncio.Event()
         self.in_flight = 0
         self.most = 0
@@ -186,6 +187,70 @@ def test_running_batch_items_hold_leases_of_their_keys_cap(settings: Settings) -
             assert {str(row.status) for row in view.items} == {"ok"}
         assert executor.most == 2
         assert await limiter.in_flight(key.lookup_id) == 0  # every lease given back
+        await service.aclose(5.0)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        database.dispose()
+
+
+def test_items_go_to_the_executors_in_chunks_of_a_replicas_slots(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """Issue 12: a batch's items are sent a replica's slots at a time, in one call each (and
+    one write to start them, one to store their records); each still gets its own record."""
+    chunked = settings.model_copy(
+        update={"max_concurrent_executions": 2, "max_batch_items": 5, "max_concurrent_per_key": 4}
+    )
+    database = Database.from_settings(chunked)
+    executor = HeldExecutor()
+
+    async def scenario() -> None:
+        service = ExecutionService(chunked, database, build_rate_limiter(chunked), executor)
+        key = new_key(database, chunked, "chunked")
+        created = await service.create_batch(key, batch_body(chunked, 5))
+        # The key's cap (4) allows two chunks of two at once; the fifth item waits.
+        await until(lambda: executor.in_flight == 4, "two chunks running")
+        await asyncio.sleep(0.3)
+        assert executor.batch_calls == [2, 2]
+        executor.release.set()
+        await until_done(database, key, created.id)
+        assert sorted(executor.batch_calls) == [2, 2]  # the last item went alone: run.remote
+        assert executor.most == 4
+        with database.session() as session:
+            view = batches.get_batch(session, key.id, uuid.UUID(created.id))
+        assert view is not None
+        assert [str(row.status) for row in view.items] == ["ok"] * 5
+        assert all(row.started_at is not None and row.finished_at for row in view.items)
+        await service.aclose(5.0)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        database.dispose()
+
+
+def test_chunks_of_two_batches_never_deadlock_on_the_keys_cap(settings: Settings) -> None:
+    """A chunk takes the leases that are free (one waited for, the rest only if free): two
+    batches of one key whose chunks each held a part of an odd cap would otherwise wait for
+    each other for ever."""
+    chunked = settings.model_copy(update={"max_concurrent_executions": 2})
+    database = Database.from_settings(chunked)
+    executor = HeldExecutor()
+
+    async def scenario() -> None:
+        limiter = build_rate_limiter(chunked)
+        service = ExecutionService(chunked, database, limiter, executor)
+        key = new_key(database, chunked, "odd-cap", max_concurrency=3)
+        first = await service.create_batch(key, batch_body(chunked))
+        second = await service.create_batch(key, batch_body(chunked))
+        await until(lambda: executor.in_flight == 3, "the key's cap in flight")
+        executor.release.set()
+        await until_done(database, key, first.id)
+        await until_done(database, key, second.id)
+        assert executor.most == 3
+        assert await limiter.in_flight(key.lookup_id) == 0
         await service.aclose(5.0)
 
     try:

@@ -213,6 +213,46 @@ def test_status_follows_the_items_queued_running_done(database: Database, key_id
     assert row.finished_at >= row.created_at
 
 
+def test_a_chunk_is_started_and_finished_in_one_transaction_each(
+    database: Database, key_id: int
+) -> None:
+    """Issue 12: a batch's chunk is marked running by one statement and its records stored in
+    one transaction; conditional as one at a time: an item not queued is not started again,
+    a finished one keeps its first record, an unknown id is skipped."""
+    new = insert(database, key_id, 4)
+    first, second, third, fourth = new.item_ids
+    start(database, third)
+    with database.session() as session:
+        started = executions.start_executions(session, [first, second, third])
+    assert started == {first, second}
+    finish(database, second, "timeout")
+    unknown = uuid.uuid4()
+    records = [
+        (first, result().model_copy(update={"stdout": "one\n", "wall_time_s": 0.25})),
+        (second, result()),
+        (third, result("nonzero_exit")),
+        (unknown, result()),
+    ]
+    with database.session() as session:
+        written = executions.finish_executions(session, records)
+    assert written == [first, third]
+    got = {row.id: row for row in view(database, key_id, new.batch.id).items}
+    assert (str(got[first].status), got[first].stdout, got[first].wall_time_s) == (
+        "ok",
+        "one\n",
+        0.25,
+    )
+    assert str(got[second].status) == "timeout"  # the first terminal write stays
+    assert str(got[third].status) == "nonzero_exit"
+    assert str(got[fourth].status) == "queued"
+    assert all(got[done].finished_at is not None for done in (first, second, third))
+    assert got[first].started_at is not None  # kept from the start
+    with database.session() as session:
+        assert executions.start_executions(session, [first, fourth]) == {fourth}
+    with pytest.raises(ValueError, match="terminal"), database.session() as session:
+        executions.finish_executions(session, [(fourth, result("running"))])
+
+
 def test_a_batch_finished_before_any_refresh_goes_straight_to_done(
     database: Database, key_id: int
 ) -> None:

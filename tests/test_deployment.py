@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -116,6 +117,34 @@ def test_run_batch_keeps_request_order(executor: Any) -> None:
     records = ray.get(executor.run_batch.remote([request(code) for code in codes]))
     assert [record["stdout"] for record in records] == [f"{i}\n" for i in range(4)]
     assert all(record["status"] == "ok" for record in records)
+
+
+def test_a_run_that_fails_in_a_batch_is_that_items_internal_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch is several runs in one call: one run's failure (its slot lost, the pool shut
+    down under it) ends that item as ``internal_error``; the others keep their results."""
+    executor = SandboxExecutor(SandboxConfig(), slots=1)
+    real_run = executor._pool.run
+
+    def run(checked: ExecutionRequest, cancel: Any) -> ExecutionRecord:
+        if checked.code == "lost":
+            raise RuntimeError("the slot died")
+        return real_run(checked, cancel)
+
+    monkeypatch.setattr(executor._pool, "run", run)
+    try:
+        batch = [request("print(1)"), request("lost"), request("print(3)")]
+        records = asyncio.run(executor.run_batch(batch))
+        assert [(r["status"], r["stdout"]) for r in records] == [
+            ("ok", "1\n"),
+            ("internal_error", ""),
+            ("ok", "3\n"),
+        ]
+        with pytest.raises(ValueError, match="one trace context per request"):
+            asyncio.run(executor.run_batch(batch, trace_contexts=[None]))
+    finally:
+        asyncio.run(executor.close())
 
 
 def test_isolation_reports_layers(executor: Any) -> None:

@@ -530,15 +530,21 @@ def test_background_runs_and_batch_items_are_traced_too(
     batch = client.get(f"/v1/batches/{created.json()['id']}?wait_s=30").json()
     assert batch["status"] == "done"
     _, batch_server = server_span(receiver, "POST /v1/batches", batch_id)
-    calls = children(receiver, batch_server, "executor.run", 2)
-    ids = {attributes(span.attributes)["exec_agent.execution_id"] for _, span in calls}
-    assert ids == {item["id"] for item in batch["items"]}
-    statuses = set()
-    for _, call in calls:
-        ((_, sandbox),) = children(receiver, call, "sandbox.run", 1)
-        statuses.add(attributes(sandbox.attributes)["exec_agent.status"])
+    # Both items went to the executors in one call (a chunk): one span, runs counted.
+    ((_, call),) = children(receiver, batch_server, "executor.run", 1)
+    assert attributes(call.attributes)["exec_agent.batch_runs"] == 2
+    assert attributes(call.attributes)["exec_agent.execution_id"] in {
+        item["id"] for item in batch["items"]
+    }
+    sandboxes = children(receiver, call, "sandbox.run", 2)
+    ran = {}
+    for _, sandbox in sandboxes:
+        ran_as = attributes(sandbox.attributes)
+        ran[ran_as["exec_agent.execution_id"]] = ran_as["exec_agent.status"]
+    assert ran == {item["id"]: item["status"] for item in batch["items"]}
+    assert set(ran.values()) == {"ok", "nonzero_exit"}
+    for _, sandbox in sandboxes:
         assert attributes(sandbox.attributes)["exec_agent.request_id"] == batch_id
-    assert statuses == {"ok", "nonzero_exit"}
     # The GETs that waited on them are traced by their route template, never their ids.
     assert receiver.wait_for(
         lambda collected: [s for _, s in collected if s.name == "GET /v1/batches/{batch_id}"]

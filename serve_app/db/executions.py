@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,6 +41,7 @@ __all__ = [
     "discard_unfinished",
     "find_by_idempotency_key",
     "finish_execution",
+    "finish_executions",
     "finish_inserted_execution",
     "get_execution",
     "insert_execution",
@@ -47,6 +49,7 @@ __all__ = [
     "request_columns",
     "request_fingerprint",
     "start_execution",
+    "start_executions",
     "to_record",
     "to_request",
     "with_finish_time",
@@ -220,6 +223,18 @@ def start_execution(session: Session, execution_id: uuid.UUID) -> bool:
     return started is not None
 
 
+def start_executions(session: Session, execution_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Mark queued executions ``running`` in one statement; the ids that were still queued."""
+    started = session.scalars(
+        update(Execution)
+        .where(Execution.id.in_(execution_ids), Execution.status == ExecutionStatus.QUEUED)
+        .values(status=ExecutionStatus.RUNNING, started_at=datetime.now(UTC))
+        .returning(Execution.id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    return set(started)
+
+
 def discard_unfinished(session: Session, execution_id: uuid.UUID) -> None:
     """Forget an execution the executors refused before it ran (its client got 503); nothing
     if it finished meanwhile."""
@@ -272,6 +287,24 @@ def finish_inserted_execution(
             raise NotFoundError(f"no execution {inserted.id}")
         raise ConflictError(f"execution {inserted.id} is finished already")
     return as_stored(inserted, record)
+
+
+def finish_executions(
+    session: Session, results: Sequence[tuple[uuid.UUID, ExecutionRecord]]
+) -> list[uuid.UUID]:
+    """Write many terminal records in one transaction (a batch's chunk); the ids written. An
+    execution finished already keeps its record (the first terminal write wins, as in
+    :func:`finish_execution`); one that does not exist is skipped the same way."""
+    connection = session.connection()
+    written: list[uuid.UUID] = []
+    for execution_id, record in results:
+        if record.status not in TERMINAL_STATUSES:
+            raise ValueError(f"not a terminal status: {record.status}")
+        values = _result_values(with_finish_time(record))
+        statement = _FINISH["started_at" in values]
+        if connection.execute(statement, {"finished_id": execution_id, **values}).rowcount == 1:
+            written.append(execution_id)
+    return written
 
 
 def with_finish_time(record: ExecutionRecord) -> ExecutionRecord:

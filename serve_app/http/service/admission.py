@@ -172,6 +172,19 @@ class Admission:
         )
         return decision.lease
 
+    async def more_leases(self, key: ApiKey, wanted: int) -> list[Lease | None]:
+        """Up to ``wanted`` more slots under the key's in-flight cap, without waiting: as many
+        as are free now (a batch's chunk grows to them; waiting for all of them at once could
+        deadlock two chunks that each hold a part)."""
+        taken: list[Lease | None] = []
+        cap = self.cap(key)
+        while len(taken) < wanted:
+            decision = await self._limiter.acquire(key.lookup_id, cap)
+            if not decision.allowed:
+                break
+            taken.append(decision.lease)
+        return taken
+
     async def release(self, lease: Lease | None) -> None:
         if lease is not None:
             await self._limiter.release(lease)

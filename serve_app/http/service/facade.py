@@ -83,7 +83,9 @@ class ExecutionService:
         limits = (settings.default_limits(), settings.max_limits())
         self.executions = Executions(parts, self.runner, limits)
         slots = settings.max_concurrent_executions * settings.executor_num_replicas_max
-        self.batches = Batches(parts, self.executions, slots)
+        self.batches = Batches(
+            parts, self.executions, self.runner, slots, settings.max_concurrent_executions
+        )
         self.create = self.executions.create  # accept one execution: same signature
 
     # --- the parts' state, under the names readiness, the ingress and tests use

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,6 +84,21 @@ class Results:
             logger.warning("execution %s: not queued any more, not run", execution_id)
         return started
 
+    async def start_many(self, execution_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """:meth:`start` for many executions in one write: the ids to run (all of them without
+        the database, as for one)."""
+        try:
+            started = await self._transact(
+                lambda session: executions.start_executions(session, execution_ids)
+            )
+        except DatabaseUnavailableError:
+            return set(execution_ids)
+        if len(started) < len(execution_ids):
+            logger.warning(
+                "%d executions: not queued any more, not run", len(execution_ids) - len(started)
+            )
+        return started
+
     async def finish(
         self,
         execution_id: uuid.UUID,
@@ -115,6 +130,27 @@ class Results:
             return record.model_copy(update={"id": execution_id})
         self._metrics.execution_stored(record)
         return executions.to_record(stored)
+
+    async def finish_many(self, results: Sequence[tuple[uuid.UUID, ExecutionRecord]]) -> None:
+        """:meth:`finish` for many executions in one transaction (a batch's chunk); without the
+        database each is written again in the background, as one would be."""
+        capped = [
+            (execution_id, await self.capped(executions.with_finish_time(record)))
+            for execution_id, record in results
+        ]
+        try:
+            written = await self._transact(
+                lambda session: executions.finish_executions(session, capped)
+            )
+        except DatabaseUnavailableError:
+            logger.warning("%d results not stored yet: database unavailable", len(capped))
+            for execution_id, record in capped:
+                self._spawn(self._finish_later(execution_id, record))
+            return
+        stored = set(written)
+        for execution_id, record in capped:
+            if execution_id in stored:
+                self._metrics.execution_stored(record)
 
     async def store_copy(self, store: Callable[[Session], ExecutionRecord]) -> ExecutionRecord:
         """Insert and finish at once (a new execution copying a cached result)."""

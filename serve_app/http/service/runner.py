@@ -1,6 +1,7 @@
-"""The executor call: one run through the executor handle, tried again once if its executor
-replica died under it, each attempt counted as an active execution and (tracing on) in an
-``executor.run`` span whose context goes to the executor replica with the request.
+"""The executor call: one run through the executor handle (or a batch's chunk of runs in one
+call), tried again once if its executor replica died under it, each attempt's runs counted as
+active executions and (tracing on) in an ``executor.run`` span whose context goes to the
+executor replica with the request.
 
 A run is never tried again after the program reported a result; a second failure, or any
 other failure of the executors, answers ``internal_error``: the service failed, not the code.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry.trace import SpanKind, Tracer
@@ -21,6 +23,7 @@ from ray.serve.exceptions import BackPressureError
 from executors import ExecutionRecord, ExecutionRequest
 from executors.telemetry import (
     ATTEMPT,
+    BATCH_RUNS,
     EXECUTION_ID,
     REQUEST_ID,
     STATUS,
@@ -56,67 +59,106 @@ class Runner:
         ``BackPressureError`` when the executors refuse it: always in the ``background``, else
         only on the first attempt (a retry's run was accepted and started: it ends as a
         record, not as a refusal that forgets it)."""
+        (record,) = await self._attempts([execution_id], [request], background=background)
+        return record
+
+    async def run_many(
+        self, execution_ids: Sequence[uuid.UUID], requests: Sequence[ExecutionRequest]
+    ) -> list[ExecutionRecord]:
+        """:meth:`run` (in the background) of several requests as one call to one executor
+        replica (``run_batch``: a batch's chunk); their records in order."""
+        return await self._attempts(execution_ids, requests, background=True)
+
+    async def _attempts(
+        self,
+        execution_ids: Sequence[uuid.UUID],
+        requests: Sequence[ExecutionRequest],
+        *,
+        background: bool,
+    ) -> list[ExecutionRecord]:
         tracer = current_tracer()
-        record = ExecutionRecord.internal_error(request)
+        internal_errors = [ExecutionRecord.internal_error(request) for request in requests]
+        # Runs on one replica share its slots: the longest may wait for all the others.
+        timeout_s = sum(request.limits.wall_timeout_s for request in requests) + HANDLE_MARGIN_S
+        described = f"execution {execution_ids[0]}" + (
+            f" and {len(execution_ids) - 1} more" if len(execution_ids) > 1 else ""
+        )
         for attempt in range(1, EXECUTOR_ATTEMPTS + 1):
             try:
                 call = (
-                    self._at_executors(self.executor.run.remote(request))
+                    self._at_executors(self._send(requests, None), len(requests))
                     if tracer is None
-                    else self._traced(tracer, execution_id, request, attempt)
+                    else self._traced(tracer, execution_ids, requests, attempt)
                 )
-                result = await asyncio.wait_for(
-                    call, timeout=request.limits.wall_timeout_s + HANDLE_MARGIN_S
-                )
-                return ExecutionRecord.model_validate(result)
+                results = await asyncio.wait_for(call, timeout=timeout_s)
+                if len(requests) == 1:
+                    results = [results]
+                if len(results) != len(requests):
+                    raise ValueError("the executors answered a different number of records")
+                return [ExecutionRecord.model_validate(result) for result in results]
             except BackPressureError:
                 if background or attempt == 1:
                     raise
-                logger.warning("execution %s: no executor for the retry", execution_id)
-                return ExecutionRecord.internal_error(request)
+                logger.warning("%s: no executor for the retry", described)
+                return internal_errors
             except RayActorError as exc:
                 logger.warning(
-                    "execution %s: executor replica lost (attempt %d): %s",
-                    execution_id,
+                    "%s: executor replica lost (attempt %d): %s",
+                    described,
                     attempt,
                     type(exc).__name__,
                 )
             except Exception as exc:  # noqa: BLE001 - any executor failure ends as internal_error
                 # The type only (no traceback): a remote error may carry the program's text.
-                logger.error(
-                    "execution %s failed in the executors: %s", execution_id, type(exc).__name__
-                )
-                return ExecutionRecord.internal_error(request)
-        return record
+                logger.error("%s failed in the executors: %s", described, type(exc).__name__)
+                return internal_errors
+        return internal_errors
 
-    async def _at_executors(self, call: Any) -> Any:
-        """Await the executors' answer to ``call``, counted as an active execution meanwhile."""
-        self._metrics.run_started()
+    def _send(
+        self, requests: Sequence[ExecutionRequest], carriers: list[dict[str, str]] | None
+    ) -> Any:
+        """One run through the handle, or several in one ``run_batch`` call."""
+        if len(requests) == 1:
+            if carriers is None:
+                return self.executor.run.remote(requests[0])
+            return self.executor.run.remote(requests[0], trace_context=carriers[0])
+        return self.executor.run_batch.remote(list(requests), trace_contexts=carriers)
+
+    async def _at_executors(self, call: Any, runs: int) -> Any:
+        """Await the executors' answer to ``call``, its ``runs`` counted as active executions
+        meanwhile."""
+        for _ in range(runs):
+            self._metrics.run_started()
         try:
             return await call
         finally:
-            self._metrics.run_ended()
+            for _ in range(runs):
+                self._metrics.run_ended()
 
     async def _traced(
-        self, tracer: Tracer, execution_id: uuid.UUID, request: ExecutionRequest, attempt: int
+        self,
+        tracer: Tracer,
+        execution_ids: Sequence[uuid.UUID],
+        requests: Sequence[ExecutionRequest],
+        attempt: int,
     ) -> Any:
-        """:meth:`_at_executors` of the run, in an ``executor.run`` span; ids and the status
-        only."""
+        """:meth:`_at_executors` of the runs, in an ``executor.run`` span; ids and the status
+        only (of several runs: the first id, and their count)."""
         with tracer.start_as_current_span(
             "executor.run",
             kind=SpanKind.CLIENT,
-            attributes={EXECUTION_ID: str(execution_id), ATTEMPT: attempt},
+            attributes={EXECUTION_ID: str(execution_ids[0]), ATTEMPT: attempt},
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            if len(requests) > 1:
+                span.set_attribute(BATCH_RUNS, len(requests))
             request_id = current_request_id()
             if request_id:
                 span.set_attribute(REQUEST_ID, request_id)
-            carrier = inject_context(str(execution_id))
+            carriers = [inject_context(str(execution_id)) for execution_id in execution_ids]
             try:
-                result = await self._at_executors(
-                    self.executor.run.remote(request, trace_context=carrier)
-                )
+                result = await self._at_executors(self._send(requests, carriers), len(requests))
             except BaseException as exc:
                 mark_failed(span, exc)
                 raise
