@@ -257,3 +257,42 @@ def test_chunks_of_two_batches_never_deadlock_on_the_keys_cap(settings: Settings
         asyncio.run(scenario())
     finally:
         database.dispose()
+
+
+def test_a_waiting_get_answers_when_its_run_ends_here_not_at_its_next_poll(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``wait_s`` read of a batch or a background execution that ends on this replica is
+    woken by its end: with the reads' back-off made longer than the test's patience, only
+    the wake can answer it in time."""
+    from serve_app.http.service import polling
+
+    monkeypatch.setattr(polling, "POLL_FIRST_S", 120.0)
+    monkeypatch.setattr(polling, "POLL_MAX_S", 120.0)
+    database = Database.from_settings(settings)
+    executor = HeldExecutor()
+    queued = validate_body(
+        ExecutionCreate, {"code": "print(1)", "wait": False}, RequestBounds.from_settings(settings)
+    )
+
+    async def scenario() -> None:
+        service = ExecutionService(settings, database, build_rate_limiter(settings), executor)
+        key = new_key(database, settings, "waiter")
+        batch = await service.create_batch(key, batch_body(settings))
+        single = await service.create(key, queued)
+        waiting_batch = asyncio.ensure_future(service.batch(key, batch.id, wait_s=60))
+        waiting_single = asyncio.ensure_future(service.get(key, str(single.record.id), wait_s=60))
+        await asyncio.sleep(0.3)
+        assert not waiting_batch.done() and not waiting_single.done()
+        executor.release.set()
+        done_batch, done_single = await asyncio.wait_for(
+            asyncio.gather(waiting_batch, waiting_single), timeout=20
+        )
+        assert done_batch.status == "done" and done_batch.done == ITEMS_PER_BATCH
+        assert done_single.status is ExecutionStatus.OK
+        await service.aclose(5.0)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        database.dispose()

@@ -75,6 +75,7 @@ class Batches:
         # The key's cap, but no more than keeps every slot busy with one run waiting behind
         # it: more in flight would only wait in Serve's router, which backs off.
         in_flight = min(self._parts.admission.cap(key), 2 * self._slots)
+        self._parts.wakers.add(new.batch.id)
         self._parts.background.spawn(self._run(key, new, items, cache_as, in_flight))
         return BatchAccepted(id=str(new.batch.id), total=len(items))
 
@@ -117,15 +118,18 @@ class Batches:
 
         chunk = max(1, min(self._chunk_runs, in_flight))
         workers = min(-(-in_flight // chunk), -(-len(chunked) // chunk))
-        await asyncio.gather(
-            *(
-                run_item(execution_id, item, where)
-                for execution_id, item, where in zip(new.item_ids, items, cache_as, strict=True)
-                if where is not None
-            ),
-            *(self._run_chunks(key, chunked, chunk) for _ in range(workers)),
-        )
-        await self.refresh(new.batch.id)
+        try:
+            await asyncio.gather(
+                *(
+                    run_item(execution_id, item, where)
+                    for execution_id, item, where in zip(new.item_ids, items, cache_as, strict=True)
+                    if where is not None
+                ),
+                *(self._run_chunks(key, chunked, chunk) for _ in range(workers)),
+            )
+            await self.refresh(new.batch.id)
+        finally:
+            self._parts.wakers.wake(new.batch.id)
 
     async def _run_chunks(
         self, key: ApiKey, waiting: deque[tuple[uuid.UUID, ExecutionRequest]], chunk: int
@@ -219,7 +223,8 @@ class Batches:
                 raise NotFoundError("no such batch")
             return found
 
-        await poll(progress, lambda found: found.status is BatchStatus.DONE, wait_s)
+        wake = self._parts.wakers.get(wanted)
+        await poll(progress, lambda found: found.status is BatchStatus.DONE, wait_s, wake)
         view = await self._parts.transact(
             lambda session: batches.get_batch(session, key.id, wanted)
         )

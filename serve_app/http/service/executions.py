@@ -33,7 +33,7 @@ from serve_app.errors import ConflictError, NotFoundError, OverloadedError
 from serve_app.http.service.admission import OVERLOADED_RETRY_AFTER_S, Admission, ExecutionBody
 from serve_app.http.service.answers import ExecutionPage
 from serve_app.http.service.background import BackgroundTasks
-from serve_app.http.service.polling import poll
+from serve_app.http.service.polling import Wakers, poll
 from serve_app.http.service.results import Results, copy_of
 from serve_app.http.service.runner import Runner
 from serve_app.http.service.transactions import Transact
@@ -63,6 +63,8 @@ class Parts:
     background: BackgroundTasks
     owner: str
     """This replica's instance id: the owner of what it accepts."""
+    wakers: Wakers
+    """The background runs and batches going on here, whose pollers wake when they end."""
 
 
 class Created:
@@ -152,6 +154,7 @@ class Executions:
                 return Created(
                     await self.run(row.id, item, background=False, inserted=row, cache_as=cache_as)
                 )
+            self._parts.wakers.add(row.id)
             self._parts.background.spawn(
                 self.run_in_background(
                     row.id, item, lease, cache_as=cache_as, deadline_s=BACKGROUND_DEADLINE_S
@@ -256,6 +259,7 @@ class Executions:
                         )
                     await asyncio.sleep(BACKGROUND_RETRY_S)
         finally:
+            self._parts.wakers.wake(execution_id)
             await self._parts.admission.release(lease)
 
     async def get(self, key: ApiKey, execution_id: str, wait_s: float = 0.0) -> ExecutionRecord:
@@ -273,7 +277,8 @@ class Executions:
                 raise NotFoundError("no such execution")
             return row
 
-        row = await poll(read, lambda row: row.status in TERMINAL_STATUSES, wait_s)
+        wake = self._parts.wakers.get(wanted)
+        row = await poll(read, lambda row: row.status in TERMINAL_STATUSES, wait_s, wake)
         return executions.to_record(row)
 
     async def page(self, key: ApiKey, limit: int, cursor: str | None) -> ExecutionPage:

@@ -32,6 +32,7 @@ from serve_app.http.service.auth import Authenticator
 from serve_app.http.service.background import BackgroundTasks
 from serve_app.http.service.batches import Batches
 from serve_app.http.service.executions import Executions, Parts
+from serve_app.http.service.polling import Wakers
 from serve_app.http.service.results import Results
 from serve_app.http.service.runner import Runner
 from serve_app.http.service.transactions import Transactions
@@ -79,6 +80,7 @@ class ExecutionService:
             cache=self.cache,
             background=self.background,
             owner=self.keeper.instance_id,
+            wakers=Wakers(),
         )
         limits = (settings.default_limits(), settings.max_limits())
         self.executions = Executions(parts, self.runner, limits)
