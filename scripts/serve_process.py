@@ -77,7 +77,7 @@ class ServeProcess:
         self,
         workdir: Path,
         *,
-        ingress: str = "proxy",
+        ingress: str = "haproxy",
         slots: int | None = 2,
         executor_queue: int | None = 4,
         extra_env: dict[str, str] | None = None,
@@ -154,11 +154,15 @@ class ServeProcess:
             self.cli("db", "upgrade")
             self._prepared = True
 
-    def create_key(self, name: str) -> str:
+    def create_key(self, name: str, *, max_concurrent: int | None = None) -> str:
+        """A new key (its rate limit never reached); ``max_concurrent`` is its in-flight cap,
+        None: the service's MAX_CONCURRENT_PER_KEY (1000 here)."""
         self.prepare()
-        created = self.cli(
-            "keys", "create", "--name", name, "--rate-limit-per-minute", str(RATE_LIMIT_PER_MINUTE)
-        )
+        argv = ["keys", "create", "--name", name]
+        argv += ["--rate-limit-per-minute", str(RATE_LIMIT_PER_MINUTE)]
+        if max_concurrent is not None:
+            argv += ["--max-concurrent", str(max_concurrent)]
+        created = self.cli(*argv)
         key = created.stdout.strip().splitlines()[-1]
         self.keys.append(key)
         return key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from executors import ISOLATION_LAYERS
+from serve_app.settings import Settings
 from tests.support.paths import SCRIPTS
 from tests.support.scripts import load_script
 
@@ -421,6 +423,205 @@ def test_http_benchmark_writes_consistent_results(tmp_path: Path) -> None:
 
     assert result["sandbox_engine"] is None
     assert result["sandboxfusion_reference"]["sandbox_on"]["throughput_per_s"] > 0
+    assert result["failed"] == 0
+
+
+# --- burst
+
+
+def load_burst() -> ModuleType:
+    """scripts/benchlib/burst.py (importable once scripts/bench.py put scripts/ on the path)."""
+    load_bench()
+    return importlib.import_module("benchlib.burst")
+
+
+def test_burst_defaults_are_issue_12s_burst() -> None:
+    args = load_bench().build_parser().parse_args(["burst"])
+    assert (args.connections, args.duration_s, args.warmup_s) == (128, 20, 0)
+    assert args.code == "print(1)"
+    assert args.ingress == Settings.model_fields["serve_ingress"].default  # as the service ships
+    assert args.out.name == "burst.json"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["burst", "--connections", "0"],
+        ["burst", "--duration-s", "0"],
+        ["burst", "--warmup-s", "-1"],
+        ["burst", "--ingress", "nginx"],
+    ],
+)
+def test_burst_bad_arguments_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        load_bench().build_parser().parse_args(argv)
+    assert exc.value.code == 2
+
+
+def test_burst_record_check_finds_every_lost_record() -> None:
+    check = load_burst().record_check
+    records = [{"id": f"a{i}", "status": "ok"} for i in range(5)]
+    records.append({"id": "cut", "status": "internal_error"})  # in flight when wrk stopped
+    clean = check([f"a{i}" for i in range(5)], records, connections=4, unanswered=0)
+    assert (clean["stored"], clean["answered_200"], clean["lost"]) == (6, 5, 0)
+    assert (clean["beyond_200s"], clean["beyond_200s_bound"]) == (1, 4)
+    assert clean["beyond_200s_statuses"] == {"internal_error": 1}
+    assert clean["statuses"] == {"internal_error": 1, "ok": 5}
+
+    records[0]["status"] = "running"  # answered 200 yet unfinished: both
+    records[1]["status"] = "timeout"
+    lost = check([f"a{i}" for i in range(5)] + ["gone"], records, connections=4, unanswered=0)
+    assert (lost["missing"], lost["not_ok"], lost["non_terminal"]) == (1, 2, 1)
+    assert lost["lost"] == 4
+    assert lost["examples"] == ["gone", "a0", "a1", "a0"]
+
+    extra = [{"id": f"x{i}", "status": "ok"} for i in range(7)]
+    assert check([], extra, connections=4, unanswered=2)["lost"] == 1  # 7 beyond, 6 allowed
+    assert check([], extra, connections=4, unanswered=3)["lost"] == 0
+
+
+def burst_result(**changes: Any) -> dict[str, Any]:
+    """A burst result as bench_burst builds it, with no failure."""
+    errors = {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
+    result: dict[str, Any] = {
+        "config": {
+            "connections": 4,
+            "key_max_concurrent": 4,
+            "duration_s": 2,
+            "code": "print(1)",
+            "ingress": "proxy",
+        },
+        "wrk": {
+            "requests": 100,
+            "duration_s": 2.0,
+            "throughput_per_s": 50.0,
+            "latency_ms": {"p50": 70.0, "p90": 90.0, "p99": 120.0, "max": 130.0},
+            "errors": errors,
+            "bad": 0,
+            "failed": 0,
+            "failure_examples": [],
+        },
+        "answers": {"statuses": {"200": 100}, "non_200": {}},
+        "records": {
+            "stored": 102,
+            "answered_200": 100,
+            "missing": 0,
+            "not_ok": 0,
+            "non_terminal": 0,
+            "beyond_200s": 2,
+            "beyond_200s_statuses": {"internal_error": 2},
+            "beyond_200s_bound": 4,
+            "settle_s": 0.1,
+            "lost": 0,
+        },
+    }
+    return result | changes
+
+
+def test_burst_goals_and_summary() -> None:
+    burst = load_burst()
+    result = burst_result()
+    result["goal"] = burst.burst_goal(result)
+    assert result["goal"] == {"no_non_200": True, "no_record_lost": True}
+    assert burst.burst_failed(result) == 0
+    text = burst.summarize_burst(result)
+    assert "non-200  none; 200 with a wrong body: 0" in text
+    assert "no answer other than 200: met; no record lost: met" in text
+    assert "2 beyond the 200s" in text
+
+    refused = burst_result()
+    refused["wrk"] |= {"bad": 3, "failed": 4, "failure_examples": ["HTTP 429: {}"]}
+    refused["wrk"]["errors"] |= {"status": 3, "timeout": 1}
+    refused["answers"] = {
+        "statuses": {"200": 97, "429": 3},
+        "non_200": burst.non_200(refused["wrk"], {"200": 97, "429": 3}),
+    }
+    assert refused["answers"]["non_200"] == {"429": 3, "timeout": 1}
+    refused["records"]["lost"] = 2
+    refused["goal"] = burst.burst_goal(refused)
+    assert refused["goal"] == {"no_non_200": False, "no_record_lost": False}
+    assert burst.burst_failed(refused) == 6
+    text = burst.summarize_burst(refused)
+    assert "non-200  429: 3, timeout: 1; 200 with a wrong body: 0" in text
+    assert "e.g. HTTP 429: {}" in text
+    assert "no answer other than 200: NOT met; no record lost: NOT met" in text
+
+    wrong_body = burst_result()
+    wrong_body["wrk"] |= {"bad": 1, "failed": 1}
+    assert burst.burst_goal(wrong_body)["no_non_200"] is False
+    assert burst.bad_200s(wrong_body) == 1
+
+    broken = {"config": result["config"], "error": "RuntimeError: no service"}
+    broken["goal"] = burst.burst_goal(broken)
+    assert broken["goal"] == {"no_non_200": False, "no_record_lost": False}
+    assert burst.burst_failed(broken) == 1
+    assert "ERROR RuntimeError: no service" in burst.summarize_burst(broken)
+
+
+@pytest.mark.slow  # two 1 s wrk runs
+def test_burst_script_counts_answers_by_status_and_keeps_the_200s_ids(
+    stub_url: str, tmp_path: Path
+) -> None:
+    """The burst's Lua on top of the http benchmark's, run by the real wrk against the stub."""
+    bench, burst = load_bench(), load_burst()
+    wrk = shutil.which("wrk")
+    assert wrk, "wrk not found"
+    answers = tmp_path / "answers.json"
+    for path, status in [("/ok", "200"), ("/error", "500")]:
+        target = burst.BurstTarget(
+            "POST",
+            path,
+            {"Authorization": f"Bearer {STUB_KEY}", "Content-Type": "application/json"},
+            body=json.dumps({"code": STUB_CODE}),
+            expect_status='"status":"ok"',
+            expect_stdout="é\n",
+            answers_path=str(answers),
+        )
+        m = bench.run_wrk(wrk, stub_url, target, 2, 1, tmp_path)
+        got = burst.read_answers(answers)
+        assert m["requests"] > 0
+        assert got["statuses"] == {status: m["requests"]}
+        if status == "200":
+            assert got["ok_ids"] == ["x"] * m["requests"]  # the stub's one id
+            assert m["bad"] == 0
+        else:
+            assert got["ok_ids"] == []
+            assert burst.non_200(m, got["statuses"]) == {"500": m["requests"]}
+
+
+@pytest.mark.ray
+@pytest.mark.sandbox
+@pytest.mark.slow
+def test_burst_benchmark_writes_consistent_results(tmp_path: Path) -> None:
+    """A real but tiny burst: 4 connections for 2 s, the key allowed 4 in flight."""
+    out = tmp_path / "burst.json"
+    argv = [
+        sys.executable, str(BENCH), "burst", "--connections", "4", "--duration-s", "2",
+        "--ingress", "proxy", "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr + done.stdout[-4000:]
+
+    result = json.loads(out.read_text())
+    assert json.loads(done.stdout) == result
+    assert "no answer other than 200: met; no record lost: met" in done.stderr
+
+    assert result["benchmark"] == "burst"
+    config = result["config"]
+    assert (config["connections"], config["duration_s"], config["key_max_concurrent"]) == (4, 2, 4)
+    assert config["ingress"] == "proxy"
+    assert "error" not in result, result.get("log_tail")
+    assert result["start_s"] > 0
+    assert result["drain_exit_status"] == 0
+    check_wrk_measurement(result["wrk"], 4)
+    assert result["answers"] == {"statuses": {"200": result["wrk"]["requests"]}, "non_200": {}}
+    records = result["records"]
+    assert records["answered_200"] == result["wrk"]["requests"]
+    assert (records["missing"], records["not_ok"], records["non_terminal"]) == (0, 0, 0)
+    assert records["stored"] == records["answered_200"] + records["beyond_200s"]
+    assert 0 <= records["beyond_200s"] <= records["beyond_200s_bound"] == 4
+    assert records["lost"] == 0
+    assert result["goal"] == {"no_non_200": True, "no_record_lost": True}
     assert result["failed"] == 0
 
 
