@@ -37,6 +37,7 @@ import pytest
 
 from executors import PipelineConfigurationError, SandboxConfig, row_to_request
 from executors._pipeline import OUTPUT_COLUMNS, to_plain
+from executors._pipeline._backends import SERVE_CONTROLLER
 from executors._pipeline._rows import describe_error
 from tests.support.limits import MIB, SERVICE_DEFAULT_LIMITS, SERVICE_MAX_LIMITS
 from tests.support.paths import REPO, SCRIPTS
@@ -180,6 +181,12 @@ def test_a_bad_row_is_refused_with_a_message(row: dict[str, Any], message: str) 
 
 def test_an_executor_failure_is_described_as_such() -> None:
     assert describe_error(TimeoutError("slow")) == "executor failed: TimeoutError: slow"
+
+
+def test_the_serve_controller_looked_up_is_serves_own() -> None:
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    assert SERVE_CONTROLLER == (SERVE_CONTROLLER_NAME, SERVE_NAMESPACE)
 
 
 # --------------------------------------------------------------------------- in-cluster driver

@@ -12,6 +12,7 @@ __all__ = [
     "EXECUTOR_APP_NAME",
     "EXECUTOR_DEPLOYMENT_NAME",
     "LOCAL_POOL_NAME",
+    "SERVE_CONTROLLER",
     "check_cpus_free",
     "local_pool",
     "serve_handle",
@@ -24,20 +25,35 @@ EXECUTOR_DEPLOYMENT_NAME = "SandboxExecutor"
 LOCAL_POOL_NAME = "exec-agent-pipeline-executor"
 
 
+SERVE_CONTROLLER = ("SERVE_CONTROLLER_ACTOR", "serve")
+"""Serve's controller actor: its name and namespace (``ray.serve._private.constants``). Where
+none runs there is no deployment, which a lookup by name tells without importing ``ray.serve``
+(half a second of a mapper's start)."""
+
+
 def serve_handle(app_name: str, deployment_name: str, *, required: bool) -> Any:
     """A handle to the deployed executor; None when there is none and it is not ``required``."""
-    from ray import serve
-    from ray.serve.exceptions import RayServeException
+    import ray
 
+    name, namespace = SERVE_CONTROLLER
     try:
-        return serve.get_deployment_handle(deployment_name, app_name=app_name)
-    except (RayServeException, KeyError) as exc:
-        if required:
-            raise PipelineConfigurationError(
-                f"no executor deployment {deployment_name!r} in Serve application "
-                f"{app_name!r}: {exc}"
-            ) from exc
-        return None
+        ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        problem = "Serve is not running"
+    else:
+        from ray import serve
+        from ray.serve.exceptions import RayServeException
+
+        try:
+            return serve.get_deployment_handle(deployment_name, app_name=app_name)
+        except (RayServeException, KeyError) as exc:
+            problem = str(exc)
+    if required:
+        raise PipelineConfigurationError(
+            f"no executor deployment {deployment_name!r} in Serve application {app_name!r}: "
+            f"{problem}"
+        )
+    return None
 
 
 def local_pool(
