@@ -280,6 +280,34 @@ def test_a_mapper_keeps_at_most_max_in_flight_rows_running(ray_session: None) ->
         assert end <= start, spans
 
 
+@pytest.mark.ray
+@pytest.mark.sandbox
+@pytest.mark.slow
+def test_a_call_that_fails_gives_each_of_its_rows_the_error(ray_session: None) -> None:
+    """Rows go to the pool two at a time here (max_in_flight): a call that times out is an
+    error on each of its rows; the next call runs on the slots the first left free."""
+    from executors import run_programs
+
+    slow = {"code": "import time\ntime.sleep(20)", "limits": {"wall_timeout_s": 30}}
+    rows = [slow, slow, {"code": "print(1)"}, {"code": "print(2)"}]
+    results = run_programs(
+        rows,
+        mapper_options=mapper_options(
+            backend="local",
+            local_pool_name="exec-agent-test-pipeline-timeout",
+            local_slots=4,
+            max_in_flight=2,
+            timeout_s=3,
+        ),
+        batch_size=4,
+    )
+    errors = [row["error"] for row in results]
+    assert errors[0] == errors[1], errors
+    assert errors[0].startswith("executor failed: GetTimeoutError"), errors
+    assert [row["status"] for row in results] == [None, None, "ok", "ok"]
+    assert [row["stdout"] for row in results] == [None, None, "1\n", "2\n"]
+
+
 @pytest.fixture(scope="module")
 def deployed_executor(ray_session: None) -> Iterator[str]:
     """The service's executor deployment (as ``exec-agent serve`` sizes it, with a small CPU

@@ -44,8 +44,11 @@ job's namespace, fetched or created (``get_if_exists``) by each mapper, so the m
 job share it. It is not detached: it belongs to the mapper that created it and dies with it,
 which is when Ray Data stops its mapper actors at the end of the dataset's execution (and at the
 latest when the job ends); its sandboxes die with it. A mapper whose local pool died (its
-creator was scaled down) fetches or creates it again and retries the row once. Each mapper keeps
-at most ``max_in_flight`` rows in flight, whatever the batch size.
+creator was scaled down) fetches or creates it again and retries the call once. A mapper sends
+a batch's rows in calls of as many rows as the executor has slots (``run_batch``: a replica's,
+the local pool's), which run side by side; a call that fails is the error of each of its rows.
+Each mapper keeps at most ``max_in_flight`` rows in flight, whatever the batch size and however
+many batches it runs at once.
 
 :func:`run_programs` builds such a dataset from a list of rows and returns the output rows, from
 any driver: one in the cluster (a script on a node, a Ray Jobs submission) runs it in place; one

@@ -16,6 +16,7 @@ __all__ = [
     "check_cpus_free",
     "local_pool",
     "serve_handle",
+    "start_local_pool",
 ]
 
 EXECUTOR_APP_NAME = "exec-agent"
@@ -56,10 +57,9 @@ def serve_handle(app_name: str, deployment_name: str, *, required: bool) -> Any:
     return None
 
 
-def local_pool(
-    name: str, slots: int, num_cpus: float, sandbox_config: SandboxConfig, start_timeout_s: float
-) -> Any:
-    """The job's shared local pool ``name``, created if missing, once it answers.
+def start_local_pool(name: str, slots: int, num_cpus: float, sandbox_config: SandboxConfig) -> Any:
+    """The job's shared local pool ``name``: the running one, or one created now, without
+    waiting for it to start (its process and sandboxes take a second or so).
 
     Raises :class:`PipelineConfigurationError` at once, for a pool that does not exist yet,
     when ``num_cpus`` is more than the largest node has or than the cluster has free now:
@@ -71,29 +71,32 @@ def local_pool(
     from executors._deployment import SandboxExecutor
 
     try:
-        existing: Any = ray.get_actor(name)
-    except ValueError:  # none yet: this mapper creates it
+        return ray.get_actor(name)
+    except ValueError:  # none yet: the caller creates it
         check_cpus_free(num_cpus)
-    else:
-        return existing
-    actor: Any = (
+    return (
         ray.remote(SandboxExecutor)
-        .options(
-            name=name,
-            get_if_exists=True,
-            num_cpus=num_cpus,
-            max_concurrency=1000,
-        )
+        .options(name=name, get_if_exists=True, num_cpus=num_cpus, max_concurrency=1000)
         .remote(sandbox_config, slots)
     )
+
+
+def local_pool(
+    name: str, slots: int, num_cpus: float, sandbox_config: SandboxConfig, start_timeout_s: float
+) -> tuple[Any, int]:
+    """The job's shared local pool ``name`` (see :func:`start_local_pool`) once it answers,
+    and its slots (a pool someone else started may have another number)."""
+    import ray
+
+    actor = start_local_pool(name, slots, num_cpus, sandbox_config)
     try:
-        ray.get(actor.stats.remote(), timeout=start_timeout_s)
+        stats: dict[str, Any] = ray.get(actor.stats.remote(), timeout=start_timeout_s)
     except ray.exceptions.GetTimeoutError:
         raise PipelineConfigurationError(
             f"the local executor pool {name!r} did not start within {start_timeout_s} s "
             f"(it reserves local_num_cpus={num_cpus:g} CPUs; 0 reserves none)"
         ) from None
-    return actor
+    return actor, int(stats["slots"])
 
 
 def check_cpus_free(num_cpus: float) -> None:

@@ -1,6 +1,6 @@
 """The mapper: :class:`SandboxMapper`, the callable class ``Dataset.map_batches`` runs, which
-sends each row of a batch to an executor (at most ``max_in_flight`` at once) and adds its
-record's columns to the batch."""
+sends a batch's rows to an executor, as many per call as it has slots (at most
+``max_in_flight`` rows at once), and adds their records' columns to the batch."""
 
 from __future__ import annotations
 
@@ -32,9 +32,12 @@ class SandboxMapper:
     ``backend``: ``"auto"`` (the deployed executor if there is one, else a local pool),
     ``"serve"`` (the deployed executor, or fail) or ``"local"`` (always a local pool).
     ``app_name``/``deployment_name`` name the executor deployment. ``max_in_flight`` bounds
-    the rows this mapper has sent and not yet got back. ``default_limits``/``max_limits``:
-    see :mod:`executors._pipeline`. ``timeout_s`` bounds one row's call (None: wait for its
-    record, which the row's own wall limit bounds once it runs).
+    the rows this mapper has sent and not yet got back, over all the batches it runs at once
+    (Ray Data runs several on one mapper with ``ActorPoolStrategy(max_concurrent_calls_per_actor=N,
+    enable_true_multi_threading=True)``). Rows go in calls of as many rows as the executor has
+    slots (a Serve replica's, the local pool's; at most ``max_in_flight``), which run side by side.
+    ``default_limits``/``max_limits``: see :mod:`executors._pipeline`. ``timeout_s`` bounds one
+    call (None: wait for its records, which the rows' own wall limits bound once they run).
 
     The local pool: ``local_slots`` sandboxes, built from ``sandbox_config`` (default the
     service's ``SANDBOX_*`` settings), reserving ``local_num_cpus`` CPUs. The default is none:
@@ -62,12 +65,7 @@ class SandboxMapper:
         sandbox_config: SandboxConfig | None = None,
         local_start_timeout_s: float = 120.0,
     ) -> None:
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
-        if local_slots < 1:
-            raise ValueError("local_slots must be at least 1")
-        if backend not in ("auto", "serve", "local"):
-            raise ValueError(f"backend must be auto, serve or local, not {backend!r}")
+        _check_options(max_in_flight, local_slots, backend, local_num_cpus)
         if default_limits is None or max_limits is None or sandbox_config is None:
             defaults = service_defaults()
             default_limits = default_limits or defaults.default_limits
@@ -80,8 +78,6 @@ class SandboxMapper:
         self._prefix = prefix
         self._local_name = local_pool_name
         self._local_slots = local_slots
-        if local_num_cpus < 0:
-            raise ValueError("local_num_cpus must be at least 0")
         self._local_num_cpus = float(local_num_cpus)
         self._local_start_timeout_s = local_start_timeout_s
         self._lock = threading.Lock()
@@ -90,60 +86,72 @@ class SandboxMapper:
         if backend != "local":
             self._handle = serve_handle(app_name, deployment_name, required=backend == "serve")
         if self._handle is None:
-            self._actor = self._local_pool()
+            self._actor, slots = self._local_pool()
+        else:
+            slots = self._serve_slots()
         self.executor = "serve" if self._handle is not None else "local"
+        self._rows_per_call = min(slots, max_in_flight)
         self._threads = ThreadPoolExecutor(
-            max_workers=max_in_flight, thread_name_prefix="sandbox-row"
+            max_workers=max_in_flight // self._rows_per_call, thread_name_prefix="sandbox-rows"
         )
 
     def __call__(self, batch: Any) -> Any:
         form, length, rows = batch_rows(batch)
         results: list[dict[str, Any]] = [{} for _ in range(length)]
-        pending: list[tuple[int, Future[dict[str, Any]]]] = []
+        runnable: list[tuple[int, dict[str, Any]]] = []
         for index, row in enumerate(rows):
             try:
                 request = row_to_request(row, self.default_limits, self.max_limits)
             except ValueError as exc:
                 results[index] = record_values(None, describe_error(exc), None)
-                continue
-            pending.append(
-                (index, self._threads.submit(self._run, request.model_dump(mode="json")))
-            )
-        for index, future in pending:
-            try:
-                record = future.result()
-            except Exception as exc:  # noqa: BLE001 - a failed call is the row's error, not the dataset's
-                results[index] = record_values(None, describe_error(exc), None)
             else:
-                results[index] = record_values(record, None, self.executor)
+                runnable.append((index, request.model_dump(mode="json")))
+        size = self._rows_per_call
+        calls: list[tuple[list[int], Future[list[dict[str, Any]]]]] = []
+        for start in range(0, len(runnable), size):
+            chunk = runnable[start : start + size]
+            call = self._threads.submit(self._run, [request for _, request in chunk])
+            calls.append(([index for index, _ in chunk], call))
+        for indexes, call in calls:
+            try:
+                records = call.result()
+            except Exception as exc:  # noqa: BLE001 - a failed call is its rows' error, not the dataset's
+                error = describe_error(exc)
+                for index in indexes:
+                    results[index] = record_values(None, error, None)
+            else:
+                for index, record in zip(indexes, records, strict=True):
+                    results[index] = record_values(record, None, self.executor)
         values = {name: [result[name] for result in results] for name in OUTPUT_COLUMNS}
         return with_columns(batch, form, values, self._prefix)
 
-    def _run(self, request: dict[str, Any]) -> dict[str, Any]:
-        """One row's record (a JSON-able dict), from the deployment or the local pool."""
+    def _run(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows' records (JSON-able dicts, in order), from the deployment or the local
+        pool, in one call."""
         if self._handle is not None:
-            record: dict[str, Any] = self._handle.run.remote(request).result(
+            records: list[dict[str, Any]] = self._handle.run_batch.remote(requests).result(
                 timeout_s=self._timeout_s
             )
-            return record
+            return records
         import ray
 
         actor = self._actor
         try:
-            record = ray.get(actor.run.remote(request), timeout=self._timeout_s)
+            records = ray.get(actor.run_batch.remote(requests), timeout=self._timeout_s)
         except ray.exceptions.RayActorError:
             # The shared pool died with the mapper that created it: get or create a new one.
-            record = ray.get(self._replace_pool(actor).run.remote(request), timeout=self._timeout_s)
-        return record
+            replaced = self._replace_pool(actor)
+            records = ray.get(replaced.run_batch.remote(requests), timeout=self._timeout_s)
+        return records
 
     def _replace_pool(self, dead: Any) -> Any:
         with self._lock:
             if self._actor is dead:
-                self._actor = self._local_pool()
+                self._actor, _ = self._local_pool()
             return self._actor
 
-    def _local_pool(self) -> Any:
-        """The job's shared local pool, created if missing, once it answers."""
+    def _local_pool(self) -> tuple[Any, int]:
+        """The job's shared local pool, created if missing, once it answers; its slots."""
         return local_pool(
             self._local_name,
             self._local_slots,
@@ -152,7 +160,29 @@ class SandboxMapper:
             self._local_start_timeout_s,
         )
 
+    def _serve_slots(self) -> int:
+        """A replica's slots; 1 if it does not say (its rows then go one per call, and fail
+        one by one if the deployment does)."""
+        try:
+            stats: dict[str, Any] = self._handle.stats.remote().result(timeout_s=self._timeout_s)
+            return int(stats["slots"])
+        except Exception:  # noqa: BLE001 - the rows' calls report what is wrong
+            return 1
+
     def __del__(self) -> None:
         threads = getattr(self, "_threads", None)
         if threads is not None:
             threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_options(
+    max_in_flight: int, local_slots: int, backend: str, local_num_cpus: float
+) -> None:
+    if max_in_flight < 1:
+        raise ValueError("max_in_flight must be at least 1")
+    if local_slots < 1:
+        raise ValueError("local_slots must be at least 1")
+    if backend not in ("auto", "serve", "local"):
+        raise ValueError(f"backend must be auto, serve or local, not {backend!r}")
+    if local_num_cpus < 0:
+        raise ValueError("local_num_cpus must be at least 0")
