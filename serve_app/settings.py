@@ -374,7 +374,10 @@ class Settings(BaseSettings):
     )
     executor_max_queued_requests: int = _env(
         "EXECUTOR_MAX_QUEUED_REQUESTS",
-        100,
+        # Above the in-flight cap of a key an RL trainer gets (128, issue 12): with fewer, one
+        # key's burst fills the replica, the rest waits in Serve's router, which places it in
+        # backed-off bursts and answers 503 once this many wait there (scripts/bench burst).
+        256,
         "Requests waiting inside each executor replica for a slot (as many more wait in each "
         "API replica); beyond both, 503 overloaded.",
         gt=0,
