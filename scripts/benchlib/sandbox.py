@@ -25,8 +25,11 @@ from .common import (
 )
 from .measure import engine_task, fresh_task, measure_both
 
-THROUGHPUT_GOAL = 5.0
-"""The engine must run trivial programs at least this many times faster than fresh processes."""
+THROUGHPUT_GOAL = 2.5
+"""The engine must run trivial programs at least this many times faster than fresh processes
+(issue 12)."""
+THROUGHPUT_STRETCH = 5.0
+"""The stretch goal of the same ratio (reported, never required)."""
 
 
 def bench_sandbox(args: argparse.Namespace) -> dict[str, Any]:
@@ -78,6 +81,7 @@ def bench_sandbox(args: argparse.Namespace) -> dict[str, Any]:
         "ratio": ratio,
         "goal": {
             "throughput_ratio": THROUGHPUT_GOAL,
+            "throughput_stretch": THROUGHPUT_STRETCH,
             # Figures from failed executions prove nothing: the goal needs them all to succeed.
             "met": failed == 0
             and ratio["throughput"] is not None
@@ -113,7 +117,8 @@ def summarize_sandbox(result: dict[str, Any]) -> str:
     ratio, goal = result["ratio"], result["goal"]
     lines.append(
         f"  ratio: throughput x{ratio['throughput']}, p50 latency x{ratio['p50_latency']}; "
-        f"goal x{goal['throughput_ratio']}: {'met' if goal['met'] else 'NOT met'}"
+        f"goal x{goal['throughput_ratio']} (stretch x{goal['throughput_stretch']}): "
+        f"{'met' if goal['met'] else 'NOT met'}"
     )
     if result["failed"]:
         lines.append(f"  FAILED EXECUTIONS: {result['failed']} (examples in the JSON)")
