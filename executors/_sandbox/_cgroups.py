@@ -9,6 +9,7 @@ writable hierarchy the engine falls back to rlimits and reports the gap.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -61,38 +62,44 @@ def _write(path: Path, value: str) -> None:
         f.write(value)
 
 
+@functools.cache
+def _key_line(key: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(key)} (\d+)$", re.MULTILINE)
+
+
+def _key_value(text: str, key: str) -> int:
+    """``key``'s value in a flat-keyed file (``memory.stat``, ``cpu.stat``...), 0 if absent."""
+    found = _key_line(key).search(text)
+    return int(found.group(1)) if found else 0
+
+
 class _Files:
-    """Descriptors of a cgroup's control files, opened once: jobs touch them every run."""
+    """Descriptors of a cgroup's control files, opened once: jobs touch them every run.
+
+    Paths are strings, built once by the cgroup: building and hashing ``Path`` objects cost
+    more than the reads themselves, several times per job.
+    """
 
     def __init__(self) -> None:
-        self._fds: dict[Path, int] = {}
+        self._fds: dict[str, int] = {}
 
-    def _fd(self, path: Path) -> int:
+    def _fd(self, path: str) -> int:
         fd = self._fds.get(path)
         if fd is None:
             fd = self._fds[path] = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         return fd
 
-    def write(self, path: Path, value: str) -> None:
+    def write(self, path: str, value: str) -> None:
         os.pwrite(self._fd(path), value.encode(), 0)
 
-    def read(self, path: Path) -> str:
+    def read(self, path: str) -> str:
         return os.pread(self._fd(path), 65536, 0).decode()
 
-    def read_int(self, path: Path) -> int:
+    def read_int(self, path: str) -> int:
         return int(self.read(path).split()[0])
 
-    def read_key(self, path: Path, key: str) -> int:
-        return self.read_keys(path).get(key, 0)
-
-    def read_keys(self, path: Path) -> dict[str, int]:
-        """A flat-keyed file (``memory.stat``, ``cpu.stat``...) as a dict."""
-        keys = {}
-        for line in self.read(path).splitlines():
-            name, _, value = line.partition(" ")
-            if value.isdigit():
-                keys[name] = int(value)
-        return keys
+    def read_key(self, path: str, key: str) -> int:
+        return _key_value(self.read(path), key)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -152,10 +159,10 @@ class JobCgroup:
 
     def add(self, pid: int) -> None:
         for d in self.dirs:
-            self.files.write(d / "cgroup.procs", str(pid))
+            self.files.write(str(d / "cgroup.procs"), str(pid))
 
     def pids(self) -> list[int]:
-        return [int(p) for p in self.files.read(self.dirs[0] / "cgroup.procs").split()]
+        return [int(p) for p in self.files.read(str(self.dirs[0] / "cgroup.procs")).split()]
 
     def kill_all(
         self, timeout_s: float = 5.0, spare: frozenset[int] | set[int] = frozenset()
@@ -192,37 +199,42 @@ class _V1(JobCgroup):
         super().__init__(dirs)
         by_controller = {d.parts[len(CGROUP_ROOT.parts)]: d for d in dirs}
         self.memory, self.pids_dir, self.cpuacct = (by_controller[c] for c in V1_CONTROLLERS)
+        self._stat = str(self.memory / "memory.stat")
+        self._usage = str(self.memory / "memory.usage_in_bytes")
+        self._max_usage = str(self.memory / "memory.max_usage_in_bytes")
+        self._oom_control = str(self.memory / "memory.oom_control")
+        self._cpu_usage = str(self.cpuacct / "cpuacct.usage")
 
     def _set_limits(self, memory_bytes: int, max_processes: int) -> None:
         # memsw must stay >= limit: order the writes by direction.
-        current = self.files.read_int(self.memory / "memory.limit_in_bytes")
+        current = self.files.read_int(str(self.memory / "memory.limit_in_bytes"))
         names = ["memory.limit_in_bytes"]
         if (self.memory / "memory.memsw.limit_in_bytes").exists():
             names.append("memory.memsw.limit_in_bytes")
         for name in reversed(names) if memory_bytes > current else names:
-            self.files.write(self.memory / name, str(memory_bytes))
-        self.files.write(self.pids_dir / "pids.max", str(max_processes))
+            self.files.write(str(self.memory / name), str(memory_bytes))
+        self.files.write(str(self.pids_dir / "pids.max"), str(max_processes))
 
     def _held_bytes(self) -> int:
-        stat = self.files.read_keys(self.memory / "memory.stat")
-        return stat.get("rss", 0) + stat.get("shmem", 0)
+        stat = self.files.read(self._stat)
+        return _key_value(stat, "rss") + _key_value(stat, "shmem")
 
     def _reset_counters(self) -> int:
-        self.files.write(self.memory / "memory.max_usage_in_bytes", "0")
-        self.files.write(self.cpuacct / "cpuacct.usage", "0")
-        return self.files.read_int(self.memory / "memory.usage_in_bytes")
+        self.files.write(self._max_usage, "0")
+        self.files.write(self._cpu_usage, "0")
+        return self.files.read_int(self._usage)
 
     def cpu_time_s(self) -> float:
-        return self.files.read_int(self.cpuacct / "cpuacct.usage") / 1e9
+        return self.files.read_int(self._cpu_usage) / 1e9
 
     def oom_kills(self) -> int:
-        return self.files.read_key(self.memory / "memory.oom_control", "oom_kill")
+        return self.files.read_key(self._oom_control, "oom_kill")
 
     def usage(self) -> CgroupUsage:
         return CgroupUsage(
-            peak_memory_bytes=self.files.read_int(self.memory / "memory.max_usage_in_bytes"),
+            peak_memory_bytes=self.files.read_int(self._max_usage),
             cpu_time_s=self.cpu_time_s(),
-            oom_kills=self.files.read_key(self.memory / "memory.oom_control", "oom_kill"),
+            oom_kills=self.oom_kills(),
         )
 
 
@@ -232,37 +244,40 @@ class _V2(JobCgroup):
     def __init__(self, dirs: list[Path]) -> None:
         super().__init__(dirs)
         self._cpu_base_usec = 0
+        d = dirs[0]
+        self._stat = str(d / "memory.stat")
+        self._current = str(d / "memory.current")
+        self._peak = str(d / "memory.peak")
+        self._events = str(d / "memory.events")
+        self._cpu_stat = str(d / "cpu.stat")
 
     def _set_limits(self, memory_bytes: int, max_processes: int) -> None:
         d = self.dirs[0]
-        self.files.write(d / "memory.max", str(memory_bytes))
+        self.files.write(str(d / "memory.max"), str(memory_bytes))
         with contextlib.suppress(OSError):
-            self.files.write(d / "memory.swap.max", "0")
-        self.files.write(d / "pids.max", str(max_processes))
+            self.files.write(str(d / "memory.swap.max"), "0")
+        self.files.write(str(d / "pids.max"), str(max_processes))
 
     def _held_bytes(self) -> int:
-        stat = self.files.read_keys(self.dirs[0] / "memory.stat")
-        return stat.get("anon", 0) + stat.get("shmem", 0)
+        stat = self.files.read(self._stat)
+        return _key_value(stat, "anon") + _key_value(stat, "shmem")
 
     def _reset_counters(self) -> int:
-        d = self.dirs[0]
         with contextlib.suppress(OSError):
             # Resettable on Linux >= 6.12, as seen through the descriptor that wrote.
-            self.files.write(d / "memory.peak", "0")
-        self._cpu_base_usec = self.files.read_key(d / "cpu.stat", "usage_usec")
-        return self.files.read_int(d / "memory.current")
+            self.files.write(self._peak, "0")
+        self._cpu_base_usec = self.files.read_key(self._cpu_stat, "usage_usec")
+        return self.files.read_int(self._current)
 
     def cpu_time_s(self) -> float:
-        usec = self.files.read_key(self.dirs[0] / "cpu.stat", "usage_usec")
+        usec = self.files.read_key(self._cpu_stat, "usage_usec")
         return (usec - self._cpu_base_usec) / 1e6
 
     def usage(self) -> CgroupUsage:
-        d = self.dirs[0]
-        peak = d / "memory.peak"
         return CgroupUsage(
-            peak_memory_bytes=self.files.read_int(peak) if peak.exists() else 0,
+            peak_memory_bytes=self.files.read_int(self._peak) if os.path.exists(self._peak) else 0,
             cpu_time_s=self.cpu_time_s(),
-            oom_kills=self.files.read_key(d / "memory.events", "oom_kill"),
+            oom_kills=self.files.read_key(self._events, "oom_kill"),
         )
 
     def kill_all(

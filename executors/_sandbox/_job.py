@@ -175,7 +175,8 @@ class Job:
             raise RuntimeError("job has no pidfd")
         deadline = t0 + self.limits.wall_timeout_s
         exited_at: float | None = None
-        with selectors.DefaultSelector() as sel:
+        # poll, not epoll: no descriptor to create and no registration syscalls, per job.
+        with selectors.PollSelector() as sel:
             sel.register(stdout.fd, selectors.EVENT_READ, stdout)
             sel.register(stderr.fd, selectors.EVENT_READ, stderr)
             sel.register(host_sock, selectors.EVENT_READ, "report")
