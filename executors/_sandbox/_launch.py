@@ -112,7 +112,13 @@ READ_ONLY_LAYOUT = ["--remount-ro", "/dev", "--remount-ro", "/"]
 
 
 def _zygote_argv(python: str, control_fd: int, script: str) -> list[str]:
-    return [python, "-I", "-S", "-B", script, str(control_fd)]
+    """Run ``script`` as ``__main__`` through ``-c``: CPython keeps a script's syntax tree until
+    the script returns, which the zygote never does, and every job's fork would copy it (and
+    every job's exit unmap it). Compiled here, the tree is freed before the zygote runs."""
+    bootstrap = (
+        f"__file__ = {script!r}; exec(compile(open(__file__, 'rb').read(), __file__, 'exec'))"
+    )
+    return [python, "-I", "-S", "-B", "-c", bootstrap, str(control_fd)]
 
 
 def _reachable_by_others(path: str) -> bool:

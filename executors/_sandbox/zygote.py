@@ -211,6 +211,7 @@ def serve(control_fd: int) -> Job | None:
     import gc
     import traceback  # noqa: F401 - every failing job's report needs it: loaded once, here
 
+    _libc.malloc_trim(0)  # give back the free heap: every fork would copy its page table
     gc.freeze()  # forked jobs then neither scan nor copy the zygote's objects
     # The kernel reaps finished jobs' inits at once: no zombie waits for our next command.
     _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
