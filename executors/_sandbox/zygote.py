@@ -208,6 +208,7 @@ def serve(control_fd: int) -> Job | None:
     zygote = Zygote(init)
     control.send(probe(zygote).encode())  # "ready", with what works here
     _warm_up()
+    _add_site_builtins()  # for the jobs: the harness keeps the builtins it started with
     import gc
     import traceback  # noqa: F401 - every failing job's report needs it: loaded once, here
 
@@ -321,22 +322,28 @@ def _init(zygote: Zygote, job_sock: _socket.socket, disk_bytes: int) -> Job:
     os._exit(0)
 
 
+def _write_file(path: str, data: bytes) -> None:
+    """Write ``data`` to an existing file with bare syscalls: a job's setup opens no Python
+    file objects (each one's allocations are pages the fork would have to copy)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
 def _first_to_go_on_oom() -> None:
     """Make the program, not the zygote beside it in the cgroup, the OOM killer's choice."""
     try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")
+        _write_file("/proc/self/oom_score_adj", b"1000")
     except OSError:
         pass  # a higher score needs no privilege; failing here only weakens a preference
 
 
 def _map_ids(zygote: Zygote) -> None:
-    with open("/proc/self/uid_map", "w") as f:
-        f.write(f"{SANDBOX_UID} {zygote.outer_uid} 1")
-    with open("/proc/self/setgroups", "w") as f:
-        f.write("deny")
-    with open("/proc/self/gid_map", "w") as f:
-        f.write(f"{SANDBOX_UID} {zygote.outer_gid} 1")
+    _write_file("/proc/self/uid_map", f"{SANDBOX_UID} {zygote.outer_uid} 1".encode())
+    _write_file("/proc/self/setgroups", b"deny")
+    _write_file("/proc/self/gid_map", f"{SANDBOX_UID} {zygote.outer_gid} 1".encode())
 
 
 def _build_filesystem(disk_bytes: int, workdir: str) -> bool:
@@ -819,7 +826,6 @@ def _reset_interpreter(
         sys.path.insert(0, os.getcwd())  # as `python main.py` does: the job's files import
     sys.excepthook = _make_excepthook(sources)
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-    _add_site_builtins()
     finish = _finisher()
     keep = builtins  # the module's globals are gone after the next line
     namespace.clear()
