@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ray.serve.exceptions import BackPressureError
@@ -133,7 +134,7 @@ class Executions:
         lease = await self._parts.admission.lease(key)
         try:
             try:
-                row = await self._parts.transact(
+                row = await self._insert(
                     lambda session: executions.insert_execution(
                         session,
                         key.id,
@@ -142,7 +143,8 @@ class Executions:
                         idempotency=idempotency,
                         running=body.wait,
                         owner=self._parts.owner,
-                    )
+                    ),
+                    item,
                 )
             except ConflictError:
                 replay = await self._replay(key, idempotency) if idempotency else None
@@ -164,6 +166,27 @@ class Executions:
             return Created(executions.to_record(row))
         finally:
             await self._parts.admission.release(lease)
+
+    async def _insert(
+        self, insert: Callable[[Session], Execution], request: ExecutionRequest
+    ) -> Execution:
+        """The row ``insert`` stores. If the request is cancelled meanwhile (its client went
+        away), the insert may still commit: what it stored then ends as ``internal_error``,
+        never left queued or running with nobody to finish it."""
+        task = self._parts.background.detach(self._parts.transact(insert))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+
+            def abandon(inserted: asyncio.Task[Execution]) -> None:
+                if inserted.cancelled() or inserted.exception() is not None:
+                    return  # nothing stored
+                internal_error = ExecutionRecord.internal_error(request)
+                finish = self._parts.results.finish(inserted.result().id, internal_error)
+                self._parts.background.detach(finish)
+
+            task.add_done_callback(abandon)
+            raise
 
     async def _store_copy(
         self,

@@ -70,7 +70,7 @@ class ExecutionService:
         self.background = BackgroundTasks(settings.executor_max_queued_requests)
         self.runner = Runner(executor, self.metrics)
         self.results = Results(
-            self.transactions, self.metrics, self.background.spawn, settings.max_record_bytes
+            self.transactions, self.metrics, self.background, settings.max_record_bytes
         )
         self.keeper = InstanceKeeper(self)
         parts = Parts(

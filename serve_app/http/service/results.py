@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy.orm import Session
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
@@ -25,6 +24,7 @@ from serve_app.db.models import Execution
 from serve_app.errors import ConflictError, DatabaseUnavailableError
 from serve_app.http._metrics import IngressMetrics
 from serve_app.http._record_size import cap_record, record_bytes
+from serve_app.http.service.background import BackgroundTasks
 from serve_app.http.service.transactions import Transact
 
 __all__ = ["Results", "copy_of"]
@@ -40,8 +40,6 @@ FINISH_RETRY_FIRST_S = 0.5
 FINISH_RETRY_MAX_S = 30.0
 """A result the database could not take is written again after ``FINISH_RETRY_FIRST_S``,
 then backing off (doubling) up to this long."""
-
-Spawn = Callable[[Coroutine[Any, Any, Any]], None]
 
 
 def copy_of(hit: CachedResult, execution_id: uuid.UUID) -> ExecutionRecord:
@@ -63,11 +61,16 @@ class Results:
     """Starts, finishes and forgets stored executions for one replica."""
 
     def __init__(
-        self, transact: Transact, metrics: IngressMetrics, spawn: Spawn, max_record_bytes: int
+        self,
+        transact: Transact,
+        metrics: IngressMetrics,
+        background: BackgroundTasks,
+        max_record_bytes: int,
     ) -> None:
         self._transact = transact
         self._metrics = metrics
-        self._spawn = spawn
+        self._background = background
+        self._spawn = background.spawn
         self._limit = max_record_bytes - RECORD_CAP_MARGIN_BYTES
 
     async def start(self, execution_id: uuid.UUID) -> bool:
@@ -107,7 +110,13 @@ class Results:
     ) -> ExecutionRecord:
         """Store the terminal record; if the database is down, keep retrying in the background
         and answer with the record as it will be stored. With the row this request
-        ``inserted``, the stored record is not read back (one statement fewer)."""
+        ``inserted``, the stored record is not read back (one statement fewer). The write
+        completes even if the caller is cancelled meanwhile (its client went away)."""
+        return await self._background.outlive(self._finish(execution_id, record, inserted))
+
+    async def _finish(
+        self, execution_id: uuid.UUID, record: ExecutionRecord, inserted: Execution | None
+    ) -> ExecutionRecord:
         record = await self.capped(executions.with_finish_time(record))
         try:
             if inserted is not None:
@@ -134,6 +143,9 @@ class Results:
     async def finish_many(self, results: Sequence[tuple[uuid.UUID, ExecutionRecord]]) -> None:
         """:meth:`finish` for many executions in one transaction (a batch's chunk); without the
         database each is written again in the background, as one would be."""
+        await self._background.outlive(self._finish_many(results))
+
+    async def _finish_many(self, results: Sequence[tuple[uuid.UUID, ExecutionRecord]]) -> None:
         capped = [
             (execution_id, await self.capped(executions.with_finish_time(record)))
             for execution_id, record in results
@@ -191,7 +203,11 @@ class Results:
 
     async def discard(self, execution_id: uuid.UUID, request: ExecutionRequest) -> None:
         """Forget a run the executors refused (the client gets 503); if the database cannot be
-        reached to forget it, it ends as ``internal_error`` once it can."""
+        reached to forget it, it ends as ``internal_error`` once it can. Completes even if the
+        caller is cancelled meanwhile."""
+        await self._background.outlive(self._discard(execution_id, request))
+
+    async def _discard(self, execution_id: uuid.UUID, request: ExecutionRequest) -> None:
         try:
             await self._transact(
                 lambda session: executions.discard_unfinished(session, execution_id)
