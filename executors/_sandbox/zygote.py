@@ -332,6 +332,17 @@ def _write_file(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def _read_all(fd: int) -> bytes:
+    """Read ``fd`` to its end and close it, with bare syscalls (as ``_write_file``)."""
+    chunks = []
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 def _first_to_go_on_oom() -> None:
     """Make the program, not the zygote beside it in the cgroup, the OOM killer's choice."""
     try:
@@ -565,8 +576,7 @@ class Job:
             raise SetupError(f"expected {expected} descriptors, got {len(fds)}")
         self.job_sock.send(b"started")  # from here on, what happens is the job's
         payload_fd, stdin_fd, stdout_fd, stderr_fd = fds[:4]
-        with open(payload_fd, "rb") as f:
-            payload = marshal.loads(f.read())
+        payload = marshal.loads(_read_all(payload_fd))
         self.limits, self.code = header["limits"], payload["code"]
         self.test_code = payload.get("test_code")
         _write_files(self.zygote.workdir, payload["files"])
@@ -1439,8 +1449,7 @@ def _judge(
 ) -> NoReturn:
     """The judge's process: run the test against the program's names, prove it passed."""
     try:
-        with open(payload_fd, "rb") as f:
-            payload = marshal.loads(f.read())
+        payload = marshal.loads(_read_all(payload_fd))
         test_code, nonce = str(payload["test_code"]), bytes(payload["nonce"])
         job._set_rlimits()
         os.write(job.status_w, b"S")
