@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from executors import PipelineConfigurationError, SandboxMapper
+from executors import PipelineConfigurationError, SandboxMapper, run_programs
 
 pytestmark = pytest.mark.sandbox
 
@@ -117,6 +117,21 @@ def test_a_reservation_that_cannot_be_met_fails_at_once(
     with pytest.raises(PipelineConfigurationError, match=message) as failure:
         SandboxMapper(backend="local", local_num_cpus=num_cpus, local_pool_name="never-started")
     assert "pass local_num_cpus=0" in str(failure.value)
+
+
+def test_run_programs_refuses_such_a_reservation_before_its_dataset_starts(
+    cpus_held: float,
+) -> None:
+    # run_programs starts the pool from the driver, so the mapper's error comes from the call.
+    with pytest.raises(PipelineConfigurationError, match=r"only 0\.5 CPUs are free"):
+        run_programs(
+            [{"code": "print(1)"}],
+            mapper_options={
+                "backend": "local",
+                "local_num_cpus": 1.0,
+                "local_pool_name": "never-started",
+            },
+        )
 
 
 def test_a_negative_reservation_is_refused() -> None:

@@ -53,7 +53,10 @@ many batches it runs at once.
 :func:`run_programs` builds such a dataset from a list of rows and returns the output rows, from
 any driver: one in the cluster (a script on a node, a Ray Jobs submission) runs it in place; one
 connected with Ray Client (``ray://``), where Ray Data itself does not work, runs it in a task
-on the cluster.
+on the cluster. It starts the local pool itself, before the dataset, so that the pool's process
+and sandboxes start while Ray Data starts the mappers (each some half a second to a second);
+the pool is then the call's, and ends when it returns. Its mappers run two batches at once, so
+the pool starts a batch's rows while the last rows of the one before finish.
 
 Rows run as the executor's callers: no API key, no import policy, no rate limit, nothing
 stored. Only code that is already trusted to run on the cluster should build such a pipeline.

@@ -1,10 +1,13 @@
 """The mapper: :class:`SandboxMapper`, the callable class ``Dataset.map_batches`` runs, which
 sends a batch's rows to an executor, as many per call as it has slots (at most
-``max_in_flight`` rows at once), and adds their records' columns to the batch."""
+``max_in_flight`` rows at once), and adds their records' columns to the batch; and
+:func:`start_mapper_pool`, which starts the local pool such a mapper would use ahead of it."""
 
 from __future__ import annotations
 
+import inspect
 import threading
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -16,12 +19,13 @@ from executors._pipeline._backends import (
     LOCAL_POOL_NAME,
     local_pool,
     serve_handle,
+    start_local_pool,
 )
 from executors._pipeline._batch import OUTPUT_COLUMNS, batch_rows, record_values, with_columns
 from executors._pipeline._defaults import service_defaults
 from executors._pipeline._rows import describe_error, row_to_request
 
-__all__ = ["Backend", "SandboxMapper"]
+__all__ = ["Backend", "SandboxMapper", "start_mapper_pool"]
 
 Backend = Literal["auto", "serve", "local"]
 
@@ -186,3 +190,32 @@ def _check_options(
         raise ValueError(f"backend must be auto, serve or local, not {backend!r}")
     if local_num_cpus < 0:
         raise ValueError("local_num_cpus must be at least 0")
+
+
+def start_mapper_pool(options: Mapping[str, Any]) -> Any:
+    """Start the local pool that a :class:`SandboxMapper` built with ``options`` would use,
+    without waiting for it; None when its rows would go to the deployed executor.
+
+    Called before the dataset starts, the pool's process and sandboxes start while Ray Data
+    starts its mapper actors (each takes about a second) instead of after them. Raises what
+    the mapper would: ``TypeError``/``ValueError`` for bad options,
+    :class:`PipelineConfigurationError` for a deployment or a reservation that is not there.
+    """
+    bound = inspect.signature(SandboxMapper).bind(**options)
+    bound.apply_defaults()
+    given = bound.arguments
+    _check_options(
+        given["max_in_flight"], given["local_slots"], given["backend"], given["local_num_cpus"]
+    )
+    backend = given["backend"]
+    if backend != "local":
+        required = backend == "serve"
+        if serve_handle(given["app_name"], given["deployment_name"], required=required):
+            return None
+    sandbox_config = given["sandbox_config"] or service_defaults().sandbox_config
+    return start_local_pool(
+        given["local_pool_name"],
+        given["local_slots"],
+        float(given["local_num_cpus"]),
+        sandbox_config,
+    )

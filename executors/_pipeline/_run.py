@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from executors._pipeline._mapper import SandboxMapper
+from executors._pipeline._mapper import SandboxMapper, start_mapper_pool
 from executors._pipeline._rows import to_plain
 
 __all__ = ["run_programs"]
@@ -30,7 +30,9 @@ def run_programs(
     rows, in input order.
 
     ``mapper_options`` are the mapper's keyword arguments; ``mappers`` mapper actors, each
-    reserving ``mapper_num_cpus`` (it only waits on the executors); ``batch_size`` rows per
+    reserving ``mapper_num_cpus`` (it only waits on the executors) and running two batches at
+    once; a local pool is started here, before the dataset (see :mod:`executors._pipeline`),
+    and bad options or a reservation that cannot be met raise here; ``batch_size`` rows per
     batch (None: Ray Data's choice); ``max_cpus`` caps the CPUs Ray Data's own tasks and actors
     may take (None: no cap beyond the cluster's). Needs ``ray.init()`` first; under Ray Client
     the pipeline runs in a task on the cluster (reserving no CPU) and only the rows travel.
@@ -80,6 +82,9 @@ def _run_programs_here(
     import ray.data
     from ray.data import ActorPoolStrategy, DataContext, ExecutionResources
 
+    # Started first, the local pool's process and sandboxes start while Ray Data starts the
+    # mappers, which find it by name. Held until the rows are back: it ends with this call.
+    pool = start_mapper_pool(mapper_options)
     # The driver's own context, changed for this run only.
     context = DataContext.get_current()
     saved = copy.deepcopy(context.execution_options)
@@ -91,7 +96,11 @@ def _run_programs_here(
         dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             SandboxMapper,
             fn_constructor_kwargs=mapper_options,
-            compute=ActorPoolStrategy(size=mappers),
+            # Two batches at once per mapper (their rows share its max_in_flight): the pool
+            # runs the next batch's rows while the last of a batch finish.
+            compute=ActorPoolStrategy(
+                size=mappers, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True
+            ),
             num_cpus=mapper_num_cpus,
             batch_size=batch_size,
             batch_format=batch_format,
@@ -99,3 +108,4 @@ def _run_programs_here(
         return [dict(row) for row in dataset.take_all()]
     finally:
         context.execution_options = saved
+        del pool
