@@ -7,6 +7,8 @@ same JSON on stdout and a short human summary on stderr.
     http        ``exec-agent serve`` (embedded) through each ingress, loaded by ``wrk``:
                 executions and /health, beside a fresh ``python -I -S`` per execution measured
                 in the same run
+    burst       an RL trainer's burst: 128 connections of one key (allowed 128 in flight) for
+                20 s; every answer a 200, every answered execution stored, none left unfinished
     humaneval   HumanEval's canonical solutions judged by the engine, the Ray Data pipeline and
                 POST /v1/batches, against OpenAI's own harness
 

@@ -6,6 +6,7 @@
     wrk         driving wrk: the generated Lua script, its run and its parsed result
     sandbox     ``bench sandbox``: a warm SandboxPool against a fresh interpreter per execution
     http        ``bench http``: ``exec-agent serve`` through each ingress, loaded by wrk
+    burst       ``bench burst``: 128 connections of one key for 20 s; every answer and record checked
     humaneval   ``bench humaneval``: the run, its goal and its summary (``humaneval_*``: its parts)
 
 scripts/ is not a package: ``scripts/bench.py`` puts scripts/ on ``sys.path`` and imports this
