@@ -136,10 +136,12 @@ def insert_execution(
     position: int | None = None,
     running: bool = False,
     owner: str | None = None,
+    execution_id: uuid.UUID | None = None,
 ) -> Execution:
     """Record an accepted request, status ``queued``; with ``running``, ``running`` at once
     (started now: one write instead of insert then :func:`start_execution`). ``owner`` is the
-    service instance that will finish it (:mod:`serve_app.db.instances`).
+    service instance that will finish it (:mod:`serve_app.db.instances`); ``execution_id``
+    the id chosen for it (default: a new one).
 
     With ``idempotency``, raise :class:`ConflictError` if the key's ``Idempotency-Key`` is held
     by another execution of the last 24 h (a racing request: look it up with
@@ -150,7 +152,7 @@ def insert_execution(
         _release_stale_idempotency_key(session, key_id, idempotency.key, now)
     values = {
         **_NEW_ROW,
-        "id": uuid.uuid4(),
+        "id": execution_id or uuid.uuid4(),
         "key_id": key_id,
         "request_id": request_id,
         "idempotency_key": idempotency.key if idempotency else None,

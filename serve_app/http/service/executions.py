@@ -79,6 +79,13 @@ class Created:
         return self.record.status in TERMINAL_STATUSES
 
 
+def _abandon(run: asyncio.Future[ExecutionRecord] | None) -> None:
+    """Cancel a run started early that is not wanted after all; its outcome is dropped."""
+    if run is not None:
+        run.cancel()
+        run.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
 class Executions:
     """One replica's single executions (batch items run through :meth:`run_in_background`)."""
 
@@ -133,6 +140,15 @@ class Executions:
             raise OverloadedError(OVERLOADED_RETRY_AFTER_S)
         lease = await self._parts.admission.lease(key)
         try:
+            execution_id = uuid.uuid4()
+            # A waited run without an Idempotency-Key starts while its row is inserted (the
+            # answer still waits for both): its latency loses the insert. With the key, the
+            # insert's conflict check comes first: a replay must not run the program again.
+            early = (
+                asyncio.ensure_future(self._runner.run(execution_id, item, background=False))
+                if body.wait and idempotency is None
+                else None
+            )
             try:
                 row = await self._insert(
                     lambda session: executions.insert_execution(
@@ -143,18 +159,30 @@ class Executions:
                         idempotency=idempotency,
                         running=body.wait,
                         owner=self._parts.owner,
+                        execution_id=execution_id,
                     ),
                     item,
                 )
             except ConflictError:
+                _abandon(early)
                 replay = await self._replay(key, idempotency) if idempotency else None
                 if replay is None:
                     raise
                 return replay
+            except BaseException:
+                _abandon(early)  # nothing stored: the program's run is not wanted
+                raise
             if body.wait:
                 # Inserted as running already: one write fewer before the run.
                 return Created(
-                    await self.run(row.id, item, background=False, inserted=row, cache_as=cache_as)
+                    await self.run(
+                        row.id,
+                        item,
+                        background=False,
+                        inserted=row,
+                        cache_as=cache_as,
+                        started=early,
+                    )
                 )
             self._parts.wakers.add(row.id)
             self._parts.background.spawn(
@@ -234,11 +262,16 @@ class Executions:
         background: bool,
         inserted: Execution | None = None,
         cache_as: CacheAs | None = None,
+        started: asyncio.Future[ExecutionRecord] | None = None,
     ) -> ExecutionRecord:
         """Run through the executors and finish the stored execution (``inserted``: the row
-        this request inserted, running); with ``cache_as``, cache the result there."""
+        this request inserted, running); with ``cache_as``, cache the result there.
+        ``started``: the run, started already (awaiting it here cancels it with the caller)."""
         try:
-            record = await self._runner.run(execution_id, request, background=background)
+            if started is None:
+                record = await self._runner.run(execution_id, request, background=background)
+            else:
+                record = await started
         except BackPressureError:
             if background:
                 raise
