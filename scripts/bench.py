@@ -11,6 +11,7 @@ same JSON on stdout and a short human summary on stderr.
                 20 s; every answer a 200, every answered execution stored, none left unfinished
     humaneval   HumanEval's canonical solutions judged by the engine, the Ray Data pipeline and
                 POST /v1/batches, against OpenAI's own harness
+    all         every benchmark above in turn, and every goal met or not in one list
 
 Exit status: 0 when every execution gave the expected result, 1 when any failed (the results
 are still written: a failure is reported, not hidden), 2 on bad arguments.

@@ -8,11 +8,12 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -748,3 +749,68 @@ def test_humaneval_benchmark_writes_consistent_results(tmp_path: Path) -> None:
     assert set(goal["met"]) == {"engine", "pipeline", "http"}
     assert all(isinstance(met, bool) for met in goal["met"].values())
     assert result["failed"] == 0
+
+
+# --- all
+
+
+def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
+    """``scripts/bench all``: each benchmark as its own command line would run it (writing its
+    JSON beside the suite's), a failing one reported while the others run, every goal listed."""
+    bench = load_bench()
+    suite = importlib.import_module("benchlib.suite")
+    args = bench.build_parser().parse_args(["all"])
+    assert args.out.name == "all.json"
+    assert suite.SUITE == ("sandbox", "http", "burst", "humaneval")
+    ran: list[list[str]] = []
+    fabricated = {
+        "sandbox": {"failed": 0, "goal": {"throughput_ratio": 2.5, "met": False}},
+        "http": {"failed": 0, "goal": {"met": {"proxy": False, "haproxy": True}}},
+        "humaneval": {"failed": 0, "goal": {"met": {"engine": True, "http": False}}},
+    }
+
+    def parse(argv: list[str]) -> Any:
+        ran.append(argv)
+        name = argv[0]
+
+        def run(_: Any) -> dict[str, Any]:
+            if name == "burst":
+                raise RuntimeError("wrk is missing")
+            return dict(fabricated[name])
+
+        return SimpleNamespace(
+            run=run, summarize=lambda result: f"{name}: summed up", out=Path(argv[2])
+        )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args.out = Path(tmp) / "all.json"
+        result = suite.run_suite(args, parse)
+        assert sorted(path.name for path in Path(tmp).iterdir()) == [
+            "http.json",
+            "humaneval.json",
+            "sandbox.json",
+        ]
+    assert [argv[0] for argv in ran] == list(suite.SUITE)
+    assert all(argv[1:] == ["--out", str(Path(tmp) / f"{argv[0]}.json")] for argv in ran)
+    assert result["failed"] == 1
+    assert result["results"]["burst"]["error"] == "RuntimeError: wrk is missing"
+    assert result["goals"] == {
+        "sandbox": {"": False},
+        "http": {"proxy": False, "haproxy": True},
+        "burst": {},
+        "humaneval": {"engine": True, "http": False},
+    }
+    assert suite.goals_met({"goal": {"no_non_200": True, "no_record_lost": False}}) == {
+        "no_non_200": True,
+        "no_record_lost": False,
+    }
+    summary = suite.summarize_suite(result)
+    assert "http: summed up" in summary and "burst: ERROR RuntimeError: wrk is missing" in summary
+    goal_lines = summary.split("goals:\n", 1)[1].splitlines()
+    assert [line.split() for line in goal_lines] == [
+        ["sandbox", "NOT", "met"],
+        ["http", "proxy", "NOT", "met"],
+        ["http", "haproxy", "met"],
+        ["humaneval", "engine", "met"],
+        ["humaneval", "http", "NOT", "met"],
+    ]

@@ -8,6 +8,7 @@
     http        ``bench http``: ``exec-agent serve`` through each ingress, loaded by wrk
     burst       ``bench burst``: 128 connections of one key for 20 s; every answer and record checked
     humaneval   ``bench humaneval``: the run, its goal and its summary (``humaneval_*``: its parts)
+    suite       ``bench all``: every benchmark in turn, every goal listed
 
 scripts/ is not a package: ``scripts/bench.py`` puts scripts/ on ``sys.path`` and imports this
 one as ``benchlib`` (and ``serve_process`` beside it).

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import burst, http, humaneval, sandbox
+from . import burst, http, humaneval, sandbox, suite
 from .common import write_result
 
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for benchmark in (sandbox, http, burst, humaneval):
         benchmark.add_parser(benchmarks)
+    suite.add_parser(benchmarks, parser.parse_args)
     return parser
 
 
