@@ -61,16 +61,17 @@ def test_haproxy_serves_the_api_with_its_own_listeners_on_loopback(tmp_path: Pat
     service = serve_process.ServeProcess(tmp_path, ingress="haproxy", slots=1)
     try:
         service.start()
-        # It says it serves only once HAProxy routes to the API replica itself (the reload
-        # that adds it closes idle keep-alive connections): no further wait is needed.
+        # It waited for HAProxy to route to the API replica itself (the reload that adds it
+        # closes idle keep-alive connections): the admin socket, where Serve put it beside its
+        # configuration, says so, and the service's log has no warning that it did not.
         (config,) = {
             argument
             for process in haproxy_processes(service.pid)
             for previous, argument in itertools.pairwise(process.cmdline())
             if previous == "-f"
         }
-        admin_socket = str(Path(config).parent / "admin.sock")
-        assert wait_for_haproxy_routes(admin_socket, timeout_s=0.001)
+        assert wait_for_haproxy_routes(str(Path(config).parent / "admin.sock"), timeout_s=10)
+        assert "has not routed to the API replica" not in service.log_path.read_text()
         key = service.create_key("loopback")
         answer = httpx.post(
             f"{service.url}/v1/executions",

@@ -21,6 +21,7 @@ instead (in Kubernetes: the pod's NetworkPolicy).
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shlex
 import shutil
@@ -141,16 +142,20 @@ def wait_for_haproxy_routes(socket_path: str, timeout_s: float = HAPROXY_ROUTES_
     graceful reload that follows closes the keep-alive connections idle at that moment: a
     client that connected in between could see its next request's connection closed under
     it. ``exec-agent serve`` says it serves only once that reload is behind it."""
+    # Serve puts each node's HAProxy files in a directory named after the node, beside the
+    # path it is given.
+    where, name = os.path.split(socket_path)
     deadline = time.monotonic() + timeout_s
     while True:
-        with contextlib.suppress(OSError):
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as admin:
-                admin.settimeout(1.0)
-                admin.connect(socket_path)
-                admin.sendall(b"show servers state\n")
-                state = b"".join(iter(lambda: admin.recv(65536), b""))
-            if b"SERVE_REPLICA_" in state:
-                return True
+        for path in [socket_path, *glob.glob(os.path.join(glob.escape(where), "*", name))]:
+            with contextlib.suppress(OSError):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as admin:
+                    admin.settimeout(1.0)
+                    admin.connect(path)
+                    admin.sendall(b"show servers state\n")
+                    state = b"".join(iter(lambda: admin.recv(65536), b""))
+                if b"SERVE_REPLICA_" in state:
+                    return True
         if time.monotonic() >= deadline:
             break
         time.sleep(0.1)
