@@ -7,6 +7,8 @@ Public surface::
         record = pool.run(ExecutionRequest(code="print(1)", limits=limits))
         judged = pool.run(ExecutionRequest(code=code, test_code="check(f)", limits=limits))
         judged.passed                                          # True, False (None: not judged)
+        plot = pool.run(ExecutionRequest(code=code, runtime="scientific", limits=limits))
+        plot.artifacts                                         # files the program left in out/
 
 ``pool.isolation`` tells which isolation layers are in force on this host.
 ``SandboxExecutor`` and ``build_executor_app`` put pools on Ray (which only the latter imports).
@@ -33,8 +35,10 @@ from executors._errors import (
 from executors._isolation import ISOLATION_LAYERS, IsolationReport
 from executors._logging import JsonLogFormatter, configure_json_logging
 from executors._models import (
+    ARTIFACTS_DIR,
     MAX_CASES,
     TERMINAL_STATUSES,
+    Artifact,
     CaseResult,
     CaseSpec,
     ExecutionRecord,
@@ -49,12 +53,27 @@ from executors._models import (
 )
 from executors._pipeline import PipelineDefaults, SandboxMapper, row_to_request, run_programs
 from executors._pool import SandboxPool, refuse_without_bubblewrap
+from executors._runtimes import (
+    MINIMAL,
+    RUNTIMES,
+    SCIENTIFIC,
+    Runtime,
+    RuntimeInfo,
+    RuntimeNotInstalled,
+    default_runtimes_dir,
+    runtime_catalog,
+)
 
 __all__ = [
+    "ARTIFACTS_DIR",
     "DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S",
     "ISOLATION_LAYERS",
     "MAX_CASES",
+    "MINIMAL",
+    "RUNTIMES",
+    "SCIENTIFIC",
     "TERMINAL_STATUSES",
+    "Artifact",
     "CaseResult",
     "CaseSpec",
     "ExecutionRecord",
@@ -71,6 +90,9 @@ __all__ = [
     "PipelineDefaults",
     "PoolClosedError",
     "ReplicaRange",
+    "Runtime",
+    "RuntimeInfo",
+    "RuntimeNotInstalled",
     "SandboxConfig",
     "SandboxExecutor",
     "SandboxMapper",
@@ -83,7 +105,9 @@ __all__ = [
     "check_relative_path",
     "check_text",
     "configure_json_logging",
+    "default_runtimes_dir",
     "refuse_without_bubblewrap",
     "row_to_request",
     "run_programs",
+    "runtime_catalog",
 ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from executors._runtimes import RUNTIMES, SCIENTIFIC, default_runtimes_dir
 
 __all__ = ["SandboxConfig"]
 
@@ -29,5 +31,17 @@ class SandboxConfig(BaseModel):
     """Refuse to start when any isolation layer is unavailable (production)."""
     cgroup_parent: str | None = None
     """Cgroup (path relative to each hierarchy's root) to nest slots under; default: our own."""
+    runtimes_dir: str = Field(default_factory=default_runtimes_dir)
+    """Where ``scripts/setup`` installed the runtimes (``<dir>/<name>/site-packages``)."""
+    default_runtime: str = SCIENTIFIC
+    """The runtime of requests that name none; its zygotes start with the pool, the others'
+    at their first job."""
     bwrap_path: str = "bwrap"
     start_timeout_s: float = Field(default=20.0, gt=0)
+
+    @field_validator("default_runtime")
+    @classmethod
+    def _known_runtime(cls, name: str) -> str:
+        if name not in RUNTIMES:
+            raise ValueError(f"unknown runtime {name!r}: one of {', '.join(RUNTIMES)}")
+        return name

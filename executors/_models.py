@@ -10,17 +10,19 @@ A request with ``test_code`` or ``cases`` is *judged*: its record's ``passed`` i
 
 from __future__ import annotations
 
+import binascii
 import enum
 import uuid
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "MAX_CASES",
     "TERMINAL_STATUSES",
+    "Artifact",
     "CaseResult",
     "CaseSpec",
     "ExecutionRecord",
@@ -39,6 +41,9 @@ MIB = 1024 * 1024
 MAX_FILES = 100
 MAX_FILE_PATH_CHARS = 255
 MAX_CASES = 100
+_Content = TypeVar("_Content", str, bytes, str | bytes)
+ARTIFACTS_DIR = "out"
+"""Where a program leaves the files it hands back (API.md, "Artifacts")."""
 
 
 class ExecutionStatus(enum.StrEnum):
@@ -87,6 +92,10 @@ class Limits(_Frozen):
     max_file_bytes: int = Field(gt=0)
     max_open_files: int = Field(default=256, gt=0)
     disk_bytes: int = Field(default=64 * MIB, gt=0)
+    max_artifacts: int = Field(default=20, ge=0)
+    """Files of ``out/`` returned at most (``MAX_ARTIFACTS``)."""
+    max_artifact_bytes: int = Field(default=10 * MIB, ge=0)
+    """Bytes of ``out/`` returned at most, all files together (``MAX_ARTIFACT_BYTES``)."""
 
     @model_validator(mode="after")
     def _check_coherent(self) -> Self:
@@ -168,8 +177,11 @@ class ExecutionRequest(_Frozen):
 
     code: str
     stdin: str = ""
-    files: dict[str, str] = Field(default_factory=dict)
+    files: dict[str, str | bytes] = Field(default_factory=dict)
+    """Path → text (written as UTF-8) or bytes."""
     limits: Limits
+    runtime: str | None = None
+    """The runtime to run in (``executors.RUNTIMES``); None: the pool's default."""
     test_code: str | None = None
     judge: JudgeMode = JudgeMode.ISOLATED
     """How ``test_code`` runs; ignored without it."""
@@ -188,18 +200,23 @@ class ExecutionRequest(_Frozen):
 
     @field_validator("files")
     @classmethod
-    def _files(cls, files: dict[str, str]) -> dict[str, str]:
+    def _files(cls, files: dict[str, str | bytes]) -> dict[str, str | bytes]:
         return check_files(files)
 
 
-def check_files(files: dict[str, str]) -> dict[str, str]:
-    """The files of a request: few enough, relative paths, storable text, and a tree that can
-    be written (no path is both a file and another file's directory)."""
+def check_files(files: dict[str, _Content]) -> dict[str, _Content]:
+    """The files of a request: few enough, relative paths outside ``out/``, storable text, and
+    a tree that can be written (no path is both a file and another file's directory)."""
     if len(files) > MAX_FILES:
         raise ValueError(f"at most {MAX_FILES} files")
     for path, content in files.items():
         check_relative_path(path)
-        check_text(content, f"file {path!r}")
+        if path.split("/", 1)[0] == ARTIFACTS_DIR:
+            raise ValueError(
+                f"file path {path!r} is under {ARTIFACTS_DIR}/, which every run starts empty"
+            )
+        if isinstance(content, str):
+            check_text(content, f"file {path!r}")
     directories = {str(parent) for path in files for parent in PurePosixPath(path).parents}
     for path in files:
         if path in directories:
@@ -257,6 +274,20 @@ class CaseResult(BaseModel):
     stderr_truncated: bool = False
 
 
+class Artifact(BaseModel):
+    """A file the program left under ``out/`` (API.md, "Artifacts")."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str = Field(description="Relative to the working directory: out/plot.png.")
+    size_bytes: int = Field(ge=0)
+    media_type: str = Field(description="Guessed from the name; application/octet-stream.")
+    base64: str = Field(description="The file's bytes, base64-encoded.")
+
+    def content(self) -> bytes:
+        return binascii.a2b_base64(self.base64)
+
+
 class ExecutionRecord(BaseModel):
     """The execution record of the API, field for field.
 
@@ -285,6 +316,9 @@ class ExecutionRecord(BaseModel):
     cached_from: uuid.UUID | None = None
     passed: bool | None = None
     cases: list[CaseResult] | None = None
+    runtime: str | None = None
+    artifacts: list[Artifact] = Field(default_factory=list)
+    artifacts_truncated: bool = False
 
     @classmethod
     def internal_error(
@@ -297,6 +331,7 @@ class ExecutionRecord(BaseModel):
             created_at=created_at or utc_now(),
             finished_at=utc_now(),
             passed=False if request.judged else None,
+            runtime=request.runtime,
         )
 
     def to_api(self) -> dict[str, Any]:
