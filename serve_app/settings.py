@@ -31,6 +31,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from executors import (
     DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
+    RUNTIMES,
+    SCIENTIFIC,
     Limits,
     PipelineDefaults,
     ReplicaRange,
@@ -215,7 +217,9 @@ class Settings(BaseSettings):
         "Largest execution record stored or answered, bytes of its JSON (16 MiB, at least 64 "
         "KiB): beyond, the outputs (stdout/stderr of the record and of each case) are cut and "
         "marked *_truncated. 100 cases of MAX_OUTPUT_BYTES per stream would otherwise make one "
-        "record of hundreds of MiB.",
+        "record of hundreds of MiB. The default holds MAX_ARTIFACT_BYTES of artifacts in base64 "
+        "beside both streams; artifacts that leave the outputs less than a quarter of it are "
+        "left out (artifacts_truncated).",
         ge=64 * KIB,
     )
     auth_failures_per_minute: int = _env(
@@ -308,6 +312,20 @@ class Settings(BaseSettings):
         "Size of any one file the program writes, bytes (64 MiB); at most SANDBOX_DISK_MB.",
         gt=0,
     )
+    max_artifacts: int = _env(
+        "MAX_ARTIFACTS",
+        20,
+        "Files of out/ returned with a record (API.md, Artifacts); past it the rest are left "
+        "out and artifacts_truncated is true.",
+        ge=0,
+    )
+    max_artifact_bytes: int = _env(
+        "MAX_ARTIFACT_BYTES",
+        10 * MIB,
+        "Bytes of out/ returned with a record, all files together (10 MiB; a third more in the "
+        "record's base64); past it the rest are left out and artifacts_truncated is true.",
+        ge=0,
+    )
 
     # --- defaults for limits a request leaves out
     default_wall_timeout_s: float = _env(
@@ -356,6 +374,19 @@ class Settings(BaseSettings):
         "SANDBOX_PYTHON",
         None,
         "Absolute path of the interpreter run in sandboxes; empty: the service's base interpreter.",
+    )
+    default_runtime: str = _env(
+        "DEFAULT_RUNTIME",
+        SCIENTIFIC,
+        "The runtime of requests that name none (GET /v1/runtimes lists them): "
+        + " | ".join(RUNTIMES)
+        + ". Its sandboxes start with each executor replica, the others' at their first run.",
+    )
+    runtimes_dir: str | None = _env(
+        "RUNTIMES_DIR",
+        None,
+        "Where the runtimes' packages are installed (<dir>/<name>/site-packages, built by "
+        "scripts/setup); empty: .runtimes/ of the checkout the service runs from.",
     )
     max_concurrent_executions: int = _env(
         "MAX_CONCURRENT_EXECUTIONS",
@@ -441,6 +472,7 @@ class Settings(BaseSettings):
         "sentry_dsn",
         "ray_address",
         "sandbox_python",
+        "runtimes_dir",
         "otel_exporter_otlp_endpoint",
         "exec_agent_api_key",
         mode="before",
@@ -477,6 +509,13 @@ class Settings(BaseSettings):
         if value is not None and not value.strip().lower().startswith(("http://", "https://")):
             raise ValueError("OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// URL")
         return value.strip() if value is not None else None
+
+    @field_validator("default_runtime")
+    @classmethod
+    def _known_runtime(cls, name: str) -> str:
+        if name not in RUNTIMES:
+            raise ValueError(f"DEFAULT_RUNTIME must be one of {', '.join(RUNTIMES)}")
+        return name
 
     @field_validator("sandbox_python")
     @classmethod
@@ -567,6 +606,8 @@ class Settings(BaseSettings):
             max_processes=self.default_max_processes,
             max_file_bytes=self.default_max_file_bytes,
             disk_bytes=self.sandbox_disk_mb * MIB,
+            max_artifacts=self.max_artifacts,
+            max_artifact_bytes=self.max_artifact_bytes,
         )
 
     def max_limits(self) -> Limits:
@@ -579,15 +620,20 @@ class Settings(BaseSettings):
             max_processes=self.max_processes,
             max_file_bytes=self.max_file_bytes,
             disk_bytes=self.sandbox_disk_mb * MIB,
+            max_artifacts=self.max_artifacts,
+            max_artifact_bytes=self.max_artifact_bytes,
         )
 
     def sandbox_config(self) -> SandboxConfig:
         """How the engine builds sandboxes under these settings."""
-        if self.sandbox_python is None:
-            return SandboxConfig(require_full_isolation=self.require_full_isolation)
-        return SandboxConfig(
-            python_executable=self.sandbox_python,
-            require_full_isolation=self.require_full_isolation,
+        # Unset paths stay the engine's own defaults (its base interpreter, its .runtimes/).
+        paths = {"python_executable": self.sandbox_python, "runtimes_dir": self.runtimes_dir}
+        return SandboxConfig.model_validate(
+            {
+                "require_full_isolation": self.require_full_isolation,
+                "default_runtime": self.default_runtime,
+                **{name: path for name, path in paths.items() if path is not None},
+            }
         )
 
 

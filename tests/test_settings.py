@@ -10,6 +10,7 @@ import pytest
 from pydantic import AliasChoices, ValidationError
 from pydantic.fields import FieldInfo
 
+from executors import default_runtimes_dir
 from serve_app.errors import ConfigurationError
 from serve_app.settings import (
     ENV_EXAMPLE_PATH,
@@ -229,6 +230,37 @@ def test_sandbox_config_follows_settings(monkeypatch: pytest.MonkeyPatch) -> Non
     config = Settings().sandbox_config()
     assert config.require_full_isolation
     assert config.python_executable == "/usr/bin/python3"
+
+
+def test_runtimes_follow_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = Settings().sandbox_config()
+    assert (config.default_runtime, config.runtimes_dir) == ("scientific", default_runtimes_dir())
+    monkeypatch.setenv("DEFAULT_RUNTIME", "minimal")
+    monkeypatch.setenv("RUNTIMES_DIR", str(tmp_path))
+    config = Settings().sandbox_config()
+    assert (config.default_runtime, config.runtimes_dir) == ("minimal", str(tmp_path))
+    monkeypatch.setenv("RUNTIMES_DIR", "")  # empty: the engine's own default
+    assert Settings().sandbox_config().runtimes_dir == default_runtimes_dir()
+
+
+@pytest.mark.parametrize("value", ["", "nope", "Scientific", "minimal "])
+def test_default_runtime_must_be_known(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("DEFAULT_RUNTIME", value)
+    with pytest.raises(ValidationError, match="DEFAULT_RUNTIME"):
+        Settings()
+
+
+def test_artifact_caps_reach_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings()
+    assert (settings.max_artifacts, settings.max_artifact_bytes) == (20, 10 * MIB)
+    monkeypatch.setenv("MAX_ARTIFACTS", "3")
+    monkeypatch.setenv("MAX_ARTIFACT_BYTES", "1000")
+    settings = Settings()
+    for limits in (settings.default_limits(), settings.max_limits()):
+        assert (limits.max_artifacts, limits.max_artifact_bytes) == (3, 1000)
+    monkeypatch.setenv("MAX_ARTIFACTS", "-1")
+    with pytest.raises(ValidationError, match="MAX_ARTIFACTS"):
+        Settings()
 
 
 def test_sandbox_python_must_be_absolute(monkeypatch: pytest.MonkeyPatch) -> None:
