@@ -40,8 +40,9 @@ _IMPORT_FUNCTIONS = frozenset({"__import__", "import_module"})
 _STDLIB = frozenset(sys.stdlib_module_names)
 
 
-def imported_modules(source: str) -> frozenset[str]:
-    """The top-level modules ``source`` imports statically (empty if it does not parse)."""
+def imported_modules(source: str | bytes) -> frozenset[str]:
+    """The top-level modules ``source`` imports statically (empty if it does not parse); bytes
+    are decoded as Python decodes a source file (UTF-8, or its coding declaration)."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
@@ -60,7 +61,7 @@ def imported_modules(source: str) -> frozenset[str]:
     return frozenset(found)
 
 
-def local_modules(files: Mapping[str, str]) -> frozenset[str]:
+def local_modules(files: Mapping[str, str | bytes]) -> frozenset[str]:
     """The top-level module names the request's own ``files`` provide."""
     names = set()
     for path in files:
@@ -142,13 +143,15 @@ class ImportPolicy:
             or (self.allowed and module not in self.allowed and module not in own)
         )
 
-    def check(self, sources: Iterable[str | None], files: Mapping[str, str] | None = None) -> None:
+    def check(
+        self, sources: Iterable[str | None], files: Mapping[str, str | bytes] | None = None
+    ) -> None:
         """Raise :class:`PolicyViolationError` naming every refused module ``sources`` (and
         the ``.py`` files among ``files``) import statically."""
         if not self.active:
             return
         files = files or {}
-        texts = [text for text in sources if text]
+        texts: list[str | bytes] = [text for text in sources if text]
         texts += [text for path, text in files.items() if path.endswith(".py")]
         modules: set[str] = set()
         for text in texts:

@@ -8,6 +8,7 @@ entries of tests/data/security_corpus.json that concern input are applied to the
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import json
 import logging
@@ -205,6 +206,7 @@ def test_minimal_execution_gets_the_documented_defaults(edge: EdgeApp) -> None:
         "code": "print(1)",
         "stdin": "",
         "files": {},
+        "runtime": "scientific",  # DEFAULT_RUNTIME, filled in
         "limits": dict.fromkeys(API_LIMIT_FIELDS),
         "cache": False,
         "test_code": None,
@@ -218,7 +220,8 @@ def test_full_execution_request_round_trips(edge: EdgeApp) -> None:
     body = {
         "code": "print(input()[::-1])  # é ✓ 😀",
         "stdin": "abc\n",
-        "files": {"data/in.txt": "1 2 3\n", "notes.md": "é"},
+        "files": {"data/in.txt": "1 2 3\n", "notes.md": "é", "blob.bin": {"base64": "AP+A"}},
+        "runtime": "minimal",
         "limits": {
             "wall_timeout_s": 2.5,
             "cpu_time_s": 2,
@@ -242,7 +245,7 @@ def test_full_execution_request_round_trips(edge: EdgeApp) -> None:
         {"stdin": "ab", "expected_stdout": "ba"},
         {"stdin": "", "expected_stdout": ""},
     ]
-    echoed_keys = ("stdin", "files", "wait", "cache", "test_code", "judge")
+    echoed_keys = ("stdin", "files", "runtime", "wait", "cache", "test_code", "judge")
     assert {key: echoed[key] for key in echoed_keys} == {key: body[key] for key in echoed_keys}
 
 
@@ -538,6 +541,80 @@ def test_limits_at_the_maxima_are_accepted(edge: EdgeApp) -> None:
 def test_file_paths_must_be_relative_without_dotdot(edge: EdgeApp, path: str) -> None:
     error = assert_error(post(edge, {"code": "x", "files": {path: "y"}}), 422, "invalid_request")
     assert fields(error) == ["files"]
+
+
+@pytest.mark.parametrize("path", ["out/x.csv", "out/a/b.png", "out"])
+def test_files_under_out_are_422(edge: EdgeApp, path: str) -> None:
+    # out/ starts empty in every run: what the program leaves there comes back as artifacts.
+    error = assert_error(post(edge, {"code": "x", "files": {path: "y"}}), 422, "invalid_request")
+    assert fields(error) == ["files"]
+    assert post(edge, {"code": "x", "files": {"outside/x.csv": "y"}}).status_code == 200
+
+
+def test_binary_files_are_decoded_strictly() -> None:
+    bounds = RequestBounds.from_settings(make_settings())
+    body = {"code": "x", "files": {"blob.bin": {"base64": "AP+A"}, "t.txt": "AP+A"}}
+    parsed = validate_body(ExecutionCreate, body, bounds)
+    assert parsed.files == {"blob.bin": b"\x00\xff\x80", "t.txt": "AP+A"}  # the engine's form
+    assert parsed.model_dump(mode="json")["files"] == body["files"]  # the API's, as sent
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"base64": "AP+"},  # padding missing
+        {"base64": "AP+A="},  # after the padding
+        {"base64": "AP-A"},  # the URL-safe alphabet
+        {"base64": "AP+A\n"},  # a line break
+        {"base64": "AP9="},  # stray bits: "AP8=" is the one encoding of these bytes
+        {"base64": "é"},
+        {"base64": 5},
+        {"base64": None},
+        {"base64": "AP+A", "name": "x"},
+        {"data": "AP+A"},
+        {},
+        None,
+        5,
+        ["AP+A"],
+    ],
+)
+def test_bad_binary_files_are_422(edge: EdgeApp, content: Any) -> None:
+    body = {"code": "x", "files": {"blob.bin": content}}
+    error = assert_error(post(edge, body), 422, "invalid_request")
+    assert fields(error) == ["files.blob.bin"]
+    batch = {"items": [{"code": "x"}, body]}
+    error = assert_error(post(edge, batch, path="/v1/batches"), 422, "invalid_request")
+    assert fields(error) == ["items.1.files.blob.bin"]
+
+
+def test_a_binary_file_counts_against_the_body_cap(edge: EdgeApp) -> None:
+    encoded = base64.b64encode(b"\x00" * (MAX_BODY * 3 // 4)).decode()
+    body = {"code": "x", "files": {"blob.bin": {"base64": encoded}}}
+    assert_error(post(edge, body), 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("runtime", ["minimal", "scientific"])
+def test_a_known_runtime_is_kept(edge: EdgeApp, runtime: str) -> None:
+    response = post(edge, {"code": "x", "runtime": runtime})
+    assert (response.status_code, response.json()["runtime"]) == (200, runtime)
+
+
+@pytest.mark.parametrize("runtime", ["nope", "", "Minimal", None, 1, ["minimal"], "x" * 100_000])
+def test_an_unknown_runtime_is_422(edge: EdgeApp, runtime: Any) -> None:
+    response = post(edge, {"code": "x", "runtime": runtime})
+    error = assert_error(response, 422, "invalid_request")
+    assert fields(error) == ["runtime"]
+    assert len(response.content) < 2_000  # the name is not echoed
+    batch = {"items": [{"code": "x", "runtime": "minimal"}, {"code": "x", "runtime": runtime}]}
+    error = assert_error(post(edge, batch, path="/v1/batches"), 422, "invalid_request")
+    assert fields(error) == ["items.1.runtime"]
+
+
+def test_the_default_runtime_comes_from_the_settings() -> None:
+    bounds = RequestBounds.from_settings(make_settings(default_runtime="minimal"))
+    assert validate_body(ExecutionCreate, {"code": "x"}, bounds).runtime == "minimal"
+    batch = validate_body(BatchCreate, {"items": [{"code": "x"}, {"code": "y"}]}, bounds)
+    assert [item.runtime for item in batch.items] == ["minimal", "minimal"]
 
 
 def test_at_most_100_files(edge: EdgeApp) -> None:

@@ -19,14 +19,19 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     StrictBool,
     StrictStr,
     ValidationInfo,
+    field_serializer,
     field_validator,
+    model_validator,
 )
 
 from executors import (
     MAX_CASES,
+    RUNTIMES,
+    SCIENTIFIC,
     CaseSpec,
     JudgeMode,
     Limits,
@@ -34,6 +39,7 @@ from executors import (
     check_files,
     check_text,
 )
+from serve_app import files as api_files
 from serve_app.errors import describe_validation_error
 from serve_app.settings import Settings
 
@@ -63,6 +69,7 @@ class RequestBounds:
     max_batch_items: int
     default_limits: Limits
     max_limits: Limits
+    default_runtime: str = SCIENTIFIC
     max_cases: int = MAX_CASES
     max_json_depth: int = MAX_JSON_DEPTH
 
@@ -74,6 +81,7 @@ class RequestBounds:
             max_batch_items=settings.max_batch_items,
             default_limits=settings.default_limits(),
             max_limits=settings.max_limits(),
+            default_runtime=settings.default_runtime,
         )
 
 
@@ -95,6 +103,15 @@ def _text(value: str) -> str:
 
 Text = Annotated[StrictStr, AfterValidator(_text)]
 """A string the engine accepts: no NUL, no lone surrogate."""
+
+
+def _file_content(content: Any) -> str | bytes:
+    # Bytes come from Python callers only (JSON has none); they are what a JSON file decodes to.
+    return content if isinstance(content, bytes) else api_files.file_from_api(content)
+
+
+FileContent = Annotated[str | bytes, PlainValidator(_file_content)]
+"""A file of a request: a string (text), or ``{"base64": ...}`` decoded to bytes."""
 
 
 def _check_code_bytes(value: str | None, info: ValidationInfo) -> str | None:
@@ -123,7 +140,12 @@ Case = CaseSpec
 class _ExecutionBody(_Strict):
     code: Text
     stdin: Text = ""
-    files: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    files: dict[StrictStr, FileContent] = Field(default_factory=dict)
+    """Path → text or bytes (``{"base64": ...}`` in JSON, decoded here: :mod:`serve_app.files`);
+    dumped back in the API form."""
+    runtime: StrictStr
+    """One of ``executors.RUNTIMES``; left out: ``DEFAULT_RUNTIME``, filled in here, so what is
+    stored and run always names its runtime."""
     limits: LimitsRequest = Field(default_factory=LimitsRequest)
     cache: StrictBool = False
     test_code: Text | None = None
@@ -136,10 +158,29 @@ class _ExecutionBody(_Strict):
     def _code_bytes(cls, code: str | None, info: ValidationInfo) -> str | None:
         return _check_code_bytes(code, info)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_runtime(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and "runtime" not in data:
+            return {**data, "runtime": _bounds(info).default_runtime}
+        return data
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, name: str) -> str:
+        if name not in RUNTIMES:
+            # Not echoed: the name may be anything, of any length.
+            raise ValueError(f"unknown runtime: one of {', '.join(RUNTIMES)}")
+        return name
+
     @field_validator("files")
     @classmethod
-    def _files(cls, files: dict[str, str]) -> dict[str, str]:
+    def _files(cls, files: dict[str, str | bytes]) -> dict[str, str | bytes]:
         return check_files(files)
+
+    @field_serializer("files")
+    def _files_in_api_form(self, files: dict[str, str | bytes]) -> dict[str, api_files.ApiFile]:
+        return api_files.to_api(files)
 
     @field_validator("limits")
     @classmethod

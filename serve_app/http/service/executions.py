@@ -101,6 +101,7 @@ class Executions:
             code=body.code,
             stdin=body.stdin,
             files=body.files,
+            runtime=body.runtime,
             test_code=body.test_code,
             judge=JudgeMode(body.judge),
             cases=body.cases,
