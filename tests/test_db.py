@@ -44,6 +44,11 @@ from tests.support.limits import MIB, SMALL_LIMITS
 SECRET = SecretStr("test-api-key-secret-0123456789abcdef")
 LIMITS = SMALL_LIMITS
 BACKENDS = DATABASE_BACKENDS
+FILES: dict[str, str | bytes] = {"a.txt": "A", "blob.bin": b"\x00\xff\x80"}
+ARTIFACTS = [
+    {"path": "out/a.csv", "size_bytes": 4, "media_type": "text/csv", "base64": "YSxiCg=="},
+    {"path": "out/é.png", "size_bytes": 3, "media_type": "image/png", "base64": "AP+A"},
+]
 
 
 # --- databases
@@ -91,7 +96,12 @@ def insert(
     dirty text reaches the column types."""
     with database.session() as session:
         request = ExecutionRequest.model_construct(
-            code=code, stdin="in", files={"a.txt": "A"}, limits=LIMITS, **(judging or {})
+            code=code,
+            stdin="in",
+            files=FILES,
+            runtime="minimal",
+            limits=LIMITS,
+            **(judging or {}),
         )
         return executions.insert_execution(session, key_id, request, **options)  # type: ignore[arg-type]
 
@@ -342,8 +352,12 @@ def test_execution_is_inserted_queued_and_finished_once(database: Database) -> N
     assert record.status == ExecutionStatus.OK and record.stdout == "1\n"
     assert record.peak_memory_bytes == 5 * MIB and record.finished_at == done.finished_at
     assert record.started_at is not None and record.created_at <= record.started_at
-    assert stored.code == "print(1)" and stored.files == {"a.txt": "A"}
-    assert stored.request_id == "req-1"
+    assert stored.code == "print(1)" and stored.request_id == "req-1"
+    # Binary files are stored in their API form (JSON holds no bytes) and run as they came.
+    assert stored.files == {"a.txt": "A", "blob.bin": {"base64": "AP+A"}}
+    assert executions.to_request(stored).files == FILES
+    assert executions.to_request(stored).runtime == record.runtime == "minimal"
+    assert (record.artifacts, record.artifacts_truncated) == ([], False)
 
 
 def test_an_execution_inserted_running_is_finished_without_reading_back(
@@ -367,11 +381,20 @@ def test_an_execution_inserted_running_is_finished_without_reading_back(
             "cpu_time_s": 0.25,
             "peak_memory_bytes": 1024,
             "passed": True,
+            "runtime": "minimal",
+            "artifacts": ARTIFACTS,
+            "artifacts_truncated": True,
         }
     )
+    assert set(executions._RESULT_COLUMNS) <= set(result.model_dump()) | {
+        "case_results",
+        "finished_at",
+    }  # every result column is one of the record's fields: each is checked below
     with database.session() as session:
         answer = executions.finish_inserted_execution(session, inserted, result)
     assert (answer.stderr, answer.stdout_truncated, answer.passed) == ("warned", True, True)
+    assert [artifact.model_dump() for artifact in answer.artifacts] == ARTIFACTS
+    assert (answer.artifacts_truncated, answer.runtime) == (True, "minimal")
     with database.session() as session:
         stored = executions.get_execution(session, key.id, inserted.id)
         assert stored is not None

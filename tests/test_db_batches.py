@@ -18,7 +18,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from executors import TERMINAL_STATUSES, ExecutionRecord, ExecutionRequest
+from executors import TERMINAL_STATUSES, Artifact, ExecutionRecord, ExecutionRequest
 from serve_app.db import Database, batches, executions, keys
 from serve_app.db.batches import BatchView
 from serve_app.db.models import Batch, BatchStatus, Execution
@@ -50,7 +50,8 @@ def item(number: int, **judging: Any) -> ExecutionRequest:
     return ExecutionRequest(
         code=f"print({number})",
         stdin=f"in {number}",
-        files={"n.txt": str(number)},
+        files={"n.txt": str(number), "n.bin": bytes([number % 256, 0xFF])},
+        runtime="minimal",
         limits=LIMITS,
         **judging,
     )
@@ -113,7 +114,10 @@ def test_a_batch_is_inserted_queued_with_its_items_in_request_order(
     assert [row.id for row in got.items] == new.item_ids
     assert [row.position for row in got.items] == [0, 1, 2]
     assert [row.code for row in got.items] == ["print(0)", "print(1)", "print(2)"]
-    assert [(row.stdin, row.files) for row in got.items][2] == ("in 2", {"n.txt": "2"})
+    assert [(row.stdin, row.files) for row in got.items][2] == (
+        "in 2",
+        {"n.txt": "2", "n.bin": {"base64": "Av8="}},  # bytes in their API form
+    )
     assert [row.test_code for row in got.items] == [None, "assert True", None]
     assert [row.cases for row in got.items] == [None, None, CASES]
     for row in got.items:
@@ -227,8 +231,21 @@ def test_a_chunk_is_started_and_finished_in_one_transaction_each(
     assert started == {first, second}
     finish(database, second, "timeout")
     unknown = uuid.uuid4()
+    artifact = Artifact(
+        path="out/one.txt", size_bytes=4, media_type="text/plain", base64="b25lCg=="
+    )
     records = [
-        (first, result().model_copy(update={"stdout": "one\n", "wall_time_s": 0.25})),
+        (
+            first,
+            result().model_copy(
+                update={
+                    "stdout": "one\n",
+                    "wall_time_s": 0.25,
+                    "artifacts": [artifact],
+                    "artifacts_truncated": True,
+                }
+            ),
+        ),
         (second, result()),
         (third, result("nonzero_exit")),
         (unknown, result()),
@@ -242,6 +259,10 @@ def test_a_chunk_is_started_and_finished_in_one_transaction_each(
         "one\n",
         0.25,
     )
+    record = executions.to_record(got[first])
+    assert (record.artifacts, record.artifacts_truncated) == ([artifact], True)
+    assert record.runtime == "minimal"
+    assert executions.to_request(got[first]).files == item(0).files  # binary files too
     assert str(got[second].status) == "timeout"  # the first terminal write stays
     assert str(got[third].status) == "nonzero_exit"
     assert str(got[fourth].status) == "queued"

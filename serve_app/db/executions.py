@@ -22,12 +22,14 @@ from sqlalchemy.orm import Session
 
 from executors import (
     TERMINAL_STATUSES,
+    Artifact,
     ExecutionRecord,
     ExecutionRequest,
     ExecutionStatus,
     JudgeMode,
     Limits,
 )
+from serve_app import files as api_files
 from serve_app.db import cursor as cursors
 from serve_app.db.models import Execution
 from serve_app.db.types import clean_json, clean_text
@@ -73,6 +75,8 @@ _RESULT_COLUMNS = (
     "case_results",
     "cached",
     "cached_from",
+    "artifacts",
+    "artifacts_truncated",
     "finished_at",
 )
 """What a terminal write sets (:func:`_result_values`), ``started_at`` aside."""
@@ -99,6 +103,7 @@ _NEW_ROW: dict[str, Any] = {
     "stdout_truncated": False,
     "stderr_truncated": False,
     "cached": False,
+    "artifacts_truncated": False,
 }
 """What a new row holds before its result (the columns' defaults, written explicitly)."""
 
@@ -185,7 +190,8 @@ def request_columns(request: ExecutionRequest) -> dict[str, Any]:
     return {
         "code": request.code,
         "stdin": request.stdin,
-        "files": dict(request.files),
+        "files": api_files.to_api(request.files),
+        "runtime": request.runtime,
         "test_code": request.test_code,
         "judge": str(request.judge),
         "cases": None if request.cases is None else [case.model_dump() for case in request.cases],
@@ -342,7 +348,9 @@ def as_stored(inserted: Execution, record: ExecutionRecord) -> ExecutionRecord:
             "stdout": clean_text(record.stdout),
             "stderr": clean_text(record.stderr),
             "cases": None if values["case_results"] is None else clean_json(values["case_results"]),
+            "artifacts": [Artifact.model_validate(a) for a in clean_json(values["artifacts"])],
             "limits": Limits.model_validate(inserted.limits).to_api(),
+            "runtime": inserted.runtime,
             "created_at": inserted.created_at,
             "started_at": values.get("started_at", inserted.started_at),
             "finished_at": values["finished_at"],
@@ -368,6 +376,8 @@ def _result_values(record: ExecutionRecord) -> dict[str, Any]:
         else [case.model_dump(mode="json") for case in record.cases],
         "cached": record.cached,
         "cached_from": record.cached_from,
+        "artifacts": [artifact.model_dump() for artifact in record.artifacts],
+        "artifacts_truncated": record.artifacts_truncated,
         "finished_at": record.finished_at or datetime.now(UTC),
     }
     if record.started_at is not None:  # else keep the time start_execution wrote, if any
@@ -405,16 +415,21 @@ def _columns(row: Execution, model: type[BaseModel]) -> dict[str, Any]:
 
 def to_record(row: Execution) -> ExecutionRecord:
     """The API's execution record of a stored execution: the columns of the same names, but
-    ``limits`` as the API shows them and ``cases`` the cases' results (the row's ``cases`` are
-    the request's)."""
+    ``limits`` as the API shows them, ``cases`` the cases' results (the row's ``cases`` are
+    the request's) and no artifacts before it finished."""
     return ExecutionRecord.model_validate(
         _columns(row, ExecutionRecord)
-        | {"limits": Limits.model_validate(row.limits).to_api(), "cases": row.case_results}
+        | {
+            "limits": Limits.model_validate(row.limits).to_api(),
+            "cases": row.case_results,
+            "artifacts": row.artifacts or [],
+        }
     )
 
 
 def to_request(row: Execution) -> ExecutionRequest:
     """What the executors run for a stored execution (to run one accepted elsewhere)."""
     return ExecutionRequest.model_validate(
-        _columns(row, ExecutionRequest) | {"judge": row.judge or JudgeMode.ISOLATED}
+        _columns(row, ExecutionRequest)
+        | {"judge": row.judge or JudgeMode.ISOLATED, "files": api_files.from_api(row.files)}
     )

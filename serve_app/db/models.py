@@ -23,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     UniqueConstraint,
     Uuid,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -121,7 +122,10 @@ class Execution(Base):
     # --- the request
     code: Mapped[str] = mapped_column(CleanText)
     stdin: Mapped[str] = mapped_column(CleanText, default="")
-    files: Mapped[dict[str, str]] = mapped_column(CleanJSON, default=dict)
+    # Path → text, or {"base64": ...} for bytes (serve_app/files.py): JSON cannot hold bytes.
+    files: Mapped[dict[str, Any]] = mapped_column(CleanJSON, default=dict)
+    # Resolved when accepted (DEFAULT_RUNTIME filled in); null: accepted before runtimes existed.
+    runtime: Mapped[str | None] = mapped_column(CleanText)
     test_code: Mapped[str | None] = mapped_column(CleanText)
     judge: Mapped[str | None] = mapped_column(CleanText)  # JudgeMode; null: isolated
     cases: Mapped[list[dict[str, Any]] | None] = mapped_column(CleanJSON)
@@ -143,6 +147,12 @@ class Execution(Base):
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
     # No foreign key: a cache source may be deleted by retention while its copies remain.
     cached_from: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # The record's artifacts as the API answers them (path, size_bytes, media_type, base64);
+    # null until finished, and on rows finished before artifacts existed.
+    artifacts: Mapped[list[dict[str, Any]] | None] = mapped_column(CleanJSON)
+    artifacts_truncated: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
 
     batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id"))
     position: Mapped[int | None] = mapped_column(Integer)  # index in the batch's request
