@@ -64,6 +64,16 @@ def record(status: str = "ok", **fields: Any) -> ExecutionRecord:
         "started_at": moment,
         "finished_at": moment,
         "passed": True,
+        "runtime": "scientific",
+        "artifacts": [
+            {
+                "path": "out/plot.png",
+                "size_bytes": 3,
+                "media_type": "image/png",
+                "base64": "AP8A",
+            }
+        ],
+        "artifacts_truncated": True,
     }
     return ExecutionRecord.model_validate({**values, **fields})
 
@@ -109,6 +119,8 @@ def test_a_stored_result_comes_back_as_it_was(backend: Backend) -> None:
     first, second = run(scenario())
     assert first is not None and second is not None
     assert second == CachedResult(execution_id, original)
+    assert second.record.artifacts[0].content() == b"\x00\xff\x00"  # artifacts kept whole
+    assert (second.record.runtime, second.record.artifacts_truncated) == ("scientific", True)
     assert first.record is not second.record  # each hit is a copy of its own
     assert second.record.created_at == original.created_at  # microseconds and zone kept
 
@@ -225,8 +237,8 @@ def test_a_reachable_store_is_healthy(backend: Backend) -> None:
 
 
 def test_equal_requests_have_equal_fingerprints() -> None:
-    files_a = {"a.py": "A", "b.txt": "B"}
-    files_b = {"b.txt": "B", "a.py": "A"}
+    files_a: dict[str, str | bytes] = {"a.py": "A", "b.txt": "B", "c.bin": b"\xff"}
+    files_b: dict[str, str | bytes] = {"c.bin": b"\xff", "b.txt": "B", "a.py": "A"}
     cases = [{"stdin": "1", "expected_stdout": "2"}]
     same = LIMITS.model_copy()
     first = cache_fingerprint(
@@ -234,6 +246,7 @@ def test_equal_requests_have_equal_fingerprints() -> None:
             code="print(1)",
             stdin="in",
             files=files_a,
+            runtime="minimal",
             test_code="check()",
             cases=cases,
             limits=LIMITS,
@@ -244,6 +257,7 @@ def test_equal_requests_have_equal_fingerprints() -> None:
             code="print(1)",
             stdin="in",
             files=files_b,
+            runtime="minimal",
             test_code="check()",
             cases=list(cases),
             limits=same,
@@ -259,6 +273,11 @@ def test_equal_requests_have_equal_fingerprints() -> None:
         {"stdin": "other"},
         {"files": {"a.py": "changed"}},
         {"files": {}},
+        {"files": {"a.py": "A", "blob.bin": b"\x00\xff\xfe"}},
+        {"files": {"a.py": "A", "blob.bin": b"\x00\xff\xfd"}},
+        {"files": {"a.py": b"A"}},  # the same bytes, but sent as binary: another request
+        {"runtime": "minimal"},
+        {"runtime": None},
         {"test_code": None},
         {"test_code": "check2()"},
         {"cases": None},
@@ -271,7 +290,8 @@ def test_any_difference_changes_the_fingerprint(change: dict[str, Any]) -> None:
     base: dict[str, Any] = {
         "code": "print(1)",
         "stdin": "in",
-        "files": {"a.py": "A"},
+        "files": {"a.py": "A", "blob.bin": b"\x00\xff\xff"},
+        "runtime": "scientific",
         "test_code": "check()",
         "cases": [{"stdin": "1", "expected_stdout": "2"}],
         "limits": LIMITS,
