@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus
+from executors import Artifact, ExecutionRecord, ExecutionRequest, ExecutionStatus
 from executors._models import CaseResult
 from serve_app.api import ExecutionCreate, RequestBounds, validate_body
 from serve_app.db import Database, executions, keys
+from serve_app.files import encode_base64
 from serve_app.http import ExecutionService
 from serve_app.http._record_size import cap_record, record_bytes
 from serve_app.ratelimit import build_rate_limiter
@@ -81,6 +82,49 @@ def test_the_share_is_fair_between_streams() -> None:
     assert capped.cases is not None
     lengths = {len(case.stdout) for case in capped.cases} | {len(capped.stdout)}
     assert max(lengths) - min(lengths) <= 8, lengths
+
+
+def with_artifacts(record: ExecutionRecord, count: int, each_bytes: int) -> ExecutionRecord:
+    artifacts = [
+        Artifact(
+            path=f"out/{index:02}.bin",
+            size_bytes=each_bytes,
+            media_type="application/octet-stream",
+            base64=encode_base64(bytes([index]) * each_bytes),
+        )
+        for index in range(count)
+    ]
+    return record.model_copy(update={"artifacts": artifacts})
+
+
+def test_artifacts_within_the_cap_stay_whole() -> None:
+    record = with_artifacts(ExecutionRecord(status=ExecutionStatus.OK, limits={}), 3, 4 * KIB)
+    assert cap_record(record, CAP) is record
+
+
+def test_artifacts_past_the_outputs_share_are_left_out_from_the_last() -> None:
+    # Ten artifacts of 8 KiB (about 11 KiB of base64 each) and loud outputs, under 64 KiB.
+    record = with_artifacts(huge(), 10, 8 * KIB)
+    capped = cap_record(record, CAP)
+    assert record_bytes(capped) <= CAP
+    assert capped.artifacts_truncated and not record.artifacts_truncated
+    kept = len(capped.artifacts)
+    assert 0 < kept < 10
+    assert capped.artifacts == record.artifacts[:kept]  # the first ones, whole
+    streams = [capped, *(capped.cases or ())]
+    outputs = sum(len(owner.stdout) + len(owner.stderr) for owner in streams)
+    assert outputs >= CAP // 4 - 1024  # the outputs keep their share
+
+
+def test_quiet_outputs_leave_the_artifacts_all_but_what_does_not_fit() -> None:
+    quiet = ExecutionRecord(status=ExecutionStatus.OK, limits={}, stdout="done\n")
+    record = with_artifacts(quiet, 10, 8 * KIB)
+    capped = cap_record(record, CAP)
+    assert record_bytes(capped) <= CAP < record_bytes(record)
+    assert capped.artifacts_truncated and capped.stdout == "done\n"
+    assert len(capped.artifacts) == (CAP - 1024) // record_bytes(
+        with_artifacts(quiet, 1, 8 * KIB)
+    )  # as many as fit, each about 11 KiB of JSON
 
 
 @pytest.fixture

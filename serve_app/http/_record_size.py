@@ -10,6 +10,12 @@ The size is the UTF-8 length of the record's JSON, as answered (``ExecutionRecor
 The room left by everything but the outputs is shared fairly: streams shorter than an equal
 share keep everything, the longer ones are cut to what is left, each keeping its beginning.
 
+Artifacts (``out/`` files, base64 in the record: up to ``MAX_ARTIFACT_BYTES`` of files, 13.4 MiB
+of JSON at the default 10 MiB) count like everything else, and are kept while they leave the
+outputs at least :data:`OUTPUT_SHARE` of the cap (or all the outputs need, if less): past that the
+last ones (in path order, as the engine leaves them out past its own caps) are left out and
+``artifacts_truncated`` is set. With the defaults (16 MiB, two streams of 1 MiB) they never are.
+
 The engine already keeps each case's output within a share of ``max_output_bytes``
 (``executors/_evaluation.py``), so a judged record leaves the executor replica about as large as
 one run's; this is the service's own guarantee on the whole record, applied before a record is
@@ -23,9 +29,13 @@ from collections.abc import Iterator
 
 from executors import ExecutionRecord
 
-__all__ = ["cap_record", "record_bytes"]
+__all__ = ["OUTPUT_SHARE", "artifact_bytes", "cap_record", "record_bytes"]
 
 STREAMS = ("stdout", "stderr")
+OUTPUT_SHARE = 1 / 4
+"""The share of the cap the outputs keep (if they need it) before artifacts are left out."""
+ARTIFACT_FIELDS_BYTES = 80
+"""An artifact's JSON beyond its path, media type and base64: keys, quotes, its size."""
 MAX_ATTEMPTS = 4
 """Tries at the fair share; each corrects the estimate by the bytes it was over (JSON escapes
 the estimate did not foresee), so the first nearly always fits."""
@@ -36,10 +46,23 @@ def record_bytes(record: ExecutionRecord) -> int:
     return len(_json(record))
 
 
+def artifact_bytes(record: ExecutionRecord) -> int:
+    """At least the bytes ``record``'s artifacts take in its JSON (each character of a path or
+    media type counted as 6, as if escaped), without serialising them."""
+    return sum(
+        len(artifact.base64) + 6 * (len(artifact.path) + len(artifact.media_type))
+        for artifact in record.artifacts
+    ) + ARTIFACT_FIELDS_BYTES * len(record.artifacts)
+
+
 def cap_record(record: ExecutionRecord, max_bytes: int) -> ExecutionRecord:
-    """``record`` with its outputs cut so that its JSON is at most ``max_bytes`` (the same
-    object if it fits already). If even empty outputs do not fit, they are all emptied."""
+    """``record`` with its outputs cut (and artifacts left out, past their room) so that its
+    JSON is at most ``max_bytes`` (the same object if it fits already). If even empty outputs
+    and no artifacts do not fit, the outputs are all emptied."""
     size = record_bytes(record)
+    if size <= max_bytes:
+        return record
+    record, size = _within_artifact_room(record, size, max_bytes)
     if size <= max_bytes:
         return record
     texts = list(_outputs(record))
@@ -59,6 +82,23 @@ def cap_record(record: ExecutionRecord, max_bytes: int) -> ExecutionRecord:
     return _with_outputs(
         record, [_cut(text, cost, 0) for text, cost in zip(texts, costs, strict=True)]
     )
+
+
+def _within_artifact_room(
+    record: ExecutionRecord, size: int, max_bytes: int
+) -> tuple[ExecutionRecord, int]:
+    """``record`` without its last artifacts while they leave the outputs less than their
+    share of ``max_bytes`` (:data:`OUTPUT_SHARE`, or all they need), and its size."""
+    outputs = sum(_encoded_len(text) for text in _outputs(record))
+    wanted = min(outputs, int(max_bytes * OUTPUT_SHARE))
+    room = max_bytes - (size - outputs)  # what the outputs may take as the record stands
+    kept = list(record.artifacts)
+    while kept and room < wanted:
+        room += len(kept.pop().model_dump_json()) + 1  # and its comma
+    if len(kept) == len(record.artifacts):
+        return record, size
+    capped = record.model_copy(update={"artifacts": kept, "artifacts_truncated": True})
+    return capped, record_bytes(capped)
 
 
 def _json(record: ExecutionRecord) -> bytes:

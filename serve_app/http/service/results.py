@@ -23,7 +23,7 @@ from serve_app.db import executions
 from serve_app.db.models import Execution
 from serve_app.errors import ConflictError, DatabaseUnavailableError
 from serve_app.http._metrics import IngressMetrics
-from serve_app.http._record_size import cap_record, record_bytes
+from serve_app.http._record_size import artifact_bytes, cap_record, record_bytes
 from serve_app.http.service.background import BackgroundTasks
 from serve_app.http.service.transactions import Transact
 
@@ -175,9 +175,11 @@ class Results:
         and cut in a worker thread, off the event loop."""
         outputs = len(record.stdout) + len(record.stderr)
         outputs += sum(len(case.stdout) + len(case.stderr) for case in record.cases or ())
-        if outputs <= min(self._limit, RECORD_CAP_INLINE_BYTES) // 6:
-            return record  # even escaped (at most 6 bytes a character) the outputs fit
-        if record_bytes(record) <= RECORD_CAP_INLINE_BYTES:
+        # Even escaped (at most 6 bytes a character), outputs and artifacts fit: nothing to do.
+        artifacts = artifact_bytes(record)
+        if 6 * outputs + artifacts <= min(self._limit, RECORD_CAP_INLINE_BYTES):
+            return record
+        if artifacts <= RECORD_CAP_INLINE_BYTES and record_bytes(record) <= RECORD_CAP_INLINE_BYTES:
             return cap_record(record, self._limit)
         return await asyncio.to_thread(cap_record, record, self._limit)
 
