@@ -152,4 +152,5 @@ def _sum_up(
         finished_at=utc_now(),
         passed=all(result.passed for result in results),
         cases=results,
+        runtime=request.runtime,
     )

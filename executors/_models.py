@@ -19,6 +19,8 @@ from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from executors._runtimes import RUNTIMES
+
 __all__ = [
     "MAX_CASES",
     "TERMINAL_STATUSES",
@@ -187,6 +189,13 @@ class ExecutionRequest(_Frozen):
     """How ``test_code`` runs; ignored without it."""
     cases: list[CaseSpec] | None = Field(default=None, min_length=1, max_length=MAX_CASES)
     """At least one: "every case passed" must not be vacuously true."""
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, name: str | None) -> str | None:
+        if name is not None and name not in RUNTIMES:
+            raise ValueError(f"unknown runtime {name!r}: one of {', '.join(RUNTIMES)}")
+        return name
 
     @field_validator("code", "stdin", "test_code")
     @classmethod

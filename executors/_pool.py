@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Self
@@ -24,6 +25,7 @@ from executors._evaluation import run_cases
 from executors._isolation import IsolationReport
 from executors._metrics import NO_METRICS, ExecutorMetrics
 from executors._models import ExecutionRecord, ExecutionRequest
+from executors._runtimes import RUNTIMES
 from executors._sandbox import (
     JobCgroup,
     KillReason,
@@ -99,14 +101,18 @@ class SandboxPool:
                     python=self.config.python_executable,
                     slot_uid=self.config.slot_uid_base + index,
                     seccomp_bpf=seccomp,
+                    runtimes=RUNTIMES,
+                    default_runtime=self.config.default_runtime,
+                    runtimes_dir=self.config.runtimes_dir,
                     bwrap=self.config.bwrap_path,
                     start_timeout_s=self.config.start_timeout_s,
                 ),
                 cgroup,
             )
             slot.metrics = self.metrics
+            slot.launch = self._launch
             try:
-                probes.append(self._launcher.submit(slot.start).result())
+                probes.append(slot.start())
             except SandboxStartError:
                 self.metrics.start_failed()
                 self.close()
@@ -228,6 +234,15 @@ class SandboxPool:
     def free_slots(self) -> int:
         return self._free.qsize()
 
+    def zygote_pids(self) -> dict[str, list[int]]:
+        """Runtime → the pids of its zygotes (one per slot that started it), for measurements."""
+        pids: dict[str, list[int]] = {}
+        for slot in self._slots:
+            for runtime, server in slot.servers.items():
+                if server.alive():
+                    pids.setdefault(runtime, []).append(server.zygote_pid)
+        return pids
+
     @property
     def busy_slots(self) -> int:
         return len(self._busy)
@@ -241,6 +256,8 @@ class SandboxPool:
         ``cancel``, set by another thread, kills the run (or skips it if it has not
         started): the record then says ``internal_error``, as the service stopped it.
         """
+        if request.runtime is None:
+            request = request.model_copy(update={"runtime": self.config.default_runtime})
         if request.cases is not None:
             return run_cases(request, self._run_job, self.size, cancel)
         return self._run_job(request, cancel)
@@ -288,4 +305,9 @@ class SandboxPool:
     def _restart(self, slot: Slot) -> None:
         logger.warning("restarting sandbox slot %d", slot.settings.index)
         slot.close()
-        self._launcher.submit(slot.start).result()
+        slot.start()
+
+    def _launch(self, start: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run ``start`` (a zygote's) on the launcher thread, which outlives every slot:
+        bubblewrap's --die-with-parent follows the thread that started it."""
+        return self._launcher.submit(start).result()

@@ -27,6 +27,7 @@ from executors import (
     SandboxPool,
     SandboxUnavailableError,
 )
+from executors._sandbox._launch import RUNTIME_IN_SANDBOX
 from executors._sandbox._seccomp import compile_filter
 from executors._sandbox._verdict import JobFacts, KillReason, Verdict, decide
 from executors._sandbox.zygote import MAX_PTYS
@@ -79,7 +80,7 @@ def test_files_are_written_into_the_working_directory(sandbox: WatchedPool) -> N
     )
     files = {"data.txt": "first ✓", "sub/dir/more.txt": "second"}
     record = sandbox.run(code, files=files)
-    assert_ok(record, "/work ['data.txt', 'sub']\nfirst ✓ second\n__main__ ['main.py']\n")
+    assert_ok(record, "/work ['data.txt', 'out', 'sub']\nfirst ✓ second\n__main__ ['main.py']\n")
 
 
 @pytest.mark.parametrize("path", ["../escape.txt", "a/../../escape.txt", "/etc/passwd", "a/./b"])
@@ -458,8 +459,12 @@ def test_the_services_packages_are_not_importable(sandbox: WatchedPool) -> None:
     record = sandbox.run("import ray")
     assert (record.status, record.exit_code) == (NONZERO_EXIT, 1)
     assert "ModuleNotFoundError: No module named 'ray'" in record.stderr
-    record = sandbox.run("import sys; print([p for p in sys.path if 'site-packages' in p])")
-    assert_ok(record, "[]\n")
+    paths = "import sys; print([p for p in sys.path if 'site-packages' in p])"
+    assert_ok(sandbox.run(paths, runtime="minimal"), "[]\n")
+    # The scientific runtime's own packages, mounted read-only: none of the service's.
+    assert_ok(sandbox.run(paths, runtime="scientific"), f"['{RUNTIME_IN_SANDBOX}/site-packages']\n")
+    record = sandbox.run("import ray", runtime="scientific")
+    assert "ModuleNotFoundError: No module named 'ray'" in record.stderr
 
 
 def test_the_hosts_files_are_not_visible(sandbox: WatchedPool, canary: Canary) -> None:
@@ -518,7 +523,7 @@ def test_only_the_jobs_own_directories_are_writable(sandbox: WatchedPool) -> Non
         "        pass\n"
         "print(sorted(writable))\n"
     )
-    assert_ok(sandbox.run(code), "['/dev/shm', '/tmp', '/work']\n")
+    assert_ok(sandbox.run(code), "['/dev/shm', '/tmp', '/work', '/work/out']\n")
 
 
 # --- nothing carries over from one job to the next -------------------------------------------
@@ -532,7 +537,7 @@ def test_only_the_jobs_own_directories_are_writable(sandbox: WatchedPool) -> Non
             "    open(os.path.join(d, 'left.txt'), 'w').write('x' * 1000)\n"
             "    os.makedirs(os.path.join(d, 'sub/dir'))\n",
             "import os; print(os.listdir('/work'), os.listdir('/tmp'), os.listdir('/dev/shm'))",
-            "[] [] []\n",
+            "['out'] [] []\n",
             id="files",
         ),
         pytest.param(

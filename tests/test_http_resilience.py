@@ -34,7 +34,7 @@ from serve_app.db import batches, executions, instances
 from serve_app.db.models import ApiKey, Batch, BatchStatus, Execution, ServiceInstance
 from serve_app.http.service import AUTH_CACHE_TTL_S
 from tests.support.api import RECORD_FIELDS, auth, error_code, run
-from tests.support.corpus import CORPUS, ENGINE_ENTRIES, host_ports, judging, program
+from tests.support.corpus import CORPUS, ENGINE_ENTRIES, host_ports, program, request_fields
 from tests.support.corpus_checks import CHECKS
 from tests.support.polling import eventually
 from tests.support.ports import free_port
@@ -399,7 +399,7 @@ def test_a_sample_of_the_corpus_meets_its_expectations_through_a_batch(
 ) -> None:
     key = server.new_key("corpus-sample")
     with host_ports() as ports:
-        items = [{"code": program(name, ports), **judging(name)} for name in CORPUS_SAMPLE]
+        items = [{"code": program(name, ports), **request_fields(name)} for name in CORPUS_SAMPLE]
         created = client.post("/v1/batches", json={"items": items}, headers=auth(key))
         assert created.status_code == 202, created.text
         path = f"/v1/batches/{created.json()['id']}?wait_s=60"

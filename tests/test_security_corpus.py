@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from executors import ExecutionRecord
-from tests.support.corpus import CORPUS, ENGINE_ENTRIES, judging
+from tests.support.corpus import CORPUS, ENGINE_ENTRIES, request_fields
 from tests.support.corpus_checks import CHECKS, assert_ok, wall_s
 from tests.support.listeners import loopback_listener
 from tests.support.ports import answers
@@ -69,7 +69,9 @@ def test_corpus_entry(name: str, request: pytest.FixtureRequest) -> None:
 
 def run_checked(sandbox: WatchedPool, name: str, code: str | None = None) -> ExecutionRecord:
     """Run the entry (or ``code`` for it), check its expectation and the answer's delay."""
-    record, elapsed = sandbox.timed(sandbox.request(code or CORPUS[name]["code"], **judging(name)))
+    record, elapsed = sandbox.timed(
+        sandbox.request(code or CORPUS[name]["code"], **request_fields(name))
+    )
     CHECKS[name](record)
     assert elapsed <= wall_s(record) + GRACE_S, f"answered after {elapsed:.1f} s"
     return record
@@ -144,7 +146,7 @@ def run_then_look_in_every_slot(name: str, request: pytest.FixtureRequest) -> No
         run_checked(sandbox, name)
         probe = "import os; print(os.listdir('/dev/shm'), os.listdir('/tmp'), os.listdir('.'))"
         for record in sandbox.run_on_every_slot(probe):
-            assert_ok(record, "[] [] []\n")
+            assert_ok(record, "[] [] ['out']\n")
 
 
 @scenario("write_outside_workdir_persistence")
@@ -167,6 +169,36 @@ def run_then_control(name: str, request: pytest.FixtureRequest) -> None:
         run_checked(sandbox, name)
         for record in sandbox.run_on_every_slot('print("hello")'):
             assert_ok(record, "hello\n")  # never 'PWNED-next-run'
+
+
+FRESH_MODULES = (
+    "import numpy, pandas, matplotlib, matplotlib.pyplot as plt\n"
+    "print(numpy.sum([1, 2]), callable(numpy.linalg.norm), numpy.__version__ != '0.0-evil',\n"
+    "      pandas.get_option('display.max_rows'), int(pandas.DataFrame({'a': [1, 2]}).sum()['a']),\n"
+    "      matplotlib.rcParams['lines.linewidth'], list(plt.rcParams['figure.figsize']),\n"
+    "      plt.savefig.__module__)\n"
+)
+FRESH_MATPLOTLIB_DIR = (
+    "import os, matplotlib\n"
+    "print(matplotlib.rcParams['lines.linewidth'], os.path.exists('/tmp/matplotlib/matplotlibrc'),\n"
+    "      os.path.exists('/tmp/matplotlib/fontlist-v390.json'))\n"
+)
+
+
+@scenario("runtime_preloaded_module_tampering", "runtime_matplotlib_cache_write")
+def run_then_find_the_runtime_untouched(name: str, request: pytest.FixtureRequest) -> None:
+    """What one job changed in the preloaded modules or matplotlib's directories, no next job
+    in any slot sees."""
+    sandbox: WatchedPool = request.getfixturevalue("sandbox")
+    with sandbox.watch():
+        run_checked(sandbox, name)
+        if name == "runtime_preloaded_module_tampering":
+            probe = FRESH_MODULES
+            expected = "3 True True 60 3 1.5 [6.4, 4.8] matplotlib.pyplot\n"
+        else:
+            probe, expected = FRESH_MATPLOTLIB_DIR, "1.5 False False\n"
+        for record in sandbox.run_on_every_slot(probe):
+            assert_ok(record, expected)
 
 
 # Network entries: listeners on the host's loopback, never any other address.

@@ -14,7 +14,9 @@
     out.groupby("status").count().take_all()
 
 Input columns (others pass through untouched): ``code`` (required), ``stdin``, ``files`` (path
--> text), ``test_code``, ``judge`` (``isolated``, the default, or ``in_process``), ``cases`` (a list of ``{"stdin", "expected_stdout"}``) and ``limits``
+-> text), ``runtime`` (``scientific``, ``minimal``; default: the executor's), ``test_code``,
+``judge`` (``isolated``, the default, or ``in_process``), ``cases`` (a list of
+``{"stdin", "expected_stdout"}``) and ``limits``
 (API units: ``wall_timeout_s``, ``cpu_time_s``, ``memory_mb``, ``max_output_bytes``,
 ``max_processes``, ``max_file_bytes``); ``files``, ``cases`` and ``limits`` may also be JSON
 text. Missing values (``None``, NaN, a struct field another row has) mean "not given". Where

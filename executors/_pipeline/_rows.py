@@ -100,7 +100,7 @@ def row_to_request(row: Mapping[str, Any], defaults: Limits, maxima: Limits) -> 
     Raises ``ValueError`` (pydantic's ``ValidationError`` included) naming what is wrong.
     """
     fields: dict[str, Any] = {}
-    for name in ("code", "stdin", "test_code", "judge"):
+    for name in ("code", "stdin", "test_code", "judge", "runtime"):
         value = to_plain(row.get(name))
         if value is not None:
             fields[name] = value

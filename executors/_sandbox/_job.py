@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from executors._models import ExecutionRecord, ExecutionRequest, ExecutionStatus, JudgeMode, utc_now
+from executors._sandbox._artifacts import Artifacts, collect_artifacts
 from executors._sandbox._cgroups import JobCgroup
 from executors._sandbox._proof import ProofChannel
 from executors._sandbox._spare import HANDSHAKE_TIMEOUT_S, Spare, SpareFailed
@@ -36,9 +37,6 @@ logger = logging.getLogger("executors.sandbox")
 
 CPU_POLL_INTERVAL_S = 0.05
 DRAIN_AFTER_EXIT_S = 1.0
-SANDBOX_PROCESSES = 4
-"""Counted by the cgroup's pids.max beside the job: the zygote, the job's init, and the
-next spare's init and program, built while the job runs."""
 SANDBOX_OVERHEAD_BYTES = 32 * 1024 * 1024
 """The zygote and the job's init, charged to the cgroup on top of the job's memory limit."""
 
@@ -49,10 +47,14 @@ class JobSlot:
 
     index: int
     cgroup: JobCgroup | None
-    zygote_pid: int
+    zygote_pids: frozenset[int]
+    """The slot's zygotes (one per runtime started), which share the job's cgroup."""
     namespaces: bool
     """Whether jobs have a PID namespace of their own (without, stragglers are found through
     the cgroup)."""
+    sandbox_processes: int
+    """Counted by the cgroup's pids.max beside the job's own: its init, the zygotes and the
+    spares they build meanwhile."""
     kill_requested: Callable[[], KillReason | None]
     """The reason a kill was asked for from another thread, if one was."""
 
@@ -106,13 +108,18 @@ class Job:
             self._wait(self.spare.sock, stdout, stderr, t0)
             wall = time.monotonic() - t0
             test_passed = None if proof is None else proof.proved()
+            artifacts = collect_artifacts(
+                self.spare.workdir_fd,
+                max_files=self.limits.max_artifacts,
+                max_bytes=self.limits.max_artifact_bytes,
+            )
         finally:
             os.close(out_r)
             os.close(err_r)
             if proof is not None:
                 proof.close()
             self.spare.discard()  # init is gone already, unless the job never started
-        return self._record(stdout, stderr, wall, test_passed)
+        return self._record(stdout, stderr, wall, test_passed, artifacts)
 
     def _submit(self, out_w: int, err_w: int, proof: ProofChannel | None) -> None:
         """Hand the job to the spare: its payload, then stdin, stdout, stderr and, when
@@ -134,7 +141,7 @@ class Job:
             err_w,
             *judged,
         ]
-        processes = SANDBOX_PROCESSES + (judge == JudgeMode.ISOLATED)
+        processes = self.slot.sandbox_processes + (judge == JudgeMode.ISOLATED)
         try:
             if self.slot.cgroup is not None:
                 self.memory_before = self.slot.cgroup.prepare(
@@ -232,10 +239,15 @@ class Job:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         if self.slot.cgroup is not None and not self.slot.namespaces:
             # Without a job PID namespace, stragglers are found through the cgroup.
-            self.slot.cgroup.kill_all(timeout_s=2.0, spare={self.slot.zygote_pid})
+            self.slot.cgroup.kill_all(timeout_s=2.0, spare=self.slot.zygote_pids)
 
     def _record(
-        self, stdout: OutputStream, stderr: OutputStream, wall_s: float, test_passed: bool | None
+        self,
+        stdout: OutputStream,
+        stderr: OutputStream,
+        wall_s: float,
+        test_passed: bool | None,
+        artifacts: Artifacts,
     ) -> ExecutionRecord:
         """The job's record; ``test_passed``: whether the proof came back (None: not judged)."""
         usage = self.slot.cgroup.usage() if self.slot.cgroup is not None else None
@@ -276,4 +288,7 @@ class Job:
             started_at=self.started_at,
             finished_at=utc_now(),
             passed=passed,
+            runtime=self.request.runtime,
+            artifacts=artifacts.files,
+            artifacts_truncated=artifacts.truncated,
         )

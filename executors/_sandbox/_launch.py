@@ -41,7 +41,10 @@ LAUNCH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 """bubblewrap starts with this and gives the sandbox ``SANDBOX_ENV``: no secret passes."""
 ROOT_LINKS_OR_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "localtime")
-ZYGOTE_TMP_BYTES = 1024 * 1024
+ZYGOTE_TMP_BYTES = 4 * 1024 * 1024
+"""The zygote's own /tmp (jobs get theirs): room for matplotlib's font list (~100 KiB)."""
+RUNTIME_STAMP = "pins.sha256"
+RUNTIME_IN_SANDBOX = "/opt/exec-agent/runtime"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class LaunchPlan:
     """The jobs' working directory (and HOME)."""
     env: dict[str, str]
     """The environment the launched process starts with (bubblewrap then sets its own)."""
+    runtime_root: str | None = None
+    """Where the zygote sees its runtime's directory (None: the standard library alone)."""
 
 
 def _python_prefixes(python: str) -> list[str]:
@@ -72,7 +77,7 @@ def _parents_755(path: str) -> list[str]:
     return args
 
 
-def _bwrap_layout(python: str) -> list[str]:
+def _bwrap_layout(python: str, runtime_root: str | None) -> list[str]:
     args = [
         "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
         "--unshare-cgroup-try", "--hostname", "sandbox",
@@ -92,6 +97,9 @@ def _bwrap_layout(python: str) -> list[str]:
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     for prefix in _python_prefixes(python):
         args += [*_parents_755(prefix), "--ro-bind", prefix, prefix]
+    if runtime_root is not None:
+        # Read-only, like the interpreter; at a path of its own, which no job mount covers.
+        args += [*_parents_755(RUNTIME_IN_SANDBOX), "--ro-bind", runtime_root, RUNTIME_IN_SANDBOX]
     args += [
         "--dev", "/dev",
         "--perms", "01777", "--dir", "/dev/shm",
@@ -134,8 +142,19 @@ class UnusableInterpreter(Exception):
     """The slot's uid could not run the interpreter without bubblewrap's mounts."""
 
 
-def plan_launch(python: str, control_fd: int, slot_uid: int, bwrap: str = "bwrap") -> LaunchPlan:
-    """How to start a slot on this host with the strongest isolation available."""
+def plan_launch(
+    python: str,
+    control_fd: int,
+    slot_uid: int,
+    bwrap: str = "bwrap",
+    *,
+    runtime_root: str | None = None,
+) -> LaunchPlan:
+    """How to start a slot's zygote on this host with the strongest isolation available.
+
+    ``runtime_root``: the runtime's directory (its packages under ``site-packages``), mounted
+    read-only; None for the standard library alone.
+    """
     bwrap_path = shutil.which(bwrap)
     is_root = os.geteuid() == 0
     setpriv = shutil.which("setpriv")
@@ -150,23 +169,41 @@ def plan_launch(python: str, control_fd: int, slot_uid: int, bwrap: str = "bwrap
         script = f"mount -t proc -o nosuid,nodev,noexec proc /proc && exec {inner}"
         argv = [
             bwrap_path,
-            *_bwrap_layout(python),
+            *_bwrap_layout(python, runtime_root),
             "--perms", "0555", "--dir", "/proc",
             *READ_ONLY_LAYOUT,
             "--", "/bin/sh", "-c", script,
         ]  # fmt: skip
-        return LaunchPlan(argv, "bubblewrap", slot_uid, BWRAP_WORKDIR, LAUNCH_ENV)
+        return LaunchPlan(
+            argv,
+            "bubblewrap",
+            slot_uid,
+            BWRAP_WORKDIR,
+            LAUNCH_ENV,
+            runtime_root and RUNTIME_IN_SANDBOX,
+        )
     if bwrap_path:
         uid = os.geteuid()
         argv = [
             bwrap_path, "--unshare-user", "--uid", str(uid), "--gid", str(os.getegid()),
-            "--cap-drop", "ALL", *_bwrap_layout(python), "--proc", "/proc", *READ_ONLY_LAYOUT,
+            "--cap-drop", "ALL", *_bwrap_layout(python, runtime_root), "--proc", "/proc",
+            *READ_ONLY_LAYOUT,
             "--", *_zygote_argv(python, control_fd, ZYGOTE_IN_SANDBOX),
         ]  # fmt: skip
-        return LaunchPlan(argv, "bubblewrap-userns", uid, BWRAP_WORKDIR, LAUNCH_ENV)
+        return LaunchPlan(
+            argv,
+            "bubblewrap-userns",
+            uid,
+            BWRAP_WORKDIR,
+            LAUNCH_ENV,
+            runtime_root and RUNTIME_IN_SANDBOX,
+        )
     argv = _zygote_argv(python, control_fd, str(ZYGOTE_SOURCE))
     if is_root and setpriv:
-        for needed in (python, str(ZYGOTE_SOURCE)):
+        needed_paths = [python, str(ZYGOTE_SOURCE)]
+        if runtime_root is not None:
+            needed_paths.append(f"{runtime_root}/{RUNTIME_STAMP}")
+        for needed in needed_paths:
             if not _reachable_by_others(needed):
                 raise UnusableInterpreter(
                     f"without bubblewrap the slot's uid {slot_uid} must reach {needed}, "
@@ -176,8 +213,8 @@ def plan_launch(python: str, control_fd: int, slot_uid: int, bwrap: str = "bwrap
             setpriv, f"--reuid={slot_uid}", f"--regid={slot_uid}", "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", *argv,
         ]  # fmt: skip
-        return LaunchPlan(argv, "direct", slot_uid, DIRECT_WORKDIR, DIRECT_ENV)
-    return LaunchPlan(argv, "direct", os.geteuid(), DIRECT_WORKDIR, DIRECT_ENV)
+        return LaunchPlan(argv, "direct", slot_uid, DIRECT_WORKDIR, DIRECT_ENV, runtime_root)
+    return LaunchPlan(argv, "direct", os.geteuid(), DIRECT_WORKDIR, DIRECT_ENV, runtime_root)
 
 
 def launch_mode(bwrap: str = "bwrap") -> str:

@@ -1,37 +1,35 @@
-"""The host side of one sandbox slot: its life cycle (start bubblewrap and the zygote, restart
-without per-job namespaces where the kernel refuses them, close), the spares it asks of its
-zygote, and its jobs, one at a time (each run by :class:`~executors._sandbox._job.Job`).
+"""The host side of one sandbox slot: a zygote per runtime (each a
+:class:`~executors._sandbox._fork_server.ForkServer`, the default runtime's started with the slot,
+the others at their first job), one job cgroup they all fork into, and its jobs, one at a time
+(each run by :class:`~executors._sandbox._job.Job`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import marshal
-import socket
-import subprocess
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from executors._errors import SandboxStartError
 from executors._metrics import NO_METRICS, ExecutorMetrics
 from executors._models import ExecutionRecord, ExecutionRequest, utc_now
+from executors._runtimes import Runtime
 from executors._sandbox._cgroups import JobCgroup
+from executors._sandbox._fork_server import SPARE_ATTEMPTS, ForkServer, ForkServerSettings
 from executors._sandbox._job import Job, JobSlot
-from executors._sandbox._launch import LaunchPlan, UnusableInterpreter, plan_launch
-from executors._sandbox._spare import Spare, SpareFailed, receive_spare, recv_with_pid
+from executors._sandbox._launch import LaunchPlan
+from executors._sandbox._spare import SpareFailed
 from executors._sandbox._verdict import KillReason
 
 __all__ = ["Slot", "SlotSettings"]
 
 logger = logging.getLogger("executors.sandbox")
 
-SPARE_ATTEMPTS = 3
-ZYGOTE_OOM_SCORE_ADJ = -1000
-"""Never the OOM killer's choice (root sets it: lowering a score needs CAP_SYS_RESOURCE)."""
+PROCESSES_PER_ZYGOTE = 3
+"""Counted by the cgroup's pids.max beside a job: each zygote and its spare's init and program
+(built while the job runs)."""
 
 
 @dataclass(frozen=True)
@@ -40,8 +38,15 @@ class SlotSettings:
     python: str
     slot_uid: int
     seccomp_bpf: bytes
+    runtimes: Mapping[str, Runtime]
+    default_runtime: str
+    runtimes_dir: str
     bwrap: str = "bwrap"
     start_timeout_s: float = 20.0
+
+
+def _run_here(start: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    return start()
 
 
 class Slot:
@@ -50,176 +55,83 @@ class Slot:
     def __init__(self, settings: SlotSettings, cgroup: JobCgroup | None) -> None:
         self.settings = settings
         self.cgroup = cgroup
-        self.process: subprocess.Popen[bytes] | None = None
-        self.control: socket.socket | None = None
-        self.plan: LaunchPlan | None = None
-        self.probe: dict[str, Any] = {}
+        self.servers: dict[str, ForkServer] = {}
         self._kill_requested: KillReason | None = None
-        self._stderr_reader: threading.Thread | None = None
-        self.zygote_pid = 0
-        self._spare_pending = False
-        self._spare_disk_bytes = 0
         self.metrics: ExecutorMetrics = NO_METRICS  # its pool's
+        self.launch: Callable[[Callable[[], dict[str, Any]]], dict[str, Any]] = _run_here
+        """Where zygotes start (the pool's launcher thread: bubblewrap's --die-with-parent
+        follows the thread that started it)."""
 
     # --- life cycle -------------------------------------------------------------
 
+    @property
+    def plan(self) -> LaunchPlan | None:
+        default = self.servers.get(self.settings.default_runtime)
+        return None if default is None else default.plan
+
+    @property
+    def probe(self) -> dict[str, Any]:
+        default = self.servers.get(self.settings.default_runtime)
+        return {} if default is None else default.probe
+
     def start(self) -> dict[str, Any]:
-        """Start bubblewrap and the zygote; return the zygote's self-test report.
+        """Start the default runtime's zygote; return its self-test report."""
+        return self._start_server(self.settings.default_runtime).probe
 
-        If the kernel refuses per-job namespaces the slot restarts without them, so
-        the service runs with what the host allows; the report says what is missing.
-        """
-        init = {
-            "namespaces": True,
-            "seccomp_bpf": self.settings.seccomp_bpf,
-            "cgroup_memory": self.cgroup is not None,
-            "cap_last_cap": int(Path("/proc/sys/kernel/cap_last_cap").read_text()),
-        }
-        self._launch(init)
-        if not self.probe.get("namespaces"):
-            error = self.probe.get("error")
-            self.close()
-            self._launch({**init, "namespaces": False})
-            self.probe["namespaces_error"] = error
-        return self.probe
-
-    def _launch(self, init: dict[str, Any]) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            self.plan = plan_launch(
-                self.settings.python, theirs.fileno(), self.settings.slot_uid, self.settings.bwrap
-            )
-            self.process = subprocess.Popen(
-                self.plan.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                pass_fds=(theirs.fileno(),),
-                env=self.plan.env,  # never the service's own: no secret reaches a slot
-            )
-        except (OSError, UnusableInterpreter) as exc:
-            ours.close()
-            raise SandboxStartError(self.settings.index, str(exc)) from exc
-        finally:
-            theirs.close()
-        self.control = ours
-        self._stderr_reader = threading.Thread(
-            target=self._log_stderr, daemon=True, name=f"slot-{self.settings.index}-stderr"
+    def _start_server(self, runtime: str) -> ForkServer:
+        old = self.servers.pop(runtime, None)
+        if old is not None:
+            old.close()
+        s = self.settings
+        server = ForkServer(
+            ForkServerSettings(
+                index=s.index,
+                python=s.python,
+                slot_uid=s.slot_uid,
+                seccomp_bpf=s.seccomp_bpf,
+                runtime=s.runtimes[runtime],
+                runtimes_dir=s.runtimes_dir,
+                bwrap=s.bwrap,
+                start_timeout_s=s.start_timeout_s,
+            ),
+            self.cgroup,
         )
-        self._stderr_reader.start()
-        init = {**init, "new_net": self.plan.mode == "direct", "workdir": self.plan.workdir}
-        ours.settimeout(self.settings.start_timeout_s)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        try:
-            ours.sendall(marshal.dumps(init))
-            reply, self.zygote_pid = recv_with_pid(ours, 65536)
-        except OSError as exc:
-            self.close()
-            raise SandboxStartError(self.settings.index, f"no answer from zygote: {exc}") from exc
-        if not reply:
-            self.close()
-            raise SandboxStartError(self.settings.index, "zygote exited during start-up")
-        ours.settimeout(None)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)  # room for SCM_RIGHTS only
-        self.probe = json.loads(reply)
-        if self.cgroup is not None:
-            self._adopt_zygote(self.cgroup)
+        server.metrics = self.metrics
+        self.launch(server.start)
+        self.servers[runtime] = server
+        return server
 
-    def _adopt_zygote(self, cgroup: JobCgroup) -> None:
-        """Move the zygote into the job cgroup once, so every job is born inside it.
-
-        Moving a process between cgroups is slow (milliseconds); a job forked inside
-        costs nothing. The zygote's memory is part of the cap's allowance, and its jobs
-        volunteer as the OOM killer's first choice, so it never picks the zygote.
-        """
-        cgroup.add(self.zygote_pid)
-        # The OOM killer's last choice in the cgroup: its jobs raise their own score, and one
-        # that lowers it again reaches at most this (then it waits for its wall timeout).
-        with contextlib.suppress(OSError):
-            Path(f"/proc/{self.zygote_pid}/oom_score_adj").write_text(str(ZYGOTE_OOM_SCORE_ADJ))
-
-    def _log_stderr(self) -> None:
-        process = self.process
-        if process is None or process.stderr is None:
-            return
-        for line in process.stderr:
-            logger.warning(
-                "slot %d: %s",
-                self.settings.index,
-                line.decode(errors="replace").rstrip()[:500].encode("unicode_escape").decode(),
-            )
+    def _server(self, runtime: str) -> ForkServer:
+        """The runtime's zygote, started (or restarted) if need be."""
+        server = self.servers.get(runtime)
+        if server is None or not server.alive():
+            if server is not None:
+                logger.warning("restarting the %s zygote of slot %d", runtime, self.settings.index)
+            server = self._start_server(runtime)
+        return server
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        """Whether the default runtime's zygote runs (the others restart on demand)."""
+        default = self.servers.get(self.settings.default_runtime)
+        return default is not None and default.alive()
 
     def close(self) -> None:
-        self._spare_pending = False  # a spare asked of this zygote dies with it
-        if self.control is not None:
-            self.control.close()
-            self.control = None
-        if self.process is not None:
-            try:
-                self.process.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            if self._stderr_reader is not None:
-                self._stderr_reader.join(timeout=2)  # it ends at EOF, now that bwrap is gone
-            if self.process.stderr is not None:
-                self.process.stderr.close()
-            self.process = None
-
-    def _request_spare(self, disk_bytes: int) -> None:
-        if self.control is None or not self.alive():
-            raise RuntimeError("slot is not running")
-        self.control.sendall(marshal.dumps({"type": "spare", "disk_bytes": disk_bytes}))
-        self._spare_pending = True
-        self._spare_disk_bytes = disk_bytes
-
-    def _take_spare(self, disk_bytes: int) -> Spare:
-        """A ready job sandbox built to ``disk_bytes`` (asked for now if need be).
-
-        A spare built while the previous job ran may have failed for that job's sake
-        (it shares the slot's cgroup: a fork bomb leaves it no process to start, a
-        memory hog no memory). Such a spare is replaced, now that the slot is quiet: one
-        job's behaviour never becomes the next job's failure.
-        """
-        for attempt in range(SPARE_ATTEMPTS):
-            if self._spare_pending and self._spare_disk_bytes != disk_bytes:
-                with contextlib.suppress(SpareFailed):
-                    self._receive_spare().discard()
-            if not self._spare_pending:
-                if self.cgroup is not None:
-                    self.cgroup.settle()
-                self._request_spare(disk_bytes)
-            try:
-                return self._receive_spare()
-            except SpareFailed as exc:
-                self.metrics.start_failed()
-                logger.warning(
-                    "slot %d: spare failed (%s), building another", self.settings.index, exc
-                )
-                if attempt + 1 == SPARE_ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _receive_spare(self) -> Spare:
-        if self.control is None:
-            raise RuntimeError("slot is not running")
-        self._spare_pending = False
-        return receive_spare(self.control)
+        for server in self.servers.values():
+            server.close()
+        self.servers.clear()
 
     def request_kill(self, reason: KillReason) -> None:
         """Ask a running job to be killed (from another thread, e.g. at shutdown)."""
         self._kill_requested = reason
 
-    def _job_slot(self) -> JobSlot:
+    def _job_slot(self, server: ForkServer) -> JobSlot:
         """What a job sees of this slot (its kill requests read as they come)."""
         return JobSlot(
             index=self.settings.index,
             cgroup=self.cgroup,
-            zygote_pid=self.zygote_pid,
-            namespaces=bool(self.probe.get("namespaces")),
+            zygote_pids=frozenset(s.zygote_pid for s in self.servers.values()),
+            namespaces=bool(server.probe.get("namespaces")),
+            sandbox_processes=1 + PROCESSES_PER_ZYGOTE * len(self.servers),
             kill_requested=lambda: self._kill_requested,
         )
 
@@ -234,18 +146,32 @@ class Slot:
         """
         created_at = utc_now()
         self._kill_requested = None
+        runtime = request.runtime or self.settings.default_runtime
+        if request.runtime is None:
+            request = request.model_copy(update={"runtime": runtime})
+        if runtime not in self.settings.runtimes:
+            logger.error("slot %d: unknown runtime %r", self.settings.index, runtime)
+            return ExecutionRecord.internal_error(request, created_at)
+        disk_bytes = request.limits.disk_bytes
         try:
+            server = self._server(runtime)
             for attempt in range(SPARE_ATTEMPTS):
-                spare = self._take_spare(request.limits.disk_bytes)
-                self._request_spare(request.limits.disk_bytes)  # built while this job runs
+                spare = server.take_spare(disk_bytes)
+                server.request_spare(disk_bytes)  # built while this job runs
                 try:
-                    return Job(self._job_slot(), request, created_at, spare, cancel).run()
+                    return Job(self._job_slot(server), request, created_at, spare, cancel).run()
                 except SpareFailed as exc:  # it died before it took the job: take another
                     self.metrics.start_failed()
-                    logger.warning("slot %d: spare lost (%s)", self.settings.index, exc)
+                    logger.warning("%s: spare lost (%s)", server.name, exc)
                     if attempt + 1 == SPARE_ATTEMPTS:
                         raise
             raise AssertionError("unreachable")
+        except SandboxStartError:
+            # A runtime that cannot start: this job's failure is the service's, the slot
+            # goes on serving its other runtimes.
+            self.metrics.start_failed()
+            logger.exception("slot %d could not start runtime %s", self.settings.index, runtime)
+            return ExecutionRecord.internal_error(request, created_at)
         except Exception:
             # A broken slot is the service's failure: report it, restart the slot later.
             logger.exception("slot %d failed a job", self.settings.index)

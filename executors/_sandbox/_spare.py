@@ -32,6 +32,8 @@ class Spare:
     pid: int
     """The job's init, in our PID namespace: killing it ends the whole job."""
     pidfd: int
+    workdir_fd: int | None = None
+    """The job's working directory, held open so its files can be read after the job ended."""
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):
@@ -41,6 +43,9 @@ class Spare:
     def close(self) -> None:
         self.sock.close()
         os.close(self.pidfd)
+        if self.workdir_fd is not None:
+            os.close(self.workdir_fd)
+            self.workdir_fd = None
 
 
 def receive_spare(control: socket.socket) -> Spare:
@@ -51,15 +56,9 @@ def receive_spare(control: socket.socket) -> Spare:
     """
     control.settimeout(HANDSHAKE_TIMEOUT_S)
     try:
-        msg, ancdata, _, _ = control.recvmsg(4096, socket.CMSG_SPACE(4))
+        msg, fds = _recv_fds(control, 4096)
     finally:
         control.settimeout(None)
-    fds = [
-        fd
-        for level, kind, data in ancdata
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-        for fd in array.array("i", data[: len(data) - len(data) % 4])
-    ]
     reply = json.loads(msg or b"{}")
     if reply.get("type") != "spare" or len(fds) != 1:
         for fd in fds:
@@ -82,17 +81,34 @@ def receive_spare(control: socket.socket) -> Spare:
         raise SpareFailed(f"the spare is gone: {exc}") from exc
     spare = Spare(sock, pid, pidfd)
     try:
-        # The program process says "ready" once locked down; a report instead
-        # means the spare broke before any job was given to it.
-        ready = sock.recv(65536)
+        # The program process says "ready" once locked down, with its working directory; a
+        # report instead means the spare broke before any job was given to it.
+        ready, workdir = _recv_fds(sock, 65536)
     except OSError as exc:
         spare.discard()
         raise SpareFailed(str(exc)) from exc
+    spare.workdir_fd = workdir.pop() if len(workdir) == 1 else None
+    for fd in workdir:
+        os.close(fd)
     if ready != b"ready":
         spare.discard()
         raise SpareFailed(f"the spare is not ready: {ready[:200]!r}")
     sock.settimeout(None)
     return spare
+
+
+def _recv_fds(sock: socket.socket, size: int) -> tuple[bytes, list[int]]:
+    """A message and the descriptors that came with it (at most one is expected; room for
+    the sender's credentials too, which ``SO_PASSCRED`` adds to every message)."""
+    room = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(struct.calcsize("3i"))
+    msg, ancdata, _, _ = sock.recvmsg(size, room)
+    fds = [
+        fd
+        for level, kind, data in ancdata
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+        for fd in array.array("i", data[: len(data) - len(data) % 4])
+    ]
+    return msg, fds
 
 
 def recv_with_pid(sock: socket.socket, size: int) -> tuple[bytes, int]:

@@ -75,6 +75,8 @@ MAX_PTYS = 8
 """Pseudo-terminals one job may hold at once (its own devpts instance's ``max``)."""
 AS_HEADROOM_BYTES = 256 * 1024 * 1024
 """With a memory cgroup as the real cap, RLIMIT_AS only stops absurd single allocations."""
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+ARTIFACTS_DIR = "out"
 MAIN_FILE = "main.py"
 TEST_FILE = "<test_code>"
 PASSED_EVENT = "exec_agent.test_passed"
@@ -206,7 +208,8 @@ def serve(control_fd: int) -> Job | None:
     control = _socket.socket(fileno=control_fd)
     init, _ = _recv(control)
     zygote = Zygote(init)
-    control.send(probe(zygote).encode())  # "ready", with what works here
+    preload_error = _preload(init.get("runtime"), zygote.workdir)
+    control.send(probe(zygote, preload_error).encode())  # "ready", with what works here
     _warm_up()
     _add_site_builtins()  # for the jobs: the harness keeps the builtins it started with
     import gc
@@ -240,6 +243,95 @@ def _warm_up() -> None:
         getattr(_libc, name)  # ctypes makes (and caches) each function object on first use
     io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace").write("é")
     "é".encode().decode("utf-8", errors="replace")
+
+
+def _preload(runtime: Message | None, workdir: str) -> str | None:
+    """Import the runtime's heavy modules here, once, so that a job's ``import pandas`` costs
+    next to nothing (each job is a fork: nothing it changes in them reaches another job).
+
+    Returns what went wrong, or None. The zygote must still have one thread afterwards: a
+    fork copies only the calling thread, and a pool whose threads vanished would hang.
+    """
+    if not runtime or not runtime.get("path"):
+        return None
+    try:
+        os.environ.update(runtime["env"])  # BLAS pools of one thread, matplotlib's Agg
+        sys.path.append(runtime["path"])
+        _seed_matplotlib_config(os.path.dirname(runtime["path"]))
+        for name in runtime["preload"]:
+            __import__(name)
+        _warm_preloaded()
+        if "matplotlib.pyplot" in sys.modules:
+            _save_figures_at_show_and_exit(workdir)
+        threads = len(os.listdir("/proc/self/task"))
+    except Exception as exc:  # noqa: BLE001 - reported to the host, which refuses the runtime
+        return f"preloading failed: {type(exc).__name__}: {exc}"
+    if threads != 1:
+        return f"{threads} threads after preloading: the zygote could not fork safely"
+    return None
+
+
+def _seed_matplotlib_config(runtime_root: str) -> None:
+    """Copy the font list built with the runtime into matplotlib's config directory (the
+    zygote's /tmp), so that it is read, not rebuilt from every font at each start."""
+    built, config = f"{runtime_root}/mplconfig", os.environ.get("MPLCONFIGDIR")
+    if not config or not os.path.isdir(built):
+        return
+    os.makedirs(config, exist_ok=True)
+    for name in os.listdir(built):
+        fd = os.open(f"{config}/{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, _read_all(os.open(f"{built}/{name}", os.O_RDONLY)))
+        finally:
+            os.close(fd)
+
+
+def _warm_preloaded() -> None:
+    """Do once what a job's first DataFrame or figure would do (lazy imports, font and text
+    caches), so that jobs start from it."""
+    modules = sys.modules
+    if "pandas" in modules:
+        frame = modules["pandas"].DataFrame({"a": [1, 2], "b": [0.5, 1.5]})
+        repr(frame.describe())
+        repr(frame.sum())
+    if "matplotlib.pyplot" in modules:
+        import io
+
+        plt = modules["matplotlib.pyplot"]
+        figure = plt.figure()
+        plt.plot([0, 1, 2], [0, 1, 4], label="warm-up")
+        plt.title("warm-up")
+        plt.legend()
+        figure.savefig(io.BytesIO(), format="png")
+        plt.close("all")
+
+
+def _save_figures_at_show_and_exit(workdir: str) -> None:
+    """Every figure still open at ``plt.show()`` or at the program's end is saved as
+    ``out/figure-N.png`` (N from 1), then closed (API.md, "Artifacts").
+
+    Everything is bound here: a job's program clears this module's globals.
+    """
+    plt = sys.modules["matplotlib.pyplot"]
+    saved = [0]
+
+    def save_open_figures(
+        _plt: Any = plt, _makedirs: Any = os.makedirs, _sys: Any = sys, _print: Any = print
+    ) -> None:
+        for number in _plt.get_fignums():
+            saved[0] += 1
+            try:
+                _makedirs(f"{workdir}/out", exist_ok=True)
+                _plt.figure(number).savefig(f"{workdir}/out/figure-{saved[0]}.png")
+            except Exception as exc:  # noqa: BLE001 - the program's figure, its stderr
+                _print(f"exec-agent: figure {saved[0]} not saved: {exc!r}", file=_sys.stderr)
+        _plt.close("all")
+
+    def show(*_args: Any, _save: Any = save_open_figures, **_kwargs: Any) -> None:
+        _save()
+
+    plt.show = show  # type: ignore[attr-defined]
+    atexit.register(save_open_figures)  # run by the job's finish, as at interpreter exit
 
 
 def _clone_into_namespaces(zygote: Zygote) -> int:
@@ -408,13 +500,19 @@ def _bind_subdir(scratch: str, name: str, target: str, mode: int) -> None:
     _mount(path, target, None, MS_BIND | MS_NOSUID | MS_NODEV, None)
 
 
-def _write_files(workdir: str, files: dict[str, str]) -> None:
+def _write_files(workdir: str, files: dict[str, str | bytes]) -> None:
     for rel, content in files.items():
         path = os.path.join(workdir, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        with open(os.open(path, flags, 0o644), "w", encoding="utf-8") as f:
-            f.write(content)
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        fd = os.open(path, flags, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
 
 
 def _reap_until(program: int) -> Message:
@@ -492,7 +590,7 @@ class Job:
         syntax_error = test = judge = None
         try:
             self._lock_down()
-            self.job_sock.send(b"ready")  # to the host: a spare, waiting for its job
+            self._ready()  # to the host: a spare, waiting for its job
             self._receive()
             if self._isolated_fds is not None:
                 judge = _split_for_judge(self, self._isolated_fds)  # returns in the program
@@ -560,6 +658,20 @@ class Job:
         os.umask(0o022)
         _drop_capabilities(self.zygote.cap_last_cap)
 
+    def _ready(self) -> None:
+        """Say "ready" to the host, handing it the working directory (with an empty ``out/``),
+        which it keeps open to read the job's artifacts once the job ended."""
+        try:
+            os.mkdir(ARTIFACTS_DIR, 0o755)
+        except FileExistsError:  # a working directory shared by jobs (no namespaces)
+            pass
+        workdir = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [workdir]))]
+            self.job_sock.sendmsg([b"ready"], rights)
+        finally:
+            os.close(workdir)
+
     def _receive(self) -> None:
         """Take the job from the host, put its streams on 0-2, its files in /work.
 
@@ -605,7 +717,11 @@ class Job:
     def _set_rlimits(self) -> None:
         lim = self.limits
         memory = int(lim["memory_bytes"])
-        address_space = memory + AS_HEADROOM_BYTES if self.zygote.cgroup_memory else memory
+        # On top of what is mapped already: a runtime's preloaded modules map hundreds of MiB
+        # (shared with the zygote), which the job must not be charged for.
+        mapped = int(_read_all(os.open("/proc/self/statm", os.O_RDONLY)).split()[0]) * PAGE_BYTES
+        headroom = AS_HEADROOM_BYTES if self.zygote.cgroup_memory else 0
+        address_space = mapped + memory + headroom
         cpu = max(1, int(-(-float(lim["cpu_time_s"]) // 1)))
         for kind, soft, hard in (
             (resource.RLIMIT_AS, address_space, address_space),
@@ -1530,15 +1646,17 @@ class _suppress:
 # --- self-test at start-up ----------------------------------------------------
 
 
-def probe(zygote: Zygote) -> str:
-    """Build one job's sandbox without running code; say (as JSON) which layers work here.
+def probe(zygote: Zygote, preload_error: str | None = None) -> str:
+    """Build one job's sandbox without running code; say (as JSON) which layers work here,
+    and whether the runtime's modules loaded (``preload_error``).
 
     Each layer is tried on its own, so one that fails does not hide the others.
     """
     r, w = os.pipe()
     result: Message = {"namespaces": False, "filesystem": False, "capabilities_dropped": False,
                        "seccomp": False, "no_new_privs": False, "uid": os.getuid(), "error": None,
-                       "private_proc": False, "read_only_root": False}  # fmt: skip
+                       "private_proc": False, "read_only_root": False,
+                       "preload_error": preload_error}  # fmt: skip
     try:
         pid = _clone_into_namespaces(zygote)
     except SetupError as exc:

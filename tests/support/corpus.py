@@ -11,7 +11,7 @@ from typing import Any
 
 from tests.support.paths import TEST_DATA
 
-__all__ = ["CORPUS", "CORPUS_PATH", "ENGINE_ENTRIES", "host_ports", "judging", "program"]
+__all__ = ["CORPUS", "CORPUS_PATH", "ENGINE_ENTRIES", "host_ports", "program", "request_fields"]
 
 CORPUS_PATH = TEST_DATA / "security_corpus.json"
 CORPUS: dict[str, dict[str, Any]] = {
@@ -39,7 +39,8 @@ def program(name: str, ports: dict[str, int]) -> str:
     return code
 
 
-def judging(name: str) -> dict[str, str]:
-    """Entry ``name``'s ``test_code`` as request fields, if it is judged (else none)."""
+def request_fields(name: str) -> dict[str, str]:
+    """Entry ``name``'s request fields beside its code: ``test_code`` if it is judged,
+    ``runtime`` if it names one (else the pool's or the service's default)."""
     entry = CORPUS[name]
-    return {"test_code": entry["test_code"]} if "test_code" in entry else {}
+    return {field: entry[field] for field in ("test_code", "runtime") if field in entry}

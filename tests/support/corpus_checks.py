@@ -13,6 +13,7 @@ from collections.abc import Callable
 from executors import ExecutionRecord, ExecutionStatus
 from executors._sandbox.zygote import MAX_PTYS
 from tests.support.corpus import CORPUS
+from tests.support.limits import CORPUS_LIMITS, MIB
 from tests.support.statuses import (
     CRASHED,
     MEMORY_LIMIT,
@@ -26,6 +27,8 @@ from tests.support.watched_pool import ALLOWED_ENV
 __all__ = ["CHECKS", "Check", "assert_killed", "assert_ok", "wall_s"]
 
 SHM_SEGMENT_BYTES = 64 << 20
+MAX_ARTIFACTS = CORPUS_LIMITS.max_artifacts
+MAX_ARTIFACT_BYTES = CORPUS_LIMITS.max_artifact_bytes
 
 
 Check = Callable[[ExecutionRecord], None]
@@ -456,3 +459,126 @@ def _proc_reveals_the_slot(r: ExecutionRecord) -> None:
         f"refused /proc/self/oom_score_adj {errno.EACCES}",
         f"refused prlimit {errno.EPERM}",
     ]
+
+
+# --- runtimes (issue 13): the scientific stack inside the sandbox ------------------------------
+
+
+@expect("runtime_preloaded_module_tampering")
+def _runtime_preloaded_module_tampering(r: ExecutionRecord) -> None:
+    # The next jobs' view of the modules is checked by its scenario.
+    assert_ok(r, "tampered\n")
+    assert r.runtime == "scientific"
+
+
+@expect("runtime_matplotlib_cache_write")
+def _runtime_matplotlib_cache_write(r: ExecutionRecord) -> None:
+    assert_ok(r, "written True\n")
+
+
+@expect("runtime_site_packages_read_write")
+def _runtime_site_packages_read_write(r: ExecutionRecord) -> None:
+    assert_ok(r)
+    lines = r.stdout.splitlines()
+    assert lines[0] == "read True", r.stdout
+    assert len(lines) == 4, r.stdout
+    for line in lines[1:]:
+        assert line in ("refused EROFS", "refused EACCES", "refused EPERM"), r.stdout
+
+
+@expect("runtime_blas_thread_bomb")
+def _runtime_blas_thread_bomb(r: ExecutionRecord) -> None:
+    assert r.status in (OK, CRASHED, NONZERO_EXIT), r
+    if r.status == OK:
+        words = r.stdout.split()
+        assert words[0] == "threads", r.stdout
+        assert int(words[1]) <= r.limits["max_processes"], r.stdout
+    assert r.cpu_time_s is not None
+    assert r.cpu_time_s <= r.limits["cpu_time_s"] + 1.0
+
+
+def _memory_limited(r: ExecutionRecord) -> None:
+    assert r.status == MEMORY_LIMIT, r
+    assert "ALLOCATED" not in r.stdout and "BUILT" not in r.stdout
+
+
+for _name in ("runtime_numpy_memory_bomb", "runtime_numpy_touch_past_cap"):
+    expect(_name)(_memory_limited)
+expect("runtime_pandas_memory_bomb")(_memory_limited)
+
+
+# --- artifacts (issue 13): what the collector reads, as root, of the job's out/ ----------------
+
+
+def _artifacts(r: ExecutionRecord) -> dict[str, bytes]:
+    return {artifact.path: artifact.content() for artifact in r.artifacts}
+
+
+def _within_caps(r: ExecutionRecord) -> None:
+    assert len(r.artifacts) <= MAX_ARTIFACTS
+    assert sum(a.size_bytes for a in r.artifacts) <= MAX_ARTIFACT_BYTES
+    assert [a.path for a in r.artifacts] == sorted(a.path for a in r.artifacts)
+    for artifact in r.artifacts:
+        assert artifact.size_bytes == len(artifact.content())
+
+
+@expect("artifact_symlinks_out_of_out")
+def _artifact_symlinks_out_of_out(r: ExecutionRecord) -> None:
+    assert_ok(r, "planted\n")
+    assert _artifacts(r) == {"out/real.txt": b"real"}
+    assert not r.artifacts_truncated
+
+
+@expect("artifact_hardlinks")
+def _artifact_hardlinks(r: ExecutionRecord) -> None:
+    assert_ok(r, "denied EXDEV\n")
+    assert _artifacts(r) == {"out/own-link.txt": b"own"}
+
+
+@expect("artifact_special_files")
+def _artifact_special_files(r: ExecutionRecord) -> None:
+    assert_ok(r, "mknod denied EPERM\nmknod denied EPERM\n")
+    assert _artifacts(r) == {"out/file.bin": bytes([0, 1, 255])}
+    assert r.artifacts[0].media_type == "application/octet-stream"
+
+
+@expect("artifact_many_tiny_files")
+def _artifact_many_tiny_files(r: ExecutionRecord) -> None:
+    assert_ok(r)
+    assert r.stdout.endswith("made many True\n"), r.stdout
+    assert [a.path for a in r.artifacts] == [f"out/f{n:07d}" for n in range(MAX_ARTIFACTS)]
+    assert r.artifacts_truncated
+
+
+@expect("artifact_hostile_names")
+def _artifact_hostile_names(r: ExecutionRecord) -> None:
+    assert_ok(r)
+    assert r.stdout.endswith("NUL refused\n"), r.stdout
+    assert [a.path for a in r.artifacts] == [
+        "out/...",
+        "out/..txt",
+        "out/dots..",
+        "out/ok.txt",
+        "out/space name.txt",
+        "out/\u00fcn\u00ef.txt",
+    ]
+    assert r.artifacts_truncated  # the names with control characters or invalid UTF-8
+    _within_caps(r)
+
+
+@expect("artifact_growing_file")
+def _artifact_growing_file(r: ExecutionRecord) -> None:
+    assert_ok(r, "parent done\n")
+    _within_caps(r)
+    for artifact in r.artifacts:
+        assert set(artifact.content()) <= {ord("x")}
+
+
+@expect("artifact_fills_tmpfs")
+def _artifact_fills_tmpfs(r: ExecutionRecord) -> None:
+    assert_ok(r)
+    assert r.stdout == "full No space left on device\nfiles True\n", r.stdout
+    assert [a.path for a in r.artifacts] == ["out/big-00.bin"]
+    assert r.artifacts[0].size_bytes == 8 * MIB
+    assert r.artifacts_truncated
+    _within_caps(r)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from executors import (
+    RUNTIMES,
     TERMINAL_STATUSES,
     ExecutionRecord,
     ExecutionRequest,
@@ -43,7 +44,8 @@ SETTLE_S = 1.0
 EVERY_SLOT_HOLD_S = 0.25
 """How long each of ``run_on_every_slot``'s jobs keeps its slot, so that they overlap."""
 SPARE_MAX_PROCESSES = 2
-"""Between jobs a slot may keep one spare job sandbox ready (its init and program process)."""
+"""Between jobs a slot's zygote may keep one spare job sandbox ready (its init and program
+process)."""
 SYSV_IPC_KINDS = ("shm", "msg", "sem")
 OVERFLOW_UID = 65534
 """What the host shows for a uid that a job's user namespace does not map."""
@@ -61,8 +63,9 @@ ALLOWED_ENV = frozenset(
         "MALLOC_ARENA_MAX",
         "PWD",
     }
-)
-"""The whole environment a sandboxed program may see."""
+) | {name for runtime in RUNTIMES.values() for name in runtime.env}
+"""The whole environment a sandboxed program may see: the sandbox's own, and what runtimes add
+to it (their thread counts and matplotlib's backend and directory: nothing secret)."""
 
 
 def _sysv_ipc_objects() -> dict[str, frozenset[tuple[str, int, int]]]:
@@ -108,6 +111,10 @@ class WatchedPool:
         )
         self._record_ids: set[uuid.UUID] = set()
         self._ids_lock = threading.Lock()
+        # Every runtime's zygote in every slot, so that the set of zygotes stays the same (the
+        # default runtime's start with the pool, the others at their first job).
+        for runtime in RUNTIMES:
+            self.run_on_every_slot(CONTROL_CODE, runtime=runtime)
         self.zygotes = self._find_zygotes() if self.tracks_processes else {}
         assert len(self.zygotes) == (pool.size if self.tracks_processes else 0), self.zygotes
         self.run_on_every_slot(CONTROL_CODE)  # every slot in its steady state (spare, last init)
@@ -141,13 +148,13 @@ class WatchedPool:
         with ThreadPoolExecutor(max_workers=len(requests)) as executor:
             return list(executor.map(self.submit, requests))
 
-    def run_on_every_slot(self, code: str) -> list[ExecutionRecord]:
+    def run_on_every_slot(self, code: str, **fields: Any) -> list[ExecutionRecord]:
         """Run ``code`` once in each slot: all at once, each holding its slot a moment.
 
         ``code`` must run to its end (the hold is appended to it).
         """
         hold = f"\nimport time as _hold\n_hold.sleep({EVERY_SLOT_HOLD_S})\n"
-        return self.run_all([self.request(code + hold)] * self.pool.size)
+        return self.run_all([self.request(code + hold, **fields)] * self.pool.size)
 
     # --- invariants D and S, on every record ------------------------------------------------
 
@@ -182,7 +189,12 @@ class WatchedPool:
 
     def check(self, before: HostSnapshot) -> None:
         lingering = self._settled_processes()
-        controls = self.run_on_every_slot(CONTROL_CODE)  # H; also uses up the spares seen now
+        # H; also uses up the spares seen now (one per runtime's zygote)
+        controls = [
+            record
+            for runtime in RUNTIMES
+            for record in self.run_on_every_slot(CONTROL_CODE, runtime=runtime)
+        ]
         for record in controls:
             assert (record.status, record.stdout) == (ExecutionStatus.OK, "hello\n"), record
         if self.tracks_processes:
@@ -220,7 +232,7 @@ class WatchedPool:
 
     def _slot_processes(self) -> list[HostProcess]:
         """Running processes of our slots' uids, other than the zygotes."""
-        zygotes = set(self.zygotes.values())
+        zygotes = {key for keys in self.zygotes.values() for key in keys}
         return [
             p
             for p in host_processes()
@@ -249,30 +261,37 @@ class WatchedPool:
 
     def _strays(self, processes: list[HostProcess]) -> list[HostProcess]:
         strays: list[HostProcess] = []
-        for uid, (zygote_pid, _) in self.zygotes.items():
-            zygote = read_process(zygote_pid)
+        for uid, keys in self.zygotes.items():
+            zygotes = [read_process(pid) for pid, _ in keys]
             mine = [p for p in processes if p.uid == uid]
             namespaces = {p.pid_namespace for p in mine}
             spare_like = (
-                zygote is not None
-                and len(namespaces) <= 1
-                and zygote.pid_namespace not in namespaces
-                and len(mine) <= SPARE_MAX_PROCESSES
-                and all(p.cmdline == zygote.cmdline for p in mine)
+                all(zygote is not None for zygote in zygotes)
+                and len(namespaces) <= len(zygotes)  # a spare per runtime's zygote
+                and not namespaces & {z.pid_namespace for z in zygotes if z is not None}
+                and len(mine) <= SPARE_MAX_PROCESSES * len(zygotes)
+                and all(p.cmdline in {z.cmdline for z in zygotes if z} for p in mine)
             )
             if not spare_like:
                 strays += mine
         return strays
 
-    def _find_zygotes(self, wait_s: float = 5.0) -> dict[int, tuple[int, float]]:
-        """Slot uid -> the zygote's (pid, start): its script, started by bwrap (or sh)."""
+    def _find_zygotes(self, wait_s: float = 5.0) -> dict[int, frozenset[tuple[int, float]]]:
+        """Slot uid -> its zygotes' (pid, start), one per runtime: the zygote script, started
+        by bwrap (or sh)."""
 
-        def now() -> dict[int, tuple[int, float]]:
-            return {p.uid: p.key for p in slot_zygotes(host_processes(), self.uids)}
+        def now() -> dict[int, frozenset[tuple[int, float]]]:
+            found: dict[int, set[tuple[int, float]]] = {}
+            for p in slot_zygotes(host_processes(), self.uids):
+                found.setdefault(p.uid, set()).add(p.key)
+            return {uid: frozenset(keys) for uid, keys in found.items()}
 
-        return polled(
-            now, wait_s, until=lambda found: len(found) == len(self.uids), interval_s=0.05
-        )
+        def complete(found: dict[int, frozenset[tuple[int, float]]]) -> bool:
+            return len(found) == len(self.uids) and all(
+                len(keys) == len(RUNTIMES) for keys in found.values()
+            )
+
+        return polled(now, wait_s, until=complete, interval_s=0.05)
 
     def _zombies(self) -> list[HostProcess]:
         """Zombies of our slots, and of this process (e.g. a slot's bubblewrap)."""
