@@ -109,6 +109,31 @@ def test_sandbox_benchmark_writes_consistent_results(tmp_path: Path) -> None:
     assert isolation["ok"] == (not isolation["missing"])
 
 
+@pytest.mark.sandbox
+def test_runtimes_benchmark_writes_consistent_results(tmp_path: Path) -> None:
+    out = tmp_path / "runtimes.json"
+    argv = [sys.executable, str(BENCH), "runtimes", "--n", "4", "--n-fresh", "2"]
+    argv += ["--n-print", "10", "--warmup", "1", "--out", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr
+
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "runtimes"
+    assert "speedup per execution" in done.stderr
+    for part in (result["scientific_engine"], result["scientific_fresh_python"]):
+        executions = 4 if part is result["scientific_engine"] else 2
+        check_measurement(part["sequential"], clients=1, executions=executions)
+        check_measurement(part["parallel"], clients=2, executions=executions)
+    for runtime in ("minimal", "scientific"):
+        check_measurement(result["print_1"][runtime], clients=2, executions=10)
+        memory = result["idle_memory"][runtime]
+        assert 0 < memory["uss_mib_per_slot"] <= memory["pss_mib_per_slot"]
+    assert result["failed"] == 0
+    assert result["speedup"]["per_execution_p50"] > 1
+    assert result["goal"]["speedup"] == 20.0
+    assert isinstance(result["goal"]["met"], bool)
+
+
 def test_http_defaults() -> None:
     args = load_bench().build_parser().parse_args(["http"])
     assert args.connections == [1, 16]
