@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 import executors
 from executors import ExecutionRequest, LimitsRequest
 from serve_app import _exit
-from serve_app.client import post_execution
+from serve_app._cli_out import write_artifacts
+from serve_app.client import execution_body, post_execution
 from serve_app.errors import (
     ApiErrorResponse,
     InvalidRequestError,
@@ -59,6 +60,19 @@ def add_run_parser(subparsers: Subparsers) -> None:
     for option, field, kind, metavar, text in LIMIT_OPTIONS:
         limits.add_argument(option, dest=field, type=kind, metavar=metavar, help=text)
     parser.add_argument(
+        "--runtime",
+        metavar="NAME",
+        help=f"the runtime to run in ({', '.join(executors.RUNTIMES)}; default: the settings' "
+        "DEFAULT_RUNTIME, or the server's)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        help="write the artifacts (the files the program left under out/) to DIR, "
+        "out/a/b.png as DIR/a/b.png",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print the execution record as the API returns it"
     )
     remote = parser.add_argument_group("through a server instead of a local sandbox")
@@ -92,7 +106,20 @@ def run_command(args: argparse.Namespace) -> int:
     except executors.ExecutorError as exc:
         _write(sys.stderr, f"exec-agent run: the sandbox failed: {exc}\n")
         return _exit.EX_SOFTWARE
-    return _emit(record, as_json=args.json)
+    status = _emit(record, as_json=args.json)
+    if args.out is not None and not _saved(record, args.out):
+        return _exit.EX_CANTCREAT
+    return status
+
+
+def _saved(record: dict[str, Any], directory: Path) -> bool:
+    """Write ``record``'s artifacts under ``directory``; False if one could not be."""
+    refused = write_artifacts(record, directory)
+    for problem in refused:
+        _write(sys.stderr, f"exec-agent run: artifact {problem}\n")
+    if record.get("artifacts_truncated"):
+        _write(sys.stderr, "exec-agent run: some artifacts were left out (over a cap)\n")
+    return not refused
 
 
 def _execute(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,9 +127,10 @@ def _execute(args: argparse.Namespace) -> dict[str, Any]:
     stdin = _program_stdin(args.stdin, program_from_stdin=args.file == "-")
     asked = _limits_request(args)
     if args.server:
-        body = {"code": code, "stdin": stdin, "limits": asked.model_dump(exclude_none=True)}
+        limits = asked.model_dump(exclude_none=True)
+        body = execution_body(code, stdin=stdin, runtime=args.runtime, limits=limits)
         return post_execution(args.server, args.key, body)
-    return _run_local(code, stdin, asked, get_settings())
+    return _run_local(code, stdin, asked, args.runtime, get_settings())
 
 
 def _read_program(source: str) -> str:
@@ -137,11 +165,16 @@ def _limits_request(args: argparse.Namespace) -> LimitsRequest:
         raise InvalidRequestError(describe_validation_error(exc)) from None
 
 
-def _run_local(code: str, stdin: str, asked: LimitsRequest, settings: Settings) -> dict[str, Any]:
+def _run_local(
+    code: str, stdin: str, asked: LimitsRequest, runtime: str | None, settings: Settings
+) -> dict[str, Any]:
     """Run in a one-slot sandbox pool of this process: no server, no Ray."""
+    runtime = runtime or settings.default_runtime
+    if runtime not in executors.RUNTIMES:
+        raise InvalidRequestError(f"--runtime must be one of {', '.join(executors.RUNTIMES)}")
     try:
         limits = asked.resolve(settings.default_limits(), settings.max_limits())
-        request = ExecutionRequest(code=code, stdin=stdin, limits=limits)
+        request = ExecutionRequest(code=code, stdin=stdin, limits=limits, runtime=runtime)
     except ValueError as exc:
         raise InvalidRequestError(describe_validation_error(exc)) from None
     # Looked up on the package at call time so tests can stand a fake pool in for the engine.

@@ -12,6 +12,7 @@ EX_OK = 0
 EX_USAGE = 2  # argparse's own choice for bad arguments; kept for every refused request
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_CANTCREAT = 73
 EX_CONFIG = 78
 EX_INTERRUPTED = 130
 EXIT_TIMEOUT = 124  # as timeout(1) does
@@ -32,6 +33,8 @@ either way:
            the request (its error answer goes to stderr)
   69       the server could not be reached or did not answer with JSON
   70       the local sandbox could not be started
+  73       with --out DIR: an artifact could not be written there (a path that would leave
+           DIR, or a file system error); the others are written
   78       invalid configuration (environment or .env)
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import socket
@@ -48,6 +49,12 @@ def test_run_defaults() -> None:
     args = build_parser().parse_args(["run"])
     assert (args.file, args.stdin, args.json, args.server) == ("-", None, False, None)
     assert args.wall_timeout_s is None and args.memory_mb is None
+    assert (args.runtime, args.out) == (None, None)
+
+
+def test_run_runtime_and_out_options() -> None:
+    args = build_parser().parse_args(["run", "p.py", "--runtime", "minimal", "--out", "res"])
+    assert (args.runtime, args.out) == ("minimal", Path("res"))
 
 
 def test_run_limit_options() -> None:
@@ -166,6 +173,72 @@ def test_server_mode_sends_code_stdin_limits_and_key(api: FakeApi, tmp_path: Pat
         "stdin": "3 4",
         "limits": {"wall_timeout_s": 2.0, "memory_mb": 64},
     }
+
+
+def test_server_mode_sends_the_runtime(api: FakeApi, tmp_path: Path) -> None:
+    argv = ["run", write_program(tmp_path), "--server", api.url, "--key", KEY]
+    assert main([*argv, "--runtime", "minimal"]) == 0
+    assert main(argv) == 0
+    first, second = (sent["body"] for sent in api.received)
+    assert first["runtime"] == "minimal"
+    assert "runtime" not in second  # the server's DEFAULT_RUNTIME
+
+
+def artifact(path: str, content: bytes) -> dict[str, Any]:
+    encoded = base64.b64encode(content).decode()
+    return {"path": path, "size_bytes": len(content), "media_type": "x/y", "base64": encoded}
+
+
+def test_out_writes_each_artifact_under_the_directory(
+    api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.answer = record(
+        stdout="made\n",
+        artifacts=[
+            artifact("out/x.csv", b"a,b\n1,2\n"),
+            artifact("out/deep/er/p.bin", b"\x00\xff"),
+        ],
+    )
+    out = tmp_path / "results"
+    argv = ["run", write_program(tmp_path), "--server", api.url, "--key", KEY]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert (out / "x.csv").read_bytes() == b"a,b\n1,2\n"
+    assert (out / "deep" / "er" / "p.bin").read_bytes() == b"\x00\xff"
+    assert capsys.readouterr() == ("made\n", "")
+    api.answer = record(artifacts=[], artifacts_truncated=True)
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "left out" in capsys.readouterr().err
+
+
+def test_out_refuses_paths_that_would_leave_the_directory(
+    api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, elsewhere = tmp_path / "results", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "link").symlink_to(elsewhere)
+    (out / "file-link").symlink_to(elsewhere / "target")
+    hostile = [
+        "out/../../escaped",
+        "../escaped",
+        "/tmp/escaped",
+        "out//x",
+        "out/./x",
+        "out",
+        "out/link/escaped",
+        "out/file-link",
+        "out\\..\\escaped",
+    ]
+    api.answer = record(
+        artifacts=[*(artifact(path, b"evil") for path in hostile), artifact("out/ok.txt", b"ok")]
+    )
+    argv = ["run", write_program(tmp_path), "--server", api.url, "--key", KEY]
+    assert main([*argv, "--out", str(out)]) == _exit.EX_CANTCREAT == 73
+    err = capsys.readouterr().err
+    assert err.count("not written") == len(hostile)
+    assert (out / "ok.txt").read_bytes() == b"ok"  # the rest still written
+    written = {path.relative_to(tmp_path) for path in tmp_path.rglob("*") if path.is_file()}
+    assert written == {Path("prog.py"), Path("results/ok.txt")}
 
 
 def test_program_stdin_comes_from_our_stdin_when_given_a_file(
@@ -308,6 +381,27 @@ def test_local_mode_runs_one_request_in_a_one_slot_pool(
     assert capsys.readouterr().out == "hi\n"
 
 
+def test_local_mode_runs_in_the_runtime_asked_for(
+    fake_pool: type[FakePool], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    program = write_program(tmp_path)
+    assert main(["run", program, "--runtime", "minimal"]) == 0
+    assert main(["run", program]) == 0
+    monkeypatch.setenv("DEFAULT_RUNTIME", "minimal")
+    get_settings.cache_clear()
+    assert main(["run", program]) == 0
+    runtimes = [pool.requests[0].runtime for pool in fake_pool.instances]
+    assert runtimes == ["minimal", "scientific", "minimal"]  # never None: the record says
+
+
+def test_local_mode_refuses_an_unknown_runtime(
+    fake_pool: type[FakePool], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", write_program(tmp_path), "--runtime", "nope"]) == 2
+    assert "--runtime must be one of minimal, scientific" in capsys.readouterr().err
+    assert fake_pool.instances == []
+
+
 def test_local_mode_refuses_limits_over_the_maxima(
     fake_pool: type[FakePool], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -348,6 +442,26 @@ def test_local_run_in_a_real_sandbox(
     answer = json.loads(capsys.readouterr().out)
     assert answer["status"] == "ok"
     assert answer["stdout"] == "hello\n"
+
+
+@pytest.mark.sandbox
+def test_local_run_writes_its_artifacts_to_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    program = (
+        "import os\n"
+        "os.makedirs('out/sub', exist_ok=True)\n"
+        "open('out/x.csv', 'w').write('a,b\\n1,2\\n')\n"
+        "open('out/sub/y.bin', 'wb').write(bytes(range(256)))\n"
+    )
+    monkeypatch.setattr(sys, "stdin", io.StringIO(program))
+    out = tmp_path / "results"
+    assert main(["run", "-", "--runtime", "minimal", "--out", str(out), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["status"] == "ok" and answer["runtime"] == "minimal"
+    assert [item["path"] for item in answer["artifacts"]] == ["out/sub/y.bin", "out/x.csv"]
+    assert (out / "x.csv").read_text() == "a,b\n1,2\n"
+    assert (out / "sub" / "y.bin").read_bytes() == bytes(range(256))
 
 
 # --- the package's public surface
