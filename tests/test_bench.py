@@ -786,10 +786,11 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
     suite = importlib.import_module("benchlib.suite")
     args = bench.build_parser().parse_args(["all"])
     assert args.out.name == "all.json"
-    assert suite.SUITE == ("sandbox", "http", "burst", "humaneval")
+    assert suite.SUITE == ("sandbox", "runtimes", "http", "burst", "humaneval")
     ran: list[list[str]] = []
     fabricated = {
         "sandbox": {"failed": 0, "goal": {"throughput_ratio": 2.5, "met": False}},
+        "runtimes": {"failed": 0, "goal": {"speedup": 20.0, "met": False}},
         "http": {"failed": 0, "goal": {"met": {"proxy": False, "haproxy": True}}},
         "humaneval": {"failed": 0, "goal": {"met": {"engine": True, "http": False}}},
     }
@@ -813,6 +814,7 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
         assert sorted(path.name for path in Path(tmp).iterdir()) == [
             "http.json",
             "humaneval.json",
+            "runtimes.json",
             "sandbox.json",
         ]
     assert [argv[0] for argv in ran] == list(suite.SUITE)
@@ -821,6 +823,7 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
     assert result["results"]["burst"]["error"] == "RuntimeError: wrk is missing"
     assert result["goals"] == {
         "sandbox": {"": False},
+        "runtimes": {"": False},
         "http": {"proxy": False, "haproxy": True},
         "burst": {},
         "humaneval": {"engine": True, "http": False},
@@ -834,6 +837,7 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
     goal_lines = summary.split("goals:\n", 1)[1].splitlines()
     assert [line.split() for line in goal_lines] == [
         ["sandbox", "NOT", "met"],
+        ["runtimes", "NOT", "met"],
         ["http", "proxy", "NOT", "met"],
         ["http", "haproxy", "met"],
         ["humaneval", "engine", "met"],

@@ -16,6 +16,7 @@ Usage::
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -138,9 +139,10 @@ def runtime_catalog(default: str) -> list[RuntimeInfo]:
 
 
 def default_runtimes_dir() -> str:
-    """``.runtimes/`` of the checkout this package runs from (where ``scripts/setup`` builds
-    them); an installed service names its own (``RUNTIMES_DIR``)."""
-    return str(Path(__file__).resolve().parents[2] / ".runtimes")
+    """``RUNTIMES_DIR`` where it is set (the image sets it: the service's settings, a Ray Data
+    mapper's local pool and ``exec-agent run`` then agree), else ``.runtimes/`` of the checkout
+    this package runs from, where ``scripts/setup`` builds them."""
+    return os.environ.get("RUNTIMES_DIR") or str(Path(__file__).resolve().parents[2] / ".runtimes")
 
 
 @cache
