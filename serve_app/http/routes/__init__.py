@@ -4,6 +4,7 @@ typed aliases of :mod:`serve_app.http.deps`.
     health.py       ``/health``, ``/health/ready``
     executions.py   ``/v1/executions``
     batches.py      ``/v1/batches``
+    runtimes.py     ``/v1/runtimes``
 
 Each router carries its own prefix, so each of its routes' ``path`` is the whole template
 (``/v1/executions/{execution_id}``): the ``route`` label of the metrics and the traces.
@@ -13,11 +14,16 @@ Each router carries its own prefix, so each of its routes' ``path`` is the whole
 from fastapi import APIRouter
 from starlette.routing import BaseRoute
 
-from serve_app.http.routes import batches, executions, health
+from serve_app.http.routes import batches, executions, health, runtimes
 
 __all__ = ["ROUTERS", "ROUTES"]
 
-ROUTERS: tuple[APIRouter, ...] = (health.router, executions.router, batches.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    health.router,
+    executions.router,
+    batches.router,
+    runtimes.router,
+)
 """In the order the app tries them."""
 
 ROUTES: tuple[BaseRoute, ...] = tuple(route for router in ROUTERS for route in router.routes)

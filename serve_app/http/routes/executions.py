@@ -1,10 +1,11 @@
-"""``/v1/executions``: run one program, read it back, list the caller's."""
+"""``/v1/executions``: run one program, read it back (and the files it left), list the caller's."""
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations at run time.
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from serve_app.api import current_request_id
+from serve_app.http._artifacts import download_headers
 from serve_app.http.deps import (
     DEFAULT_PAGE_ITEMS,
     CurrentKey,
@@ -42,6 +43,15 @@ async def get_execution(
 ) -> JSONResponse:
     record = await service.get(key, execution_id, wait_s)
     return JSONResponse(record.to_api())
+
+
+# artifact_path: any file name, line breaks included (serve_app/http/_artifacts.py).
+@router.get("/{execution_id}/artifacts/{path:artifact_path}")
+async def get_artifact(
+    execution_id: str, path: str, service: ServiceDep, key: CurrentKey
+) -> Response:
+    artifact = await service.artifact(key, execution_id, path)
+    return Response(artifact.content(), headers=download_headers(artifact))
 
 
 @router.get("")

@@ -19,7 +19,9 @@ from ray.serve.exceptions import BackPressureError
 from sqlalchemy.orm import Session
 
 from executors import (
+    ARTIFACTS_DIR,
     TERMINAL_STATUSES,
+    Artifact,
     ExecutionRecord,
     ExecutionRequest,
     ExecutionStatus,
@@ -337,6 +339,16 @@ class Executions:
         wake = self._parts.wakers.get(wanted)
         row = await poll(read, lambda row: row.status in TERMINAL_STATUSES, wait_s, wake)
         return executions.to_record(row)
+
+    async def artifact(self, key: ApiKey, execution_id: str, path: str) -> Artifact:
+        """An artifact of the key's execution, by its path (``out/plot.png``; the ``out/`` may be
+        left out); :class:`NotFoundError` if there is none by that path."""
+        record = await self.get(key, execution_id)
+        for wanted in (path, f"{ARTIFACTS_DIR}/{path}"):
+            for artifact in record.artifacts:
+                if artifact.path == wanted:
+                    return artifact
+        raise NotFoundError("no such artifact")
 
     async def page(self, key: ApiKey, limit: int, cursor: str | None) -> ExecutionPage:
         """A page of the key's executions, newest first."""

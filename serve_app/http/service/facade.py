@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from executors import ExecutionRecord, ExecutionRequest
+from executors import Artifact, ExecutionRecord, ExecutionRequest, RuntimeInfo, runtime_catalog
 from serve_app.api import BatchCreate
 from serve_app.cache import ResultCache, build_result_cache
 from serve_app.db import Database
@@ -207,6 +207,14 @@ class ExecutionService:
     async def get(self, key: ApiKey, execution_id: str, wait_s: float = 0.0) -> ExecutionRecord:
         """The key's execution; with ``wait_s``, once terminal or after that long."""
         return await self.executions.get(key, execution_id, wait_s)
+
+    async def artifact(self, key: ApiKey, execution_id: str, path: str) -> Artifact:
+        """An artifact of the key's execution (:meth:`Executions.artifact`)."""
+        return await self.executions.artifact(key, execution_id, path)
+
+    def runtimes(self) -> list[RuntimeInfo]:
+        """Every runtime programs may run in, ``DEFAULT_RUNTIME`` flagged."""
+        return runtime_catalog(self.settings.default_runtime)
 
     async def page(self, key: ApiKey, limit: int, cursor: str | None) -> ExecutionPage:
         """A page of the key's executions, newest first."""
