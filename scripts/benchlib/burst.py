@@ -26,6 +26,7 @@ from .common import (
     DEFAULT_CODE,
     MAX_FAILURE_EXAMPLES,
     add_output,
+    add_runtime_argument,
     expected_stdout,
     host_info,
     non_negative_int,
@@ -229,6 +230,7 @@ def bench_burst(args: argparse.Namespace) -> dict[str, Any]:
             "duration_s": args.duration_s,
             "warmup_s": args.warmup_s,
             "code": args.code,
+            "runtime": args.runtime,
             "expect_stdout": expected_stdout(args),
             "key_max_concurrent": args.connections,
             "key_rate_limit_per_minute": RATE_LIMIT_PER_MINUTE,
@@ -255,7 +257,7 @@ def bench_burst(args: argparse.Namespace) -> dict[str, Any]:
                     "POST",
                     "/v1/executions",
                     {"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"},
-                    body=json.dumps({"code": args.code}),
+                    body=json.dumps({"code": args.code, "runtime": args.runtime}),
                     expect_status='"status":"ok"',
                     expect_stdout=expected_stdout(args),
                     answers_path=str(answers_path),
@@ -379,5 +381,6 @@ def add_parser(benchmarks: Any) -> None:
         help="SERVE_INGRESS of the service (default: the service's own, %(default)s)",
     )
     burst.add_argument("--code", default=DEFAULT_CODE, help="the program (default: %(default)r)")
+    add_runtime_argument(burst)
     burst.add_argument("--expect-stdout", default=None, help="as for sandbox")
     add_output(burst, "burst", bench_burst, summarize_burst)

@@ -123,3 +123,15 @@ def reported_service(service: ServeProcess, result: dict[str, Any]) -> Iterator[
         service.kill_group()
         if "error" in result:
             result["log_tail"] = service.log_tail(25)
+
+
+def add_runtime_argument(parser: Any) -> None:
+    """``--runtime``: the runtime the benchmark's programs name (default ``minimal``: these
+    benchmarks measure the service's path against a fresh ``python -I -S``, which imports nothing;
+    what a runtime's preloading costs is ``scripts/bench runtimes``' to measure)."""
+    parser.add_argument(
+        "--runtime",
+        default="minimal",
+        help="the runtime the programs run in (default: %(default)s; the service's default is "
+        "scientific, whose cost scripts/bench runtimes measures)",
+    )

@@ -19,6 +19,7 @@ from executors import SandboxConfig, SandboxPool
 from .common import (
     DEFAULT_CODE,
     add_output,
+    add_runtime_argument,
     expected_stdout,
     host_info,
     non_negative_int,
@@ -68,7 +69,7 @@ def bench_http_mode(
                     "POST",
                     "/v1/executions",
                     headers,
-                    body=json.dumps({"code": args.code}),
+                    body=json.dumps({"code": args.code, "runtime": args.runtime}),
                     expect_status='"status":"ok"',
                     expect_stdout=expected_stdout(args),
                 ),
@@ -104,7 +105,7 @@ def sandbox_reference(args: argparse.Namespace) -> dict[str, Any]:
     pool = SandboxPool(config, slots=2)
     pool.start()
     try:
-        task = engine_task(pool, args.code, expected_stdout(args))
+        task = engine_task(pool, args.code, expected_stdout(args), args.runtime)
         if args.warmup_s:
             measure(task, 20, 2)
         return {
@@ -200,6 +201,7 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_s": args.warmup_s,
             "floor_n": args.floor_n,
             "code": args.code,
+            "runtime": args.runtime,
             "expect_stdout": expected_stdout(args),
             "modes": args.modes,
             "extra_env": extra_env,
@@ -347,6 +349,7 @@ def add_parser(benchmarks: Any) -> None:
         help="extra environment for the service (e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1)",
     )
     http.add_argument("--code", default=DEFAULT_CODE, help="the program (default: %(default)r)")
+    add_runtime_argument(http)
     http.add_argument("--expect-stdout", default=None, help="as for sandbox")
     http.add_argument(
         "--no-sandbox-reference", action="store_true", help="skip the engine-alone reference"

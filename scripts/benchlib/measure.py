@@ -105,8 +105,10 @@ def measure_both(task: Task, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def engine_task(pool: SandboxPool, code: str, expect_stdout: str | None) -> Task:
-    request = ExecutionRequest(code=code, limits=BENCH_LIMITS)
+def engine_task(
+    pool: SandboxPool, code: str, expect_stdout: str | None, runtime: str | None = None
+) -> Task:
+    request = ExecutionRequest(code=code, limits=BENCH_LIMITS, runtime=runtime)
 
     def run() -> str | None:
         record = pool.run(request)

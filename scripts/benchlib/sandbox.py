@@ -17,6 +17,7 @@ from .common import (
     DEFAULT_CODE,
     DEFAULT_CODE_STDOUT,
     add_output,
+    add_runtime_argument,
     expected_stdout,
     host_info,
     non_negative_int,
@@ -41,7 +42,7 @@ def bench_sandbox(args: argparse.Namespace) -> dict[str, Any]:
     report = pool.start()
     try:
         engine = {"slots": args.slots, "start_s": round(time.perf_counter() - began, 4)}
-        engine |= measure_both(engine_task(pool, args.code, expect), args)
+        engine |= measure_both(engine_task(pool, args.code, expect, args.runtime), args)
     finally:
         pool.close()
     isolation = report.summary() | {"errors": report.errors}
@@ -72,6 +73,7 @@ def bench_sandbox(args: argparse.Namespace) -> dict[str, Any]:
             "clients": args.clients,
             "slots": args.slots,
             "code": args.code,
+            "runtime": args.runtime,
             "expect_stdout": expect,
             "limits": BENCH_LIMITS.to_api(),
             "fresh_command": [config.python_executable, "-I", "-S", "-c", args.code],
@@ -159,6 +161,7 @@ def add_parser(benchmarks: Any) -> None:
         help="sandbox slots in the pool (default: %(default)s)",
     )
     sandbox.add_argument("--code", default=DEFAULT_CODE, help="the program (default: %(default)r)")
+    add_runtime_argument(sandbox)
     sandbox.add_argument(
         "--expect-stdout",
         default=None,
