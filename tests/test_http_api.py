@@ -7,6 +7,7 @@ Limiter keys are the API keys' random lookup ids, so runs never share rate state
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from executors import TERMINAL_STATUSES, ExecutionRecord
+from serve_app.cli import main
 from serve_app.db.models import AuditEvent, Execution
 from tests.support.api import RECORD_FIELDS, auth, error_code, run
 from tests.support.service import DeployedService, deployed_service, service_settings
@@ -651,3 +653,162 @@ def test_a_records_outputs_are_cut_to_max_record_bytes(
         assert case["stdout"].startswith("ooo") and case["stderr"].startswith("eee")
     stored = client.get(f"/v1/executions/{record['id']}", headers=auth(key))
     assert stored.json() == record
+
+
+# --- runtimes and artifacts (API.md, "Runtimes" and "Artifacts")
+
+SCIENTIFIC_PACKAGES = (
+    "numpy",
+    "pandas",
+    "scipy",
+    "matplotlib",
+    "sympy",
+    "scikit-learn",
+    "networkx",
+    "pillow",
+)
+WRITES_ARTIFACTS = """\
+from pathlib import Path
+Path('out/sub').mkdir(parents=True, exist_ok=True)
+Path('out/x.csv').write_text('a,b\\n1,2\\n')
+Path('out/sub/y.bin').write_bytes(bytes(range(256)))
+print('written')
+"""
+
+
+def test_runtimes_are_listed(server: Server, client: httpx.Client) -> None:
+    response = client.get("/v1/runtimes", headers=auth(server.key))
+    assert response.status_code == 200, response.text
+    items = {item["name"]: item for item in response.json()["items"]}
+    assert {"minimal", "scientific"} <= set(items)
+    assert [name for name, item in items.items() if item["default"]] == ["scientific"]
+    for item in items.values():
+        assert set(item) == {"name", "python_version", "packages", "preloaded", "default"}
+        assert item["python_version"].count(".") == 2
+    assert items["minimal"]["packages"] == {} and items["minimal"]["preloaded"] == []
+    packages = items["scientific"]["packages"]
+    for name in SCIENTIFIC_PACKAGES:
+        assert packages[name][:1].isdigit(), (name, packages.get(name))  # a pinned version
+    assert "numpy" in items["scientific"]["preloaded"]
+    assert client.get("/v1/runtimes").status_code == 401
+
+
+def test_a_record_names_the_runtime_it_ran_in(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("runtimes")
+    probe = "import importlib.util\nprint(importlib.util.find_spec('numpy') is not None)"
+    default = run(client, key, probe).json()
+    minimal = run(client, key, probe, runtime="minimal").json()
+    assert (default["runtime"], default["stdout"]) == ("scientific", "True\n")
+    assert (minimal["runtime"], minimal["stdout"]) == ("minimal", "False\n")
+    stored = {str(row.id): row.runtime for row in server.stored("runtimes")}
+    assert stored == {default["id"]: "scientific", minimal["id"]: "minimal"}
+    for runtime in ("nope", "", None, "Minimal"):
+        refused = run(client, key, probe, runtime=runtime)
+        assert (refused.status_code, error_code(refused)) == (422, "invalid_request")
+        error = refused.json()["error"]
+        assert set(error) == {"code", "message", "request_id", "details"}
+        assert [detail["field"] for detail in error["details"]] == ["runtime"]
+    assert len(server.stored("runtimes")) == 2  # the refused requests stored nothing
+
+
+def test_a_binary_file_reaches_the_program_byte_for_byte(
+    server: Server, client: httpx.Client
+) -> None:
+    key = server.new_key("binary-files")
+    content = bytes(range(256)) + b"\x00\xff\r\n"
+    encoded = base64.b64encode(content).decode()
+    code = "import sys\nsys.stdout.write(open('blob.bin', 'rb').read().hex())"
+    record = run(client, key, code, files={"blob.bin": {"base64": encoded}}).json()
+    assert (record["status"], record["stdout"]) == ("ok", content.hex())
+    [row] = server.stored("binary-files")
+    assert row.files == {"blob.bin": {"base64": encoded}}  # stored in its API form
+    for files in (
+        {"blob.bin": {"base64": encoded[:-1]}},  # not base64 any more
+        {"blob.bin": {"base64": encoded, "extra": ""}},
+        {"out/blob.bin": "under out/, which every run starts empty"},
+    ):
+        refused = run(client, key, code, files=files)
+        assert (refused.status_code, error_code(refused)) == (422, "invalid_request")
+    items = [{"code": code, "files": {"blob.bin": {"base64": encoded}}, "runtime": "minimal"}]
+    created = batch(client, key, items).json()
+    done = client.get(f"/v1/batches/{created['id']}?wait_s=60", headers=auth(key)).json()
+    [item] = done["items"]
+    assert (item["stdout"], item["runtime"]) == (content.hex(), "minimal")
+
+
+def test_artifacts_come_back_in_the_record_and_download(
+    server: Server, client: httpx.Client
+) -> None:
+    key = server.new_key("artifacts")
+    response = run(client, key, WRITES_ARTIFACTS, runtime="minimal")
+    assert response.status_code == 200, response.text
+    record = response.json()
+    assert record["status"] == "ok" and record["artifacts_truncated"] is False
+    artifacts = {item["path"]: item for item in record["artifacts"]}
+    assert list(artifacts) == ["out/sub/y.bin", "out/x.csv"]  # sorted by path
+    assert artifacts["out/x.csv"]["size_bytes"] == 8
+    assert artifacts["out/x.csv"]["media_type"] == "text/csv"
+    assert base64.b64decode(artifacts["out/sub/y.bin"]["base64"]) == bytes(range(256))
+    assert client.get(f"/v1/executions/{record['id']}", headers=auth(key)).json() == record
+    [row] = server.stored("artifacts")
+    assert [item["path"] for item in row.artifacts or []] == list(artifacts)
+
+    url = f"/v1/executions/{record['id']}/artifacts/out/x.csv"
+    download = client.get(url, headers=auth(key))
+    assert download.status_code == 200, download.text
+    assert download.content == b"a,b\n1,2\n"
+    assert download.headers["content-type"] == "text/csv"
+    assert download.headers["content-disposition"] == (
+        "attachment; filename=\"x.csv\"; filename*=UTF-8''x.csv"
+    )
+    assert download.headers["x-content-type-options"] == "nosniff"
+    assert download.headers["content-security-policy"] == "sandbox"
+    nested = client.get(f"/v1/executions/{record['id']}/artifacts/out/sub/y.bin", headers=auth(key))
+    assert nested.content == bytes(range(256))
+    for path in ("out/absent.csv", "out/sub", "x.csv.bak"):
+        missing = client.get(f"/v1/executions/{record['id']}/artifacts/{path}", headers=auth(key))
+        assert (missing.status_code, error_code(missing)) == (404, "not_found")
+    stranger = client.get(url, headers=auth(server.other_key))
+    assert (stranger.status_code, error_code(stranger)) == (404, "not_found")
+
+
+def test_a_figure_left_open_comes_back_as_a_png(server: Server, client: httpx.Client) -> None:
+    key = server.new_key("figures")
+    code = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\n"
+    record = run(client, key, code).json()
+    assert record["status"] == "ok", record["stderr"]
+    [figure] = record["artifacts"]
+    assert (figure["path"], figure["media_type"]) == ("out/figure-1.png", "image/png")
+    png = client.get(f"/v1/executions/{record['id']}/artifacts/{figure['path']}", headers=auth(key))
+    assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_cache_tells_runtimes_and_binary_files_apart(
+    server: Server, client: httpx.Client
+) -> None:
+    key = server.new_key("runtime-cacher")
+    code = f"{RANDOM}\nprint(open('b.bin', 'rb').read())\n# {uuid.uuid4()}"
+    files = {"b.bin": {"base64": "AP8="}}
+    first = run(client, key, code, cache=True, files=files, runtime="minimal").json()
+    again = run(client, key, code, cache=True, files=files, runtime="minimal").json()
+    assert again["cached_from"] == first["id"] and again["runtime"] == "minimal"
+    other_runtime = run(client, key, code, cache=True, files=files).json()
+    other_bytes = run(client, key, code, cache=True, files={"b.bin": {"base64": "AP4="}}).json()
+    assert not other_runtime["cached"] and not other_bytes["cached"]
+    assert other_runtime["runtime"] == "scientific"
+
+
+def test_run_out_writes_a_servers_artifacts(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = server.new_key("cli-out")
+    program = tmp_path / "prog.py"
+    program.write_text(WRITES_ARTIFACTS)
+    out = tmp_path / "results"
+    argv = ["run", str(program), "--stdin", "", "--server", server.url, "--key", key]
+    assert main([*argv, "--runtime", "minimal", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == "written\n"
+    assert (out / "x.csv").read_bytes() == b"a,b\n1,2\n"
+    assert (out / "sub" / "y.bin").read_bytes() == bytes(range(256))
+    [row] = server.stored("cli-out")
+    assert row.runtime == "minimal"
