@@ -145,6 +145,49 @@ def test_migrations_create_exactly_the_models(empty_url: str) -> None:
         database.dispose()
 
 
+def test_executions_stored_before_runtimes_read_as_records(empty_url: str) -> None:
+    """Rows of revision 0003 (no runtime, no artifacts) read as records and requests after
+    0004: no runtime (the engine's default), no artifacts, none left out."""
+    settings = Settings(database_url=empty_url)
+    command.upgrade(migrate.alembic_config(settings), "0003")
+    database = Database.from_url(empty_url)
+    try:
+        key = new_key(database)
+        old = {
+            "id": uuid.uuid4(),
+            "key_id": key.row.id,
+            "code": "print(1)",
+            "stdin": "",
+            "files": {"a.txt": "A"},
+            "limits": LIMITS.model_dump(),
+            "status": "ok",
+            "exit_code": 0,
+            "stdout": "1\n",
+            "stderr": "",
+            "stdout_truncated": False,
+            "stderr_truncated": False,
+            "cached": False,
+            "created_at": datetime.now(UTC),
+            "finished_at": datetime.now(UTC),
+        }
+        # Only the columns revision 0003 has (the model's would add artifacts_truncated).
+        columns = Execution.__table__.c
+        table = sqlalchemy.Table(
+            "executions", MetaData(), *(Column(name, columns[name].type) for name in old)
+        )
+        with database.engine.begin() as connection:
+            connection.execute(sqlalchemy.insert(table).values(old))
+        migrate.upgrade(settings)
+        with database.session() as session:
+            row = executions.get_execution(session, key.row.id, old["id"])
+            assert row is not None
+            record, request = executions.to_record(row), executions.to_request(row)
+        assert (record.runtime, record.artifacts, record.artifacts_truncated) == (None, [], False)
+        assert (request.runtime, request.files) == (None, {"a.txt": "A"})
+    finally:
+        database.dispose()
+
+
 def test_schema_comparison_sees_a_difference(database: Database) -> None:
     # The comparison above proves something only if it notices what differs.
     altered = MetaData()

@@ -118,6 +118,20 @@ def test_a_deny_list_applies_to_the_requests_own_files_too() -> None:
     policy.check(["print(1)"], {"notes.txt": "import socket"})  # not Python: not analysed
 
 
+def test_binary_python_files_are_read_as_python_reads_them() -> None:
+    policy = ImportPolicy.of([], ["socket"])
+    for source in (
+        b"import socket\n",
+        "# coding: latin-1\nx = '\xe9'\nimport socket\n".encode("latin-1"),
+    ):
+        with pytest.raises(PolicyViolationError):
+            policy.check(["import helper"], {"helper.py": source})
+    policy.check(["print(1)"], {"data.bin": b"import socket"})  # not Python: not analysed
+    policy.check(
+        ["print(1)"], {"helper.py": b"\xff\xfe not source"}
+    )  # does not parse: the run says
+
+
 # --- settings
 
 

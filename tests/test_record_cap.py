@@ -172,3 +172,42 @@ def test_the_service_stores_and_answers_capped_records(settings: Settings) -> No
         assert record.stdout_truncated and record.cases is not None
         assert all(case.stdout_truncated for case in record.cases)
     assert stored.stdout == answered.stdout
+
+
+class ManyArtifacts(RunsStandIn):
+    """An executor handle that answers every run quietly, with 160 KiB of artifacts."""
+
+    async def answer(self, request: ExecutionRequest) -> dict[str, Any]:
+        quiet = ExecutionRecord(
+            status=ExecutionStatus.OK, limits=request.limits.to_api(), stdout="done\n"
+        )
+        return with_artifacts(quiet, 20, 8 * KIB).to_api()
+
+
+def test_the_service_leaves_out_artifacts_past_the_cap(settings: Settings) -> None:
+    database = Database.from_settings(settings)
+    body = validate_body(ExecutionCreate, {"code": "pass"}, RequestBounds.from_settings(settings))
+
+    async def scenario() -> tuple[ExecutionRecord, ExecutionRecord]:
+        service = ExecutionService(
+            settings, database, build_rate_limiter(settings), ManyArtifacts()
+        )
+        with database.session() as session:
+            key = keys.create_key(session, settings.api_key_secret, "artist").row
+        answered = (await service.create(key, body)).record
+        await service.aclose(5.0)
+        with database.session() as session:
+            row = executions.get_execution(session, key.id, answered.id)
+            assert row is not None
+            return answered, executions.to_record(row)
+
+    try:
+        answered, stored = asyncio.run(scenario())
+    finally:
+        database.dispose()
+    assert answered == stored
+    assert record_bytes(stored) <= CAP and stored.artifacts_truncated
+    assert 0 < len(stored.artifacts) < 20 and stored.stdout == "done\n"
+    assert [artifact.path for artifact in stored.artifacts] == [
+        f"out/{index:02}.bin" for index in range(len(stored.artifacts))
+    ]
