@@ -110,7 +110,9 @@ def _file_content(content: Any) -> str | bytes:
     return content if isinstance(content, bytes) else api_files.file_from_api(content)
 
 
-FileContent = Annotated[str | bytes, PlainValidator(_file_content)]
+FileContent = Annotated[
+    str | bytes, PlainValidator(_file_content, json_schema_input_type=api_files.ApiFile)
+]
 """A file of a request: a string (text), or ``{"base64": ...}`` decoded to bytes."""
 
 
