@@ -379,14 +379,23 @@ class ExecutorAppArgs(ReplicaRange):
     graceful_shutdown_timeout_s: float = Field(default=DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S, gt=0)
     require_full_isolation: bool = False
     python_executable: str | None = None
+    runtimes_dir: str | None = None
+    """Where the runtimes are built (default: ``RUNTIMES_DIR``, else the checkout's)."""
+    default_runtime: str | None = None
+    """The runtime of requests naming none (default: ``scientific``)."""
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
     """Serve's application builder: ``import_path: executors._deployment:app_builder``."""
     parsed = ExecutorAppArgs.model_validate(args)
-    config = SandboxConfig(require_full_isolation=parsed.require_full_isolation)
-    if parsed.python_executable:
-        config = config.model_copy(update={"python_executable": parsed.python_executable})
+    paths = {
+        name: value
+        for name in ("python_executable", "runtimes_dir", "default_runtime")
+        if (value := getattr(parsed, name))
+    }
+    config = SandboxConfig.model_validate(
+        {"require_full_isolation": parsed.require_full_isolation, **paths}
+    )
     return build_executor_app(
         config,
         parsed.slots,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -124,12 +125,14 @@ class RuntimeInfo(BaseModel):
     default: bool = Field(description="Whether requests naming no runtime get this one.")
 
 
-def runtime_catalog(default: str) -> list[RuntimeInfo]:
-    """Every runtime, as ``GET /v1/runtimes`` lists them (``default`` flagged)."""
+def runtime_catalog(default: str, python: str | None = None) -> list[RuntimeInfo]:
+    """Every runtime, as ``GET /v1/runtimes`` lists them (``default`` flagged); ``python``:
+    the sandbox's interpreter (default: this process's, which it is unless configured)."""
+    version = platform.python_version() if python is None else python_version(python)
     return [
         RuntimeInfo(
             name=runtime.name,
-            python_version=platform.python_version(),  # the sandbox runs this interpreter
+            python_version=version,
             packages=runtime.packages(),
             preloaded=list(runtime.preload),
             default=runtime.name == default,
@@ -143,6 +146,15 @@ def default_runtimes_dir() -> str:
     mapper's local pool and ``exec-agent run`` then agree), else ``.runtimes/`` of the checkout
     this package runs from, where ``scripts/setup`` builds them."""
     return os.environ.get("RUNTIMES_DIR") or str(Path(__file__).resolve().parents[2] / ".runtimes")
+
+
+@cache
+def python_version(python: str) -> str:
+    """The version of the interpreter at ``python`` (asked once)."""
+    argv = [python, "-I", "-S", "-c", "import platform; print(platform.python_version())"]
+    return subprocess.run(
+        argv, capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
 
 
 @cache

@@ -214,7 +214,8 @@ class ExecutionService:
 
     def runtimes(self) -> list[RuntimeInfo]:
         """Every runtime programs may run in, ``DEFAULT_RUNTIME`` flagged."""
-        return runtime_catalog(self.settings.default_runtime)
+        python = self.settings.sandbox_config().python_executable
+        return runtime_catalog(self.settings.default_runtime, python)
 
     async def page(self, key: ApiKey, limit: int, cursor: str | None) -> ExecutionPage:
         """A page of the key's executions, newest first."""
