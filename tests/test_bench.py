@@ -682,12 +682,15 @@ def test_humaneval_rows_are_canonical_solutions_judged_by_their_tests() -> None:
     bench = load_bench()
     problems = bench.humaneval_problems(None)
     assert len(problems) == 164
-    rows = bench.humaneval_rows(problems)
+    rows = bench.humaneval_rows(problems, "minimal")
     first = problems[0]
     assert rows[0]["task_id"] == "HumanEval/0"
     assert rows[0]["code"] == first["prompt"] + first["canonical_solution"]
     assert rows[0]["test_code"] == first["test"] + f"\ncheck({first['entry_point']})"
-    assert [row["task_id"] for row in bench.humaneval_rows(bench.humaneval_problems(3))] == [
+    assert rows[0]["runtime"] == "minimal"
+    assert [
+        row["task_id"] for row in bench.humaneval_rows(bench.humaneval_problems(3), "minimal")
+    ] == [
         "HumanEval/0",
         "HumanEval/1",
         "HumanEval/2",

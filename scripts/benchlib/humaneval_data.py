@@ -20,13 +20,14 @@ def humaneval_problems(limit: int | None) -> list[dict[str, Any]]:
     return problems[:limit] if limit else problems
 
 
-def humaneval_rows(problems: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def humaneval_rows(problems: Sequence[dict[str, Any]], runtime: str) -> list[dict[str, Any]]:
     """Each problem as a judged request: its canonical solution, and its tests as ``test_code``."""
     return [
         {
             "task_id": problem["task_id"],
             "code": problem["prompt"] + problem["canonical_solution"],
             "test_code": problem["test"] + f"\ncheck({problem['entry_point']})",
+            "runtime": runtime,
         }
         for problem in problems
     ]
@@ -53,13 +54,14 @@ WRONG_SOLUTIONS = {
 raising the harness's pass event, then exit 0), and an answer that claims to equal anything."""
 
 
-def humaneval_wrong_rows(problems: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def humaneval_wrong_rows(problems: Sequence[dict[str, Any]], runtime: str) -> list[dict[str, Any]]:
     """Each problem with each wrong solution (the prompt, then the wrong body)."""
     return [
         {
             "task_id": f"{problem['task_id']} ({kind})",
             "code": problem["prompt"] + body,
             "test_code": problem["test"] + f"\ncheck({problem['entry_point']})",
+            "runtime": runtime,
         }
         for kind, body in WRONG_SOLUTIONS.items()
         for problem in problems

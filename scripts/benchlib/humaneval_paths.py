@@ -34,7 +34,7 @@ def humaneval_engine(
         return [
             ExecutionRequest.model_validate(
                 {"code": row["code"], "test_code": row["test_code"], "judge": judge}
-                | {"limits": BENCH_LIMITS}
+                | {"runtime": row["runtime"], "limits": BENCH_LIMITS}
             )
             for row in rows
         ]
@@ -141,6 +141,7 @@ def humaneval_http(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> 
                 {
                     "code": row["code"],
                     "test_code": row["test_code"],
+                    "runtime": row["runtime"],
                     "limits": BENCH_LIMITS.to_api(),
                 }
                 for row in rows
