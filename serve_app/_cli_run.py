@@ -178,7 +178,9 @@ def _run_local(
     except ValueError as exc:
         raise InvalidRequestError(describe_validation_error(exc)) from None
     # Looked up on the package at call time so tests can stand a fake pool in for the engine.
-    pool = executors.SandboxPool(settings.sandbox_config(), slots=1)
+    # The run's runtime as the pool's default: the only zygote it starts.
+    config = settings.sandbox_config().model_copy(update={"default_runtime": runtime})
+    pool = executors.SandboxPool(config, slots=1)
     with pool:
         return pool.run(request).to_api()
 
