@@ -277,11 +277,24 @@ def _seed_matplotlib_config(runtime_root: str) -> None:
     built, config = f"{runtime_root}/mplconfig", os.environ.get("MPLCONFIGDIR")
     if not config or not os.path.isdir(built):
         return
-    os.makedirs(config, exist_ok=True)
-    for name in os.listdir(built):
-        fd = os.open(f"{config}/{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _copy_files(built, config)
+    except OSError:
+        # Not ours to write (without bubblewrap /tmp is the host's, shared by every slot): a
+        # directory of our own. A job's /tmp is its own either way, where matplotlib makes it.
+        import tempfile
+
+        config = tempfile.mkdtemp(prefix="matplotlib-")
+        os.environ["MPLCONFIGDIR"] = config
+        _copy_files(built, config)
+
+
+def _copy_files(source: str, target: str) -> None:
+    os.makedirs(target, exist_ok=True)
+    for name in os.listdir(source):
+        fd = os.open(f"{target}/{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, _read_all(os.open(f"{built}/{name}", os.O_RDONLY)))
+            os.write(fd, _read_all(os.open(f"{source}/{name}", os.O_RDONLY)))
         finally:
             os.close(fd)
 
