@@ -3,8 +3,9 @@
     _args.py     :class:`ServiceAppArgs` (:class:`IngressArgs`, :class:`ExecutorArgs`): a Serve
                  config's ``args``, every check written once; :func:`service_settings`
     _ingress.py  :class:`ApiIngress`, the HTTP API's deployment class
-    _apps.py     :func:`executor_app`, :func:`service_app`, :func:`build_service_app` and
-                 :func:`app_builder` (``import_path: serve_app.deployment:app_builder``)
+    _apps.py     :func:`executor_app` (a runtime's own: :func:`executor_name`),
+                 :func:`service_app`, :func:`build_service_app` and :func:`app_builder`
+                 (``import_path: serve_app.deployment:app_builder``)
     _ray.py      :func:`start_ray`: start a local Ray or join ``RAY_ADDRESS``
     _serve.py    :func:`run_service`: ``exec-agent serve`` (``SERVE_INGRESS``: the ingress)
     _demo.py     :func:`run_demo`: ``exec-agent serve --demo``
@@ -13,11 +14,19 @@ The engine's own deployment (the executor actor, :func:`executors.build_executor
 :mod:`executors`; this package sizes it from the settings. Ray is imported only when used.
 """
 
-from serve_app.deployment._apps import app_builder, build_service_app, executor_app, service_app
+from serve_app.deployment._apps import (
+    EXECUTOR_NAME,
+    app_builder,
+    build_service_app,
+    executor_app,
+    executor_name,
+    service_app,
+)
 from serve_app.deployment._args import (
     ExecutorArgs,
     IngressArgs,
     ServiceAppArgs,
+    executor_settings,
     service_settings,
 )
 from serve_app.deployment._demo import run_demo
@@ -27,6 +36,7 @@ from serve_app.deployment._serve import SERVE_TUNING, choose_ingress, haproxy_bi
 
 __all__ = [
     "APP_NAME",
+    "EXECUTOR_NAME",
     "INGRESS_NAME",
     "PROXY_CALLBACK_VARIABLE",
     "SERVE_TUNING",
@@ -38,6 +48,8 @@ __all__ = [
     "build_service_app",
     "choose_ingress",
     "executor_app",
+    "executor_name",
+    "executor_settings",
     "haproxy_binary",
     "metrics_url",
     "run_demo",

@@ -9,8 +9,10 @@ What ``serve run cluster/serve-config.yaml`` and a KubeRay ``RayService`` deploy
         args:                       # ServiceAppArgs
           ingress: {min_replicas: 1, max_replicas: 2, ...}
           executor: {slots: 2, num_cpus: 2, min_replicas: 1, max_replicas: 4, ...}
+          runtime_executors:        # optional: a runtime on an executor deployment of its own
+            scientific: {label_selector: {exec-agent/runtime: scientific}, ...}
 
-``args`` size, place and scale the two deployments; everything else comes from
+``args`` size, place and scale the deployments; everything else comes from
 :class:`~serve_app.settings.Settings`, read from the environment of the process that builds
 the application. Serve builds it in a Ray task that may run on any node of the cluster, so on
 KubeRay every Ray pod gets the same ConfigMap and Secret. Where an argument and a setting name
@@ -21,17 +23,34 @@ least ``MAX_TIMEOUT``, production's refusals) hold for what is deployed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from executors import build_executor_app
-from serve_app.deployment._args import ExecutorArgs, IngressArgs, ServiceAppArgs, service_settings
+from serve_app.deployment._args import (
+    ExecutorArgs,
+    IngressArgs,
+    ServiceAppArgs,
+    executor_settings,
+    service_settings,
+)
 from serve_app.deployment._ingress import INGRESS_NAME, ApiIngress
 from serve_app.settings import MIB, Settings
 
 if TYPE_CHECKING:
     from ray import serve
 
-__all__ = ["app_builder", "build_service_app", "executor_app", "service_app"]
+__all__ = [
+    "EXECUTOR_NAME",
+    "app_builder",
+    "build_service_app",
+    "executor_app",
+    "executor_name",
+    "service_app",
+]
+
+EXECUTOR_NAME = "SandboxExecutor"
+"""The main executor deployment's name; a runtime's own is ``SandboxExecutor-<runtime>``."""
 
 REPLICA_BASE_MEMORY_BYTES = 512 * MIB
 """A replica's own process (Python, Ray, Serve), reserved on top of its slots."""
@@ -50,8 +69,10 @@ def executor_app(
     runtime_env: dict[str, Any] | None = None,
     upscale_delay_s: float | None = None,
     downscale_delay_s: float | None = None,
+    runtime: str | None = None,
 ) -> serve.Application:
-    """The executor deployment as the settings size it.
+    """The executor deployment as the settings size it; with ``runtime``, that runtime's own
+    (named :func:`executor_name`, its zygotes preloaded at start: its default runtime).
 
     A replica takes one request per slot plus ``EXECUTOR_MAX_QUEUED_REQUESTS`` waiting inside
     it for a slot; as many more wait in each caller's handle, then the caller gets
@@ -70,9 +91,13 @@ def executor_app(
     """
     slots = settings.max_concurrent_executions
     job_memory_bytes = settings.max_memory_mb * MIB + SLOT_OVERHEAD_BYTES
+    config = settings.sandbox_config()
+    if runtime is not None:
+        config = config.model_copy(update={"default_runtime": runtime})
     return build_executor_app(
-        settings.sandbox_config(),
+        config,
         slots,
+        name=executor_name(runtime),
         min_replicas=settings.executor_num_replicas_min,
         max_replicas=settings.executor_num_replicas_max,
         memory_bytes=(
@@ -96,17 +121,24 @@ def executor_app(
     )
 
 
+def executor_name(runtime: str | None = None) -> str:
+    """The name of the executor deployment of ``runtime`` (None: the main one)."""
+    return EXECUTOR_NAME if runtime is None else f"{EXECUTOR_NAME}-{runtime}"
+
+
 def service_app(
     settings: Settings,
     executor: serve.Application,
     ingress: IngressArgs | None = None,
     *,
     runtime_env: dict[str, Any] | None = None,
+    runtime_executors: Mapping[str, serve.Application] | None = None,
 ) -> serve.Application:
     """The whole service for ``serve.run``: the ingress, sized by ``ingress`` (default
     :class:`IngressArgs`' defaults: one replica), bound to ``executor`` (for instance
-    :func:`executor_app`'s). ``runtime_env``: the ingress replicas' Ray runtime environment
-    (default: the node's)."""
+    :func:`executor_app`'s) and to ``runtime_executors`` (runtime: its own executor, for
+    instance ``executor_app(..., runtime=...)``'s), which get every execution of their runtime.
+    ``runtime_env``: the ingress replicas' Ray runtime environment (default: the node's)."""
     from ray import serve
 
     args = IngressArgs() if ingress is None else ingress
@@ -128,14 +160,32 @@ def service_app(
             "target_ongoing_requests": args.target_ongoing_requests,
         },
     )(serve.ingress()(ApiIngress))
-    app: serve.Application = deployment.bind(settings, executor)
+    # A keyword argument: Serve replaces the applications in the dict with their handles.
+    app: serve.Application = deployment.bind(
+        settings, executor, runtime_executors=dict(runtime_executors or {})
+    )
     return app
 
 
 def build_service_app(settings: Settings, args: ServiceAppArgs) -> serve.Application:
-    """The ingress bound to the executor pool, sized by ``args`` (already in ``settings``)."""
-    executor: ExecutorArgs = args.executor
-    pool = executor_app(
+    """The ingress bound to the executor pool and to each runtime's own, sized by ``args``
+    (the main pool's already in ``settings``; a runtime's own: :func:`executor_settings`)."""
+    runtime_executors = {
+        runtime: _sized_executor(executor_settings(settings, executor, runtime), executor, runtime)
+        for runtime, executor in args.runtime_executors.items()
+    }
+    return service_app(
+        settings,
+        _sized_executor(settings, args.executor, None),
+        args.ingress,
+        runtime_executors=runtime_executors,
+    )
+
+
+def _sized_executor(
+    settings: Settings, executor: ExecutorArgs, runtime: str | None
+) -> serve.Application:
+    return executor_app(
         settings,
         num_cpus=executor.num_cpus,
         memory_bytes=executor.memory_bytes,
@@ -144,8 +194,8 @@ def build_service_app(settings: Settings, args: ServiceAppArgs) -> serve.Applica
         label_selector=executor.label_selector,
         upscale_delay_s=executor.upscale_delay_s,
         downscale_delay_s=executor.downscale_delay_s,
+        runtime=runtime,
     )
-    return service_app(settings, pool, args.ingress)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

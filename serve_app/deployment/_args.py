@@ -11,7 +11,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from executors import ReplicaRange
+from executors import RUNTIMES, ReplicaRange
 from serve_app.errors import ConfigurationError, describe_validation_error
 from serve_app.settings import Settings
 
@@ -22,6 +22,7 @@ __all__ = [
     "ExecutorArgs",
     "IngressArgs",
     "ServiceAppArgs",
+    "executor_settings",
     "service_settings",
 ]
 
@@ -116,35 +117,79 @@ class ServiceAppArgs(BaseModel):
     require_full_isolation: bool = False
     """True: refuse to start an executor missing a sandbox layer, whatever ``ENVIRONMENT``
     (production always refuses; this can only strengthen the settings)."""
+    runtime_executors: dict[str, ExecutorArgs] = Field(default_factory=dict)
+    """Runtimes (``executors.RUNTIMES``) with an executor deployment of their own
+    (``SandboxExecutor-<runtime>``, its zygotes preloaded at start), sized and placed by their
+    own arguments (slots, replicas and queue left out: as ``executor``'s; ``label_selector``:
+    e.g. a worker group of their own); the ingress sends their executions there, every other one
+    to ``executor``."""
+
+    @model_validator(mode="after")
+    def _check_runtimes(self) -> Self:
+        unknown = sorted(set(self.runtime_executors) - set(RUNTIMES))
+        if unknown:
+            raise ValueError(
+                f"runtime_executors: unknown runtime {', '.join(map(repr, unknown))}: "
+                f"one of {', '.join(RUNTIMES)}"
+            )
+        return self
 
 
 def service_settings(args: ServiceAppArgs) -> Settings:
-    """The settings from the environment, with ``args``' overrides, validated together.
+    """The settings from the environment, with ``args``' overrides, validated together; each
+    of ``args.runtime_executors`` is validated as well (:func:`executor_settings`).
 
     Raises :class:`~serve_app.errors.ConfigurationError` naming what is wrong.
     """
     overrides: dict[str, Any] = {
-        "max_concurrent_executions": args.executor.slots,
-        "executor_num_replicas_min": args.executor.min_replicas,
-        "executor_num_replicas_max": args.executor.max_replicas,
-        "executor_max_queued_requests": args.executor.max_queued_requests,
+        **_executor_overrides(args.executor),
         "graceful_shutdown_timeout_s": args.graceful_shutdown_timeout_s,
         "sandbox_require_full_isolation": True if args.require_full_isolation else None,
     }
+    settings = _validated({name: value for name, value in overrides.items() if value is not None})
+    _check_target(settings, args.executor, "executor")
+    for runtime, executor in args.runtime_executors.items():
+        executor_settings(settings, executor, runtime)
+    return settings
+
+
+def executor_settings(settings: Settings, executor: ExecutorArgs, runtime: str) -> Settings:
+    """``settings`` with the overrides of ``runtime``'s own executor (its slots, replicas and
+    queue), validated together; what that executor deployment is sized by.
+
+    Raises :class:`~serve_app.errors.ConfigurationError` naming what is wrong.
+    """
+    overrides = _executor_overrides(executor)
+    sized = _validated({**settings.model_dump(), **overrides}) if overrides else settings
+    _check_target(sized, executor, f"runtime_executors.{runtime}")
+    return sized
+
+
+def _executor_overrides(executor: ExecutorArgs) -> dict[str, Any]:
+    overrides = {
+        "max_concurrent_executions": executor.slots,
+        "executor_num_replicas_min": executor.min_replicas,
+        "executor_num_replicas_max": executor.max_replicas,
+        "executor_max_queued_requests": executor.max_queued_requests,
+    }
+    return {name: value for name, value in overrides.items() if value is not None}
+
+
+def _validated(values: dict[str, Any]) -> Settings:
     try:
-        settings = Settings(
-            **{name: value for name, value in overrides.items() if value is not None}
-        )
+        return Settings(**values)
     except ValidationError as exc:
         raise ConfigurationError(
             "invalid configuration: " + describe_validation_error(exc)
         ) from None
-    ongoing = args.executor.max_ongoing_requests
-    target = args.executor.target_ongoing_requests or settings.max_concurrent_executions
+
+
+def _check_target(settings: Settings, executor: ExecutorArgs, where: str) -> None:
+    ongoing = executor.max_ongoing_requests
+    target = executor.target_ongoing_requests or settings.max_concurrent_executions
     if ongoing is not None and target > ongoing:
         # The target defaults to one per slot: a replica held below it never scales up.
         raise ConfigurationError(
-            "invalid configuration: executor target_ongoing_requests (default: slots) must "
+            f"invalid configuration: {where} target_ongoing_requests (default: slots) must "
             "not exceed its max_ongoing_requests"
         )
-    return settings

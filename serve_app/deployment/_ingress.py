@@ -23,9 +23,15 @@ INGRESS_NAME = "ApiIngress"
 
 
 class ApiIngress:
-    """The HTTP API's deployment class; ``executor`` is the executor deployment's handle."""
+    """The HTTP API's deployment class; ``executor`` is the executor deployment's handle,
+    ``runtime_executors`` the handles of the runtimes' own (runtime: handle)."""
 
-    def __init__(self, settings: Settings, executor: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        executor: Any,
+        runtime_executors: dict[str, Any] | None = None,
+    ) -> None:
         # JSON logs, Sentry (SENTRY_DSN), tracing (OTEL_EXPORTER_OTLP_ENDPOINT)
         configure_process(settings, component="ingress")
         from serve_app.db import Database
@@ -35,7 +41,9 @@ class ApiIngress:
         database = Database.from_settings(settings)
         limiter = build_rate_limiter(settings)
         self.settings = settings
-        self.service = ExecutionService(settings, database, limiter, executor)
+        self.service = ExecutionService(
+            settings, database, limiter, executor, runtime_executors=runtime_executors
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         from serve_app.http import build_api

@@ -9,7 +9,9 @@ when every check passes.
 Details: ``database`` and ``redis`` their round-trip (``rtt_ms``); ``executors`` the slots of
 the executor replica that answered (``slots``, ``free_slots``, ``busy_slots``, ``alive_slots``)
 and how many replicas Serve runs (``replicas``, from ``serve.status()``, asked at the same time;
-``null`` when unknown); ``sandbox`` the isolation layers in force; ``disk`` and ``memory`` the
+``null`` when unknown), and with runtimes on executors of their own (``runtime_executors``)
+the same of each under ``runtimes`` (runtime: check; the ``executors`` check fails if one
+does); ``sandbox`` the isolation layers in force; ``disk`` and ``memory`` the
 headroom (``free_bytes``, ``available_bytes``).
 
 The details are for callers with a valid API key (issue 10 item 4: isolation layers, uids, busy
@@ -147,9 +149,23 @@ async def _redis(service: ExecutionService) -> Check:
 
 
 async def _executors(service: ExecutionService) -> Check:
-    replicas = asyncio.ensure_future(_running_replicas(service.executor))
+    """The main executors' check; with runtimes on executors of their own, each one's too
+    (``runtimes``), all of them required."""
+    runtimes = service.runtime_executors
+    main, *own = await asyncio.gather(
+        _executor(service.executor), *(_executor(runtimes[name]) for name in runtimes)
+    )
+    if not own:
+        return main
+    checks = dict(zip(runtimes, own, strict=True))
+    ok = main["ok"] and all(check["ok"] for check in own)
+    return {**main, "ok": ok, "runtimes": checks}
+
+
+async def _executor(executor: Any) -> Check:
+    replicas = asyncio.ensure_future(_running_replicas(executor))
     try:
-        stats, rtt_ms = await _timed(service.executor.stats.remote())
+        stats, rtt_ms = await _timed(executor.stats.remote())
     except Exception as exc:  # noqa: BLE001 - a failed check is an answer, not an error
         replicas.cancel()
         return _failure(exc)

@@ -42,12 +42,14 @@ def without_nulls(value: Any) -> Any:
 
 
 def deployments(app: Any) -> dict[str, Any]:
-    """The deployments of a built service by name: the ingress and the executor it binds.
+    """The deployments of a built service by name: the ingress, the executor it binds and the
+    runtimes' own executors (``runtime_executors``).
 
     ``Application._bound_deployment`` is Serve's own (private) view of what ``serve.run`` and
     a config deploy get; there is no public one without a running cluster.
     """
     ingress = app._bound_deployment
     (executor_app,) = [arg for arg in ingress.init_args if hasattr(arg, "_bound_deployment")]
-    executor = executor_app._bound_deployment
-    return {ingress.name: ingress, executor.name: executor}
+    own = ingress.init_kwargs.get("runtime_executors", {}).values()
+    executors = [bound._bound_deployment for bound in (executor_app, *own)]
+    return {ingress.name: ingress, **{executor.name: executor for executor in executors}}

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,10 +52,12 @@ def deployed_service(
     *,
     executor_runtime_env: dict[str, Any] | None = None,
     ingress_runtime_env: dict[str, Any] | None = None,
+    runtime_executors: Sequence[str] = (),
 ) -> Iterator[Database]:
     """The whole service (API ingress + executor pool) on the session's Ray, as
     ``exec-agent serve`` deploys it, with Serve's proxy on ``settings.port``; its database,
-    migrated. Deleted (drained) at the end."""
+    migrated. ``runtime_executors``: runtimes on an executor deployment of their own, sized as
+    the main one. Deleted (drained) at the end."""
     from ray import serve
 
     from serve_app.deployment import IngressArgs, executor_app, service_app
@@ -64,14 +66,21 @@ def deployed_service(
     database = Database.from_settings(settings)
     serve.start(http_options={"host": "127.0.0.1", "port": settings.port})
     try:
-        executor = executor_app(
-            settings, num_cpus=EXECUTOR_TEST_CPUS, runtime_env=executor_runtime_env
+        executor, *own = (
+            executor_app(
+                settings,
+                num_cpus=EXECUTOR_TEST_CPUS,
+                runtime_env=executor_runtime_env,
+                runtime=runtime,
+            )
+            for runtime in (None, *runtime_executors)
         )
         app = service_app(
             settings,
             executor,
             IngressArgs(num_cpus=INGRESS_TEST_CPUS),
             runtime_env=ingress_runtime_env,
+            runtime_executors=dict(zip(runtime_executors, own, strict=True)),
         )
         serve.run(app, name=app_name, route_prefix="/")
         yield database

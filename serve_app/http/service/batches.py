@@ -3,7 +3,8 @@
 Items run at most the key's in-flight cap at a time (each holding a lease of it while it runs,
 shared with the key's other requests) and no more than twice the executors' slots; waiting
 items queue, they never fail. They go to the executors in chunks of up to one replica's slots:
-one call, one write to start them and one to store their records per chunk. A batch is refused whole (nothing stored) if an item breaks the
+one write to start them, one call and one write of their records per chunk (per lane: a
+chunk's items whose runtime has executors of its own go there in a call of their own). A batch is refused whole (nothing stored) if an item breaks the
 import policy, or the key's share of the replica's batch backlog, or the backlog, is full.
 Identical cached items run once. The stored batch status follows once, at the end (the API
 derives it from the items anyway): a write per item would cost more than the items themselves.
@@ -154,12 +155,18 @@ class Batches:
                     await self._parts.admission.release(lease)
 
     async def _run_chunk(self, taken: list[tuple[uuid.UUID, ExecutionRequest]]) -> None:
-        """Run ``taken`` (queued items) in one call and store their records; the executors'
-        refusals are retried until they take it (a batch waits its turn)."""
+        """Run ``taken`` (queued items) and store their records: one call per lane (the
+        executors of their runtime, :meth:`Runner.lane`), the lanes at once."""
         started = await self._parts.results.start_many([execution_id for execution_id, _ in taken])
-        runs = [(execution_id, item) for execution_id, item in taken if execution_id in started]
-        if not runs:
-            return
+        lanes: dict[str | None, list[tuple[uuid.UUID, ExecutionRequest]]] = {}
+        for execution_id, item in taken:
+            if execution_id in started:
+                lanes.setdefault(self._runner.lane(item), []).append((execution_id, item))
+        await asyncio.gather(*(self._run_lane(runs) for runs in lanes.values()))
+
+    async def _run_lane(self, runs: list[tuple[uuid.UUID, ExecutionRequest]]) -> None:
+        """Run ``runs`` (started, of one lane) in one call and store their records; the
+        executors' refusals are retried until they take it (a batch waits its turn)."""
         ids = [execution_id for execution_id, _ in runs]
         requests = [item for _, item in runs]
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
@@ -54,6 +54,8 @@ class ExecutionService:
         limiter: Limiter,
         executor: Any,
         cache: ResultCache | None = None,
+        *,
+        runtime_executors: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.limiter = limiter
@@ -68,7 +70,7 @@ class ExecutionService:
         )
         self.admission = Admission(settings, limiter, self.policy, self.auditor, self.metrics)
         self.background = BackgroundTasks(settings.executor_max_queued_requests)
-        self.runner = Runner(executor, self.metrics)
+        self.runner = Runner(executor, self.metrics, runtime_executors)
         self.results = Results(
             self.transactions, self.metrics, self.background, settings.max_record_bytes
         )
@@ -103,6 +105,10 @@ class ExecutionService:
     @property
     def executor(self) -> Any:
         return self.runner.executor
+
+    @property
+    def runtime_executors(self) -> Mapping[str, Any]:
+        return self.runner.runtime_executors
 
     @property
     def audit_dropped(self) -> int:

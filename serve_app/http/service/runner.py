@@ -1,7 +1,9 @@
 """The executor call: one run through the executor handle (or a batch's chunk of runs in one
 call), tried again once if its executor replica died under it, each attempt's runs counted as
 active executions and (tracing on) in an ``executor.run`` span whose context goes to the
-executor replica with the request.
+executor replica with the request. The handle is the run's runtime's own executor
+deployment's if it has one, else the main one's (:meth:`Runner.lane`; a chunk's runs share
+theirs).
 
 A run is never tried again after the program reported a result; a second failure, or any
 other failure of the executors, answers ``internal_error``: the service failed, not the code.
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.trace import SpanKind, Tracer
@@ -46,11 +48,28 @@ HANDLE_MARGIN_S = 60.0
 
 
 class Runner:
-    """Runs requests through the executor deployment's handle."""
+    """Runs requests through the executor deployment's handle, or through their runtime's own
+    executor deployment's (``runtime_executors``: runtime to handle)."""
 
-    def __init__(self, executor: Any, metrics: IngressMetrics) -> None:
+    def __init__(
+        self,
+        executor: Any,
+        metrics: IngressMetrics,
+        runtime_executors: Mapping[str, Any] | None = None,
+    ) -> None:
         self.executor = executor
+        self.runtime_executors: Mapping[str, Any] = dict(runtime_executors or {})
         self._metrics = metrics
+
+    def lane(self, request: ExecutionRequest) -> str | None:
+        """The runtime whose own executors run ``request``; None: the main executors. Runs
+        sent in one call (a batch's chunk) must share their lane."""
+        return request.runtime if request.runtime in self.runtime_executors else None
+
+    def executor_for(self, request: ExecutionRequest) -> Any:
+        """The handle of the executors that run ``request`` (:meth:`lane`)."""
+        lane = self.lane(request)
+        return self.executor if lane is None else self.runtime_executors[lane]
 
     async def run(
         self, execution_id: uuid.UUID, request: ExecutionRequest, *, background: bool
@@ -65,8 +84,10 @@ class Runner:
     async def run_many(
         self, execution_ids: Sequence[uuid.UUID], requests: Sequence[ExecutionRequest]
     ) -> list[ExecutionRecord]:
-        """:meth:`run` (in the background) of several requests as one call to one executor
-        replica (``run_batch``: a batch's chunk); their records in order."""
+        """:meth:`run` (in the background) of several requests of one :meth:`lane` as one call
+        to one executor replica (``run_batch``: a batch's chunk); their records in order."""
+        if len({self.lane(request) for request in requests}) > 1:
+            raise ValueError("the runs of one call must share their lane")
         return await self._attempts(execution_ids, requests, background=True)
 
     async def _attempts(
@@ -117,12 +138,13 @@ class Runner:
     def _send(
         self, requests: Sequence[ExecutionRequest], carriers: list[dict[str, str]] | None
     ) -> Any:
-        """One run through the handle, or several in one ``run_batch`` call."""
+        """One run through the handle, or several (of one lane) in one ``run_batch`` call."""
+        executor = self.executor_for(requests[0])
         if len(requests) == 1:
             if carriers is None:
-                return self.executor.run.remote(requests[0])
-            return self.executor.run.remote(requests[0], trace_context=carriers[0])
-        return self.executor.run_batch.remote(list(requests), trace_contexts=carriers)
+                return executor.run.remote(requests[0])
+            return executor.run.remote(requests[0], trace_context=carriers[0])
+        return executor.run_batch.remote(list(requests), trace_contexts=carriers)
 
     async def _at_executors(self, call: Any, runs: int) -> Any:
         """Await the executors' answer to ``call``, its ``runs`` counted as active executions
