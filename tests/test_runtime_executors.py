@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from pydantic import SecretStr, ValidationError
 
 from executors import ExecutionRecord, ExecutionRequest, ExecutionStatus, Limits
@@ -26,6 +27,7 @@ from serve_app.db.models import ApiKey
 from serve_app.deployment import (
     ExecutorArgs,
     ServiceAppArgs,
+    app_builder,
     build_service_app,
     service_settings,
 )
@@ -38,6 +40,7 @@ from serve_app.ratelimit import build_rate_limiter
 from serve_app.settings import Settings
 from tests.support.api import auth, run
 from tests.support.cluster import deployments
+from tests.support.paths import CLUSTER
 from tests.support.polling import eventually, eventually_async
 from tests.support.settings import migrated_sqlite_settings, use_settings_environment
 from tests.support.stand_ins import RunsStandIn
@@ -163,6 +166,24 @@ def test_the_builder_gives_each_runtime_its_own_executor(
     # Bound by keyword: Serve gives the ingress their handles in the dict.
     ingress = built["ApiIngress"]
     assert set(ingress.init_kwargs["runtime_executors"]) == {SCIENTIFIC}
+
+
+def test_the_serve_configs_commented_example_builds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """cluster/serve-config.yaml's ``runtime_executors``, uncommented, is valid and builds."""
+    lines = (CLUSTER / "serve-config.yaml").read_text().splitlines()
+    start = next(n for n, line in enumerate(lines) if line.strip() == "# runtime_executors:")
+    column = lines[start].index("#")
+    end = next(n for n in range(start, len(lines)) if lines[n][column:].startswith("# and keep"))
+    for n in range(start, end):
+        lines[n] = lines[n][:column] + lines[n][column + 2 :]
+    (app,) = yaml.safe_load("\n".join(lines))["applications"]
+    use_settings_environment(monkeypatch, tmp_path)
+    built = deployments(app_builder(app["args"]))
+    own = built[f"SandboxExecutor-{SCIENTIFIC}"]
+    assert own.init_args[0].default_runtime == SCIENTIFIC
+    assert own.ray_actor_options["label_selector"] == {"exec-agent/runtime": SCIENTIFIC}
 
 
 def test_without_runtime_executors_the_service_is_as_before(
