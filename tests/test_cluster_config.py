@@ -94,10 +94,10 @@ def test_serve_config_builds_what_it_says(
     assert config.graceful_shutdown_timeout_s == args["graceful_shutdown_timeout_s"]
     assert executor.ray_actor_options["num_cpus"] == wanted["num_cpus"]
     settings = Settings()
-    # 512 MiB for the replica, MAX_MEMORY_MB and 32 MiB per slot.
+    # 512 MiB for the replica, MAX_MEMORY_MB and 160 MiB per slot (its zygotes).
     mib = 1024 * 1024
     slots = wanted["slots"]
-    expected_memory = 512 * mib + slots * (settings.max_memory_mb + 32) * mib
+    expected_memory = 512 * mib + slots * (settings.max_memory_mb + 160) * mib
     assert executor.ray_actor_options["memory"] == expected_memory
     sandbox_config, bound_slots = executor.init_args
     assert bound_slots == slots

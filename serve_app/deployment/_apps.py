@@ -54,8 +54,9 @@ EXECUTOR_NAME = "SandboxExecutor"
 
 REPLICA_BASE_MEMORY_BYTES = 512 * MIB
 """A replica's own process (Python, Ray, Serve), reserved on top of its slots."""
-SLOT_OVERHEAD_BYTES = 32 * MIB
-"""A slot's zygote and a job's init, beyond the job's own memory limit."""
+SLOT_OVERHEAD_BYTES = 160 * MIB
+"""A slot's zygotes (one per runtime started: the scientific one about 110 MiB resident, the
+minimal one 10) and a job's init, beyond the job's own memory limit."""
 
 
 def executor_app(
@@ -83,7 +84,7 @@ def executor_app(
     ``GRACEFUL_SHUTDOWN_TIMEOUT_S``; requests still waiting then end as ``internal_error``
     records, never as lost requests.
     ``num_cpus`` (default: one per slot) and ``memory_bytes`` (default: the replica's own
-    512 MiB plus, per slot, ``MAX_MEMORY_MB`` and 32 MiB) are what Ray reserves per replica;
+    512 MiB plus, per slot, ``MAX_MEMORY_MB`` and 160 MiB) are what Ray reserves per replica;
     ``max_ongoing_requests`` (default: slots plus ``EXECUTOR_MAX_QUEUED_REQUESTS``),
     ``target_ongoing_requests`` (default: every slot busy), ``label_selector`` (default: any
     node), ``runtime_env`` (default: the node's) and the autoscaler's ``upscale_delay_s`` and

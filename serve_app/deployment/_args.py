@@ -76,7 +76,7 @@ class ExecutorArgs(_Args):
     ``slots`` is ``MAX_CONCURRENT_EXECUTIONS``, ``min_replicas``/``max_replicas``
     ``EXECUTOR_NUM_REPLICAS_MIN``/``_MAX``, ``max_queued_requests`` (per caller)
     ``EXECUTOR_MAX_QUEUED_REQUESTS``. ``num_cpus`` defaults to one per slot, ``memory_bytes``
-    to the replica's 512 MiB plus ``MAX_MEMORY_MB`` and 32 MiB per slot,
+    to the replica's 512 MiB plus ``MAX_MEMORY_MB`` and 160 MiB per slot,
     ``target_ongoing_requests`` to one per slot (every slot busy), ``max_ongoing_requests`` to
     :func:`~serve_app.deployment.executor_app`'s default; ``upscale_delay_s`` and
     ``downscale_delay_s`` to Serve's autoscaler's own.
