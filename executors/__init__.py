@@ -29,6 +29,7 @@ from executors._errors import (
     ExecutorError,
     PipelineConfigurationError,
     PoolClosedError,
+    RuntimeNotInstalledError,
     SandboxStartError,
     SandboxUnavailableError,
 )
@@ -59,7 +60,6 @@ from executors._runtimes import (
     SCIENTIFIC,
     Runtime,
     RuntimeInfo,
-    RuntimeNotInstalled,
     default_runtimes_dir,
     runtime_catalog,
 )
@@ -92,7 +92,7 @@ __all__ = [
     "ReplicaRange",
     "Runtime",
     "RuntimeInfo",
-    "RuntimeNotInstalled",
+    "RuntimeNotInstalledError",
     "SandboxConfig",
     "SandboxExecutor",
     "SandboxMapper",

@@ -3,6 +3,7 @@
     ExecutorError                  base of everything raised here
     ├── SandboxUnavailableError    the host lacks a required isolation layer       (retryable)
     ├── SandboxStartError          a sandbox slot (bubblewrap + zygote) failed to start
+    ├── RuntimeNotInstalledError   a runtime's packages are not where the pool looks
     ├── PoolClosedError            the pool is shutting down and takes no more work (retryable)
     └── PipelineConfigurationError  a pipeline cannot tell where or how to run its rows
 
@@ -26,6 +27,7 @@ __all__ = [
     "ExecutorError",
     "PipelineConfigurationError",
     "PoolClosedError",
+    "RuntimeNotInstalledError",
     "SandboxStartError",
     "SandboxUnavailableError",
 ]
@@ -64,6 +66,24 @@ class SandboxStartError(ExecutorError):
 
     def __str__(self) -> str:
         return f"sandbox slot {self.slot} failed to start: {self.detail}"
+
+
+class RuntimeNotInstalledError(ExecutorError):
+    """A runtime's packages are missing, or were built from other pins (``scripts/setup``
+    builds them)."""
+
+    code = "runtime_not_installed"
+
+    def __init__(self, name: str, path: str) -> None:
+        self.name = name
+        self.path = path
+        super().__init__(name, path)
+
+    def __str__(self) -> str:
+        return (
+            f"runtime {self.name!r} is not installed at {self.path} (or its pins changed "
+            "since): run scripts/setup"
+        )
 
 
 class PoolClosedError(ExecutorError):

@@ -47,6 +47,11 @@ EXAMPLES: dict[str, tuple[tuple[Any, ...], str]] = {
         (3, "zygote exited during start-up"),
         "sandbox slot 3 failed to start: zygote exited during start-up",
     ),
+    "RuntimeNotInstalledError": (
+        ("scientific", "/opt/exec-agent/runtimes/scientific"),
+        "runtime 'scientific' is not installed at /opt/exec-agent/runtimes/scientific "
+        "(or its pins changed since): run scripts/setup",
+    ),
     "InvalidFieldsError": (
         ("limits.wall_timeout_s: too large", [{"field": "limits", "message": "x", "type": "y"}]),
         "limits.wall_timeout_s: too large",

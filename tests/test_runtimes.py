@@ -23,7 +23,7 @@ from executors import (
     SCIENTIFIC,
     ExecutionRecord,
     ExecutionRequest,
-    RuntimeNotInstalled,
+    RuntimeNotInstalledError,
     SandboxConfig,
     SandboxStartError,
     runtime_catalog,
@@ -137,7 +137,7 @@ def test_a_runtime_that_is_not_installed_is_refused_at_start(
 ) -> None:
     with pytest.raises(SandboxStartError, match="scripts/setup"):
         pool_factory(slots=1, runtimes_dir=str(tmp_path))
-    with pytest.raises(RuntimeNotInstalled):
+    with pytest.raises(RuntimeNotInstalledError):
         RUNTIMES[SCIENTIFIC].site_packages(tmp_path)
 
 

@@ -26,13 +26,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from executors._errors import RuntimeNotInstalledError
+
 __all__ = [
     "MINIMAL",
     "RUNTIMES",
     "SCIENTIFIC",
     "Runtime",
     "RuntimeInfo",
-    "RuntimeNotInstalled",
     "default_runtimes_dir",
     "runtime_catalog",
 ]
@@ -41,22 +42,6 @@ MINIMAL = "minimal"
 SCIENTIFIC = "scientific"
 PINS_DIR = Path(__file__).parent
 STAMP = "pins.sha256"
-
-
-class RuntimeNotInstalled(Exception):
-    """A runtime's packages are not where the pool looks for them (``scripts/setup`` builds
-    them)."""
-
-    def __init__(self, name: str, path: str) -> None:
-        super().__init__(name, path)
-        self.name = name
-        self.path = path
-
-    def __str__(self) -> str:
-        return (
-            f"runtime {self.name!r} is not installed at {self.path} (or its pins changed "
-            "since): run scripts/setup"
-        )
 
 
 @dataclass(frozen=True)
@@ -79,7 +64,7 @@ class Runtime:
         return _read_pins(self.pins) if self.pins is not None else {}
 
     def site_packages(self, runtimes_dir: str | Path) -> Path | None:
-        """The installed packages' directory; raises :class:`RuntimeNotInstalled` when it is
+        """The installed packages' directory; raises :class:`RuntimeNotInstalledError` when it is
         missing or was built from other pins. None for a runtime without packages."""
         if self.pins is None:
             return None
@@ -87,7 +72,7 @@ class Runtime:
         stamp = root / STAMP
         want = hashlib.sha256(self.pins.read_bytes()).hexdigest()
         if not stamp.is_file() or stamp.read_text().strip() != want:
-            raise RuntimeNotInstalled(self.name, str(root))
+            raise RuntimeNotInstalledError(self.name, str(root))
         return root / "site-packages"
 
 

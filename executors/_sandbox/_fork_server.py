@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executors._errors import SandboxStartError
+from executors._errors import RuntimeNotInstalledError, SandboxStartError
 from executors._metrics import NO_METRICS, ExecutorMetrics
-from executors._runtimes import Runtime, RuntimeNotInstalled
+from executors._runtimes import Runtime
 from executors._sandbox._cgroups import JobCgroup
 from executors._sandbox._launch import LaunchPlan, UnusableInterpreter, plan_launch
 from executors._sandbox._spare import Spare, SpareFailed, receive_spare, recv_with_pid
@@ -78,7 +78,7 @@ class ForkServer:
         runtime = self.settings.runtime
         try:
             site_packages = runtime.site_packages(self.settings.runtimes_dir)
-        except RuntimeNotInstalled as exc:
+        except RuntimeNotInstalledError as exc:
             raise SandboxStartError(self.settings.index, str(exc)) from exc
         init = {
             "namespaces": True,
