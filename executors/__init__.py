@@ -60,6 +60,7 @@ from executors._runtimes import (
     SCIENTIFIC,
     Runtime,
     RuntimeInfo,
+    check_runtime,
     default_runtimes_dir,
     runtime_catalog,
 )
@@ -103,6 +104,7 @@ __all__ = [
     "build_executor_app",
     "check_files",
     "check_relative_path",
+    "check_runtime",
     "check_text",
     "configure_json_logging",
     "default_runtimes_dir",

@@ -7,7 +7,7 @@ import sys
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from executors._runtimes import RUNTIMES, SCIENTIFIC, default_runtimes_dir
+from executors._runtimes import SCIENTIFIC, check_runtime, default_runtimes_dir
 
 __all__ = ["SandboxConfig"]
 
@@ -42,6 +42,4 @@ class SandboxConfig(BaseModel):
     @field_validator("default_runtime")
     @classmethod
     def _known_runtime(cls, name: str) -> str:
-        if name not in RUNTIMES:
-            raise ValueError(f"unknown runtime {name!r}: one of {', '.join(RUNTIMES)}")
-        return name
+        return check_runtime(name)

@@ -19,7 +19,7 @@ from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from executors._runtimes import RUNTIMES
+from executors._runtimes import check_runtime
 
 __all__ = [
     "MAX_CASES",
@@ -193,9 +193,7 @@ class ExecutionRequest(_Frozen):
     @field_validator("runtime")
     @classmethod
     def _known_runtime(cls, name: str | None) -> str | None:
-        if name is not None and name not in RUNTIMES:
-            raise ValueError(f"unknown runtime {name!r}: one of {', '.join(RUNTIMES)}")
-        return name
+        return None if name is None else check_runtime(name)
 
     @field_validator("code", "stdin", "test_code")
     @classmethod

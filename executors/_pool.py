@@ -25,7 +25,6 @@ from executors._evaluation import run_cases
 from executors._isolation import IsolationReport
 from executors._metrics import NO_METRICS, ExecutorMetrics
 from executors._models import ExecutionRecord, ExecutionRequest
-from executors._runtimes import RUNTIMES
 from executors._sandbox import (
     JobCgroup,
     KillReason,
@@ -101,7 +100,6 @@ class SandboxPool:
                     python=self.config.python_executable,
                     slot_uid=self.config.slot_uid_base + index,
                     seccomp_bpf=seccomp,
-                    runtimes=RUNTIMES,
                     default_runtime=self.config.default_runtime,
                     runtimes_dir=self.config.runtimes_dir,
                     bwrap=self.config.bwrap_path,

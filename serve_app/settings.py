@@ -37,6 +37,7 @@ from executors import (
     PipelineDefaults,
     ReplicaRange,
     SandboxConfig,
+    check_runtime,
 )
 from serve_app.errors import ConfigurationError, describe_validation_error
 from serve_app.policy import ImportPolicy
@@ -513,9 +514,7 @@ class Settings(BaseSettings):
     @field_validator("default_runtime")
     @classmethod
     def _known_runtime(cls, name: str) -> str:
-        if name not in RUNTIMES:
-            raise ValueError(f"DEFAULT_RUNTIME must be one of {', '.join(RUNTIMES)}")
-        return name
+        return check_runtime(name)
 
     @field_validator("sandbox_python")
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.metadata
+import os
 import re
 import struct
 import zlib
@@ -28,6 +29,8 @@ from executors import (
     SandboxStartError,
     runtime_catalog,
 )
+from executors._sandbox import _artifacts as artifacts_module
+from executors._sandbox._artifacts import MAX_DEPTH, collect_artifacts
 from tests.support.limits import CORPUS_LIMITS
 from tests.support.processes import host_processes, slot_zygotes
 from tests.support.statuses import INTERNAL_ERROR, NONZERO_EXIT, OK
@@ -257,3 +260,58 @@ def test_binary_files_arrive_byte_for_byte(sandbox: WatchedPool) -> None:
 def test_files_may_not_be_placed_under_out(sandbox: WatchedPool, path: str) -> None:
     with pytest.raises(ValueError, match="under out/"):
         sandbox.request("print(1)", files={path: "x"})
+
+
+# --- the collector's bounds, on a directory of the host's (no job needed) ----------------------
+
+
+def collect(workdir: Path, **caps: int) -> tuple[list[str], bool]:
+    fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        found = collect_artifacts(
+            fd, max_files=caps.get("max_files", 20), max_bytes=caps.get("max_bytes", 1 << 20)
+        )
+    finally:
+        os.close(fd)
+    return [artifact.path for artifact in found.files], found.truncated
+
+
+def test_the_collector_goes_no_deeper_than_its_limit(tmp_path: Path) -> None:
+    deep = tmp_path.joinpath("out", *(f"d{n}" for n in range(MAX_DEPTH + 2)))
+    deep.mkdir(parents=True)
+    (deep / "too-deep.txt").write_text("x")
+    shallow = tmp_path.joinpath("out", *(f"d{n}" for n in range(MAX_DEPTH - 2)))
+    (shallow / "deep-enough.txt").write_text("x")
+    paths, truncated = collect(tmp_path)
+    assert paths == ["/".join(["out", *(f"d{n}" for n in range(MAX_DEPTH - 2)), "deep-enough.txt"])]
+    assert truncated
+
+
+def test_the_collector_scans_a_bounded_number_of_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(artifacts_module, "MAX_SCANNED_ENTRIES", 50)
+    (tmp_path / "out").mkdir()
+    for n in range(60):
+        (tmp_path / "out" / f"{n:02d}").write_text("x")
+    paths, truncated = collect(tmp_path, max_files=100)
+    assert len(paths) == 50 and truncated
+    monkeypatch.setattr(artifacts_module, "MAX_SCANNED_ENTRIES", 60)
+    paths, truncated = collect(tmp_path, max_files=100)
+    assert len(paths) == 60 and not truncated
+
+
+def test_the_collector_reads_no_file_past_the_bytes_left(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a").write_bytes(b"a" * 600)
+    (tmp_path / "out" / "b").write_bytes(b"b" * 600)
+    assert collect(tmp_path, max_bytes=1000) == (["out/a"], True)
+    assert collect(tmp_path, max_bytes=1200) == (["out/a", "out/b"], False)
+
+
+def test_without_out_or_with_out_a_link_nothing_is_collected(tmp_path: Path) -> None:
+    assert collect(tmp_path) == ([], False)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "secret").write_text("s")
+    (tmp_path / "out").symlink_to(tmp_path / "elsewhere")
+    assert collect(tmp_path) == ([], False)

@@ -34,6 +34,7 @@ __all__ = [
     "SCIENTIFIC",
     "Runtime",
     "RuntimeInfo",
+    "check_runtime",
     "default_runtimes_dir",
     "runtime_catalog",
 ]
@@ -96,6 +97,14 @@ RUNTIMES: Mapping[str, Runtime] = {
         },
     ),
 }
+
+
+def check_runtime(name: str) -> str:
+    """``name`` if it names a runtime, else ``ValueError`` listing them (never echoing
+    ``name``, which a request may make anything, of any length)."""
+    if name not in RUNTIMES:
+        raise ValueError(f"unknown runtime: one of {', '.join(RUNTIMES)}")
+    return name
 
 
 class RuntimeInfo(BaseModel):

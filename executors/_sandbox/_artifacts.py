@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 
 from executors._models import ARTIFACTS_DIR, Artifact
 
-__all__ = ["MAX_SCANNED_ENTRIES", "Artifacts", "collect_artifacts"]
+__all__ = ["MAX_DEPTH", "MAX_SCANNED_ENTRIES", "Artifacts", "collect_artifacts"]
 
 MAX_SCANNED_ENTRIES = 100_000
 """Directory entries looked at, at most (a job's inodes are its disk over 4 KiB: 16,384 for the
 default 64 MiB); past it the rest count as left out."""
 MAX_DEPTH = 16
+"""Directories deep, at most: ``out/`` and 15 below it."""
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 # The standard library's own table, not the host's /etc/mime.types: the same answer everywhere.
 _MEDIA_TYPES = mimetypes.MimeTypes()
@@ -74,7 +75,10 @@ def collect_artifacts(workdir_fd: int | None, *, max_files: int, max_bytes: int)
 
 
 def _walk(dir_fd: int, parts: tuple[str, ...], found: list[_Found], budget: list[int]) -> bool:
-    """Add the regular files beneath ``dir_fd`` to ``found``; whether something was left out."""
+    """Add the regular files beneath ``dir_fd`` to ``found``; whether something was left out.
+
+    An entry that vanishes or cannot be read is passed over (without per-job namespaces, a
+    job's stragglers may still be changing the tree): the job's fault, never the slot's."""
     left_out = False
     with os.scandir(dir_fd) as entries:
         for entry in entries:
@@ -85,7 +89,10 @@ def _walk(dir_fd: int, parts: tuple[str, ...], found: list[_Found], budget: list
             if name is None:
                 left_out = True
                 continue
-            st = entry.stat(follow_symlinks=False)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
             if stat.S_ISREG(st.st_mode):
                 path = "/".join((ARTIFACTS_DIR, *parts, name))
                 found.append(_Found(path, st.st_size, (*parts, name)))

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from executors._errors import SandboxStartError
 from executors._metrics import NO_METRICS, ExecutorMetrics
 from executors._models import ExecutionRecord, ExecutionRequest, utc_now
-from executors._runtimes import Runtime
+from executors._runtimes import RUNTIMES
 from executors._sandbox._cgroups import JobCgroup
 from executors._sandbox._fork_server import SPARE_ATTEMPTS, ForkServer, ForkServerSettings
 from executors._sandbox._job import Job, JobSlot
@@ -38,7 +38,6 @@ class SlotSettings:
     python: str
     slot_uid: int
     seccomp_bpf: bytes
-    runtimes: Mapping[str, Runtime]
     default_runtime: str
     runtimes_dir: str
     bwrap: str = "bwrap"
@@ -89,7 +88,7 @@ class Slot:
                 python=s.python,
                 slot_uid=s.slot_uid,
                 seccomp_bpf=s.seccomp_bpf,
-                runtime=s.runtimes[runtime],
+                runtime=RUNTIMES[runtime],
                 runtimes_dir=s.runtimes_dir,
                 bwrap=s.bwrap,
                 start_timeout_s=s.start_timeout_s,
@@ -146,12 +145,7 @@ class Slot:
         """
         created_at = utc_now()
         self._kill_requested = None
-        runtime = request.runtime or self.settings.default_runtime
-        if request.runtime is None:
-            request = request.model_copy(update={"runtime": runtime})
-        if runtime not in self.settings.runtimes:
-            logger.error("slot %d: unknown runtime %r", self.settings.index, runtime)
-            return ExecutionRecord.internal_error(request, created_at)
+        runtime = request.runtime or self.settings.default_runtime  # the pool names it
         disk_bytes = request.limits.disk_bytes
         try:
             server = self._server(runtime)

@@ -30,13 +30,13 @@ from pydantic import (
 
 from executors import (
     MAX_CASES,
-    RUNTIMES,
     SCIENTIFIC,
     CaseSpec,
     JudgeMode,
     Limits,
     LimitsRequest,
     check_files,
+    check_runtime,
     check_text,
 )
 from serve_app import files as api_files
@@ -170,10 +170,7 @@ class _ExecutionBody(_Strict):
     @field_validator("runtime")
     @classmethod
     def _known_runtime(cls, name: str) -> str:
-        if name not in RUNTIMES:
-            # Not echoed: the name may be anything, of any length.
-            raise ValueError(f"unknown runtime: one of {', '.join(RUNTIMES)}")
-        return name
+        return check_runtime(name)
 
     @field_validator("files")
     @classmethod

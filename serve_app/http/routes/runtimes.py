@@ -13,5 +13,5 @@ router = APIRouter(prefix="/v1/runtimes", tags=["runtimes"])
 
 @router.get("")
 async def list_runtimes(service: ServiceDep, key: CurrentKey) -> JSONResponse:
-    items = [runtime.model_dump(mode="json") for runtime in service.runtimes()]
+    items = [runtime.model_dump(mode="json") for runtime in await service.runtimes()]
     return JSONResponse({"items": items})

@@ -11,6 +11,7 @@ as the API's JSON objects (the typed ones: :meth:`batch` and :meth:`page`).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -58,6 +59,7 @@ class ExecutionService:
         runtime_executors: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
+        self._runtimes: list[RuntimeInfo] | None = None
         self.limiter = limiter
         self.cache = cache if cache is not None else build_result_cache(settings)
         self.metrics = ingress_metrics()  # no-ops without Ray
@@ -218,10 +220,15 @@ class ExecutionService:
         """An artifact of the key's execution (:meth:`Executions.artifact`)."""
         return await self.executions.artifact(key, execution_id, path)
 
-    def runtimes(self) -> list[RuntimeInfo]:
-        """Every runtime programs may run in, ``DEFAULT_RUNTIME`` flagged."""
-        python = self.settings.sandbox_config().python_executable
-        return runtime_catalog(self.settings.default_runtime, python)
+    async def runtimes(self) -> list[RuntimeInfo]:
+        """Every runtime programs may run in, ``DEFAULT_RUNTIME`` flagged. Built once: the
+        first call asks the sandbox's interpreter its version, off the event loop."""
+        if self._runtimes is None:
+            python = self.settings.sandbox_config().python_executable
+            self._runtimes = await asyncio.to_thread(
+                runtime_catalog, self.settings.default_runtime, python
+            )
+        return self._runtimes
 
     async def page(self, key: ApiKey, limit: int, cursor: str | None) -> ExecutionPage:
         """A page of the key's executions, newest first."""
