@@ -13,7 +13,8 @@ Public surface::
 ``pool.isolation`` tells which isolation layers are in force on this host.
 ``SandboxExecutor`` and ``build_executor_app`` put pools on Ray (which only the latter imports).
 ``SandboxMapper`` and ``run_programs`` run a Ray Data dataset's programs on those pools
-(importing Ray and Ray Data only when used).
+(importing Ray and Ray Data only when used). ``SessionHost`` keeps live interpreters (sessions)
+that run call after call; ``SessionHosts`` places them on Ray actors.
 """
 
 from executors._config import SandboxConfig
@@ -32,6 +33,10 @@ from executors._errors import (
     RuntimeNotInstalledError,
     SandboxStartError,
     SandboxUnavailableError,
+    SessionBusyError,
+    SessionEndedError,
+    SessionError,
+    SessionPlacementError,
 )
 from executors._isolation import ISOLATION_LAYERS, IsolationReport
 from executors._logging import JsonLogFormatter, configure_json_logging
@@ -42,6 +47,7 @@ from executors._models import (
     Artifact,
     CaseResult,
     CaseSpec,
+    EndReason,
     ExecutionRecord,
     ExecutionRequest,
     ExecutionStatus,
@@ -64,6 +70,17 @@ from executors._runtimes import (
     default_runtimes_dir,
     runtime_catalog,
 )
+from executors._sessions import (
+    SESSION_WIDE_LIMITS,
+    SessionCallResult,
+    SessionHost,
+    SessionHostOptions,
+    SessionHosts,
+    SessionHostsOverview,
+    SessionSpec,
+    SessionState,
+    SessionStatus,
+)
 
 __all__ = [
     "ARTIFACTS_DIR",
@@ -73,10 +90,12 @@ __all__ = [
     "MINIMAL",
     "RUNTIMES",
     "SCIENTIFIC",
+    "SESSION_WIDE_LIMITS",
     "TERMINAL_STATUSES",
     "Artifact",
     "CaseResult",
     "CaseSpec",
+    "EndReason",
     "ExecutionRecord",
     "ExecutionRequest",
     "ExecutionStatus",
@@ -100,6 +119,18 @@ __all__ = [
     "SandboxPool",
     "SandboxStartError",
     "SandboxUnavailableError",
+    "SessionBusyError",
+    "SessionCallResult",
+    "SessionEndedError",
+    "SessionError",
+    "SessionHost",
+    "SessionHostOptions",
+    "SessionHosts",
+    "SessionHostsOverview",
+    "SessionPlacementError",
+    "SessionSpec",
+    "SessionState",
+    "SessionStatus",
     "app_builder",
     "build_executor_app",
     "check_files",

@@ -5,7 +5,11 @@
     ├── SandboxStartError          a sandbox slot (bubblewrap + zygote) failed to start
     ├── RuntimeNotInstalledError   a runtime's packages are not where the pool looks
     ├── PoolClosedError            the pool is shutting down and takes no more work (retryable)
-    └── PipelineConfigurationError  a pipeline cannot tell where or how to run its rows
+    ├── PipelineConfigurationError  a pipeline cannot tell where or how to run its rows
+    └── SessionError               about one live session
+        ├── SessionBusyError       a call is already running in it
+        ├── SessionEndedError      it has ended (``reason`` says why: an ``EndReason``)
+        └── SessionPlacementError  no session host could take it now                 (retryable)
 
 Each class carries a stable ``code`` and ``retryable``: whether the error is the engine
 refusing work here and now (shut down, or unable to sandbox) rather than a fault, so that
@@ -30,6 +34,10 @@ __all__ = [
     "RuntimeNotInstalledError",
     "SandboxStartError",
     "SandboxUnavailableError",
+    "SessionBusyError",
+    "SessionEndedError",
+    "SessionError",
+    "SessionPlacementError",
 ]
 
 
@@ -97,3 +105,52 @@ class PipelineConfigurationError(ExecutorError):
     """A pipeline was asked for what is not there (no executor deployment, no defaults)."""
 
     code = "pipeline_configuration"
+
+
+class SessionError(ExecutorError):
+    """Base class of the errors about one live session."""
+
+    code = "session_error"
+
+
+class SessionBusyError(SessionError):
+    """A call is already running in the session (one at a time)."""
+
+    code = "session_busy"
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(session_id)
+
+    def __str__(self) -> str:
+        return f"session {self.session_id} is running another call"
+
+
+class SessionEndedError(SessionError):
+    """The session has ended; ``reason`` is its ``EndReason`` value, ``detail`` says more."""
+
+    code = "session_terminated"
+
+    def __init__(self, session_id: str, reason: str, detail: str = "") -> None:
+        self.session_id = session_id
+        self.reason = reason
+        self.detail = detail
+        super().__init__(session_id, reason, detail)
+
+    def __str__(self) -> str:
+        ended = f"session {self.session_id} has ended ({self.reason})"
+        return f"{ended}: {self.detail}" if self.detail else ended
+
+
+class SessionPlacementError(SessionError):
+    """No session host could take a new session now (none placed in time, all full)."""
+
+    code = "session_placement"
+    retryable = True
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+    def __str__(self) -> str:
+        return f"no session host could take the session: {self.detail}"

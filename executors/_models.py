@@ -27,6 +27,7 @@ __all__ = [
     "Artifact",
     "CaseResult",
     "CaseSpec",
+    "EndReason",
     "ExecutionRecord",
     "ExecutionRequest",
     "ExecutionStatus",
@@ -63,6 +64,31 @@ class ExecutionStatus(enum.StrEnum):
 
 
 TERMINAL_STATUSES = frozenset(ExecutionStatus) - {ExecutionStatus.QUEUED, ExecutionStatus.RUNNING}
+
+
+class EndReason(enum.StrEnum):
+    """Why a session ended (its ``terminated_reason``)."""
+
+    IDLE = "idle"
+    """No call for ``idle_timeout_s``."""
+    TTL = "ttl"
+    """``expires_at`` passed."""
+    TIMEOUT = "timeout"
+    """A call ran past its time limit and ignored the interrupt for the grace second."""
+    OUTPUT_LIMIT = "output_limit"
+    """A call wrote past its output cap and ignored the interrupt for the grace second."""
+    EXITED = "exited"
+    """The program ended the interpreter (``sys.exit()``, ``os._exit``)."""
+    MEMORY_LIMIT = "memory_limit"
+    """The session's memory cap: killed by it, or a call died of a ``MemoryError``."""
+    CRASHED = "crashed"
+    """The interpreter died of a signal the service did not send."""
+    DELETED = "deleted"
+    """``DELETE /v1/sessions/{id}``."""
+    SHUTDOWN = "shutdown"
+    """The service shut down."""
+    LOST = "lost"
+    """The actor or node that held it is gone (or never heard of it)."""
 
 
 class JudgeMode(enum.StrEnum):
@@ -326,6 +352,11 @@ class ExecutionRecord(BaseModel):
     runtime: str | None = None
     artifacts: list[Artifact] = Field(default_factory=list)
     artifacts_truncated: bool = False
+    session_id: uuid.UUID | None = None
+    """The session the call ran in (None: a run of its own)."""
+    result: str | None = None
+    """A session call's: the ``repr`` of its final expression's value (None: a statement, or
+    the value None), capped like the output."""
 
     @classmethod
     def internal_error(

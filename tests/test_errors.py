@@ -52,6 +52,15 @@ EXAMPLES: dict[str, tuple[tuple[Any, ...], str]] = {
         "runtime 'scientific' is not installed at /opt/exec-agent/runtimes/scientific "
         "(or its pins changed since): run scripts/setup",
     ),
+    "SessionBusyError": (("3f2c",), "session 3f2c is running another call"),
+    "SessionEndedError": (
+        ("3f2c", "idle", "no call came within its idle timeout"),
+        "session 3f2c has ended (idle): no call came within its idle timeout",
+    ),
+    "SessionPlacementError": (
+        ("all 64 hosts are full",),
+        "no session host could take the session: all 64 hosts are full",
+    ),
     "InvalidFieldsError": (
         ("limits.wall_timeout_s: too large", [{"field": "limits", "message": "x", "type": "y"}]),
         "limits.wall_timeout_s: too large",
@@ -70,6 +79,11 @@ EXAMPLES: dict[str, tuple[tuple[Any, ...], str]] = {
         "the database has no schema yet: run `exec-agent db upgrade`",
     ),
     "StoreUnavailableError": ((0.5,), "store unavailable; next attempt in 0.500 s"),
+    "SessionTerminatedError": (
+        ("session 3f2c has ended (idle): no call for 600 s", "idle"),
+        "session 3f2c has ended (idle): no call for 600 s",
+    ),
+    "SessionLimitError": ((8,), "at most 8 active sessions per key: end one first"),
     "ApiErrorResponse": (
         (404, "not_found", "no such execution", '{"error": {"code": "not_found"}}'),
         "HTTP 404 not_found: no such execution",

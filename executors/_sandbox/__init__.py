@@ -1,6 +1,7 @@
 """The sandbox itself: one slot's zygote and jobs, and what the pool needs to run slots.
 
-``executors._pool`` builds a pool from these; nothing else of the package reaches in.
+``executors._pool`` builds a pool from these, ``executors._sessions`` session hosts; nothing
+else of the package reaches in.
 """
 
 from executors._sandbox._cgroups import (
@@ -10,17 +11,26 @@ from executors._sandbox._cgroups import (
     remove_dead_pools_groups,
     remove_group,
 )
+from executors._sandbox._fork_server import ForkServer, ForkServerSettings
 from executors._sandbox._launch import launch_mode
 from executors._sandbox._seccomp import SeccompUnavailable, compile_filter
+from executors._sandbox._session import INTERRUPT_GRACE_S, CallOutcome, SandboxSession
 from executors._sandbox._slot import Slot, SlotSettings
+from executors._sandbox._spare import SpareFailed
 from executors._sandbox._verdict import KillReason
 
 __all__ = [
+    "INTERRUPT_GRACE_S",
+    "CallOutcome",
+    "ForkServer",
+    "ForkServerSettings",
     "JobCgroup",
     "KillReason",
+    "SandboxSession",
     "SeccompUnavailable",
     "Slot",
     "SlotSettings",
+    "SpareFailed",
     "compile_filter",
     "detect_cgroup_version",
     "launch_mode",

@@ -128,6 +128,15 @@ class JobCgroup:
             self._limits = (memory_bytes, max_processes)
         return self._reset_counters()
 
+    def limit(self, memory_bytes: int, max_processes: int) -> None:
+        """Set the caps now, as they are (a session's: its memory is its own to keep)."""
+        self._set_limits(memory_bytes, max_processes)
+        self._limits = (memory_bytes, max_processes)
+
+    def restart_counters(self) -> int:
+        """Start the peak memory and CPU counters anew; the memory charged now."""
+        return self._reset_counters()
+
     def settle(self) -> None:
         """Wait for the kernel to release what the last job held (e.g. its SysV shared
         memory, freed when its IPC namespace is torn down after it exited), so that

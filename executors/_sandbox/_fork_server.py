@@ -60,7 +60,8 @@ class ForkServer:
         self._stderr_reader: threading.Thread | None = None
         self.zygote_pid = 0
         self._spare_pending = False
-        self._spare_disk_bytes = 0
+        self._spare_kind: tuple[int, bool] = (0, False)
+        """The pending spare's disk size, and whether it is a session's."""
         self.metrics: ExecutorMetrics = NO_METRICS  # its pool's
 
     @property
@@ -201,15 +202,17 @@ class ForkServer:
 
     # --- spares -----------------------------------------------------------------
 
-    def request_spare(self, disk_bytes: int) -> None:
-        """Ask for the next job's sandbox now, to be built while this job runs."""
+    def request_spare(self, disk_bytes: int, session: bool = False) -> None:
+        """Ask for the next job's sandbox now, to be built while this job runs (``session``:
+        a live interpreter's, see ``zygote._serve_session``)."""
         if self.control is None or not self.alive():
             raise RuntimeError("slot is not running")
-        self.control.sendall(marshal.dumps({"type": "spare", "disk_bytes": disk_bytes}))
+        request = {"type": "spare", "disk_bytes": disk_bytes, "session": session}
+        self.control.sendall(marshal.dumps(request))
         self._spare_pending = True
-        self._spare_disk_bytes = disk_bytes
+        self._spare_kind = (disk_bytes, session)
 
-    def take_spare(self, disk_bytes: int) -> Spare:
+    def take_spare(self, disk_bytes: int, session: bool = False) -> Spare:
         """A ready job sandbox built to ``disk_bytes`` (asked for now if need be).
 
         A spare built while the previous job ran may have failed for that job's sake
@@ -218,13 +221,13 @@ class ForkServer:
         job's behaviour never becomes the next job's failure.
         """
         for attempt in range(SPARE_ATTEMPTS):
-            if self._spare_pending and self._spare_disk_bytes != disk_bytes:
+            if self._spare_pending and self._spare_kind != (disk_bytes, session):
                 with contextlib.suppress(SpareFailed):
                     self._receive_spare().discard()
             if not self._spare_pending:
-                if self.cgroup is not None:
+                if self.cgroup is not None and not session:
                     self.cgroup.settle()
-                self.request_spare(disk_bytes)
+                self.request_spare(disk_bytes, session)
             try:
                 return self._receive_spare()
             except SpareFailed as exc:

@@ -31,7 +31,7 @@ from executors._sandbox._spare import HANDSHAKE_TIMEOUT_S, Spare, SpareFailed
 from executors._sandbox._streams import OutputStream
 from executors._sandbox._verdict import JobFacts, KillReason, decide
 
-__all__ = ["Job", "JobSlot"]
+__all__ = ["SANDBOX_OVERHEAD_BYTES", "Job", "JobSlot", "memfd_readonly"]
 
 logger = logging.getLogger("executors.sandbox")
 
@@ -59,7 +59,7 @@ class JobSlot:
     """The reason a kill was asked for from another thread, if one was."""
 
 
-def _memfd_readonly(name: str, data: bytes) -> int:
+def memfd_readonly(name: str, data: bytes) -> int:
     """A read-only descriptor of an anonymous file holding ``data``."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
@@ -130,13 +130,13 @@ class Job:
         if proof is not None:
             secret = {"test_code": self.request.test_code, "nonce": proof.nonce}
             if judge == JudgeMode.ISOLATED:  # for the judge's process alone: a payload of its own
-                judged = [proof.write_fd, _memfd_readonly("judge", marshal.dumps(secret))]
+                judged = [proof.write_fd, memfd_readonly("judge", marshal.dumps(secret))]
             else:
                 job.update(secret)
                 judged = [proof.write_fd]
         fds = [
-            _memfd_readonly("payload", marshal.dumps(job)),
-            _memfd_readonly("stdin", self.request.stdin.encode()),
+            memfd_readonly("payload", marshal.dumps(job)),
+            memfd_readonly("stdin", self.request.stdin.encode()),
             out_w,
             err_w,
             *judged,

@@ -33,6 +33,8 @@ class Spare:
     """The job's init, in our PID namespace: killing it ends the whole job."""
     pidfd: int
     workdir_fd: int | None = None
+    program_pid: int = 0
+    """The program process, in our PID namespace (from the credentials of its "ready")."""
     """The job's working directory, held open so its files can be read after the job ended."""
 
     def discard(self) -> None:
@@ -56,7 +58,7 @@ def receive_spare(control: socket.socket) -> Spare:
     """
     control.settimeout(HANDSHAKE_TIMEOUT_S)
     try:
-        msg, fds = _recv_fds(control, 4096)
+        msg, fds, _ = _recv_fds(control, 4096)
     finally:
         control.settimeout(None)
     reply = json.loads(msg or b"{}")
@@ -83,7 +85,7 @@ def receive_spare(control: socket.socket) -> Spare:
     try:
         # The program process says "ready" once locked down, with its working directory; a
         # report instead means the spare broke before any job was given to it.
-        ready, workdir = _recv_fds(sock, 65536)
+        ready, workdir, spare.program_pid = _recv_fds(sock, 65536)
     except OSError as exc:
         spare.discard()
         raise SpareFailed(str(exc)) from exc
@@ -97,18 +99,20 @@ def receive_spare(control: socket.socket) -> Spare:
     return spare
 
 
-def _recv_fds(sock: socket.socket, size: int) -> tuple[bytes, list[int]]:
-    """A message and the descriptors that came with it (at most one is expected; room for
-    the sender's credentials too, which ``SO_PASSCRED`` adds to every message)."""
-    room = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(struct.calcsize("3i"))
+def _recv_fds(sock: socket.socket, size: int) -> tuple[bytes, list[int], int]:
+    """A message, the descriptors that came with it (at most one is expected) and its sender's
+    pid (0 unless ``SO_PASSCRED`` is on, which adds the credentials to every message)."""
+    creds = struct.calcsize("3i")
+    room = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(creds)
     msg, ancdata, _, _ = sock.recvmsg(size, room)
-    fds = [
-        fd
-        for level, kind, data in ancdata
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-        for fd in array.array("i", data[: len(data) - len(data) % 4])
-    ]
-    return msg, fds
+    fds: list[int] = []
+    pid = 0
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += array.array("i", data[: len(data) - len(data) % 4])
+        elif level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid = struct.unpack("3i", data[:creds])[0]
+    return msg, fds, pid
 
 
 def recv_with_pid(sock: socket.socket, size: int) -> tuple[bytes, int]:

@@ -227,7 +227,8 @@ def serve(control_fd: int) -> Job | None:
         for fd in fds:
             os.close(fd)
         if request.get("type") == "spare":
-            job = _build_spare(zygote, control, int(request["disk_bytes"]))
+            session = bool(request.get("session"))
+            job = _build_spare(zygote, control, int(request["disk_bytes"]), session)
             if job is not None:
                 return job
 
@@ -319,6 +320,12 @@ def _warm_preloaded() -> None:
         plt.close("all")
 
 
+_FIGURE_SAVER: list[Callable[[], None]] = []
+"""Saves the open figures (a session calls it after each call), once pyplot is preloaded."""
+_FIGURES_SAVED = [0]
+"""Figures saved so far under ``out/`` (a session starts each call from 0)."""
+
+
 def _save_figures_at_show_and_exit(workdir: str) -> None:
     """Every figure still open at ``plt.show()`` or at the program's end is saved as
     ``out/figure-N.png`` (N from 1), then closed (API.md, "Artifacts").
@@ -326,7 +333,7 @@ def _save_figures_at_show_and_exit(workdir: str) -> None:
     Everything is bound here: a job's program clears this module's globals.
     """
     plt = sys.modules["matplotlib.pyplot"]
-    saved = [0]
+    saved = _FIGURES_SAVED
 
     def save_open_figures(
         _plt: Any = plt, _makedirs: Any = os.makedirs, _sys: Any = sys, _print: Any = print
@@ -345,10 +352,12 @@ def _save_figures_at_show_and_exit(workdir: str) -> None:
 
     plt.show = show  # type: ignore[attr-defined]
     atexit.register(save_open_figures)  # run by the job's finish, as at interpreter exit
+    _FIGURE_SAVER.append(save_open_figures)
 
 
-def _clone_into_namespaces(zygote: Zygote) -> int:
-    """Like fork, but the child is pid 1 of new user, mount, pid and IPC namespaces.
+def _clone_into_namespaces(zygote: Zygote, new_net: bool) -> int:
+    """Like fork, but the child is pid 1 of new user, mount, pid and IPC namespaces (and a
+    network namespace of its own with ``new_net``).
 
     A raw clone saves a whole process per job. The child skips Python's after-fork
     hooks, which is safe here: the zygote is single-threaded and holds no locks, and
@@ -357,7 +366,7 @@ def _clone_into_namespaces(zygote: Zygote) -> int:
     if not zygote.namespaces or SYS_CLONE is None:
         return os.fork()
     flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | _signal.SIGCHLD
-    if zygote.new_net:
+    if new_net:
         flags |= CLONE_NEWNET
     pid: int = _libc.syscall(SYS_CLONE, ctypes.c_ulong(flags), None, None, None, None)
     if pid < 0:
@@ -365,18 +374,22 @@ def _clone_into_namespaces(zygote: Zygote) -> int:
     return pid
 
 
-def _build_spare(zygote: Zygote, control: _socket.socket, disk_bytes: int) -> Job | None:
+def _build_spare(
+    zygote: Zygote, control: _socket.socket, disk_bytes: int, session: bool = False
+) -> Job | None:
     """Start a job sandbox that waits for its program; hand its socket to the host.
 
     The spare is built while the slot runs the previous job, so a job's latency
     excludes the namespaces, mounts, forks and lock-down. Nothing about a job is known
-    yet: the spare is the same for every job, and is used once.
+    yet: the spare is the same for every job, and is used once. A ``session``'s spare becomes
+    a live interpreter that runs call after call (:func:`_serve_session`); it lives beside
+    other sessions of the same zygote, so it always gets a network namespace of its own.
     """
     host_end, job_end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
     # Set before init says hello: credentials are attached when a message is sent.
     host_end.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
     try:
-        pid = _clone_into_namespaces(zygote)
+        pid = _clone_into_namespaces(zygote, zygote.new_net or session)
     except SetupError as exc:
         _report(control, {"type": "spare", "error": str(exc)})
         host_end.close()
@@ -385,7 +398,7 @@ def _build_spare(zygote: Zygote, control: _socket.socket, disk_bytes: int) -> Jo
     if pid == 0:
         control.close()
         host_end.close()
-        return _init(zygote, job_end, disk_bytes)
+        return _init(zygote, job_end, disk_bytes, session)
     job_end.close()
     message = _to_json({"type": "spare"}).encode()
     rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [host_end.fileno()]))]
@@ -400,7 +413,7 @@ def _build_spare(zygote: Zygote, control: _socket.socket, disk_bytes: int) -> Jo
 # --- init: pid 1 of the job ---------------------------------------------------
 
 
-def _init(zygote: Zygote, job_sock: _socket.socket, disk_bytes: int) -> Job:
+def _init(zygote: Zygote, job_sock: _socket.socket, disk_bytes: int, session: bool) -> Job:
     """Pid 1 of the job: fork the program, reap, report. The program process builds the
     job's mounts itself: every page a Python process touches after a fork costs a copy,
     so init does as little as it can. If the zygote dies, bubblewrap's init tears the
@@ -416,7 +429,7 @@ def _init(zygote: Zygote, job_sock: _socket.socket, disk_bytes: int) -> Job:
         os._exit(0)
     if pid == 0:
         os.close(status_r)
-        return Job(zygote, job_sock, status_w, disk_bytes)
+        return Job(zygote, job_sock, status_w, disk_bytes, session)
     os.close(status_w)
     # Not dumpable: the program (same uid) can neither write init's /proc files (its
     # oom_score_adj, say) nor read its memory; done after the fork, which would pass it on.
@@ -513,10 +526,14 @@ def _bind_subdir(scratch: str, name: str, target: str, mode: int) -> None:
     _mount(path, target, None, MS_BIND | MS_NOSUID | MS_NODEV, None)
 
 
-def _write_files(workdir: str, files: dict[str, str | bytes]) -> None:
+def _write_files(workdir: str, files: dict[str, str | bytes], replace: bool = False) -> None:
+    """Write ``files`` under ``workdir`` (``replace``: over files of the same name, as a
+    session's later call does)."""
     for rel, content in files.items():
         path = os.path.join(workdir, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        if replace and os.path.lexists(path) and not os.path.isdir(path):
+            os.unlink(path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         data = content.encode("utf-8") if isinstance(content, str) else content
         fd = os.open(path, flags, 0o644)
@@ -570,9 +587,15 @@ class Job:
     """The program's process: locks itself down, waits for a job, then runs its code."""
 
     def __init__(
-        self, zygote: Zygote, job_sock: _socket.socket, status_w: int, disk_bytes: int
+        self,
+        zygote: Zygote,
+        job_sock: _socket.socket,
+        status_w: int,
+        disk_bytes: int,
+        session: bool = False,
     ) -> None:
         self.zygote = zygote
+        self.session = session
         self.job_sock = job_sock
         self.status_w = status_w
         self.disk_bytes = disk_bytes
@@ -596,6 +619,8 @@ class Job:
         before: the program can rebind any global or builtin name. A job judged ``isolated``
         splits in two processes first (``_split_for_judge``).
         """
+        if self.session:
+            _serve_session(self)
         _os, _sys, _exec, _status = os, sys, exec, _exit_status  # globals go with the reset
         _exiting, _anything, _dict = SystemExit, BaseException, dict  # builtins can be rebound
         _arm, _run_test = _arm_proof, _run_test_then_pass
@@ -940,15 +965,8 @@ def _arm_proof(
     _add_hook(_refuse)
 
 
-def _reset_interpreter(
-    namespace: dict[str, Any], sources: dict[str, str], program_path: bool = True
-) -> Callable[[int], NoReturn]:
-    """Make this interpreter look like a fresh ``python main.py``: stdio, argv, globals.
-
-    ``sources`` maps file names to source text, for tracebacks (``main.py``, maybe the test).
-    ``program_path``: whether the working directory goes on ``sys.path`` (not in an isolated
-    judge, which must import nothing the program could have written).
-    """
+def _stdio_on_0_to_2() -> None:
+    """``sys.stdin``, ``sys.stdout`` and ``sys.stderr`` anew on descriptors 0-2, unbuffered."""
     import io
 
     sys.stdin = io.TextIOWrapper(open(0, "rb", closefd=False), encoding="utf-8")
@@ -960,6 +978,18 @@ def _reset_interpreter(
         errors="backslashreplace", write_through=True,
     )  # fmt: skip
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr  # type: ignore[misc]
+
+
+def _reset_interpreter(
+    namespace: dict[str, Any], sources: dict[str, str], program_path: bool = True
+) -> Callable[[int], NoReturn]:
+    """Make this interpreter look like a fresh ``python main.py``: stdio, argv, globals.
+
+    ``sources`` maps file names to source text, for tracebacks (``main.py``, maybe the test).
+    ``program_path``: whether the working directory goes on ``sys.path`` (not in an isolated
+    judge, which must import nothing the program could have written).
+    """
+    _stdio_on_0_to_2()
     sys.argv = ["main.py"]
     if program_path:
         sys.path.insert(0, os.getcwd())  # as `python main.py` does: the job's files import
@@ -999,6 +1029,7 @@ def _drop_harness_frames(report: Any, harness_file: str) -> None:
 
 def _make_excepthook(
     sources: dict[str, str],
+    status_fd: int | None = 3,
     _os: Any = os,
     _file: str = __file__,
     _sys: Any = sys,
@@ -1019,9 +1050,9 @@ def _make_excepthook(
             if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == 12):
                 memory = True
             exc, depth = exc.__cause__ or exc.__context__, depth + 1
-        if memory:
+        if memory and status_fd is not None:
             try:
-                _os.write(3, b"M")
+                _os.write(status_fd, b"M")
             except OSError:
                 pass
         for name, source in sources.items():
@@ -1031,6 +1062,183 @@ def _make_excepthook(
         _sys.stderr.write("".join(report.format()))
 
     return excepthook
+
+
+# --- sessions -------------------------------------------------------------------
+#
+# A session's program process does not run one program and exit: it takes the session's caps,
+# then runs call after call in one ``__main__`` until the host closes its socket or a call ends
+# the interpreter. Per call the host sends a header and five descriptors: the payload (code,
+# files), stdin, stdout, stderr and the result's pipe. Between calls SIGINT is ignored; while a
+# call runs it raises KeyboardInterrupt (the host's interrupt at the call's time limit).
+#
+# The harness keeps this module's globals (the program gets a fresh ``__main__``): no call in
+# a session is judged, so there is nothing here the program must not reach. What this process
+# reports about a call is its own word: it can mislabel only its own calls, and the host bounds
+# and checks all of it; the session's death and its cause come from init and the kernel.
+
+SESSION_CALL_FDS = 5
+RESULT_MARK = b"R"
+"""Starts the result pipe's bytes when the call's last expression had a value (not None)."""
+
+
+def _serve_session(job: Job) -> NoReturn:
+    """Lock down, take the session's caps, then serve calls (:func:`_session_call`)."""
+    try:
+        job._lock_down()
+        job._ready()
+        try:
+            header, fds = _recv(job.job_sock)
+        except EOFError:
+            os._exit(0)  # the host dropped this spare
+        for fd in fds:
+            os.close(fd)
+        job.limits = header["limits"]
+        job._set_rlimits()
+        job.job_sock.send(b"started")
+        namespace = _new_main_module()
+        finish = _reset_interpreter(namespace, {})
+        sources: dict[str, str] = {}
+        hook = sys.excepthook = _make_excepthook(sources, None)
+        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+        os.write(job.status_w, b"S")  # init: what follows is the session's, not the service's
+        os.close(job.status_w)
+    except Exception as exc:  # noqa: BLE001 - the service's failure, not the program's
+        os.write(job.status_w, f"I{exc}".encode())
+        os._exit(0)
+    calls = 0
+    while True:
+        try:
+            header, fds = _recv(job.job_sock)
+        except EOFError:
+            finish(0)  # the host ended the session
+        calls += 1
+        if len(fds) != SESSION_CALL_FDS:
+            for fd in fds:
+                os.close(fd)
+            _report(job.job_sock, {"type": "done", "outcome": "internal"})
+            continue
+        report = _session_call(job.zygote.workdir, namespace, sources, hook, fds, calls)
+        _report(job.job_sock, {"type": "done", **report})
+        if report["outcome"] == "exit":
+            finish(int(report["status"]))
+
+
+def _session_call(
+    workdir: str,
+    namespace: dict[str, Any],
+    sources: dict[str, str],
+    hook: Callable[[type[BaseException], BaseException, Any], None],
+    fds: list[int],
+    number: int,
+) -> Message:
+    """One call: its streams on 0-2, its files in, ``out/`` emptied, its code run as a
+    notebook cell (the value of a final expression written to the result's pipe)."""
+    payload_fd, stdin_fd, stdout_fd, stderr_fd, result_fd = fds
+    try:
+        payload = marshal.loads(_read_all(payload_fd))
+        for target, fd in enumerate((stdin_fd, stdout_fd, stderr_fd)):
+            os.dup2(fd, target, inheritable=True)
+            os.close(fd)
+        _stdio_on_0_to_2()
+        _empty_directory(f"{workdir}/{ARTIFACTS_DIR}")
+        _write_files(workdir, payload["files"], replace=True)
+    except Exception as exc:  # noqa: BLE001 - a file the session's own code got in the way of
+        os.close(result_fd)
+        sys.stderr.write(f"exec-agent: the call could not start: {exc}\n")
+        return {"outcome": "error"}
+    name = f"<call {number}>"
+    sources[name] = payload["code"]
+    _FIGURES_SAVED[0] = 0
+    outcome = _run_cell(payload["code"], name, namespace, hook, result_fd)
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001, S110 - a stream the call closed or replaced
+            pass
+    return outcome
+
+
+def _run_cell(
+    code: str,
+    name: str,
+    namespace: dict[str, Any],
+    hook: Callable[[type[BaseException], BaseException, Any], None],
+    result_fd: int,
+) -> Message:
+    """Run ``code`` in ``namespace``, interruptible by SIGINT; what happened, as a report."""
+    value: Any = None
+    try:
+        try:
+            body, last = _compile_cell(code, name)
+            _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+            exec(body, namespace)  # noqa: S102 - running the session's code is the point
+            if last is not None:
+                value = eval(last, namespace)  # noqa: S307 - its final expression
+                if value is not None:
+                    _write_result(result_fd, repr(value))
+            for save in _FIGURE_SAVER:
+                save()
+        finally:
+            _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+            os.close(result_fd)
+    except SystemExit as exc:
+        return {"outcome": "exit", "status": _exit_status(exc)}
+    except BaseException as exc:  # noqa: BLE001 - reported as the interpreter would
+        try:
+            hook(type(exc), exc, exc.__traceback__)
+        except BaseException:  # noqa: BLE001, S110 - a traceback that cannot print
+            pass
+        return {
+            "outcome": "interrupted" if isinstance(exc, KeyboardInterrupt) else "error",
+            "memory_error": _caused_by_memory(exc),
+        }
+    return {"outcome": "ok"}
+
+
+def _compile_cell(code: str, name: str) -> tuple[CodeType, CodeType | None]:
+    """``code`` compiled as a notebook cell: its statements, and its final expression apart
+    (None when it ends in a statement), whose value is the call's result."""
+    import _ast
+
+    tree: Any = compile(code, name, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
+    last = None
+    if tree.body and isinstance(tree.body[-1], _ast.Expr):
+        expression = _ast.Expression(tree.body.pop().value)
+        last = compile(expression, name, "eval", dont_inherit=True)
+    return compile(tree, name, "exec", dont_inherit=True), last
+
+
+def _write_result(fd: int, text: str) -> None:
+    data = RESULT_MARK + text.encode("utf-8", "backslashreplace")
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _caused_by_memory(exc: BaseException | None) -> bool:
+    depth = 0
+    while exc is not None and depth < 16:
+        if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == 12):
+            return True
+        exc, depth = exc.__cause__ or exc.__context__, depth + 1
+    return False
+
+
+def _empty_directory(path: str) -> None:
+    """Make ``path`` an empty directory, whatever the session's code left there (a symbolic
+    link is removed, never followed)."""
+    if os.path.islink(path) or (os.path.exists(path) and not os.path.isdir(path)):
+        os.unlink(path)
+    if not os.path.exists(path):
+        os.mkdir(path, 0o755)
+        return
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            _empty_directory(entry.path)
+            os.rmdir(entry.path)
+        else:
+            os.unlink(entry.path)
 
 
 # --- the isolated judge -------------------------------------------------------
@@ -1671,7 +1879,7 @@ def probe(zygote: Zygote, preload_error: str | None = None) -> str:
                        "private_proc": False, "read_only_root": False,
                        "preload_error": preload_error}  # fmt: skip
     try:
-        pid = _clone_into_namespaces(zygote)
+        pid = _clone_into_namespaces(zygote, zygote.new_net)
     except SetupError as exc:
         result["error"] = str(exc)
         return _to_json(result)

@@ -1,0 +1,65 @@
+"""A :class:`SessionHost` as a Ray actor: detached and named, so that any ingress replica finds it
+by name, and its sessions outlive the replica that created them.
+
+Threaded (``max_concurrency``): calls of different sessions run at once, each on a thread of
+its own; the host itself refuses a second call of one session. Ray schedules the actor with the
+resources of all the sessions it may hold (``capacity`` places of CPU share and memory), so
+that a node without room for a new host sends it elsewhere, and an autoscaler that sees it
+pending adds a node (``cluster/README.md``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from executors._config import SandboxConfig
+from executors._logging import configure_json_logging
+from executors._models import EndReason, ExecutionRecord, ExecutionRequest
+from executors._sessions._host import SessionHost
+from executors._sessions._metrics import session_metrics
+from executors._sessions._models import SessionSpec, SessionState
+
+__all__ = ["SessionHostActor"]
+
+
+class SessionHostActor:
+    """The remote face of one :class:`SessionHost` (see :class:`SessionHosts` for its use)."""
+
+    def __init__(self, config: SandboxConfig, name: str, capacity: int) -> None:
+        import ray
+
+        configure_json_logging(component="sessions")
+        node_id = ray.get_runtime_context().get_node_id()
+        self.host = SessionHost(
+            config, name=name, capacity=capacity, node_id=node_id, metrics=session_metrics()
+        )
+        self.host.start()
+
+    def overview(self) -> dict[str, Any]:
+        """Name, node, active sessions, capacity (answering also says it has started)."""
+        return self.host.overview()
+
+    def create(self, spec: SessionSpec) -> SessionState:
+        return self.host.create(spec)
+
+    def call(
+        self, session_id: uuid.UUID, request: ExecutionRequest
+    ) -> tuple[ExecutionRecord, SessionState]:
+        return self.host.call(session_id, request)
+
+    def end(self, session_id: uuid.UUID, reason: EndReason) -> SessionState:
+        return self.host.end(session_id, reason)
+
+    def states(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, SessionState]:
+        return self.host.states(ids)
+
+    def pids(self) -> dict[str, Any]:
+        """The zygotes' and the sessions' init pids (for measurements)."""
+        sessions = {str(sid): pid for sid, pid in self.host.interpreter_pids().items()}
+        return {"zygotes": self.host.zygote_pids(), "sessions": sessions}
+
+    def shutdown(self, reason: EndReason = EndReason.SHUTDOWN) -> list[SessionState]:
+        """End every session and stop the zygotes; the caller then kills the actor."""
+        return self.host.close(reason)
