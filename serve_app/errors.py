@@ -18,6 +18,9 @@
     │   └── StoreUnavailableError     the limiter's (and cache's) Redis is down or backing off
     ├── NotFoundError              404 no such record for this caller (another key's id included)
     ├── ConflictError              409 the record's state forbids the change (finished twice, ...)
+    │   └── SessionInUseError        409 a call is already running in the session
+    ├── SessionTerminatedError     410 the session has ended; ``reason`` says why
+    ├── SessionLimitError          429 the key has ``MAX_SESSIONS_PER_KEY`` active sessions
     └── ApiClientError             the command line's HTTP client could not get a record
         ├── ServerUnreachableError   no answer from the server (connection, timeout, not JSON)
         └── ApiErrorResponse         the server answered with an error in the API's error format
@@ -70,6 +73,9 @@ __all__ = [
     "RateLimitedError",
     "ServerUnreachableError",
     "ServiceError",
+    "SessionInUseError",
+    "SessionLimitError",
+    "SessionTerminatedError",
     "StoreUnavailableError",
     "UnauthorizedError",
     "UnavailableError",
@@ -250,6 +256,42 @@ class ConflictError(ServiceError):
 
     code = "conflict"
     http_status = 409
+
+
+class SessionInUseError(ConflictError):
+    """A call is already running in the session: one at a time (API.md, Sessions)."""
+
+    code = "session_busy"
+
+
+class SessionTerminatedError(ServiceError):
+    """The session has ended; ``reason`` is its ``terminated_reason`` (``idle``, ``lost``...)
+    and the message says why, for a person."""
+
+    code = "session_terminated"
+    http_status = 410
+
+    def __init__(self, message: str, reason: str) -> None:
+        self.message = message
+        self.reason = reason
+        super().__init__(message, reason)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SessionLimitError(ServiceError):
+    """The key already has ``limit`` active sessions; one must end before another starts."""
+
+    code = "session_limit"
+    http_status = 429
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(limit)
+
+    def __str__(self) -> str:
+        return f"at most {self.limit} active sessions per key: end one first"
 
 
 class ApiClientError(ServiceError):

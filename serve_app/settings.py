@@ -37,6 +37,7 @@ from executors import (
     PipelineDefaults,
     ReplicaRange,
     SandboxConfig,
+    SessionHostOptions,
     check_runtime,
 )
 from serve_app.errors import ConfigurationError, describe_validation_error
@@ -44,6 +45,7 @@ from serve_app.policy import ImportPolicy
 
 __all__ = [
     "ENV_EXAMPLE_PATH",
+    "SESSION_NAMESPACE",
     "Settings",
     "env_example",
     "get_settings",
@@ -55,6 +57,8 @@ KIB = 1024
 MIB = 1024 * KIB
 PLACEHOLDER_SECRET = "changethis"  # noqa: S105 - the placeholder production refuses
 MIN_SECRET_CHARS = 32
+SESSION_NAMESPACE = "exec-agent"
+"""The Ray namespace of the session hosts' named actors (the service's only named actors)."""
 ENV_EXAMPLE_PATH = ".env.example"
 """Where :func:`env_example`'s text is kept, relative to the repository."""
 ENV_EXAMPLE_HEADER = """\
@@ -415,6 +419,69 @@ class Settings(BaseSettings):
         gt=0,
     )
 
+    # --- sessions
+    session_idle_timeout_s: float = _env(
+        "SESSION_IDLE_TIMEOUT_S",
+        600.0,
+        "A session without a call for this long ends (idle), seconds; the default of "
+        "POST /v1/sessions' idle_timeout_s, at most SESSION_MAX_TTL_S.",
+        section="sessions: live interpreters that keep their state between calls (API.md)",
+        gt=0,
+    )
+    session_max_ttl_s: float = _env(
+        "SESSION_MAX_TTL_S",
+        3600.0,
+        "The longest a session lives, seconds: the default and the maximum of ttl_s (and the "
+        "maximum of idle_timeout_s).",
+        gt=0,
+    )
+    max_sessions_per_key: int = _env(
+        "MAX_SESSIONS_PER_KEY",
+        8,
+        "Active sessions one key may have at once; past it, 429 session_limit.",
+        gt=0,
+    )
+    sessions_per_host: int = _env(
+        "SESSIONS_PER_HOST",
+        32,
+        "Sessions one session host (a Ray actor) holds; Ray places more hosts as needed.",
+        gt=0,
+    )
+    session_num_cpus: float = _env(
+        "SESSION_NUM_CPUS",
+        0.0,
+        "Ray CPUs reserved per session (its host reserves SESSIONS_PER_HOST times this); 0: "
+        "sessions are placed by memory alone.",
+        ge=0,
+    )
+    session_reserved_memory_mb: int = _env(
+        "SESSION_RESERVED_MEMORY_MB",
+        64,
+        "Ray memory reserved per session, MiB (its host reserves SESSIONS_PER_HOST times this): "
+        "what makes Ray place hosts on nodes with room, and the autoscaler add nodes.",
+        ge=0,
+    )
+    session_hosts_min: int = _env(
+        "SESSION_HOSTS_MIN",
+        1,
+        "Session hosts started ahead of the first session (0: the first session waits for one).",
+        ge=0,
+    )
+    session_placement_timeout_s: float = _env(
+        "SESSION_PLACEMENT_TIMEOUT_S",
+        60.0,
+        "Longest wait for Ray to place a session host, seconds; then 503 unavailable (a cluster "
+        "autoscaler may be adding a node meanwhile).",
+        gt=0,
+    )
+    session_sweep_interval_s: float = _env(
+        "SESSION_SWEEP_INTERVAL_S",
+        5.0,
+        "How often each API replica asks the session hosts which active sessions ended "
+        "(idle, ttl, lost) and records it, seconds.",
+        gt=0,
+    )
+
     # --- Ray
     ray_address: str | None = _env(
         "RAY_ADDRESS",
@@ -563,6 +630,8 @@ class Settings(BaseSettings):
             problems.append(
                 "ALLOWED_IMPORTS and DENIED_IMPORTS must not share a module: " + ", ".join(both)
             )
+        if self.session_idle_timeout_s > self.session_max_ttl_s:
+            problems.append("SESSION_IDLE_TIMEOUT_S must not exceed SESSION_MAX_TTL_S")
         if len({self.port, self.ray_gcs_port, self.metrics_port}) < 3:
             problems.append("PORT, RAY_GCS_PORT and METRICS_PORT must differ")
         return problems
@@ -621,6 +690,26 @@ class Settings(BaseSettings):
             disk_bytes=self.sandbox_disk_mb * MIB,
             max_artifacts=self.max_artifacts,
             max_artifact_bytes=self.max_artifact_bytes,
+        )
+
+    def session_host_options(
+        self,
+        *,
+        label_selector: dict[str, str] | None = None,
+        runtime_env: dict[str, Any] | None = None,
+    ) -> SessionHostOptions:
+        """How session hosts are sized and placed: ``SESSIONS_PER_HOST`` sessions each, Ray's
+        CPU and memory reserved per session, on nodes with ``label_selector`` (the executors'
+        own: nodes that can sandbox)."""
+        return SessionHostOptions(
+            namespace=SESSION_NAMESPACE,
+            capacity=self.sessions_per_host,
+            num_cpus_per_session=self.session_num_cpus,
+            memory_bytes_per_session=self.session_reserved_memory_mb * MIB,
+            min_hosts=self.session_hosts_min,
+            placement_timeout_s=self.session_placement_timeout_s,
+            label_selector=dict(label_selector or {}),
+            runtime_env=runtime_env,
         )
 
     def sandbox_config(self) -> SandboxConfig:

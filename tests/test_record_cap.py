@@ -84,6 +84,19 @@ def test_the_share_is_fair_between_streams() -> None:
     assert max(lengths) - min(lengths) <= 8, lengths
 
 
+def test_a_session_calls_result_is_cut_like_an_output() -> None:
+    # The engine caps a result like a stream (max_output_bytes): more than a small cap holds.
+    record = ExecutionRecord(
+        status=ExecutionStatus.OK, limits={}, stdout="x" * 200_000, result="'" + "y" * 200_000
+    )
+    capped = cap_record(record, CAP)
+    assert record_bytes(capped) <= CAP
+    assert capped.result is not None and capped.result.startswith("'yyy")
+    assert capped.stdout_truncated and capped.stdout.startswith("xxx")
+    short = record.model_copy(update={"result": "2"})
+    assert cap_record(short, CAP).result == "2"  # a short one is whole
+
+
 def with_artifacts(record: ExecutionRecord, count: int, each_bytes: int) -> ExecutionRecord:
     artifacts = [
         Artifact(

@@ -35,6 +35,9 @@ from serve_app.api.schemas import (
     Case,
     ExecutionCreate,
     RequestBounds,
+    SessionCall,
+    SessionCreate,
+    SessionInfo,
     validate_body,
 )
 
@@ -51,6 +54,9 @@ __all__ = [
     "RequestBounds",
     "RequestContextMiddleware",
     "RequestIdLogFilter",
+    "SessionCall",
+    "SessionCreate",
+    "SessionInfo",
     "api_error",
     "body_parser",
     "current_request_id",

@@ -11,7 +11,9 @@ The server's maxima are not module globals: validate with :func:`validate_body` 
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -51,6 +53,11 @@ __all__ = [
     "Case",
     "ExecutionCreate",
     "RequestBounds",
+    "SessionCall",
+    "SessionCallLimits",
+    "SessionCreate",
+    "SessionInfo",
+    "SessionLimits",
     "validate_body",
 ]
 
@@ -72,6 +79,8 @@ class RequestBounds:
     default_runtime: str = SCIENTIFIC
     max_cases: int = MAX_CASES
     max_json_depth: int = MAX_JSON_DEPTH
+    session_idle_timeout_s: float = 600.0
+    session_max_ttl_s: float = 3600.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestBounds:
@@ -82,6 +91,8 @@ class RequestBounds:
             default_limits=settings.default_limits(),
             max_limits=settings.max_limits(),
             default_runtime=settings.default_runtime,
+            session_idle_timeout_s=settings.session_idle_timeout_s,
+            session_max_ttl_s=settings.session_max_ttl_s,
         )
 
 
@@ -124,6 +135,30 @@ def _check_code_bytes(value: str | None, info: ValidationInfo) -> str | None:
     return value
 
 
+def _within_maxima(limits: LimitsRequest, bounds: RequestBounds) -> LimitsRequest:
+    """``limits``, or ``ValueError`` naming each field over the server's maximum (in the API's
+    units, with the maximum: the engine's check speaks memory_bytes)."""
+    maxima = bounds.max_limits.to_api()
+    asked = limits.model_dump(exclude_none=True)
+    over = [
+        f"{name} (at most {maxima[name]})" for name, value in asked.items() if value > maxima[name]
+    ]
+    if over:
+        raise ValueError(f"over the server maximum: {', '.join(over)}")
+    try:
+        limits.resolve(bounds.default_limits, bounds.max_limits)
+    except ValueError as exc:  # a pydantic ValidationError too: resolve re-validates
+        raise ValueError(describe_validation_error(exc)) from None
+    return limits
+
+
+def _default_runtime(data: Any, info: ValidationInfo) -> Any:
+    """``data`` with ``DEFAULT_RUNTIME`` filled in where it names none."""
+    if isinstance(data, dict) and "runtime" not in data:
+        return {**data, "runtime": _bounds(info).default_runtime}
+    return data
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -163,9 +198,7 @@ class _ExecutionBody(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_runtime(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, dict) and "runtime" not in data:
-            return {**data, "runtime": _bounds(info).default_runtime}
-        return data
+        return _default_runtime(data, info)
 
     @field_validator("runtime")
     @classmethod
@@ -184,22 +217,7 @@ class _ExecutionBody(_Strict):
     @field_validator("limits")
     @classmethod
     def _within_maxima(cls, limits: LimitsRequest, info: ValidationInfo) -> LimitsRequest:
-        bounds = _bounds(info)
-        # Named in the API's units, with the maximum: the engine's check speaks memory_bytes.
-        maxima = bounds.max_limits.to_api()
-        asked = limits.model_dump(exclude_none=True)
-        over = [
-            f"{name} (at most {maxima[name]})"
-            for name, value in asked.items()
-            if value > maxima[name]
-        ]
-        if over:
-            raise ValueError(f"over the server maximum: {', '.join(over)}")
-        try:
-            limits.resolve(bounds.default_limits, bounds.max_limits)
-        except ValueError as exc:  # a pydantic ValidationError too: resolve re-validates
-            raise ValueError(describe_validation_error(exc)) from None
-        return limits
+        return _within_maxima(limits, _bounds(info))
 
 
 class BatchItem(_ExecutionBody):
@@ -225,3 +243,136 @@ class BatchCreate(_Strict):
         if isinstance(items, list) and len(items) > limit:
             raise ValueError(f"at most {limit} items")
         return items
+
+
+# --- sessions (API.md, Sessions)
+
+
+class SessionLimits(_Strict):
+    """The caps of a whole session, in API units: they hold across all its calls."""
+
+    memory_mb: int | None = Field(default=None, gt=0)
+    max_processes: int | None = Field(default=None, gt=0)
+    max_file_bytes: int | None = Field(default=None, gt=0)
+
+
+class SessionCallLimits(_Strict):
+    """The caps of one call in a session, in API units (the session's own hold too)."""
+
+    wall_timeout_s: float | None = Field(default=None, gt=0)
+    cpu_time_s: float | None = Field(default=None, gt=0)
+    max_output_bytes: int | None = Field(default=None, gt=0)
+
+
+def _as_request(limits: SessionLimits | SessionCallLimits, bounds: RequestBounds) -> LimitsRequest:
+    return _within_maxima(LimitsRequest(**limits.model_dump()), bounds)
+
+
+class SessionCreate(_Strict):
+    """The body of ``POST /v1/sessions``; what is left out is filled in here (the runtime,
+    ``SESSION_IDLE_TIMEOUT_S``, ``SESSION_MAX_TTL_S``), so what is stored names it all."""
+
+    runtime: StrictStr
+    limits: SessionLimits = Field(default_factory=SessionLimits)
+    idle_timeout_s: float = Field(gt=0)
+    ttl_s: float = Field(gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        data = _default_runtime(data, info)
+        if not isinstance(data, dict):
+            return data
+        bounds = _bounds(info)
+        defaults = {
+            "idle_timeout_s": bounds.session_idle_timeout_s,
+            "ttl_s": bounds.session_max_ttl_s,
+        }
+        return {**defaults, **data}
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, name: str) -> str:
+        return check_runtime(name)
+
+    @field_validator("idle_timeout_s", "ttl_s")
+    @classmethod
+    def _at_most_max_ttl(cls, seconds: float, info: ValidationInfo) -> float:
+        limit = _bounds(info).session_max_ttl_s
+        if seconds > limit:
+            raise ValueError(f"at most {limit:g} s (SESSION_MAX_TTL_S)")
+        return seconds
+
+    @field_validator("limits")
+    @classmethod
+    def _within_maxima(cls, limits: SessionLimits, info: ValidationInfo) -> SessionLimits:
+        _as_request(limits, _bounds(info))
+        return limits
+
+    def limits_request(self) -> LimitsRequest:
+        """The session's caps as the engine's request shape (the rest: server defaults)."""
+        return LimitsRequest(**self.limits.model_dump())
+
+
+class SessionCall(_Strict):
+    """The body of ``POST /v1/sessions/{id}/executions``: one call in the session."""
+
+    code: Text
+    stdin: Text = ""
+    files: dict[StrictStr, FileContent] = Field(default_factory=dict)
+    limits: SessionCallLimits = Field(default_factory=SessionCallLimits)
+
+    @property
+    def test_code(self) -> None:
+        """A session call is never judged (the import policy reads this, as of any body)."""
+        return None
+
+    @field_validator("code")
+    @classmethod
+    def _code_bytes(cls, code: str, info: ValidationInfo) -> str | None:
+        return _check_code_bytes(code, info)
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, files: dict[str, str | bytes]) -> dict[str, str | bytes]:
+        return check_files(files)
+
+    @field_serializer("files")
+    def _files_in_api_form(self, files: dict[str, str | bytes]) -> dict[str, api_files.ApiFile]:
+        return api_files.to_api(files)
+
+    @field_validator("limits")
+    @classmethod
+    def _within_maxima(cls, limits: SessionCallLimits, info: ValidationInfo) -> SessionCallLimits:
+        _as_request(limits, _bounds(info))
+        return limits
+
+    def limits_request(self) -> LimitsRequest:
+        """The call's own caps as the engine's request shape."""
+        return LimitsRequest(**self.limits.model_dump())
+
+
+class SessionInfo(BaseModel):
+    """A session as the API answers it (API.md, Sessions; ``calls``, ``terminated_at`` and
+    ``message`` are additions). Also the Python client's typed answer."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: uuid.UUID
+    status: Literal["active", "terminated"]
+    runtime: str
+    limits: dict[str, Any]
+    """In API units, as an execution record's: ``memory_mb``, ``wall_timeout_s``..."""
+    idle_timeout_s: float
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    terminated_reason: str | None = None
+    calls: int = 0
+    terminated_at: datetime | None = None
+    message: str | None = None
+    """Why it ended, for a person."""
+
+    def to_api(self) -> dict[str, Any]:
+        """The JSON object the API returns."""
+        return self.model_dump(mode="json")

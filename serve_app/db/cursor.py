@@ -1,9 +1,10 @@
-"""Opaque page cursors over executions ordered newest first by ``(created_at, id)``.
+"""Opaque page cursors over rows ordered newest first by ``(created_at, id)``: executions and
+sessions.
 
 A cursor is the position of the last item of a page, base64url-encoded. Ordering by the id too
 makes the order total, so executions created in the same microsecond are neither skipped nor
 repeated; executions created after the first page come before it and never shift later pages.
-A forged cursor only moves the caller within its own executions.
+A forged cursor only moves the caller within its own rows.
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, and_, or_
 
-from serve_app.db.models import Execution
+from serve_app.db.models import Execution, LiveSession
 from serve_app.errors import InvalidRequestError
 
 __all__ = ["Position", "decode", "encode", "older_than"]
 
 Position = tuple[datetime, uuid.UUID]
+Paged = Execution | LiveSession
+"""What is paged: rows with a ``created_at`` and an ``id``."""
 _SEPARATOR = "|"
 MAX_CURSOR_CHARS = 128
 
 
-def encode(row: Execution) -> str:
+def encode(row: Paged) -> str:
     """The cursor that continues after ``row``."""
     text = f"{row.created_at.isoformat()}{_SEPARATOR}{row.id.hex}"
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
@@ -47,10 +50,10 @@ def decode(cursor: str) -> Position:
         raise InvalidRequestError("invalid cursor") from None
 
 
-def older_than(position: Position) -> ColumnElement[bool]:
-    """Executions after ``position`` in newest-first order."""
-    created_at, execution_id = position
+def older_than(position: Position, model: type[Paged] = Execution) -> ColumnElement[bool]:
+    """Rows of ``model`` after ``position`` in newest-first order."""
+    created_at, row_id = position
     return or_(
-        Execution.created_at < created_at,
-        and_(Execution.created_at == created_at, Execution.id < execution_id),
+        model.created_at < created_at,
+        and_(model.created_at == created_at, model.id < row_id),
     )

@@ -77,6 +77,7 @@ _RESULT_COLUMNS = (
     "cached_from",
     "artifacts",
     "artifacts_truncated",
+    "result",
     "finished_at",
 )
 """What a terminal write sets (:func:`_result_values`), ``started_at`` aside."""
@@ -142,11 +143,12 @@ def insert_execution(
     running: bool = False,
     owner: str | None = None,
     execution_id: uuid.UUID | None = None,
+    session_id: uuid.UUID | None = None,
 ) -> Execution:
     """Record an accepted request, status ``queued``; with ``running``, ``running`` at once
     (started now: one write instead of insert then :func:`start_execution`). ``owner`` is the
     service instance that will finish it (:mod:`serve_app.db.instances`); ``execution_id``
-    the id chosen for it (default: a new one).
+    the id chosen for it (default: a new one); ``session_id`` the session it is a call in.
 
     With ``idempotency``, raise :class:`ConflictError` if the key's ``Idempotency-Key`` is held
     by another execution of the last 24 h (a racing request: look it up with
@@ -167,6 +169,7 @@ def insert_execution(
         "status": ExecutionStatus.RUNNING if running else ExecutionStatus.QUEUED,
         "batch_id": batch_id,
         "position": position,
+        "session_id": session_id,
         "created_at": now,
         "started_at": now if running else None,
     }
@@ -351,6 +354,8 @@ def as_stored(inserted: Execution, record: ExecutionRecord) -> ExecutionRecord:
             "artifacts": [Artifact.model_validate(a) for a in clean_json(values["artifacts"])],
             "limits": Limits.model_validate(inserted.limits).to_api(),
             "runtime": inserted.runtime,
+            "session_id": inserted.session_id,
+            "result": None if record.result is None else clean_text(record.result),
             "created_at": inserted.created_at,
             "started_at": values.get("started_at", inserted.started_at),
             "finished_at": values["finished_at"],
@@ -378,6 +383,7 @@ def _result_values(record: ExecutionRecord) -> dict[str, Any]:
         "cached_from": record.cached_from,
         "artifacts": [artifact.model_dump() for artifact in record.artifacts],
         "artifacts_truncated": record.artifacts_truncated,
+        "result": record.result,
         "finished_at": record.finished_at or datetime.now(UTC),
     }
     if record.started_at is not None:  # else keep the time start_execution wrote, if any

@@ -1,4 +1,4 @@
-"""The database schema: API keys, executions, batches and audit events.
+"""The database schema: API keys, executions, batches, sessions and audit events.
 
 The migrations in ``serve_app/migrations/versions/`` create exactly these tables; a test applies
 them to an empty database and compares the result with this module. Column types come from
@@ -27,10 +27,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from executors import ExecutionStatus
+from executors import EndReason, ExecutionStatus, SessionStatus
 from serve_app.db.types import CleanJSON, CleanText, UTCDateTime
 
-__all__ = ["ApiKey", "AuditEvent", "Base", "Batch", "BatchStatus", "Execution"]
+__all__ = ["ApiKey", "AuditEvent", "Base", "Batch", "BatchStatus", "Execution", "LiveSession"]
 
 # Deterministic constraint names, so that migrations can name what they alter or drop.
 NAMING_CONVENTION = {
@@ -156,9 +156,48 @@ class Execution(Base):
 
     batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id"))
     position: Mapped[int | None] = mapped_column(Integer)  # index in the batch's request
+    # A call in a session (LiveSession); no foreign key, as cached_from: a session may be
+    # deleted by retention while its calls' records remain.
+    session_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    result: Mapped[str | None] = mapped_column(CleanText)  # a session call's final value
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LiveSession(Base):
+    """A session: a live interpreter on a session host (a Ray actor), as the service knows it.
+
+    Inserted ``active`` (without ``host`` while it is being placed), then ended exactly once:
+    a conditional UPDATE (``WHERE status = 'active'``) records why. The host is the truth on
+    whether it lives; the sweeper (serve_app/http/service/sessions.py) brings rows up to date.
+    """
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        # A key's sessions, newest first, paged by (created_at, id); its active ones, counted.
+        Index(None, "key_id", "created_at", "id"),
+        # The active sessions the sweeper asks their hosts about (few rows have this status).
+        Index(None, "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    request_id: Mapped[str | None] = mapped_column(CleanText)
+    status: Mapped[SessionStatus] = mapped_column(_status_type(SessionStatus))
+    runtime: Mapped[str] = mapped_column(CleanText)
+    limits: Mapped[dict[str, Any]] = mapped_column(CleanJSON)  # Limits.model_dump(): bytes
+    idle_timeout_s: Mapped[float] = mapped_column(Float)
+    # The Ray actor holding it (null while it is placed) and that actor's node.
+    host: Mapped[str | None] = mapped_column(CleanText)
+    node_id: Mapped[str | None] = mapped_column(CleanText)
+    calls: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    terminated_reason: Mapped[EndReason | None] = mapped_column(_status_type(EndReason))
+    terminated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    message: Mapped[str | None] = mapped_column(CleanText)  # why it ended, for a person
 
 
 class AuditEvent(Base):

@@ -107,10 +107,13 @@ def _json(record: ExecutionRecord) -> bytes:
 
 
 def _outputs(record: ExecutionRecord) -> Iterator[str]:
-    """The record's streams, then each case's, in a fixed order (see :func:`_with_outputs`)."""
+    """The record's streams, then each case's, in a fixed order (see :func:`_with_outputs`),
+    then a session call's ``result`` (capped like an output by the engine, cut like one here)."""
     for owner in (record, *(record.cases or ())):
         for stream in STREAMS:
             yield getattr(owner, stream)
+    if record.result is not None:
+        yield record.result
 
 
 def _with_outputs(record: ExecutionRecord, cut: list[tuple[str, bool]]) -> ExecutionRecord:
@@ -133,6 +136,8 @@ def _with_outputs(record: ExecutionRecord, cut: list[tuple[str, bool]]) -> Execu
     if record.cases is not None:
         cases = [case.model_copy(update=update(flags(case))) for case in record.cases]
         own["cases"] = cases
+    if record.result is not None:
+        own["result"] = next(pieces)[0]  # a repr: no flag of its own, its end shows the cut
     return record.model_copy(update=own)
 
 

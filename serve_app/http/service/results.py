@@ -173,7 +173,7 @@ class Results:
     async def capped(self, record: ExecutionRecord) -> ExecutionRecord:
         """``record`` within ``MAX_RECORD_BYTES`` (:func:`cap_record`); a big one is measured
         and cut in a worker thread, off the event loop."""
-        outputs = len(record.stdout) + len(record.stderr)
+        outputs = len(record.stdout) + len(record.stderr) + len(record.result or "")
         outputs += sum(len(case.stdout) + len(case.stderr) for case in record.cases or ())
         # Even escaped (at most 6 bytes a character), outputs and artifacts fit: nothing to do.
         artifacts = artifact_bytes(record)
