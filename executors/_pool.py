@@ -22,7 +22,7 @@ from typing import Any, Self
 from executors._config import SandboxConfig
 from executors._errors import PoolClosedError, SandboxStartError, SandboxUnavailableError
 from executors._evaluation import run_cases
-from executors._isolation import IsolationReport
+from executors._isolation import IsolationReport, enforce_isolation_policy, isolation_report
 from executors._metrics import NO_METRICS, ExecutorMetrics
 from executors._models import ExecutionRecord, ExecutionRequest
 from executors._sandbox import (
@@ -32,7 +32,6 @@ from executors._sandbox import (
     Slot,
     SlotSettings,
     compile_filter,
-    detect_cgroup_version,
     launch_mode,
     open_job_cgroup,
     remove_dead_pools_groups,
@@ -43,7 +42,6 @@ __all__ = ["SandboxPool", "refuse_without_bubblewrap"]
 
 logger = logging.getLogger("executors.pool")
 
-SANDBOX_UID = 1000  # the uid programs have inside their user namespace (see zygote.py)
 WITHOUT_BUBBLEWRAP = ("bubblewrap", "read_only_root", "uts_namespace")
 """The layers only bubblewrap provides: missing for certain when it is not installed."""
 
@@ -138,55 +136,14 @@ class SandboxPool:
         slot = self._slots[0]
         if slot.plan is None:
             raise SandboxStartError(0, "slot started without a launch plan")
-        namespaces = bool(probe.get("namespaces"))
-        in_bwrap = slot.plan.mode.startswith("bubblewrap")
-        cgroup = slot.cgroup is not None
-        layers = {
-            "bubblewrap": in_bwrap,
-            "user_namespace": namespaces,
-            "pid_namespace": namespaces or in_bwrap,
-            "mount_namespace": namespaces,
-            "network_namespace": in_bwrap or (namespaces and slot.plan.mode == "direct"),
-            "ipc_namespace": namespaces,
-            "uts_namespace": in_bwrap,
-            "private_proc": bool(probe.get("private_proc")),
-            "private_tmpfs": bool(probe.get("filesystem")),
-            "read_only_root": in_bwrap and bool(probe.get("read_only_root")),  # tried, not assumed
-            "unprivileged_uid": slot.plan.host_uid != 0 and probe.get("uid") != 0,
-            "no_capabilities": bool(probe.get("capabilities_dropped")),
-            "no_new_privs": bool(probe.get("no_new_privs")),
-            "seccomp": bool(probe.get("seccomp")),
-            "cgroup_memory": cgroup,
-            "cgroup_pids": cgroup,
-            "cgroup_cpu": cgroup,
-            "rlimits": True,
-        }
-        for key in ("error", "namespaces_error"):
-            if probe.get(key):
-                errors.append(f"probe: {probe[key]}")
-        report = IsolationReport(
-            layers=layers,
-            mode=slot.plan.mode,
-            cgroup_version=detect_cgroup_version() if cgroup else None,
-            sandbox_uid=int(probe.get("uid", SANDBOX_UID)),
-            host_uid=slot.plan.host_uid,
-            errors=errors,
-        )
-        return report
+        return isolation_report(slot.plan, probe, cgroup=slot.cgroup is not None, errors=errors)
 
     def _enforce_policy(self, report: IsolationReport) -> None:
-        if report.complete:
-            logger.info("sandbox isolation complete: %s", report.summary())
-            return
-        if self.config.require_full_isolation:
+        try:
+            enforce_isolation_policy(report, self.config)
+        except SandboxUnavailableError:
             self.close()
-            raise SandboxUnavailableError(report.missing)
-        logger.warning(
-            "SANDBOX ISOLATION DEGRADED: missing layers %s (%s); set "
-            "SANDBOX_REQUIRE_FULL_ISOLATION=true to refuse to start instead",
-            report.missing,
-            "; ".join(report.errors) or "not available on this host",
-        )
+            raise
 
     def __enter__(self) -> Self:
         self.start()

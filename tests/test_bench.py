@@ -789,11 +789,12 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
     suite = importlib.import_module("benchlib.suite")
     args = bench.build_parser().parse_args(["all"])
     assert args.out.name == "all.json"
-    assert suite.SUITE == ("sandbox", "runtimes", "http", "burst", "humaneval")
+    assert suite.SUITE == ("sandbox", "runtimes", "sessions", "http", "burst", "humaneval")
     ran: list[list[str]] = []
     fabricated = {
         "sandbox": {"failed": 0, "goal": {"throughput_ratio": 2.5, "met": False}},
         "runtimes": {"failed": 0, "goal": {"speedup": 20.0, "met": False}},
+        "sessions": {"failed": 0, "goal": {"create_p50_at_most_50_ms": True}},
         "http": {"failed": 0, "goal": {"met": {"proxy": False, "haproxy": True}}},
         "humaneval": {"failed": 0, "goal": {"met": {"engine": True, "http": False}}},
     }
@@ -819,6 +820,7 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
             "humaneval.json",
             "runtimes.json",
             "sandbox.json",
+            "sessions.json",
         ]
     assert [argv[0] for argv in ran] == list(suite.SUITE)
     assert all(argv[1:] == ["--out", str(Path(tmp) / f"{argv[0]}.json")] for argv in ran)
@@ -827,6 +829,7 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
     assert result["goals"] == {
         "sandbox": {"": False},
         "runtimes": {"": False},
+        "sessions": {"create_p50_at_most_50_ms": True},
         "http": {"proxy": False, "haproxy": True},
         "burst": {},
         "humaneval": {"engine": True, "http": False},
@@ -841,6 +844,7 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
     assert [line.split() for line in goal_lines] == [
         ["sandbox", "NOT", "met"],
         ["runtimes", "NOT", "met"],
+        ["sessions", "create_p50_at_most_50_ms", "met"],
         ["http", "proxy", "NOT", "met"],
         ["http", "haproxy", "met"],
         ["humaneval", "engine", "met"],

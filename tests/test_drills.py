@@ -38,7 +38,7 @@ from pydantic import SecretStr
 from serve_app.db import Database, keys, migrate
 from tests.support.api import auth, error_code, run
 from tests.support.databases import postgres_schema
-from tests.support.interpreters import reachable_interpreter
+from tests.support.interpreters import direct_mode_runtime, reachable_interpreter
 from tests.support.paths import SCRIPTS
 from tests.support.polling import eventually
 from tests.support.processes import (
@@ -396,7 +396,10 @@ def test_without_bubblewrap_readiness_is_degraded_and_names_the_missing_layers(
     migrate.upgrade(settings)
     database = Database.from_settings(settings)
     config = SandboxConfig(
-        bwrap_path="/nonexistent/bwrap", python_executable=python, slot_uid_base=60100
+        bwrap_path="/nonexistent/bwrap",
+        python_executable=python,
+        slot_uid_base=60100,
+        default_runtime=direct_mode_runtime(python),
     )
     executor = build_executor_app(
         config, 1, min_replicas=1, max_replicas=1, num_cpus=0.25, max_queued_requests=2

@@ -32,7 +32,7 @@ from executors._sandbox._seccomp import compile_filter
 from executors._sandbox._verdict import JobFacts, KillReason, Verdict, decide
 from executors._sandbox.zygote import MAX_PTYS
 from tests.support.canary import Canary
-from tests.support.interpreters import reachable_interpreter
+from tests.support.interpreters import direct_mode_runtime, reachable_interpreter
 from tests.support.limits import MIB
 from tests.support.statuses import (
     CRASHED,
@@ -626,7 +626,9 @@ def degraded_pool(
 ) -> Iterator[SandboxPool]:
     """A pool on a host without bubblewrap, allowed to run degraded."""
     config = pool_factory.config(
-        bwrap_path="/nonexistent/bwrap", python_executable=interpreter_for_direct_mode
+        bwrap_path="/nonexistent/bwrap",
+        python_executable=interpreter_for_direct_mode,
+        default_runtime=direct_mode_runtime(interpreter_for_direct_mode),
     )
     pool = pool_factory.start(config, slots=1)
     yield pool

@@ -334,3 +334,43 @@ def test_a_full_host_refuses_new_sessions() -> None:
     finally:
         ended = small.close()
     assert [state.terminated_reason for state in ended] == [EndReason.SHUTDOWN]
+
+
+def test_fifty_idle_sessions_live_side_by_side(record_property: pytest.RecordProperty) -> None:
+    """50 idle sessions of the scientific runtime on this machine at once, each answering, their
+    memory measured (reported, not asserted: the goal lives in ``scripts/bench sessions``)."""
+    import psutil
+
+    many = SessionHost(SandboxConfig(default_runtime="scientific"), name="fifty", capacity=50)
+    many.start()
+    try:
+        spec = {"runtime": "scientific", "limits": LIMITS, "idle_timeout_s": 600.0, "ttl_s": 600.0}
+        sessions = [many.create(SessionSpec.model_validate(spec)).id for _ in range(50)]
+        for number, session in enumerate(sessions):
+            request = ExecutionRequest(
+                code=f"import pandas\nn = {number}\nn", limits=LIMITS, runtime="scientific"
+            )
+            record, state = many.call(session, request)
+            assert (record.result, state.status) == (str(number), SessionStatus.ACTIVE)
+        private = shared = 0
+        for pid in many.interpreter_pids().values():
+            init = psutil.Process(pid)
+            for process in (init, *init.children(recursive=True)):
+                info = process.memory_full_info()
+                private, shared = private + info.uss, shared + info.pss
+        record_property("private_mib_per_session", round(private / 50 / MIB, 2))
+        record_property("pss_mib_per_session", round(shared / 50 / MIB, 2))
+        print(f"50 idle sessions: {private / 50 / MIB:.2f} MiB private, "
+              f"{shared / 50 / MIB:.2f} MiB PSS each")  # fmt: skip
+        for number, session in enumerate(sessions):  # every one still holds its own state
+            assert result_of_in(many, session, "n") == str(number)
+    finally:
+        ended = many.close()
+    assert len(ended) == 50 and not many.interpreter_pids()
+
+
+def result_of_in(host: SessionHost, session: uuid.UUID, code: str) -> str | None:
+    record, _ = host.call(
+        session, ExecutionRequest(code=code, limits=LIMITS, runtime=host.config.default_runtime)
+    )
+    return record.result

@@ -12,7 +12,7 @@ from executors._sandbox._cgroups import (
     remove_group,
 )
 from executors._sandbox._fork_server import ForkServer, ForkServerSettings
-from executors._sandbox._launch import launch_mode
+from executors._sandbox._launch import LaunchPlan, launch_mode
 from executors._sandbox._seccomp import SeccompUnavailable, compile_filter
 from executors._sandbox._session import INTERRUPT_GRACE_S, CallOutcome, SandboxSession
 from executors._sandbox._slot import Slot, SlotSettings
@@ -26,6 +26,7 @@ __all__ = [
     "ForkServerSettings",
     "JobCgroup",
     "KillReason",
+    "LaunchPlan",
     "SandboxSession",
     "SeccompUnavailable",
     "Slot",

@@ -145,8 +145,10 @@ class SandboxSession:
         its sandbox is killed; a call under way ends with it."""
         if self._kill_reason is None:
             self._kill_reason = reason
-        with contextlib.suppress(OSError):
-            signal.pidfd_send_signal(self.spare.pidfd, signal.SIGKILL)
+        for pidfd in (self.spare.pidfd, self._program_pidfd):
+            if pidfd is not None:  # the interpreter too: without a PID namespace it outlives init
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         if self.cgroup is not None and not self.namespaces:
             self.cgroup.kill_all(timeout_s=2.0)  # without a PID namespace, through the cgroup
 

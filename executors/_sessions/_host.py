@@ -38,10 +38,12 @@ from typing import Any
 from executors._config import SandboxConfig
 from executors._errors import (
     SandboxStartError,
+    SandboxUnavailableError,
     SessionBusyError,
     SessionEndedError,
     SessionPlacementError,
 )
+from executors._isolation import IsolationReport, enforce_isolation_policy, isolation_report
 from executors._models import EndReason, ExecutionRecord, ExecutionRequest, utc_now
 from executors._runtimes import RUNTIMES
 from executors._sandbox import (
@@ -123,6 +125,7 @@ class SessionHost:
         # bubblewrap's --die-with-parent follows the thread that started it: one that lives on.
         self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="session-launcher")
         self.probe: dict[str, Any] = {}
+        self.isolation: IsolationReport | None = None
 
     # --- life cycle -------------------------------------------------------------
 
@@ -134,7 +137,22 @@ class SessionHost:
             logger.warning("sessions without seccomp: %s", exc)
         if os.geteuid() == 0:
             remove_dead_pools_groups(self.config.cgroup_parent)
-        self.probe = self._server(self.config.default_runtime).probe
+        server = self._server(self.config.default_runtime)
+        self.probe = server.probe
+        if server.plan is None:
+            raise SandboxStartError(0, "session zygote started without a launch plan")
+        errors = [] if self._seccomp else ["seccomp: unavailable"]
+        cgroup = self._open_cgroup(uuid.UUID(int=0))  # tried, not assumed: can sessions have one?
+        if cgroup is not None:
+            cgroup.remove()
+        self.isolation = isolation_report(
+            server.plan, self.probe, cgroup=cgroup is not None, errors=errors
+        )
+        try:
+            enforce_isolation_policy(self.isolation, self.config)
+        except SandboxUnavailableError:
+            self.close()
+            raise
         self._reaper = threading.Thread(target=self._reap_loop, daemon=True, name="session-reaper")
         self._reaper.start()
         return self.probe

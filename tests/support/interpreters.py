@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-__all__ = ["reachable_interpreter"]
+__all__ = ["direct_mode_runtime", "reachable_interpreter"]
 
 
 def reachable_interpreter() -> str | None:
@@ -27,3 +27,14 @@ def reachable_interpreter() -> str | None:
         if subprocess.run(check, check=False, capture_output=True).returncode == 0:
             return path
     return None
+
+
+def direct_mode_runtime(python: str) -> str:
+    """The runtime a pool on ``python`` can preload: ``scientific`` when ``python`` is the
+    version the runtimes were built for (this interpreter's), else ``minimal`` (a Debian
+    ``/usr/bin/python3`` 3.11 cannot import packages built for 3.12)."""
+    import sys
+
+    check = [python, "-c", f"import sys; sys.exit(sys.version_info[:2] != {sys.version_info[:2]})"]
+    same = subprocess.run(check, check=False, capture_output=True).returncode == 0
+    return "scientific" if same else "minimal"
