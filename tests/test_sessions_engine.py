@@ -374,3 +374,30 @@ def result_of_in(host: SessionHost, session: uuid.UUID, code: str) -> str | None
         session, ExecutionRequest(code=code, limits=LIMITS, runtime=host.config.default_runtime)
     )
     return record.result
+
+
+def test_figures_come_back_with_the_call_that_drew_them() -> None:
+    """In the scientific runtime, pandas is already imported and every figure still open at a
+    call's end is saved under that call's ``out/`` (numbered from 1 in each call)."""
+    plots = SessionHost(SandboxConfig(default_runtime="scientific"), name="plots", capacity=1)
+    plots.start()
+    try:
+        spec = {"runtime": "scientific", "limits": LIMITS, "idle_timeout_s": 60.0, "ttl_s": 60.0}
+        session = plots.create(SessionSpec.model_validate(spec)).id
+        draw = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nlen(plt.get_fignums())"
+        for _ in range(2):
+            record, _state = plots.call(
+                session, ExecutionRequest(code=draw, limits=LIMITS, runtime="scientific")
+            )
+            assert record.result == "1"
+            assert [a.path for a in record.artifacts] == ["out/figure-1.png"]
+            assert record.artifacts[0].content().startswith(b"\x89PNG")
+        record, _state = plots.call(
+            session,
+            ExecutionRequest(
+                code="import sys\n'pandas' in sys.modules", limits=LIMITS, runtime="scientific"
+            ),
+        )
+        assert record.result == "True" and record.artifacts == []
+    finally:
+        plots.close()
