@@ -7,21 +7,40 @@ Usage::
     record = post_execution("http://127.0.0.1:8000", key, body)
     png = get_artifact("http://127.0.0.1:8000", key, record["id"], "out/plot.png")
     names = [runtime["name"] for runtime in list_runtimes("http://127.0.0.1:8000", key)]
+
+    with Session.create("http://127.0.0.1:8000", key, runtime="scientific") as session:
+        session.run("import pandas as pd; df = pd.DataFrame({'a': [1, 2]})")
+        session.run("df.a.sum()").result                   # '3': the session kept df
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 from urllib.parse import quote
 
 import httpx
 
+from executors import ExecutionRecord
 from serve_app import files as api_files
+from serve_app.api import SessionInfo
 from serve_app.errors import ApiErrorResponse, ServerUnreachableError
 
-__all__ = ["execution_body", "get_artifact", "list_runtimes", "post_execution"]
+__all__ = [
+    "Session",
+    "SessionInfo",
+    "call_session",
+    "create_session",
+    "delete_session",
+    "execution_body",
+    "get_artifact",
+    "get_session",
+    "list_runtimes",
+    "list_sessions",
+    "post_execution",
+]
 
 # The server holds the answer until the run ends, and its queue may add to that.
 CONNECT_TIMEOUT_S = 10.0
@@ -69,6 +88,131 @@ def get_artifact(server: str, key: str, execution_id: str, path: str) -> bytes:
     """The bytes of the artifact ``path`` (``out/plot.png``) of execution ``execution_id``."""
     route = f"/v1/executions/{quote(execution_id, safe='')}/artifacts/{quote(path, safe='/')}"
     return _call("GET", _url(server, route), key).content
+
+
+# --- sessions (API.md, Sessions)
+
+
+def create_session(
+    server: str,
+    key: str,
+    *,
+    runtime: str | None = None,
+    limits: Mapping[str, Any] | None = None,
+    idle_timeout_s: float | None = None,
+    ttl_s: float | None = None,
+) -> SessionInfo:
+    """``POST /v1/sessions``: a new live interpreter; what is left out, the server's defaults
+    (``limits``: ``memory_mb``, ``max_processes``, ``max_file_bytes`` of the whole session)."""
+    body: dict[str, Any] = {}
+    for name, value in (
+        ("runtime", runtime),
+        ("limits", None if limits is None else dict(limits)),
+        ("idle_timeout_s", idle_timeout_s),
+        ("ttl_s", ttl_s),
+    ):
+        if value is not None:
+            body[name] = value
+    response = _call("POST", _url(server, "/v1/sessions"), key, json=body)
+    return SessionInfo.model_validate(_object_from(response, "a session"))
+
+
+def call_session(
+    server: str,
+    key: str,
+    session_id: str,
+    code: str,
+    *,
+    stdin: str = "",
+    files: Mapping[str, str | bytes] | None = None,
+    limits: Mapping[str, Any] | None = None,
+) -> ExecutionRecord:
+    """``POST /v1/sessions/{id}/executions``: run ``code`` in the session; its record (``result``:
+    the ``repr`` of a final expression's value). ``limits``: ``wall_timeout_s``, ``cpu_time_s``,
+    ``max_output_bytes`` of this call. Raises :class:`ApiErrorResponse` with ``session_busy``
+    (409), ``session_terminated`` (410)."""
+    body = execution_body(code, stdin=stdin, files=files, limits=limits)
+    response = _call(
+        "POST", _url(server, f"{_session_route(session_id)}/executions"), key, json=body
+    )
+    return ExecutionRecord.model_validate(_object_from(response, "an execution record"))
+
+
+def get_session(server: str, key: str, session_id: str) -> SessionInfo:
+    """``GET /v1/sessions/{id}``: the session as its host says it is now."""
+    response = _call("GET", _url(server, _session_route(session_id)), key)
+    return SessionInfo.model_validate(_object_from(response, "a session"))
+
+
+def list_sessions(
+    server: str, key: str, *, limit: int = 20, cursor: str | None = None
+) -> tuple[list[SessionInfo], str | None]:
+    """``GET /v1/sessions``: a page of the key's sessions, newest first, and the next cursor."""
+    params: dict[str, Any] = {"limit": limit}
+    if cursor is not None:
+        params["cursor"] = cursor
+    answer = _object_from(_call("GET", _url(server, "/v1/sessions"), key, params=params), "a page")
+    items, next_cursor = answer.get("items"), answer.get("next_cursor")
+    if not isinstance(items, list) or not isinstance(next_cursor, str | None):
+        raise ServerUnreachableError("the session list has no items")
+    return [SessionInfo.model_validate(item) for item in items], next_cursor
+
+
+def delete_session(server: str, key: str, session_id: str) -> None:
+    """``DELETE /v1/sessions/{id}``: its interpreter killed at once (an ended one: nothing)."""
+    _call("DELETE", _url(server, _session_route(session_id)), key)
+
+
+class Session:
+    """A session as an object: ``run`` calls, ``close`` (or the ``with`` block's end) deletes.
+
+    >>> with Session.create(server, key) as session:  # doctest: +SKIP
+    ...     session.run("x = 1")
+    ...     session.run("x + 1").result
+    '2'
+    """
+
+    def __init__(self, server: str, key: str, info: SessionInfo) -> None:
+        self.server = server
+        self.key = key
+        self.info = info
+
+    @classmethod
+    def create(cls, server: str, key: str, **options: Any) -> Session:
+        """A new session (``options``: those of :func:`create_session`)."""
+        return cls(server, key, create_session(server, key, **options))
+
+    @property
+    def id(self) -> str:
+        return str(self.info.id)
+
+    def run(self, code: str, **options: Any) -> ExecutionRecord:
+        """Run ``code`` in the session (``options``: those of :func:`call_session`)."""
+        return call_session(self.server, self.key, self.id, code, **options)
+
+    def refresh(self) -> SessionInfo:
+        """The session as it is now (ended by the server, perhaps: ``status``)."""
+        self.info = get_session(self.server, self.key, self.id)
+        return self.info
+
+    def close(self) -> None:
+        """End the session (nothing if it had ended)."""
+        delete_session(self.server, self.key, self.id)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _session_route(session_id: str) -> str:
+    return f"/v1/sessions/{quote(session_id, safe='')}"
 
 
 def _url(server: str, route: str) -> str:

@@ -174,7 +174,7 @@ def test_readiness_details_need_a_key(app: App) -> None:
     assert anonymous.status_code == operator.status_code
     public = anonymous.json()
     assert public["status"] == operator.json()["status"]
-    checks = {"database", "redis", "executors", "sandbox", "disk", "memory"}
+    checks = {"database", "redis", "executors", "sandbox", "disk", "memory", "sessions"}
     assert set(public["checks"]) == checks
     assert all(set(check) == {"ok"} for check in public["checks"].values()), public
     for secret in ("layers", "60000", "free_bytes", "available_bytes", "busy_slots", "rtt_ms"):

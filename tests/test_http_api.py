@@ -81,7 +81,15 @@ def test_readiness_reports_every_check(server: Server, client: httpx.Client) -> 
     response = client.get("/health/ready", headers=auth(server.key))
     body = response.json()
     checks = body["checks"]
-    assert set(checks) == {"database", "redis", "executors", "sandbox", "disk", "memory"}
+    assert set(checks) == {
+        "database",
+        "redis",
+        "executors",
+        "sandbox",
+        "disk",
+        "memory",
+        "sessions",
+    }
     assert checks["database"]["ok"] and checks["executors"]["ok"]
     assert checks["executors"]["slots"] == 2
     assert "layers" in checks["sandbox"]

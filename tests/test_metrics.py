@@ -221,6 +221,8 @@ EXPORTED = {
     "ray_exec_agent_rejected_total",
     "ray_exec_agent_sandbox_start_failures_total",
     "ray_exec_agent_db_write_retries_total",
+    "ray_exec_agent_sessions_created_total",
+    "ray_exec_agent_sessions_ended_total",
 }
 """Every metric as Prometheus sees it: Ray's exporter prefixes ``ray_`` (it cannot be off)."""
 
@@ -420,6 +422,8 @@ def test_every_metric_is_exported_with_its_tags(served: Served, traffic: dict[st
         at_least(0, "ray_exec_agent_rejected_total", reason="unavailable"),
         at_least(0, "ray_exec_agent_sandbox_start_failures_total"),
         at_least(0, "ray_exec_agent_db_write_retries_total"),
+        at_least(0, "ray_exec_agent_sessions_created_total"),
+        at_least(0, "ray_exec_agent_sessions_ended_total", reason="idle"),
     ]
     samples = scrape_until(served.metrics_url, checks)
 

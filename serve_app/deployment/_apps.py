@@ -134,12 +134,14 @@ def service_app(
     *,
     runtime_env: dict[str, Any] | None = None,
     runtime_executors: Mapping[str, serve.Application] | None = None,
+    session_label_selector: Mapping[str, str] | None = None,
 ) -> serve.Application:
     """The whole service for ``serve.run``: the ingress, sized by ``ingress`` (default
     :class:`IngressArgs`' defaults: one replica), bound to ``executor`` (for instance
     :func:`executor_app`'s) and to ``runtime_executors`` (runtime: its own executor, for
     instance ``executor_app(..., runtime=...)``'s), which get every execution of their runtime.
-    ``runtime_env``: the ingress replicas' Ray runtime environment (default: the node's)."""
+    ``runtime_env``: the ingress replicas' Ray runtime environment (default: the node's);
+    ``session_label_selector``: the Ray node labels the session hosts must run on."""
     from ray import serve
 
     args = IngressArgs() if ingress is None else ingress
@@ -163,7 +165,10 @@ def service_app(
     )(serve.ingress()(ApiIngress))
     # A keyword argument: Serve replaces the applications in the dict with their handles.
     app: serve.Application = deployment.bind(
-        settings, executor, runtime_executors=dict(runtime_executors or {})
+        settings,
+        executor,
+        runtime_executors=dict(runtime_executors or {}),
+        session_label_selector=dict(session_label_selector or {}),
     )
     return app
 
@@ -180,6 +185,8 @@ def build_service_app(settings: Settings, args: ServiceAppArgs) -> serve.Applica
         _sized_executor(settings, args.executor, None),
         args.ingress,
         runtime_executors=runtime_executors,
+        # Session hosts sandbox as the executors do: on the nodes the main pool may use.
+        session_label_selector=args.executor.label_selector,
     )
 
 

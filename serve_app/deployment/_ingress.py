@@ -24,25 +24,36 @@ INGRESS_NAME = "ApiIngress"
 
 class ApiIngress:
     """The HTTP API's deployment class; ``executor`` is the executor deployment's handle,
-    ``runtime_executors`` the handles of the runtimes' own (runtime: handle)."""
+    ``runtime_executors`` the handles of the runtimes' own (runtime: handle);
+    ``session_label_selector`` the Ray node labels session hosts must run on (the executors')."""
 
     def __init__(
         self,
         settings: Settings,
         executor: Any,
         runtime_executors: dict[str, Any] | None = None,
+        session_label_selector: dict[str, str] | None = None,
     ) -> None:
         # JSON logs, Sentry (SENTRY_DSN), tracing (OTEL_EXPORTER_OTLP_ENDPOINT)
         configure_process(settings, component="ingress")
+        from executors import SessionHosts
         from serve_app.db import Database
         from serve_app.http import ExecutionService
         from serve_app.ratelimit import build_rate_limiter
 
         database = Database.from_settings(settings)
         limiter = build_rate_limiter(settings)
+        # The session hosts are Ray actors of their own: this replica only knows them by name.
+        options = settings.session_host_options(label_selector=session_label_selector)
+        hosts = SessionHosts(settings.sandbox_config(), options)
         self.settings = settings
         self.service = ExecutionService(
-            settings, database, limiter, executor, runtime_executors=runtime_executors
+            settings,
+            database,
+            limiter,
+            executor,
+            runtime_executors=runtime_executors,
+            session_hosts=hosts,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

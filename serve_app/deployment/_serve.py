@@ -4,7 +4,8 @@ Applies the database migrations, starts a local Ray (or joins ``RAY_ADDRESS``), 
 executor pool and the API ingress with Serve's HTTP proxy on ``HOST:PORT``, prints the URL (and,
 on stderr, the Ray dashboard's and the Prometheus metrics' on ``METRICS_PORT``), and waits. On a
 signal it deletes the application (Serve drains the replicas: ongoing requests finish,
-background runs get ``GRACEFUL_SHUTDOWN_TIMEOUT_S``) and stops Ray if it started it.
+background runs get ``GRACEFUL_SHUTDOWN_TIMEOUT_S``), ends every session (their hosts and their
+rows: ``shutdown``) and stops Ray if it started it.
 
 The HTTP ingress is Serve's own Python proxy unless ``SERVE_INGRESS=haproxy`` asks for Ray
 Serve's HAProxy mode (``RAY_SERVE_ENABLE_HA_PROXY``, with the binary bundled by ``ray[serve]``'s
@@ -39,6 +40,7 @@ from serve_app import _exit
 from serve_app.deployment._apps import build_service_app
 from serve_app.deployment._args import ServiceAppArgs
 from serve_app.deployment._ray import APP_NAME, metrics_url, start_ray
+from serve_app.deployment._sessions import end_all_sessions
 
 if TYPE_CHECKING:
     from serve_app.settings import Settings
@@ -235,6 +237,9 @@ def _serve(settings: Settings, ingress: str | None) -> int:
         # stops the proxies at once, cutting those connections). A shared cluster's other
         # applications, and its Serve, stay up.
         serve.delete(APP_NAME)
+        ended = end_all_sessions(settings)
+        if ended:
+            print(f"exec-agent serve: ended {ended} sessions", file=sys.stderr)
         if not joined:
             serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()

@@ -12,7 +12,9 @@ and how many replicas Serve runs (``replicas``, from ``serve.status()``, asked a
 ``null`` when unknown), and with runtimes on executors of their own (``runtime_executors``)
 the same of each under ``runtimes`` (runtime: check; the ``executors`` check fails if one
 does); ``sandbox`` the isolation layers in force; ``disk`` and ``memory`` the
-headroom (``free_bytes``, ``available_bytes``).
+headroom (``free_bytes``, ``available_bytes``); ``sessions`` the session hosts (``hosts``: each
+one's name, node, active sessions and capacity) and the sessions active on them (``active``).
+A failing ``sessions`` check degrades, never makes the service unavailable: executions go on.
 
 The details are for callers with a valid API key (issue 10 item 4: isolation layers, uids, busy
 slots and free memory help an attacker); anyone else, Kubernetes' probes included, gets the
@@ -53,8 +55,8 @@ async def readiness(
     ``isolation_cache`` keeps the executors' isolation summary once read: it does not change
     while a replica lives, and asking again would queue behind running jobs.
     """
-    database, redis, executors = await asyncio.gather(
-        _database(service), _redis(service), _executors(service)
+    database, redis, executors, sessions = await asyncio.gather(
+        _database(service), _redis(service), _executors(service), _sessions(service)
     )
     sandbox = await _sandbox(service, isolation_cache)
     checks = {
@@ -64,6 +66,7 @@ async def readiness(
         "sandbox": sandbox,
         "disk": _disk(),
         "memory": _memory(),
+        "sessions": sessions,
     }
     if all(check["ok"] for check in checks.values()):
         return 200, {"status": "ready", "checks": checks}
@@ -208,6 +211,18 @@ async def _sandbox(service: ExecutionService, cache: dict[str, Any]) -> Check:
             return _failure(exc)
         cache.update(summary)
     return dict(cache)
+
+
+async def _sessions(service: ExecutionService) -> Check:
+    if service.sessions is None:
+        return {"ok": False, "error": "no session hosts"}
+    try:
+        overview, rtt_ms = await _timed(service.sessions.hosts.overview())
+    except Exception as exc:  # noqa: BLE001 - a failed check is an answer, not an error
+        return _failure(exc)
+    fields = ("name", "node_id", "active", "capacity")
+    hosts = [{name: host.get(name) for name in fields} for host in overview.hosts]
+    return {"ok": True, "active": overview.active, "hosts": hosts, "rtt_ms": rtt_ms}
 
 
 def _disk() -> Check:

@@ -19,6 +19,10 @@ Ray 2.60), so Prometheus sees ``ray_exec_agent_...``. Inside the ingress replica
                                                     ``invalid`` (the answer's error code)
     exec_agent_db_write_retries_total               counter: result writes tried again after
                                                     the database failed them
+    exec_agent_sessions_created_total               counter: sessions placed and stored
+    exec_agent_sessions_ended_total{reason}         counter: sessions whose row was ended, once
+                                                    each, by ``terminated_reason`` (the hosts
+                                                    report ``exec_agent_sessions_active``)
 
 The executor side's are in :mod:`executors._metrics`. Without Ray (tests that build an
 :class:`~serve_app.http.ExecutionService` alone) :func:`ingress_metrics` gives
@@ -35,7 +39,7 @@ from collections.abc import Sequence
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from executors import TERMINAL_STATUSES, ExecutionRecord
+from executors import TERMINAL_STATUSES, EndReason, ExecutionRecord
 from executors.telemetry import (
     DURATION_BUCKETS_S,
     KeptGauge,
@@ -73,6 +77,8 @@ REJECTION_REASONS = {
     "unsupported_media_type": "invalid",
 }
 """The API's error codes (``API.md``) that count as refusals, and their ``reason``."""
+SESSION_END_REASONS = tuple(reason.value for reason in EndReason)
+"""The ``reason`` values of ``exec_agent_sessions_ended_total``, zeroed at start."""
 _REJECTION_STATUSES = frozenset({400, 401, 413, 415, 422, 503})
 _ERROR_PREFIX = b'{"error":{"code":"'
 """How every error answer starts (``serve_app.api.errors``, rendered by ``JSONResponse``)."""
@@ -130,6 +136,12 @@ class IngressMetrics:
 
     def request(self, route: str, method: str, status_code: int, seconds: float) -> None:
         """An HTTP request was answered."""
+
+    def session_created(self) -> None:
+        """A session was placed and stored."""
+
+    def session_ended(self, reason: str) -> None:
+        """A session's row was ended (once per session, by whoever flipped it)."""
 
 
 NO_METRICS = IngressMetrics()
@@ -193,6 +205,19 @@ class _RayIngressMetrics(IngressMetrics):
             description="Result writes tried again after the database failed them.",
         )
         zero_counter(self._db_retries)
+        self._sessions_created = types.Counter(
+            "exec_agent_sessions_created_total",
+            description="Sessions placed on a session host and stored.",
+        )
+        zero_counter(self._sessions_created)
+        self._sessions_ended = types.Counter(
+            "exec_agent_sessions_ended_total",
+            description="Sessions ended, by reason (idle, ttl, deleted, exited, lost, ...).",
+            tag_keys=("reason",),
+        )
+        self._end_tags = {reason: {"reason": reason} for reason in SESSION_END_REASONS}
+        for tags in self._end_tags.values():
+            zero_counter(self._sessions_ended, tags)
 
     def execution_stored(self, record: ExecutionRecord) -> None:
         tags = self._execution_tags.get((record.status.value, record.cached))
@@ -215,6 +240,15 @@ class _RayIngressMetrics(IngressMetrics):
 
     def db_write_retry(self) -> None:
         self._db_retries.inc()
+
+    def session_created(self) -> None:
+        self._sessions_created.inc()
+
+    def session_ended(self, reason: str) -> None:
+        tags = self._end_tags.get(reason)
+        if tags is None:  # a reason newer than this list: counted all the same
+            tags = self._end_tags[reason] = {"reason": reason}
+        self._sessions_ended.inc(tags=tags)
 
     def request(self, route: str, method: str, status_code: int, seconds: float) -> None:
         key = (route, method, status_code)

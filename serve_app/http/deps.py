@@ -7,6 +7,8 @@
     OptionalKey       the key if one is presented (then it must be valid), else ``None``
     ExecutionBody     ``POST /v1/executions``'s body, read and validated within the app's bounds
     BatchBody         ``POST /v1/batches``'s body, likewise
+    SessionBody       ``POST /v1/sessions``'s body, likewise
+    SessionCallBody   ``POST /v1/sessions/{id}/executions``'s body, likewise
     IdempotencyKey    the ``Idempotency-Key`` header, checked (422 if unusable)
     WaitS, PageLimit, PageCursor   the query parameters, with their bounds
 
@@ -24,7 +26,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
 
-from serve_app.api import BatchCreate, ExecutionCreate, body_parser
+from serve_app.api import BatchCreate, ExecutionCreate, SessionCall, SessionCreate, body_parser
 from serve_app.db.models import ApiKey
 from serve_app.errors import InvalidFieldsError
 from serve_app.http._health import Readiness
@@ -45,6 +47,8 @@ __all__ = [
     "PageLimit",
     "ReadinessDep",
     "ServiceDep",
+    "SessionBody",
+    "SessionCallBody",
     "WaitS",
     "attach",
     "charge",
@@ -132,6 +136,8 @@ failures). Never charged to its rate."""
 
 ExecutionBody = Annotated[ExecutionCreate, Depends(body_parser(ExecutionCreate))]
 BatchBody = Annotated[BatchCreate, Depends(body_parser(BatchCreate))]
+SessionBody = Annotated[SessionCreate, Depends(body_parser(SessionCreate))]
+SessionCallBody = Annotated[SessionCall, Depends(body_parser(SessionCall))]
 
 
 def checked_idempotency_key(header: str | None) -> str | None:

@@ -32,7 +32,8 @@ INGRESS_TEST_CPUS = 0.1
 
 def service_settings(database_url: str, secret: SecretStr, **overrides: Any) -> Settings:
     """Settings of a test deployment with Serve's proxy on a free port: one executor replica
-    of two slots, 1000 runs a minute per key; ``overrides`` win."""
+    of two slots, 1000 runs a minute per key, no session host started ahead of a first
+    session; ``overrides`` win."""
     values: dict[str, Any] = {
         "database_url": database_url,
         "api_key_secret": secret,
@@ -41,6 +42,7 @@ def service_settings(database_url: str, secret: SecretStr, **overrides: Any) -> 
         "max_concurrent_executions": 2,
         "executor_num_replicas_min": 1,
         "executor_num_replicas_max": 1,
+        "session_hosts_min": 0,
     }
     return Settings(**{**values, **overrides})
 

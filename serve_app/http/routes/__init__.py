@@ -4,6 +4,7 @@ typed aliases of :mod:`serve_app.http.deps`.
     health.py       ``/health``, ``/health/ready``
     executions.py   ``/v1/executions``
     batches.py      ``/v1/batches``
+    sessions.py     ``/v1/sessions``
     runtimes.py     ``/v1/runtimes``
 
 Each router carries its own prefix, so each of its routes' ``path`` is the whole template
@@ -14,7 +15,7 @@ Each router carries its own prefix, so each of its routes' ``path`` is the whole
 from fastapi import APIRouter
 from starlette.routing import BaseRoute
 
-from serve_app.http.routes import batches, executions, health, runtimes
+from serve_app.http.routes import batches, executions, health, runtimes, sessions
 
 __all__ = ["ROUTERS", "ROUTES"]
 
@@ -22,6 +23,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     health.router,
     executions.router,
     batches.router,
+    sessions.router,
     runtimes.router,
 )
 """In the order the app tries them."""

@@ -14,7 +14,7 @@ import math
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, wait_exponential
 
-from serve_app.api import BatchItem, ExecutionCreate
+from serve_app.api import BatchItem, ExecutionCreate, SessionCall
 from serve_app.db import audit
 from serve_app.db.models import ApiKey
 from serve_app.errors import (
@@ -114,7 +114,7 @@ class Admission:
 
     # --- import policy
 
-    async def check_policy(self, key: ApiKey, body: ExecutionBody) -> None:
+    async def check_policy(self, key: ApiKey, body: ExecutionBody | SessionCall) -> None:
         """Raise :class:`PolicyViolationError` (audited) if ``body`` imports modules the import
         policy refuses; without a policy, nothing is parsed."""
         if not self._policy.active:

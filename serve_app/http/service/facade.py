@@ -1,7 +1,8 @@
 """:class:`ExecutionService`: what the routes do, without HTTP; composes the replica's parts.
 
 Authentication (:mod:`.auth`), admission (:mod:`.admission`), single executions
-(:mod:`.executions`) and batches (:mod:`.batches`) over the executor call (:mod:`.runner`),
+(:mod:`.executions`), batches (:mod:`.batches`) and sessions (:mod:`.sessions`, with their
+sweeper, :mod:`.sweeper`) over the executor call (:mod:`.runner`),
 result writing (:mod:`.results`), audit writes (:mod:`.auditing`), database transactions
 (:mod:`.transactions`) and background tasks (:mod:`.background`); the recovery keeper
 (:mod:`serve_app.http._recovery`) knows it as its :class:`RecoveryHost`. The names the routes,
@@ -19,11 +20,19 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from executors import Artifact, ExecutionRecord, ExecutionRequest, RuntimeInfo, runtime_catalog
-from serve_app.api import BatchCreate
+from executors import (
+    Artifact,
+    ExecutionRecord,
+    ExecutionRequest,
+    RuntimeInfo,
+    SessionHosts,
+    runtime_catalog,
+)
+from serve_app.api import BatchCreate, SessionCall, SessionCreate, SessionInfo
 from serve_app.cache import ResultCache, build_result_cache
 from serve_app.db import Database
 from serve_app.db.models import ApiKey
+from serve_app.errors import UnavailableError
 from serve_app.http._metrics import ingress_metrics
 from serve_app.http._recovery import InstanceKeeper
 from serve_app.http.service.admission import Admission, ExecutionBody
@@ -36,6 +45,8 @@ from serve_app.http.service.executions import Executions, Parts
 from serve_app.http.service.polling import Wakers
 from serve_app.http.service.results import Results
 from serve_app.http.service.runner import Runner
+from serve_app.http.service.sessions import SessionPage, Sessions
+from serve_app.http.service.sweeper import SessionSweeper
 from serve_app.http.service.transactions import Transactions
 from serve_app.ratelimit import Limiter, RateDecision
 from serve_app.settings import Settings
@@ -43,6 +54,8 @@ from serve_app.settings import Settings
 __all__ = ["ExecutionService"]
 
 _T = TypeVar("_T")
+
+NO_SESSIONS_RETRY_AFTER_S = 5.0
 
 
 class ExecutionService:
@@ -57,6 +70,7 @@ class ExecutionService:
         cache: ResultCache | None = None,
         *,
         runtime_executors: Mapping[str, Any] | None = None,
+        session_hosts: SessionHosts | None = None,
     ) -> None:
         self.settings = settings
         self._runtimes: list[RuntimeInfo] | None = None
@@ -93,6 +107,13 @@ class ExecutionService:
             parts, self.executions, self.runner, slots, settings.max_concurrent_executions
         )
         self.create = self.executions.create  # accept one execution: same signature
+        # Without session hosts (a service built outside an ingress replica), no sessions.
+        self.sessions = (
+            None
+            if session_hosts is None
+            else Sessions(parts, settings, self.metrics, session_hosts)
+        )
+        self.sweeper = None if self.sessions is None else SessionSweeper(self.sessions, settings)
 
     # --- the parts' state, under the names readiness, the ingress and tests use
 
@@ -135,12 +156,18 @@ class ExecutionService:
     # --- life cycle
 
     def start(self) -> None:
-        """Start the replica's background duties (on its event loop): heartbeats, takeover."""
+        """Start the replica's background duties (on its event loop): heartbeats, takeover,
+        the session sweeper (and the first session hosts)."""
         self.keeper.start()
+        if self.sweeper is not None:
+            self.sweeper.start()
 
     async def aclose(self, timeout_s: float) -> None:
-        """Let background runs finish (up to ``timeout_s``), then release the connections."""
+        """Let background runs finish (up to ``timeout_s``), then release the connections.
+        Sessions live on: they are the hosts', and outlive this replica."""
         await self.keeper.stop()
+        if self.sweeper is not None:
+            await self.sweeper.stop()
         await self.background.drain(timeout_s)
         await self.auditor.aclose()
         await self.limiter.aclose()
@@ -243,3 +270,34 @@ class ExecutionService:
     async def batch(self, key: ApiKey, batch_id: str, wait_s: float = 0.0) -> BatchAnswer:
         """The key's batch with its records in request order (:meth:`Batches.get`)."""
         return await self.batches.get(key, batch_id, wait_s)
+
+    # --- sessions
+
+    def _sessions(self) -> Sessions:
+        if self.sessions is None:
+            raise UnavailableError(NO_SESSIONS_RETRY_AFTER_S, "no session hosts on this replica")
+        return self.sessions
+
+    async def create_session(
+        self, key: ApiKey, body: SessionCreate, *, request_id: str | None = None
+    ) -> SessionInfo:
+        """Start a session (:meth:`Sessions.create`): reserved under the key's cap, placed."""
+        return await self._sessions().create(key, body, request_id=request_id)
+
+    async def session(self, key: ApiKey, session_id: str) -> SessionInfo:
+        """The key's session, as its host says it is now."""
+        return await self._sessions().get(key, session_id)
+
+    async def session_page(self, key: ApiKey, limit: int, cursor: str | None) -> SessionPage:
+        """A page of the key's sessions, newest first."""
+        return await self._sessions().page(key, limit, cursor)
+
+    async def delete_session(self, key: ApiKey, session_id: str) -> None:
+        """End the key's session at once (nothing if it had ended)."""
+        await self._sessions().delete(key, session_id)
+
+    async def session_call(
+        self, key: ApiKey, session_id: str, body: SessionCall, *, request_id: str | None = None
+    ) -> ExecutionRecord:
+        """Run one call in the key's session; its record, stored with ``session_id``."""
+        return await self._sessions().call(key, session_id, body, request_id=request_id)

@@ -1,0 +1,57 @@
+"""``/v1/sessions``: live interpreters that keep their state between calls (API.md, Sessions)."""
+
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations at run time.
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+
+from serve_app.api import current_request_id
+from serve_app.http.deps import (
+    DEFAULT_PAGE_ITEMS,
+    CurrentKey,
+    PageCursor,
+    PageLimit,
+    ServiceDep,
+    SessionBody,
+    SessionCallBody,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+
+@router.post("")
+async def create_session(service: ServiceDep, key: CurrentKey, body: SessionBody) -> JSONResponse:
+    created = await service.create_session(key, body, request_id=current_request_id())
+    return JSONResponse(
+        created.to_api(), status_code=201, headers={"Location": f"/v1/sessions/{created.id}"}
+    )
+
+
+@router.post("/{session_id}/executions")
+async def call_session(
+    session_id: str, service: ServiceDep, key: CurrentKey, body: SessionCallBody
+) -> JSONResponse:
+    record = await service.session_call(key, session_id, body, request_id=current_request_id())
+    return JSONResponse(record.to_api(), headers={"Location": f"/v1/executions/{record.id}"})
+
+
+@router.get("/{session_id}")
+async def get_session(session_id: str, service: ServiceDep, key: CurrentKey) -> JSONResponse:
+    return JSONResponse((await service.session(key, session_id)).to_api())
+
+
+@router.get("")
+async def list_sessions(
+    service: ServiceDep,
+    key: CurrentKey,
+    limit: PageLimit = DEFAULT_PAGE_ITEMS,
+    cursor: PageCursor = None,
+) -> JSONResponse:
+    return JSONResponse((await service.session_page(key, limit, cursor)).to_api())
+
+
+@router.delete("/{session_id}", status_code=204)
+async def delete_session(session_id: str, service: ServiceDep, key: CurrentKey) -> Response:
+    await service.delete_session(key, session_id)
+    return Response(status_code=204)

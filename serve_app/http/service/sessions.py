@@ -1,0 +1,350 @@
+"""Sessions: live interpreters on the engine's session hosts, as the API knows them.
+
+The hosts (Ray actors, :class:`executors.SessionHosts`) hold the interpreters and are the truth
+on whether one lives; the database holds what the API answers and pages, and counts the key's
+active sessions against ``MAX_SESSIONS_PER_KEY``. Any ingress replica reaches any session
+through its row (``host``: the actor's name), so a session outlives the replica that made it.
+
+A session is reserved (its row, under the key's cap) before it is placed, then placed, then its
+row records where. A call's execution is inserted ``running`` and finished once, like any other,
+with ``session_id``; a call the host refuses (busy: 409, ended: 410) leaves no execution. Rows
+of sessions that ended on their host (idle, ttl, lost) are ended by :meth:`Sessions.sweep`,
+which every replica runs every ``SESSION_SWEEP_INTERVAL_S``: ending is a conditional UPDATE, so
+replicas sweeping at once end each row once, and only that one counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from executors import (
+    SESSION_WIDE_LIMITS,
+    EndReason,
+    ExecutionRecord,
+    ExecutionRequest,
+    Limits,
+    SessionBusyError,
+    SessionEndedError,
+    SessionHosts,
+    SessionPlacementError,
+    SessionSpec,
+    SessionState,
+    SessionStatus,
+)
+from serve_app.api import SessionCall, SessionCreate, SessionInfo
+from serve_app.db import executions, sessions
+from serve_app.db.models import ApiKey, LiveSession
+from serve_app.errors import (
+    NotFoundError,
+    SessionInUseError,
+    SessionLimitError,
+    SessionTerminatedError,
+    UnavailableError,
+)
+from serve_app.http._metrics import IngressMetrics
+from serve_app.http.service.executions import Parts
+from serve_app.settings import Settings
+
+__all__ = ["PLACEMENT_RETRY_AFTER_S", "SessionPage", "Sessions", "ended_as", "terminated_error"]
+
+logger = logging.getLogger(__name__)
+
+PLACEMENT_RETRY_AFTER_S = 5.0
+"""``Retry-After`` of a 503 when no session host could take a session (a node may be coming)."""
+PLACEMENT_GRACE_S = 30.0
+"""A reservation still unplaced this long after ``SESSION_PLACEMENT_TIMEOUT_S`` was left by a
+replica that died placing it: the sweeper ends it (``lost``) so it stops counting."""
+
+
+@dataclass(frozen=True)
+class SessionPage:
+    """One page of a key's sessions, newest first."""
+
+    items: list[SessionInfo]
+    next_cursor: str | None
+
+    def to_api(self) -> dict[str, Any]:
+        return {"items": [item.to_api() for item in self.items], "next_cursor": self.next_cursor}
+
+
+def ended_as(state: SessionState) -> sessions.Ended:
+    """How a session its host reports terminated ended, for its row."""
+    return sessions.Ended(
+        reason=state.terminated_reason or EndReason.LOST,
+        at=state.terminated_at or datetime.now(UTC),
+        message=state.message,
+    )
+
+
+def terminated_error(session_id: uuid.UUID, reason: str, message: str | None) -> Exception:
+    """The 410 of a call or read on a session that ended (``message``: the host's why)."""
+    said = f"session {session_id} has ended ({reason})"
+    return SessionTerminatedError(f"{said}: {message}" if message else said, reason)
+
+
+class Sessions:
+    """One replica's sessions over its :class:`executors.SessionHosts` (``hosts``)."""
+
+    def __init__(
+        self, parts: Parts, settings: Settings, metrics: IngressMetrics, hosts: SessionHosts
+    ) -> None:
+        self._parts = parts
+        self._metrics = metrics
+        self._hosts = hosts
+        self._cap = settings.max_sessions_per_key
+        self._default_limits = settings.default_limits()
+        self._max_limits = settings.max_limits()
+        self._stale_after = timedelta(
+            seconds=settings.session_placement_timeout_s + PLACEMENT_GRACE_S
+        )
+
+    @property
+    def hosts(self) -> SessionHosts:
+        return self._hosts
+
+    # --- create
+
+    async def create(
+        self, key: ApiKey, body: SessionCreate, *, request_id: str | None = None
+    ) -> SessionInfo:
+        """Reserve a session under the key's cap (429 past it, once the key's active rows
+        were checked with their hosts), place it (503 if no host can take it), store where."""
+        limits = body.limits_request().resolve(self._default_limits, self._max_limits)
+        new = sessions.NewSession(
+            id=uuid.uuid4(),
+            runtime=body.runtime,
+            limits=limits,
+            idle_timeout_s=body.idle_timeout_s,
+            ttl_s=body.ttl_s,
+            request_id=request_id,
+        )
+        if await self._reserve(key, new) is None:
+            await self.reconcile(key.id)  # reaped ones must not count
+            if await self._reserve(key, new) is None:
+                raise SessionLimitError(self._cap)
+        # Placed even if the client goes away meanwhile: the row then says where it lives.
+        row = await self._parts.background.outlive(self._place(new))
+        return sessions.to_info(row)
+
+    async def _reserve(self, key: ApiKey, new: sessions.NewSession) -> LiveSession | None:
+        return await self._parts.transact(
+            lambda session: sessions.reserve(session, key.id, new, self._cap)
+        )
+
+    async def _place(self, new: sessions.NewSession) -> LiveSession:
+        spec = SessionSpec(
+            id=new.id,
+            runtime=new.runtime,
+            limits=new.limits,
+            idle_timeout_s=new.idle_timeout_s,
+            ttl_s=new.ttl_s,
+        )
+        try:
+            state = await self._hosts.create(spec)
+        except BaseException as exc:
+            await self._parts.transact(lambda session: sessions.forget_unplaced(session, new.id))
+            if isinstance(exc, SessionPlacementError):
+                raise UnavailableError(PLACEMENT_RETRY_AFTER_S, str(exc)) from None
+            raise
+        placed = sessions.Placed(
+            host=state.host,
+            node_id=state.node_id,
+            created_at=state.created_at,
+            last_used_at=state.last_used_at,
+            expires_at=state.expires_at,
+        )
+        row = await self._parts.transact(
+            lambda session: sessions.record_placement(session, new.id, placed)
+        )
+        if row is None:  # deleted while it was placed: it must not live on unseen
+            ended = await self._hosts.end(state.host, new.id, EndReason.DELETED)
+            raise terminated_error(new.id, EndReason.DELETED.value, ended.message)
+        self._metrics.session_created()
+        return row
+
+    # --- read
+
+    async def _row(self, key: ApiKey, session_id: str) -> LiveSession:
+        try:
+            wanted = uuid.UUID(session_id)
+        except ValueError:
+            raise NotFoundError("no such session") from None
+        row = await self._parts.transact(
+            lambda session: sessions.get_session(session, key.id, wanted)
+        )
+        if row is None:
+            raise NotFoundError("no such session")
+        return row
+
+    async def get(self, key: ApiKey, session_id: str) -> SessionInfo:
+        """The key's session, brought up to date with its host (an idle one reaped there
+        reads as ended here at once, not at the next sweep)."""
+        row = await self._row(key, session_id)
+        if row.status is SessionStatus.ACTIVE and row.host is not None:
+            await self._refresh([row])
+            row = await self._row(key, session_id)
+        return sessions.to_info(row)
+
+    async def page(self, key: ApiKey, limit: int, cursor: str | None) -> SessionPage:
+        """A page of the key's sessions, newest first (as the last sweep left them)."""
+        page = await self._parts.transact(
+            lambda session: sessions.list_sessions(session, key.id, limit=limit, cursor=cursor)
+        )
+        return SessionPage([sessions.to_info(row) for row in page.items], page.next_cursor)
+
+    # --- delete
+
+    async def delete(self, key: ApiKey, session_id: str) -> None:
+        """End the key's session at once (its interpreter killed); nothing if it had ended."""
+        row = await self._row(key, session_id)
+        if row.status is not SessionStatus.ACTIVE:
+            return
+        ended = sessions.Ended(EndReason.DELETED, datetime.now(UTC), "deleted by its client")
+        if row.host is not None:
+            state = await self._hosts.end(row.host, row.id, EndReason.DELETED)
+            if state.status is SessionStatus.TERMINATED:
+                ended = ended_as(state)  # ended before (idle, exited): that is why it ended
+        await self._end([(row.id, ended)])
+
+    # --- calls
+
+    async def call(
+        self, key: ApiKey, session_id: str, body: SessionCall, *, request_id: str | None = None
+    ) -> ExecutionRecord:
+        """Run ``body`` in the key's session: its record, stored with ``session_id``."""
+        row = await self._row(key, session_id)
+        if row.status is not SessionStatus.ACTIVE:
+            reason = row.terminated_reason or EndReason.LOST
+            raise terminated_error(row.id, str(reason), row.message)
+        if row.host is None:
+            raise SessionInUseError(f"session {row.id} is still being started")
+        await self._parts.admission.check_policy(key, body)
+        request = self._request(row, body)
+        lease = await self._parts.admission.lease(key)
+        try:
+            return await self._run(key, row, request, request_id)
+        finally:
+            await self._parts.admission.release(lease)
+
+    def _request(self, row: LiveSession, body: SessionCall) -> ExecutionRequest:
+        """The call's request: its own limits over the session's (whose session-wide caps
+        hold whatever the call asks)."""
+        own = body.limits_request().resolve(Limits.model_validate(row.limits), self._max_limits)
+        session_wide = {name: row.limits[name] for name in SESSION_WIDE_LIMITS}
+        limits = Limits.model_validate({**own.model_dump(), **session_wide})
+        return ExecutionRequest(
+            code=body.code, stdin=body.stdin, files=body.files, runtime=row.runtime, limits=limits
+        )
+
+    async def _run(
+        self, key: ApiKey, row: LiveSession, request: ExecutionRequest, request_id: str | None
+    ) -> ExecutionRecord:
+        host = row.host
+        assert host is not None  # checked by the caller  # noqa: S101
+        inserted = await self._parts.transact(
+            lambda session: executions.insert_execution(
+                session,
+                key.id,
+                request,
+                request_id=request_id,
+                running=True,
+                owner=self._parts.owner,
+                session_id=row.id,
+            )
+        )
+        results = self._parts.results
+        try:
+            called = await self._hosts.call(host, row.id, request)
+        except SessionBusyError:
+            await results.discard(inserted.id, request)
+            raise SessionInUseError(f"session {row.id} is running another call") from None
+        except SessionEndedError as exc:
+            await results.discard(inserted.id, request)
+            ended = sessions.Ended(EndReason(exc.reason), datetime.now(UTC), exc.detail or None)
+            await self._end([(row.id, ended)])
+            raise terminated_error(row.id, exc.reason, exc.detail or None) from None
+        except asyncio.CancelledError:
+            # The client went away (or the replica is stopping): the record still ends.
+            failed = ExecutionRecord.internal_error(request)
+            self._parts.background.spawn(results.finish(inserted.id, failed))
+            raise
+        except Exception:
+            await results.finish(inserted.id, ExecutionRecord.internal_error(request))
+            raise
+        record = called.record.model_copy(update={"session_id": row.id})
+        finished = await results.finish(inserted.id, record, inserted)
+        await self._apply([called.state])
+        return finished
+
+    # --- bringing rows up to date
+
+    async def _end(self, ends: Iterable[tuple[uuid.UUID, sessions.Ended]]) -> None:
+        """End these rows; count those this replica flipped."""
+        wanted = list(ends)
+        if not wanted:
+            return
+        flipped = await self._parts.transact(lambda session: sessions.end_sessions(session, wanted))
+        for _, reason in flipped:
+            self._metrics.session_ended(reason.value)
+
+    async def _apply(self, states: Iterable[SessionState]) -> None:
+        """Record what the hosts said: ended ones end, live ones' last use and calls."""
+        ends, touches = [], []
+        for state in states:
+            if state.status is SessionStatus.TERMINATED:
+                ends.append((state.id, ended_as(state)))
+            else:
+                touches.append(state)
+        await self._end(ends)
+        if touches:
+
+            def touch(session: Any) -> None:
+                for state in touches:
+                    sessions.touch(
+                        session, state.id, last_used_at=state.last_used_at, calls=state.calls
+                    )
+
+            await self._parts.transact(touch)
+
+    async def _refresh(self, rows: Iterable[LiveSession]) -> int:
+        """Ask the hosts of these active rows how their sessions are, and record it; a row
+        never placed (its replica died placing it) ends as ``lost``. How many rows ended."""
+        by_host: dict[str, list[uuid.UUID]] = defaultdict(list)
+        unplaced: list[tuple[uuid.UUID, sessions.Ended]] = []
+        for row in rows:
+            if row.host is None:
+                ended = sessions.Ended(EndReason.LOST, datetime.now(UTC), "never placed")
+                unplaced.append((row.id, ended))
+            else:
+                by_host[row.host].append(row.id)
+        await self._end(unplaced)
+        answers = await asyncio.gather(
+            *(self._hosts.states(host, ids) for host, ids in by_host.items())
+        )
+        states = [state for answer in answers for state in answer.values()]
+        await self._apply(states)
+        return len(unplaced) + sum(state.status is SessionStatus.TERMINATED for state in states)
+
+    async def reconcile(self, key_id: int) -> int:
+        """Bring the key's active rows up to date with their hosts; how many ended."""
+        stale = datetime.now(UTC) - self._stale_after
+        rows = await self._parts.transact(
+            lambda session: sessions.active_sessions(session, key_id=key_id, placed_before=stale)
+        )
+        return await self._refresh(rows)
+
+    async def sweep(self) -> int:
+        """Bring every active row up to date with its host (idempotent: any replica, any
+        time); how many ended."""
+        stale = datetime.now(UTC) - self._stale_after
+        rows = await self._parts.transact(
+            lambda session: sessions.active_sessions(session, placed_before=stale)
+        )
+        return await self._refresh(rows) if rows else 0
