@@ -1,7 +1,8 @@
-"""Sessions over HTTP (API.md, Sessions): one deployment for the module, on the session's Ray.
+"""Sessions over HTTP (API.md, Sessions): one deployment per database backend, on the
+session's Ray.
 
 Real Ray Serve (ingress + executor), real session hosts (detached Ray actors, real sandboxes),
-a temporary SQLite database. A key per test keeps the per-key cap and the rate apart. The
+a temporary SQLite database, then a PostgreSQL schema of its own. A key per test keeps the per-key cap and the rate apart. The
 hosts are shut down at the end (they outlive Serve's application: that is their point).
 """
 
@@ -25,6 +26,7 @@ from serve_app.client import Session, list_sessions
 from serve_app.db.models import Execution, LiveSession
 from serve_app.errors import ApiErrorResponse
 from tests.support.api import auth, error_code
+from tests.support.databases import DATABASE_BACKENDS, empty_database
 from tests.support.service import DeployedService, deployed_service, service_settings
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox]
@@ -50,11 +52,18 @@ class Server(DeployedService):
             return list(session.scalars(query))
 
 
-@pytest.fixture(scope="module")
-def server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=DATABASE_BACKENDS)
+def server(
+    ray_session: None, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Server]:
     directory: Path = tmp_path_factory.mktemp("sessions")
+    with empty_database(request.param, directory) as url:
+        yield from _served(url)
+
+
+def _served(url: str) -> Iterator[Server]:
     settings = service_settings(
-        f"sqlite:///{directory / 'sessions.db'}",
+        url,
         SECRET,
         max_sessions_per_key=CAP,
         session_max_ttl_s=MAX_TTL_S,
@@ -161,6 +170,8 @@ def test_sessions_share_nothing_and_another_keys_is_404(
     ):
         assert (response.status_code, error_code(response)) == (404, "not_found")
     assert client.get(f"/v1/sessions/{mine}", headers=auth(key)).json()["status"] == "active"
+    anonymous = client.post("/v1/sessions", json={})
+    assert (anonymous.status_code, error_code(anonymous)) == (401, "unauthorized")
     listed = client.get("/v1/sessions", headers=auth(stranger)).json()
     assert listed == {"items": [], "next_cursor": None}
 
@@ -178,6 +189,16 @@ def test_a_concurrent_call_is_409_and_leaves_no_execution(
         assert ok(slow.result())["result"] == "'slept'"
     assert len(server.calls_stored(sid)) == 1  # the refused call left nothing
     assert ok(call(client, key, sid, "2"))["result"] == "2"
+
+
+def test_a_calls_artifacts_come_back_with_it_and_download(client: httpx.Client, key: str) -> None:
+    sid = create(client, key)["id"]
+    first = ok(call(client, key, sid, "open('out/a.txt', 'w').write('one')"))
+    assert [artifact["path"] for artifact in first["artifacts"]] == ["out/a.txt"]
+    download = client.get(f"/v1/executions/{first['id']}/artifacts/out/a.txt", headers=auth(key))
+    assert (download.status_code, download.content) == (200, b"one")
+    # Each call starts with an empty out/: what a call left went with it.
+    assert ok(call(client, key, sid, "import os; os.listdir('out')"))["result"] == "[]"
 
 
 # --- the end of a session

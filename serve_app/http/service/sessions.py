@@ -280,8 +280,15 @@ class Sessions:
             raise
         record = called.record.model_copy(update={"session_id": row.id})
         finished = await results.finish(inserted.id, record, inserted)
-        await self._apply([called.state])
+        # Off the answer's path: a read asks the host anyway, the next call finds out itself.
+        self._parts.background.detach(self._apply_quietly(called.state))
         return finished
+
+    async def _apply_quietly(self, state: SessionState) -> None:
+        try:
+            await self._apply([state])
+        except Exception:  # the sweeper records it later: nothing is lost but time
+            logger.warning("session %s: state not recorded after a call", state.id, exc_info=True)
 
     # --- bringing rows up to date
 
