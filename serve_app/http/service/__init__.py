@@ -11,6 +11,9 @@ polling.py       reads repeated until final or ``wait_s`` is over
 answers.py       typed answers (batches, pages) in the API's JSON shape
 executions.py    single executions: idempotency, result cache, now or in the background
 batches.py       batches: stored at once, run under the key's cap
+sessions.py      sessions: reserved under the key's cap, placed on session hosts, called
+session_rows.py  session rows brought up to date with their hosts, each ended once
+sweeper.py       the replica's session sweeper (and the first session hosts, warmed)
 facade.py        :class:`ExecutionService`, composing them for the routes and recovery
 """
 

@@ -9,8 +9,8 @@ A session is reserved (its row, under the key's cap) before it is placed, then p
 row records where. A call's execution is inserted ``running`` and finished once, like any other,
 with ``session_id``; a call the host refuses (busy: 409, ended: 410) leaves no execution. Rows
 of sessions that ended on their host (idle, ttl, lost) are ended by :meth:`Sessions.sweep`,
-which every replica runs every ``SESSION_SWEEP_INTERVAL_S``: ending is a conditional UPDATE, so
-replicas sweeping at once end each row once, and only that one counts it.
+which every replica runs every ``SESSION_SWEEP_INTERVAL_S`` (:mod:`.session_rows`: ending is a
+conditional UPDATE, so replicas sweeping at once end each row once, and only one counts it).
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from executors import (
@@ -50,17 +48,15 @@ from serve_app.errors import (
 )
 from serve_app.http._metrics import IngressMetrics
 from serve_app.http.service.executions import Parts
+from serve_app.http.service.session_rows import SessionRows, ended_as
 from serve_app.settings import Settings
 
-__all__ = ["PLACEMENT_RETRY_AFTER_S", "SessionPage", "Sessions", "ended_as", "terminated_error"]
+__all__ = ["PLACEMENT_RETRY_AFTER_S", "SessionPage", "Sessions", "terminated_error"]
 
 logger = logging.getLogger(__name__)
 
 PLACEMENT_RETRY_AFTER_S = 5.0
 """``Retry-After`` of a 503 when no session host could take a session (a node may be coming)."""
-PLACEMENT_GRACE_S = 30.0
-"""A reservation still unplaced this long after ``SESSION_PLACEMENT_TIMEOUT_S`` was left by a
-replica that died placing it: the sweeper ends it (``lost``) so it stops counting."""
 
 
 @dataclass(frozen=True)
@@ -72,15 +68,6 @@ class SessionPage:
 
     def to_api(self) -> dict[str, Any]:
         return {"items": [item.to_api() for item in self.items], "next_cursor": self.next_cursor}
-
-
-def ended_as(state: SessionState) -> sessions.Ended:
-    """How a session its host reports terminated ended, for its row."""
-    return sessions.Ended(
-        reason=state.terminated_reason or EndReason.LOST,
-        at=state.terminated_at or datetime.now(UTC),
-        message=state.message,
-    )
 
 
 def terminated_error(session_id: uuid.UUID, reason: str, message: str | None) -> Exception:
@@ -101,8 +88,8 @@ class Sessions:
         self._cap = settings.max_sessions_per_key
         self._default_limits = settings.default_limits()
         self._max_limits = settings.max_limits()
-        self._stale_after = timedelta(
-            seconds=settings.session_placement_timeout_s + PLACEMENT_GRACE_S
+        self.rows = SessionRows(
+            parts.transact, metrics, hosts, settings.session_placement_timeout_s
         )
 
     @property
@@ -126,7 +113,7 @@ class Sessions:
             request_id=request_id,
         )
         if await self._reserve(key, new) is None:
-            await self.reconcile(key.id)  # reaped ones must not count
+            await self.rows.reconcile(key.id)  # reaped ones must not count
             if await self._reserve(key, new) is None:
                 raise SessionLimitError(self._cap)
         # Placed even if the client goes away meanwhile: the row then says where it lives.
@@ -188,7 +175,7 @@ class Sessions:
         reads as ended here at once, not at the next sweep)."""
         row = await self._row(key, session_id)
         if row.status is SessionStatus.ACTIVE and row.host is not None:
-            await self._refresh([row])
+            await self.rows.refresh([row])
             row = await self._row(key, session_id)
         return sessions.to_info(row)
 
@@ -211,7 +198,7 @@ class Sessions:
             state = await self._hosts.end(row.host, row.id, EndReason.DELETED)
             if state.status is SessionStatus.TERMINATED:
                 ended = ended_as(state)  # ended before (idle, exited): that is why it ended
-        await self._end([(row.id, ended)])
+        await self.rows.end([(row.id, ended)])
 
     # --- calls
 
@@ -268,7 +255,7 @@ class Sessions:
         except SessionEndedError as exc:
             await results.discard(inserted.id, request)
             ended = sessions.Ended(EndReason(exc.reason), datetime.now(UTC), exc.detail or None)
-            await self._end([(row.id, ended)])
+            await self.rows.end([(row.id, ended)])
             raise terminated_error(row.id, exc.reason, exc.detail or None) from None
         except asyncio.CancelledError:
             # The client went away (or the replica is stopping): the record still ends.
@@ -286,72 +273,10 @@ class Sessions:
 
     async def _apply_quietly(self, state: SessionState) -> None:
         try:
-            await self._apply([state])
+            await self.rows.apply([state])
         except Exception:  # the sweeper records it later: nothing is lost but time
             logger.warning("session %s: state not recorded after a call", state.id, exc_info=True)
 
-    # --- bringing rows up to date
-
-    async def _end(self, ends: Iterable[tuple[uuid.UUID, sessions.Ended]]) -> None:
-        """End these rows; count those this replica flipped."""
-        wanted = list(ends)
-        if not wanted:
-            return
-        flipped = await self._parts.transact(lambda session: sessions.end_sessions(session, wanted))
-        for _, reason in flipped:
-            self._metrics.session_ended(reason.value)
-
-    async def _apply(self, states: Iterable[SessionState]) -> None:
-        """Record what the hosts said: ended ones end, live ones' last use and calls."""
-        ends, touches = [], []
-        for state in states:
-            if state.status is SessionStatus.TERMINATED:
-                ends.append((state.id, ended_as(state)))
-            else:
-                touches.append(state)
-        await self._end(ends)
-        if touches:
-
-            def touch(session: Any) -> None:
-                for state in touches:
-                    sessions.touch(
-                        session, state.id, last_used_at=state.last_used_at, calls=state.calls
-                    )
-
-            await self._parts.transact(touch)
-
-    async def _refresh(self, rows: Iterable[LiveSession]) -> int:
-        """Ask the hosts of these active rows how their sessions are, and record it; a row
-        never placed (its replica died placing it) ends as ``lost``. How many rows ended."""
-        by_host: dict[str, list[uuid.UUID]] = defaultdict(list)
-        unplaced: list[tuple[uuid.UUID, sessions.Ended]] = []
-        for row in rows:
-            if row.host is None:
-                ended = sessions.Ended(EndReason.LOST, datetime.now(UTC), "never placed")
-                unplaced.append((row.id, ended))
-            else:
-                by_host[row.host].append(row.id)
-        await self._end(unplaced)
-        answers = await asyncio.gather(
-            *(self._hosts.states(host, ids) for host, ids in by_host.items())
-        )
-        states = [state for answer in answers for state in answer.values()]
-        await self._apply(states)
-        return len(unplaced) + sum(state.status is SessionStatus.TERMINATED for state in states)
-
-    async def reconcile(self, key_id: int) -> int:
-        """Bring the key's active rows up to date with their hosts; how many ended."""
-        stale = datetime.now(UTC) - self._stale_after
-        rows = await self._parts.transact(
-            lambda session: sessions.active_sessions(session, key_id=key_id, placed_before=stale)
-        )
-        return await self._refresh(rows)
-
     async def sweep(self) -> int:
-        """Bring every active row up to date with its host (idempotent: any replica, any
-        time); how many ended."""
-        stale = datetime.now(UTC) - self._stale_after
-        rows = await self._parts.transact(
-            lambda session: sessions.active_sessions(session, placed_before=stale)
-        )
-        return await self._refresh(rows) if rows else 0
+        """Bring every active row up to date with its host (:meth:`SessionRows.sweep`)."""
+        return await self.rows.sweep()
