@@ -170,6 +170,9 @@ def test_sessions_share_nothing_and_another_keys_is_404(
     ):
         assert (response.status_code, error_code(response)) == (404, "not_found")
     assert client.get(f"/v1/sessions/{mine}", headers=auth(key)).json()["status"] == "active"
+    bare = client.post("/v1/sessions", headers=auth(key))  # no body: every default
+    assert bare.status_code == 201, bare.text
+    client.delete(f"/v1/sessions/{bare.json()['id']}", headers=auth(key))
     anonymous = client.post("/v1/sessions", json={})
     assert (anonymous.status_code, error_code(anonymous)) == (401, "unauthorized")
     listed = client.get("/v1/sessions", headers=auth(stranger)).json()

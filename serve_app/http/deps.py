@@ -7,7 +7,7 @@
     OptionalKey       the key if one is presented (then it must be valid), else ``None``
     ExecutionBody     ``POST /v1/executions``'s body, read and validated within the app's bounds
     BatchBody         ``POST /v1/batches``'s body, likewise
-    SessionBody       ``POST /v1/sessions``'s body, likewise
+    SessionBody       ``POST /v1/sessions``'s body, likewise (none at all: ``{}``)
     SessionCallBody   ``POST /v1/sessions/{id}/executions``'s body, likewise
     IdempotencyKey    the ``Idempotency-Key`` header, checked (422 if unusable)
     WaitS, PageLimit, PageCursor   the query parameters, with their bounds
@@ -26,7 +26,16 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
 
-from serve_app.api import BatchCreate, ExecutionCreate, SessionCall, SessionCreate, body_parser
+from serve_app.api import (
+    BatchCreate,
+    ExecutionCreate,
+    SessionCall,
+    SessionCreate,
+    body_parser,
+    parse_body,
+    read_body,
+    request_bounds,
+)
 from serve_app.db.models import ApiKey
 from serve_app.errors import InvalidFieldsError
 from serve_app.http._health import Readiness
@@ -136,7 +145,16 @@ failures). Never charged to its rate."""
 
 ExecutionBody = Annotated[ExecutionCreate, Depends(body_parser(ExecutionCreate))]
 BatchBody = Annotated[BatchCreate, Depends(body_parser(BatchCreate))]
-SessionBody = Annotated[SessionCreate, Depends(body_parser(SessionCreate))]
+
+
+async def session_body(request: Request) -> SessionCreate:
+    """``POST /v1/sessions``' body: every field has a default, so no body at all is ``{}``."""
+    bounds = request_bounds(request)
+    body = await read_body(request, bounds.max_body_bytes)
+    return parse_body(SessionCreate, body or b"{}", bounds)
+
+
+SessionBody = Annotated[SessionCreate, Depends(session_body)]
 SessionCallBody = Annotated[SessionCall, Depends(body_parser(SessionCall))]
 
 
