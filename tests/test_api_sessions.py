@@ -24,7 +24,8 @@ from sqlalchemy import select
 
 from serve_app.client import Session, list_sessions
 from serve_app.db.models import Execution, LiveSession
-from serve_app.errors import ApiErrorResponse
+from serve_app.errors import ApiErrorResponse, UnavailableError
+from serve_app.http.service.sessions import PLACEMENT_RETRY_AFTER_S
 from tests.support.api import auth, error_code
 from tests.support.databases import DATABASE_BACKENDS, empty_database
 from tests.support.service import DeployedService, deployed_service, service_settings
@@ -333,6 +334,46 @@ def test_readiness_lists_the_session_hosts(server: Server, client: httpx.Client,
     assert sessions["hosts"] and {"name", "node_id", "active", "capacity"} <= set(
         sessions["hosts"][0]
     )
+
+
+def test_a_session_no_node_can_take_is_503_and_not_kept(server: Server) -> None:
+    # Hosts of a namespace of their own, on nodes with a label none has: never placed.
+    import ray
+
+    from executors import SessionHosts
+    from serve_app.api import RequestBounds, SessionCreate, validate_body
+    from serve_app.db import Database, keys
+    from serve_app.http import ExecutionService
+    from serve_app.ratelimit import build_rate_limiter
+
+    settings = server.settings
+    options = settings.session_host_options(label_selector={"exec-agent/nowhere": "x"})
+    options = options.model_copy(
+        update={"namespace": f"placement-{uuid.uuid4().hex[:8]}", "placement_timeout_s": 1.0}
+    )
+    hosts = SessionHosts(settings.sandbox_config(), options)
+    with server.database.session() as session:
+        api_key = keys.create_key(session, settings.api_key_secret, "placement").row
+    body = validate_body(SessionCreate, {}, RequestBounds.from_settings(settings))
+
+    async def refused() -> UnavailableError:
+        database = Database.from_settings(settings)
+        limiter = build_rate_limiter(settings)
+        service = ExecutionService(settings, database, limiter, None, session_hosts=hosts)
+        try:
+            with pytest.raises(UnavailableError) as refusal:
+                await service.create_session(api_key, body)
+            return refusal.value
+        finally:
+            await service.aclose(1.0)
+            for name in await hosts.host_names():  # the pending host (shutdown would wait on it)
+                ray.kill(ray.get_actor(name, namespace=options.namespace))
+
+    refusal = asyncio.run(refused())
+    assert refusal.retry_after_s == PLACEMENT_RETRY_AFTER_S
+    with server.database.session() as session:
+        kept = session.scalars(select(LiveSession).where(LiveSession.key_id == api_key.id))
+        assert list(kept) == []  # the reservation went with it: it counts against nothing
 
 
 # --- losing processes: last, since the host's loss ends every session on it
