@@ -23,6 +23,10 @@ __all__ = ["end_all_sessions"]
 
 logger = logging.getLogger(__name__)
 
+HOSTS_SHUTDOWN_TIMEOUT_S = 30.0
+"""Longest wait for the hosts to end their sessions: a host never placed (no node had room)
+must not keep ``exec-agent serve`` from stopping; the rows are ended all the same."""
+
 
 def end_all_sessions(settings: Settings, label_selector: dict[str, str] | None = None) -> int:
     """End every session on every host and record it; how many rows this ended."""
@@ -32,7 +36,7 @@ def end_all_sessions(settings: Settings, label_selector: dict[str, str] | None =
     options = settings.session_host_options(label_selector=label_selector)
     hosts = SessionHosts(settings.sandbox_config(), options)
     try:
-        states = asyncio.run(hosts.shutdown())
+        states = asyncio.run(asyncio.wait_for(hosts.shutdown(), HOSTS_SHUTDOWN_TIMEOUT_S))
     except Exception:  # the rows are ended all the same: their hosts are going away
         logger.exception("session hosts: shutdown failed")
         states = []
