@@ -2,6 +2,7 @@
 hosts (:class:`SessionHost`; on Ray, detached actors reached through :class:`SessionHosts`)."""
 
 from executors._sessions._client import (
+    HostSummary,
     SessionCallResult,
     SessionHostOptions,
     SessionHosts,
@@ -17,6 +18,7 @@ from executors._sessions._models import (
 
 __all__ = [
     "SESSION_WIDE_LIMITS",
+    "HostSummary",
     "SessionCallResult",
     "SessionHost",
     "SessionHostOptions",

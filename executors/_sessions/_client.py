@@ -23,7 +23,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,6 +40,12 @@ logger = logging.getLogger("executors.sessions")
 
 MIB = 1024 * 1024
 OVERVIEW_TIMEOUT_S = 5.0
+READY_TIMEOUT_S = 2.0
+"""How long a host not yet seen answering has to answer before it is passed over (one still
+waiting for a node, say)."""
+SHUTDOWN_TIMEOUT_S = 20.0
+OVERVIEW_PENDING_S = 0.25
+"""What the overview (readiness) waits for a host it has not seen answering."""
 
 
 class SessionHostOptions(BaseModel):
@@ -73,9 +79,18 @@ class SessionCallResult:
     state: SessionState
 
 
+class HostSummary(TypedDict):
+    """One host's :meth:`SessionHost.overview`."""
+
+    name: str
+    node_id: str | None
+    active: int
+    capacity: int
+
+
 @dataclass(frozen=True)
 class SessionHostsOverview:
-    hosts: list[dict[str, Any]]
+    hosts: list[HostSummary]
     """Each host's name, node_id, active and capacity."""
 
     @property
@@ -104,6 +119,8 @@ class SessionHosts:
         self.options = options
         self._handles: dict[str, Any] = {}
         self._full: set[str] = set()
+        self._ready: set[str] = set()
+        """Hosts seen answering (placed and started)."""
         self._starting = asyncio.Lock()
 
     # --- hosts --------------------------------------------------------------------
@@ -140,6 +157,18 @@ class SessionHosts:
     def _forget(self, name: str) -> None:
         self._handles.pop(name, None)
         self._full.discard(name)
+        self._ready.discard(name)
+
+    async def _answers(self, name: str, handle: Any, timeout_s: float = READY_TIMEOUT_S) -> bool:
+        """Whether the host is placed and started (a pending one would hold a call forever)."""
+        if name in self._ready:
+            return True
+        try:
+            await asyncio.wait_for(handle.overview.remote(), timeout_s)
+        except Exception:  # noqa: BLE001 - pending, starting or gone: not a candidate now
+            return False
+        self._ready.add(name)
+        return True
 
     async def _start_host(self, index: int) -> str:
         """Start host ``index`` (or join it, if another replica just did) and wait until it
@@ -177,6 +206,7 @@ class SessionHosts:
                 f"no node had room for a new session host within {options.placement_timeout_s} s"
             ) from exc
         self._handles[name] = handle
+        self._ready.add(name)
         logger.info("session host %s started", name)
         return name
 
@@ -195,7 +225,7 @@ class SessionHosts:
                 n for n in names if n in self._full
             ]:
                 handle = await self._handle(name)
-                if handle is None:
+                if handle is None or not await self._answers(name, handle):
                     continue
                 try:
                     state: SessionState = await handle.create.remote(spec)
@@ -264,10 +294,13 @@ class SessionHosts:
         hosts = []
         for name in await self.host_names():
             handle = await self._handle(name)
-            if handle is None:
+            if handle is None or not await self._answers(name, handle, OVERVIEW_PENDING_S):
                 continue
             try:
-                hosts.append(await asyncio.wait_for(handle.overview.remote(), OVERVIEW_TIMEOUT_S))
+                summary: HostSummary = await asyncio.wait_for(
+                    handle.overview.remote(), OVERVIEW_TIMEOUT_S
+                )
+                hosts.append(summary)
             except Exception:  # noqa: BLE001, S112 - a host being placed or gone: not counted
                 continue
         return SessionHostsOverview(hosts)
@@ -282,8 +315,9 @@ class SessionHosts:
             if handle is None:
                 continue
             try:
-                ended += await handle.shutdown.remote()
-            except Exception:  # noqa: BLE001 - a host gone already
+                if await self._answers(name, handle):  # a pending host holds no session
+                    ended += await asyncio.wait_for(handle.shutdown.remote(), SHUTDOWN_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - a host gone already, or stuck: killed below
                 logger.warning("session host %s did not shut down cleanly", name)
             ray.kill(handle)
             self._forget(name)

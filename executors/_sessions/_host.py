@@ -298,7 +298,7 @@ class SessionHost:
         return answer
 
     def overview(self) -> dict[str, Any]:
-        """This host's name, node, active sessions and capacity."""
+        """This host's name, node, active sessions and capacity (a ``HostSummary``)."""
         with self._lock:
             active = len(self._sessions)
         return {"name": self.name, "node_id": self.node_id, "active": active,
