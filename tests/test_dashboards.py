@@ -45,6 +45,7 @@ from ray.serve.metrics import APPLICATION_TAG, DEPLOYMENT_TAG, REPLICA_TAG
 
 from executors import TERMINAL_STATUSES
 from executors import _metrics as executor_side
+from executors._sessions import _metrics as session_side
 from serve_app.http import _metrics as ingress_side
 from serve_app.http import routes as api_side
 from serve_app.settings import Settings
@@ -118,9 +119,11 @@ def service_metrics() -> dict[str, MetricDef]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(executor_side, "metric_types", lambda: types)
         patch.setattr(ingress_side, "metric_types", lambda: types)
+        patch.setattr(session_side, "metric_types", lambda: types)
         patch.setattr(executor_side, "_refresher", SimpleNamespace(add=lambda gauge: None))
         executor_side._RayExecutorMetrics()
         ingress_side._RayIngressMetrics()
+        session_side.ray_session_metrics()
     names = [metric.name for metric in types.defined]
     assert len(names) == len(set(names)), f"a metric defined twice: {sorted(names)}"
     return {metric.name: metric for metric in types.defined}

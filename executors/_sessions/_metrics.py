@@ -11,7 +11,7 @@ from typing import Any
 
 from executors._metrics import KeptGauge, metric_types, ray_connected
 
-__all__ = ["SessionMetrics", "session_metrics"]
+__all__ = ["SessionMetrics", "ray_session_metrics", "session_metrics"]
 
 
 class SessionMetrics:
@@ -27,8 +27,11 @@ class SessionMetrics:
 
 def session_metrics() -> SessionMetrics:
     """The host's metrics: Ray's when this process is connected to Ray, else none."""
-    if not ray_connected():
-        return SessionMetrics(None)
+    return ray_session_metrics() if ray_connected() else SessionMetrics(None)
+
+
+def ray_session_metrics() -> SessionMetrics:
+    """The host's metrics on Ray's metric types."""
     types: Any = metric_types()
     gauge = types.Gauge(
         "exec_agent_sessions_active",
