@@ -4,7 +4,8 @@ Offline: no cluster, no Docker. What is checked:
 
 - cluster/rayservice.yaml against KubeRay v1.7's strict RayService schema; its serveConfigV2 is
   cluster/serve-config.yaml, verbatim, and builds under the ConfigMap and Secret to deployments
-  that fit the pods (CPUs, memory, labels, drain time) and scale within min <= max;
+  that fit the pods (CPUs, memory, labels, drain time) and scale within min <= max, beside the
+  session hosts the settings size (off the head, room for them at the maximum);
 - the ConfigMap and Secret: every key a setting, every reference of the RayService resolved,
   the example Secret's placeholders marked (and refused by production);
 - cluster/networkpolicy.yaml selects the Ray pods by their labels, names ports they have, and
@@ -293,6 +294,54 @@ def test_worker_pods_fit_the_executor_replicas(
         assert per_pod * memory + object_store <= quantity(limits["memory"])
         capacity += per_pod * group["maxReplicas"]
     assert capacity >= max_replicas, "the workers at their maximum cannot hold max_replicas"
+
+
+SESSION_HOSTS_AT_MAX = 4
+"""Session hosts the sandbox pods hold beside the executor's max_replicas at their maxReplicas
+(cluster/README.md "Sessions": 4 hosts, 128 sessions)."""
+POD_JOIN_S = 120
+"""How long a new sandbox pod may take to join Ray (scheduled, its image pulled, Ray started):
+a new session host may wait that long to be placed."""
+
+
+def test_session_hosts_fit_the_sandbox_workers(
+    head: dict[str, Any], workers: list[dict[str, Any]], built: dict[str, Any]
+) -> None:
+    """Session hosts reserve CPUs and memory for all their sessions: they fit the sandbox pods
+    beside an executor replica, never the head, and the pods at their maximum hold the
+    executor's max_replicas and SESSION_HOSTS_AT_MAX hosts."""
+    ingress, executor = built["ApiIngress"], built["SandboxExecutor"]
+    settings = ingress.init_args[0]
+    options = settings.session_host_options(
+        label_selector=ingress.init_kwargs["session_label_selector"]
+    )
+    host_cpus = options.capacity * options.num_cpus_per_session
+    host_memory = options.capacity * options.memory_bytes_per_session
+    assert host_cpus > 0 and host_memory > 0, "Ray places hosts by what they reserve"
+    # Off the head: it offers no CPU, and the hosts' selector (the executor's) excludes it.
+    assert float(head["rayStartParams"]["num-cpus"]) < host_cpus
+    assert not selector_matches(options.label_selector, head["labels"])
+    cpus, memory = executor.ray_actor_options["num_cpus"], executor.ray_actor_options["memory"]
+    scaling = executor._deployment_config.autoscaling_config
+    groups = [g for g in workers if selector_matches(options.label_selector, g["labels"])]
+    assert groups, "no worker group takes the session hosts"
+    replicas_per_pod, hosts_per_pod = [], []
+    for group in groups:
+        node_cpus = float(group["rayStartParams"]["num-cpus"])
+        limits = ray_container(group)["resources"]["limits"]
+        object_store = float(group["rayStartParams"]["object-store-memory"])
+        node_memory = quantity(limits["memory"]) - object_store
+        # A host fits beside a replica: each pod holds one of each (or two of either).
+        assert cpus + host_cpus <= node_cpus and memory + host_memory <= node_memory
+        replicas_per_pod.append(int(node_cpus // cpus))
+        hosts_per_pod.append(int(min(node_cpus // host_cpus, node_memory // host_memory)))
+    pods_min = sum(group["minReplicas"] for group in groups)
+    pods_max = sum(group["maxReplicas"] for group in groups)
+    assert pods_min >= max(scaling.min_replicas, options.min_hosts)
+    replica_pods = -(-scaling.max_replicas // min(replicas_per_pod))
+    room = (pods_max - replica_pods) * min(hosts_per_pod)
+    assert room >= SESSION_HOSTS_AT_MAX, "no room for the session hosts at the maximum"
+    assert options.placement_timeout_s >= POD_JOIN_S, "hosts would give up before a pod joins"
 
 
 def test_pods_outlast_the_drain(groups: list[dict[str, Any]], built: dict[str, Any]) -> None:

@@ -59,12 +59,13 @@ def expected_statuses(name: str, expect: str) -> frozenset[str] | None:
 
 
 def load_corpus(path: Path = CORPUS_PATH) -> list[CorpusEntry]:
-    """The corpus' programs (its ``http`` entries are client scripts, not programs)."""
+    """The corpus' programs (its ``http`` entries are client scripts, not programs; its
+    ``sessions`` entries are steps in live sessions, tests/test_sessions_corpus.py)."""
     entries = json.loads(path.read_text(encoding="utf-8"))
     return [
         CorpusEntry(e["name"], e["code"], expected_statuses(e["name"], e["expect"]))
         for e in entries
-        if e["category"] != "http"
+        if e["category"] not in ("http", "sessions")  # sessions: several calls each
     ]
 
 

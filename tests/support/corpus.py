@@ -11,14 +11,27 @@ from typing import Any
 
 from tests.support.paths import TEST_DATA
 
-__all__ = ["CORPUS", "CORPUS_PATH", "ENGINE_ENTRIES", "host_ports", "program", "request_fields"]
+__all__ = [
+    "CORPUS",
+    "CORPUS_PATH",
+    "ENGINE_ENTRIES",
+    "SESSION_ENTRIES",
+    "host_ports",
+    "program",
+    "request_fields",
+]
 
 CORPUS_PATH = TEST_DATA / "security_corpus.json"
 CORPUS: dict[str, dict[str, Any]] = {
     entry["name"]: entry for entry in json.loads(CORPUS_PATH.read_text(encoding="utf-8"))
 }
-ENGINE_ENTRIES = [name for name, entry in CORPUS.items() if entry["category"] != "http"]
-"""Every entry but the HTTP ones (the API's tests take those): what the engine must meet."""
+ENGINE_ENTRIES = [
+    name for name, entry in CORPUS.items() if entry["category"] not in ("http", "sessions")
+]
+"""Every entry but the HTTP ones (the API's tests take those) and the sessions' (several calls,
+tests/test_sessions_corpus.py takes those): what the engine must meet, one run each."""
+SESSION_ENTRIES = [name for name, entry in CORPUS.items() if entry["category"] == "sessions"]
+"""Entries of calls in sessions: ``code`` is session a's first call, ``then`` the steps after."""
 
 
 @contextlib.contextmanager
