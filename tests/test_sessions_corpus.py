@@ -102,22 +102,6 @@ SHORT_WALL = frozenset(
 )
 
 FINDINGS: dict[str, str] = {
-    "fd_exhaustion": (
-        "the descriptors the call keeps (its `fds`, up to NOFILE) leave no room for the next "
-        "call's five: the interpreter receives them cut short (MSG_CTRUNC), reports `internal`, "
-        "and every later call of the session is internal_error (invariant D) while the session "
-        "stays active"
-    ),
-    "huge_exception_message": (
-        "a call over its output cap whose interpreter reports an error (the traceback was cut by "
-        "the interrupt inside the excepthook) is recorded nonzero_exit, not output_limit: "
-        "SandboxSession._verdict reads interrupted_for only with outcome 'interrupted'"
-    ),
-    "proc_reveals_the_slot": (
-        "a session's /proc/self/cgroup names the host's cgroups (exec-agent-<service pid>-<id>/"
-        "session-<id>): its spare unshares the cgroup namespace before the host moves it into "
-        "the session's cgroup, so the namespace's root is the zygote's cgroup, not its own"
-    ),
     "py_gc_and_frame_walk": (
         "the outermost frame of a session call is the zygote's serve loop: its globals (the "
         "whole zygote module) and its locals (the Job, with the session's socket) are reachable "

@@ -171,7 +171,9 @@ class JobCgroup:
             self.files.write(str(d / "cgroup.procs"), str(pid))
 
     def pids(self) -> list[int]:
-        return [int(p) for p in self.files.read(str(self.dirs[0] / "cgroup.procs")).split()]
+        # Opened afresh each time: cgroup v1 caches a pid list per open file (and each read
+        # keeps it a second longer), so a kept descriptor would list the dead forever.
+        return [int(p) for p in (self.dirs[0] / "cgroup.procs").read_text().split()]
 
     def kill_all(
         self, timeout_s: float = 5.0, spare: frozenset[int] | set[int] = frozenset()

@@ -174,6 +174,9 @@ class SandboxSession:
                 self.kill(reason)
             _readable(self.spare.pidfd, DEATH_WAIT_S)
             self.ended = self.why_it_died()
+        else:
+            self.kill(self.ended)  # ended by its call: make sure, and wait for it to be gone
+            _readable(self.spare.pidfd, DEATH_WAIT_S)
         if self.cgroup is not None:
             self.cgroup.remove()
             self.cgroup = None
@@ -389,7 +392,20 @@ class SandboxSession:
             code = code & 0xFF if isinstance(code, int) and not isinstance(code, bool) else 1
             status = ExecutionStatus.OK if code == 0 else ExecutionStatus.NONZERO_EXIT
             return ExecutionRecord(status=status, exit_code=code, **base), EndReason.EXITED
-        if outcome == "interrupted" and watch.interrupted_for is not None:
+        if outcome == "no_descriptors":
+            self.kill(EndReason.EXITED)
+            note = (
+                "exec-agent: the session's interpreter holds every file descriptor it may open, "
+                "so it cannot take another call; the session has ended\n"
+            )
+            base["stderr"] = note
+            return ExecutionRecord(status=ExecutionStatus.NONZERO_EXIT, exit_code=1, **base), (
+                EndReason.EXITED
+            )
+        if watch.interrupted_for == EndReason.OUTPUT_LIMIT or (
+            outcome in ("error", "interrupted") and watch.interrupted_for is not None
+        ):
+            # Interrupted at a limit (its KeyboardInterrupt, or whatever it raised meanwhile).
             status = _END_STATUS[watch.interrupted_for]
             return ExecutionRecord(status=status, signal=signal.SIGINT, **base), None
         if outcome in ("error", "interrupted"):

@@ -681,19 +681,29 @@ class Job:
         return proof
 
     def _lock_down(self) -> None:
-        """Everything that does not depend on the job: done while the spare waits."""
+        """Everything that does not depend on the job: done while the spare waits.
+
+        A session's spare stops short of the last steps (:meth:`_finish_lock_down`): the host
+        moves it into the session's own cgroup first, which its cgroup namespace must then
+        have as its root. It runs nothing but this harness meanwhile.
+        """
         _first_to_go_on_oom()
         if self.zygote.namespaces:
             _map_ids(self.zygote)
             _build_filesystem(self.disk_bytes, self.zygote.workdir)
-            # Its cgroup as the root of its view: /proc/self/cgroup no longer names the slot's.
-            _libc.unshare(CLONE_NEWCGROUP)  # best effort: the cgroup holds it either way
         os.setsid()  # own session and process group, no controlling terminal
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-        if self.zygote.seccomp:
-            _load_seccomp(self.zygote.seccomp)
         os.chdir(self.zygote.workdir if os.path.isdir(self.zygote.workdir) else "/tmp")
         os.umask(0o022)
+        if not self.session:
+            self._finish_lock_down()
+
+    def _finish_lock_down(self) -> None:
+        if self.zygote.namespaces:
+            # Its cgroup as the root of its view: /proc/self/cgroup no longer names the slot's.
+            _libc.unshare(CLONE_NEWCGROUP)  # best effort: the cgroup holds it either way
+        if self.zygote.seccomp:
+            _load_seccomp(self.zygote.seccomp)
         _drop_capabilities(self.zygote.cap_last_cap)
 
     def _ready(self) -> None:
@@ -1078,6 +1088,8 @@ def _make_excepthook(
 # and checks all of it; the session's death and its cause come from init and the kernel.
 
 SESSION_CALL_FDS = 5
+FD_RESERVE = 8
+"""Descriptors kept below the hard limit for the harness (a call's five, with room)."""
 RESULT_MARK = b"R"
 """Starts the result pipe's bytes when the call's last expression had a value (not None)."""
 
@@ -1093,8 +1105,11 @@ def _serve_session(job: Job) -> NoReturn:
             os._exit(0)  # the host dropped this spare
         for fd in fds:
             os.close(fd)
+        job._finish_lock_down()  # in the session's cgroup by now
         job.limits = header["limits"]
         job._set_rlimits()
+        _, most_fds = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(16, most_fds - FD_RESERVE), most_fds))
         job.job_sock.send(b"started")
         namespace = _new_main_module()
         finish = _reset_interpreter(namespace, {})
@@ -1109,19 +1124,32 @@ def _serve_session(job: Job) -> NoReturn:
     calls = 0
     while True:
         try:
-            header, fds = _recv(job.job_sock)
+            header, fds = _receive_call(job.job_sock, most_fds)
         except EOFError:
             finish(0)  # the host ended the session
         calls += 1
         if len(fds) != SESSION_CALL_FDS:
+            # Cut short: the session's own code holds every descriptor it may open, the
+            # reserve too (it raised its own limit). No call can reach it any more.
             for fd in fds:
                 os.close(fd)
-            _report(job.job_sock, {"type": "done", "outcome": "internal"})
-            continue
+            _report(job.job_sock, {"type": "done", "outcome": "no_descriptors"})
+            os._exit(1)
         report = _session_call(job.zygote.workdir, namespace, sources, hook, fds, calls)
         _report(job.job_sock, {"type": "done", **report})
         if report["outcome"] == "exit":
             finish(int(report["status"]))
+
+
+def _receive_call(sock: _socket.socket, most_fds: int) -> tuple[Message, list[int]]:
+    """The next call, received with the descriptor limit raised to its hard value: the
+    reserve below it is there for the call's five descriptors, whatever the session's code
+    holds; the limit goes back down before that code runs again."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (most_fds, most_fds))
+    try:
+        return _recv(sock)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(16, most_fds - FD_RESERVE), most_fds))
 
 
 def _session_call(
