@@ -467,6 +467,13 @@ class Settings(BaseSettings):
         "Session hosts started ahead of the first session (0: the first session waits for one).",
         ge=0,
     )
+    session_host_retire_after_s: float = _env(
+        "SESSION_HOST_RETIRE_AFTER_S",
+        600.0,
+        "A session host beyond SESSION_HOSTS_MIN stops once it has held no session this long, "
+        "seconds: its reservation goes back to Ray, and an autoscaler may remove its node.",
+        gt=0,
+    )
     session_placement_timeout_s: float = _env(
         "SESSION_PLACEMENT_TIMEOUT_S",
         60.0,
@@ -707,6 +714,7 @@ class Settings(BaseSettings):
             num_cpus_per_session=self.session_num_cpus,
             memory_bytes_per_session=self.session_reserved_memory_mb * MIB,
             min_hosts=self.session_hosts_min,
+            retire_after_s=self.session_host_retire_after_s,
             placement_timeout_s=self.session_placement_timeout_s,
             label_selector=dict(label_selector or {}),
             runtime_env=runtime_env,

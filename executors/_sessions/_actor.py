@@ -10,6 +10,9 @@ pending adds a node (``cluster/README.md``).
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -23,11 +26,19 @@ from executors._sessions._models import SessionSpec, SessionState
 
 __all__ = ["SessionHostActor"]
 
+logger = logging.getLogger("executors.sessions")
+
 
 class SessionHostActor:
     """The remote face of one :class:`SessionHost` (see :class:`SessionHosts` for its use)."""
 
-    def __init__(self, config: SandboxConfig, name: str, capacity: int) -> None:
+    def __init__(
+        self,
+        config: SandboxConfig,
+        name: str,
+        capacity: int,
+        retire_after_s: float | None = None,
+    ) -> None:
         import ray
 
         configure_json_logging(component="sessions")
@@ -36,6 +47,29 @@ class SessionHostActor:
             config, name=name, capacity=capacity, node_id=node_id, metrics=session_metrics()
         )
         self.host.start()
+        if retire_after_s is not None:
+            threading.Thread(
+                target=self._retire_when_idle, args=(retire_after_s,), daemon=True
+            ).start()
+
+    def _retire_when_idle(self, after_s: float) -> None:
+        """Once empty for ``after_s``, stop and leave the cluster (its resources go back to
+        Ray, and the autoscaler may remove its node): a host beyond the warm ones."""
+        import ray
+
+        empty_since: float | None = None
+        while True:
+            time.sleep(min(5.0, max(0.1, after_s / 4)))
+            now = time.monotonic()
+            if self.host.overview()["active"]:
+                empty_since = None
+                continue
+            empty_since = now if empty_since is None else empty_since
+            if now - empty_since >= after_s and self.host.retire_if_empty():
+                logger.info("session host %s retires: empty for %.0f s", self.host.name, after_s)
+                self.host.close()
+                ray.kill(ray.get_runtime_context().current_actor)
+                return
 
     def overview(self) -> dict[str, Any]:
         """Name, node, active sessions, capacity (answering also says it has started)."""

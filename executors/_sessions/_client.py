@@ -63,6 +63,11 @@ class SessionHostOptions(BaseModel):
         default=64 * MIB, ge=0, description="Memory Ray reserves per place of a host."
     )
     min_hosts: int = Field(default=1, ge=0, description="Hosts kept started (warm).")
+    retire_after_s: float | None = Field(
+        default=600.0,
+        gt=0,
+        description="A host beyond the warm ones stops once empty this long (None: never).",
+    )
     max_hosts: int = Field(default=64, ge=1)
     placement_timeout_s: float = Field(
         default=60.0, gt=0, description="How long a new host may wait to be placed (scale-up)."
@@ -195,7 +200,12 @@ class SessionHosts:
         handle: Any = (
             ray.remote(SessionHostActor)
             .options(**actor_options)
-            .remote(self.config, name, options.capacity)
+            .remote(
+                self.config,
+                name,
+                options.capacity,
+                None if index < options.min_hosts else options.retire_after_s,
+            )
         )
         try:
             await asyncio.wait_for(handle.overview.remote(), options.placement_timeout_s)

@@ -157,6 +157,14 @@ class SessionHost:
         self._reaper.start()
         return self.probe
 
+    def retire_if_empty(self) -> bool:
+        """Stop taking sessions if none is held now (then :meth:`close`); whether it did."""
+        with self._lock:
+            if self._sessions:
+                return False
+            self._closed.set()
+            return True
+
     def close(self, reason: EndReason = EndReason.SHUTDOWN) -> list[SessionState]:
         """End every session (``reason``), stop the zygotes; the sessions' final states."""
         self._closed.set()
