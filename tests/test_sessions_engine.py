@@ -401,3 +401,35 @@ def test_figures_come_back_with_the_call_that_drew_them() -> None:
         assert record.result == "True" and record.artifacts == []
     finally:
         plots.close()
+
+
+def test_output_past_its_cap_with_the_interrupt_ignored_ends_the_session(
+    host: SessionHost,
+) -> None:
+    session = new_session(host)
+    code = (
+        "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "while True:\n    print('x' * 1000)"
+    )
+    record, state = run(host, session, code)
+    assert record.status == ExecutionStatus.OUTPUT_LIMIT and record.stdout_truncated
+    assert state.terminated_reason == EndReason.OUTPUT_LIMIT
+
+
+def test_a_session_that_takes_every_descriptor_ends_instead_of_failing_each_call(
+    host: SessionHost,
+) -> None:
+    """The harness keeps descriptors below the hard limit for each call's own; a session that
+    raises its limit and takes those too can take no call: it ends (``exited``), said so."""
+    session = new_session(host)
+    hog = (
+        "import os, resource\n_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))\nheld = []\ntry:\n"
+        "    while True:\n        held.append(os.open('/dev/null', os.O_RDONLY))\n"
+        "except OSError:\n    pass\nlen(held) > 0"
+    )
+    assert result_of(host, session, hog) == "True"
+    record, state = run(host, session, "1 + 1")
+    assert record.status == ExecutionStatus.NONZERO_EXIT
+    assert "file descriptor" in record.stderr
+    assert state.terminated_reason == EndReason.EXITED

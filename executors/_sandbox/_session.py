@@ -20,7 +20,6 @@ import select
 import selectors
 import signal
 import socket
-import struct
 import threading
 import time
 import uuid
@@ -38,7 +37,7 @@ from executors._models import (
 from executors._sandbox._artifacts import collect_artifacts
 from executors._sandbox._cgroups import JobCgroup
 from executors._sandbox._job import SANDBOX_OVERHEAD_BYTES, memfd_readonly
-from executors._sandbox._spare import HANDSHAKE_TIMEOUT_S, Spare, SpareFailed
+from executors._sandbox._spare import HANDSHAKE_TIMEOUT_S, Spare, SpareFailed, recv_with_pid
 from executors._sandbox._streams import OutputStream
 
 __all__ = ["INTERRUPT_GRACE_S", "CallOutcome", "SandboxSession"]
@@ -54,7 +53,6 @@ SESSION_PROCESSES = 2
 """Counted by the session's pids.max beside its own: its init and its interpreter."""
 MAX_REPORT_BYTES = 4096
 RESULT_MARK = b"R"
-_CREDENTIALS = struct.calcsize("3i")
 _END_STATUS = {
     EndReason.TIMEOUT: ExecutionStatus.TIMEOUT,
     EndReason.TTL: ExecutionStatus.TIMEOUT,
@@ -319,7 +317,7 @@ class SandboxSession:
     def _read_report(self, watch: _Watch) -> None:
         """A message on the session's socket: the interpreter's word on its call, or its
         init's report of the interpreter's exit (told apart by the sender's pid)."""
-        message, pid = _recv_with_pid(self.spare.sock)
+        message, pid = recv_with_pid(self.spare.sock, MAX_REPORT_BYTES)
         if not message:
             watch.died = True
             return
@@ -339,7 +337,7 @@ class SandboxSession:
         report: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError):
             while _readable(self.spare.sock.fileno(), 0.0):
-                message, pid = _recv_with_pid(self.spare.sock)
+                message, pid = recv_with_pid(self.spare.sock, MAX_REPORT_BYTES)
                 if not message:
                     break
                 if pid == self.spare.pid:
@@ -453,12 +451,3 @@ def _readable(fd: int, timeout_s: float) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(int(timeout_s * 1000)))
-
-
-def _recv_with_pid(sock: socket.socket) -> tuple[bytes, int]:
-    """A message and its sender's pid (``SO_PASSCRED`` is on for a spare's socket)."""
-    message, ancdata, _, _ = sock.recvmsg(MAX_REPORT_BYTES, socket.CMSG_SPACE(_CREDENTIALS))
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-            return message, int(struct.unpack("3i", data[:_CREDENTIALS])[0])
-    return message, 0
