@@ -15,6 +15,10 @@ Public surface::
 ``SandboxMapper`` and ``run_programs`` run a Ray Data dataset's programs on those pools
 (importing Ray and Ray Data only when used). ``SessionHost`` keeps live interpreters (sessions)
 that run call after call; ``SessionHosts`` places them on Ray actors.
+
+Streaming: ``SandboxExecutor.run_stream`` and ``SessionHosts.call_stream`` yield a run's output
+as it is written, then its record; ``buffered`` relays such a stream through a bounded
+``StreamBuffer``; ``StdinRelays`` carries a client's standard input to a running program.
 """
 
 from executors._config import SandboxConfig
@@ -37,6 +41,7 @@ from executors._errors import (
     SessionEndedError,
     SessionError,
     SessionPlacementError,
+    StdinOverflowError,
 )
 from executors._isolation import ISOLATION_LAYERS, IsolationReport
 from executors._logging import JsonLogFormatter, configure_json_logging
@@ -81,6 +86,14 @@ from executors._sessions import (
     SessionState,
     SessionStatus,
 )
+from executors._stdin_relay import StdinChannel, StdinRelays
+from executors._streaming import (
+    STREAM_BUFFER_BYTES,
+    StreamBuffer,
+    buffered,
+    output_event,
+    record_event,
+)
 
 __all__ = [
     "ARTIFACTS_DIR",
@@ -91,6 +104,7 @@ __all__ = [
     "RUNTIMES",
     "SCIENTIFIC",
     "SESSION_WIDE_LIMITS",
+    "STREAM_BUFFER_BYTES",
     "TERMINAL_STATUSES",
     "Artifact",
     "CaseResult",
@@ -131,7 +145,12 @@ __all__ = [
     "SessionSpec",
     "SessionState",
     "SessionStatus",
+    "StdinChannel",
+    "StdinOverflowError",
+    "StdinRelays",
+    "StreamBuffer",
     "app_builder",
+    "buffered",
     "build_executor_app",
     "check_files",
     "check_relative_path",
@@ -139,6 +158,8 @@ __all__ = [
     "check_text",
     "configure_json_logging",
     "default_runtimes_dir",
+    "output_event",
+    "record_event",
     "refuse_without_bubblewrap",
     "row_to_request",
     "run_programs",

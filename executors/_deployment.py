@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Self
 
@@ -33,6 +33,9 @@ from executors._logging import configure_json_logging, serve_request_id
 from executors._metrics import executor_metrics
 from executors._models import ExecutionRecord, ExecutionRequest
 from executors._pool import SandboxPool
+from executors._sandbox import LiveIO, StdinFeed
+from executors._stdin_relay import StdinChannel, pull_stdin
+from executors._streaming import STREAM_BUFFER_BYTES, StreamBuffer, record_event
 from executors._tracing import (
     EXECUTION_ID,
     QUEUE_WAIT_S,
@@ -103,9 +106,51 @@ class SandboxExecutor:
 
         ``trace_context``: the caller's W3C trace context (``traceparent``, ``baggage``); with
         tracing on, the run is a ``sandbox.run`` span under it (``executors/_tracing.py``)."""
+        return (await self._traced(request, trace_context, None)).to_api()
+
+    async def run_stream(
+        self,
+        request: RequestLike,
+        trace_context: Mapping[str, str] | None = None,
+        stdin: StdinChannel | None = None,
+        buffer_bytes: int | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """:meth:`run`, streamed: the program's output as it writes it, then its record
+        (``executors/_streaming.py``); through Serve, ``handle.options(stream=True)``.
+
+        ``stdin``: a channel of an API replica's relay (``executors/_stdin_relay.py``) whose text
+        the program reads after the request's ``stdin``, until the channel ends. At most
+        ``buffer_bytes`` (default :data:`STREAM_BUFFER_BYTES`) of output wait for the caller;
+        past it, chunks are dropped and counted in the record's ``stream_dropped_bytes``.
+        Closing the stream (the caller went away) kills the run. A request with ``cases``
+        streams its record alone."""
+        checked = ExecutionRequest.model_validate(request)
+        buffer = StreamBuffer(buffer_bytes or STREAM_BUFFER_BYTES)
+        feed = None if stdin is None else StdinFeed()
+        live = LiveIO(on_output=buffer.put_output, stdin=feed)
+        run = asyncio.ensure_future(self._traced(checked, trace_context, live))
+        run.add_done_callback(lambda done: _finish_stream(buffer, done))
+        pull = (
+            None
+            if stdin is None or feed is None
+            else asyncio.ensure_future(pull_stdin(stdin, feed))
+        )
+        try:
+            async for event in buffer.events():
+                yield event
+        finally:
+            for task in (run, pull):
+                if task is not None and not task.done():
+                    task.cancel()  # the caller went away: the run is killed
+            if feed is not None:
+                feed.close()
+
+    async def _traced(
+        self, request: RequestLike, trace_context: Mapping[str, str] | None, live: LiveIO | None
+    ) -> ExecutionRecord:
         tracer = current_tracer()
         if tracer is None:  # tracing off: the run and nothing else
-            return (await self._run(request, None)).to_api()
+            return await self._run(request, None, live)
         parent = extract_context(trace_context)
         with tracer.start_as_current_span(
             "sandbox.run",
@@ -121,20 +166,22 @@ class SandboxExecutor:
             if execution_id:
                 span.set_attribute(EXECUTION_ID, execution_id)
             try:
-                record = await self._run(request, span)
+                record = await self._run(request, span, live)
             except BaseException as exc:
                 mark_failed(span, exc)
                 raise
             set_record_attributes(span, record)
-        return record.to_api()
+        return record
 
-    async def _run(self, request: RequestLike, span: Span | None) -> ExecutionRecord:
+    async def _run(
+        self, request: RequestLike, span: Span | None, live: LiveIO | None = None
+    ) -> ExecutionRecord:
         checked = ExecutionRequest.model_validate(request)
         received_at = self._metrics.received()
         cancel = threading.Event()
         try:
             job = self._threads.submit(
-                self._run_job, checked, cancel, received_at, span, time.perf_counter()
+                self._run_job, checked, cancel, received_at, span, time.perf_counter(), live
             )
         except RuntimeError:  # the threads are shut down: close() ran
             self._metrics.dropped()
@@ -155,13 +202,14 @@ class SandboxExecutor:
         received_at: float,
         span: Span | None = None,
         submitted_at: float = 0.0,
+        live: LiveIO | None = None,
     ) -> ExecutionRecord:
         """On a job thread: one per slot, so the request leaves the replica's queue here
         (``span``, with tracing on, gets how long it waited for a slot)."""
         self._metrics.started(received_at)
         if span is not None:
             span.set_attribute(QUEUE_WAIT_S, max(0.0, time.perf_counter() - submitted_at))
-        return self._pool.run(request, cancel)
+        return self._pool.run(request, cancel, live)
 
     def _dropped_if_cancelled(self, job: Future[ExecutionRecord]) -> None:
         if job.cancelled():
@@ -248,6 +296,16 @@ class SandboxExecutor:
         self._threads.shutdown(wait=False)
         logger.info("sandbox executor closed")
         flush_tracing()  # Ray ends the process without atexit: send the last spans now
+
+
+def _finish_stream(buffer: StreamBuffer, run: asyncio.Future[ExecutionRecord]) -> None:
+    """The end of a streamed run: its record last, or its failure."""
+    if run.cancelled():
+        buffer.fail(asyncio.CancelledError())
+    elif (error := run.exception()) is not None:
+        buffer.fail(error)
+    else:
+        buffer.finish(record_event(run.result()))
 
 
 class ReplicaRange(BaseModel):

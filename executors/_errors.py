@@ -6,6 +6,7 @@
     ├── RuntimeNotInstalledError   a runtime's packages are not where the pool looks
     ├── PoolClosedError            the pool is shutting down and takes no more work (retryable)
     ├── PipelineConfigurationError  a pipeline cannot tell where or how to run its rows
+    ├── StdinOverflowError         more interactive input waits than the program has read
     └── SessionError               about one live session
         ├── SessionBusyError       a call is already running in it
         ├── SessionEndedError      it has ended (``reason`` says why: an ``EndReason``)
@@ -38,6 +39,7 @@ __all__ = [
     "SessionEndedError",
     "SessionError",
     "SessionPlacementError",
+    "StdinOverflowError",
 ]
 
 
@@ -105,6 +107,20 @@ class PipelineConfigurationError(ExecutorError):
     """A pipeline was asked for what is not there (no executor deployment, no defaults)."""
 
     code = "pipeline_configuration"
+
+
+class StdinOverflowError(ExecutorError):
+    """More interactive standard input would wait for the program than ``max_bytes``: the text
+    was not queued (the program is not reading, or its client sends faster than it reads)."""
+
+    code = "stdin_overflow"
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        super().__init__(max_bytes)
+
+    def __str__(self) -> str:
+        return f"more than {self.max_bytes} bytes of standard input wait for the program"
 
 
 class SessionError(ExecutorError):

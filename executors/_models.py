@@ -357,6 +357,9 @@ class ExecutionRecord(BaseModel):
     result: str | None = None
     """A session call's: the ``repr`` of its final expression's value (None: a statement, or
     the value None), capped like the output."""
+    stream_dropped_bytes: int | None = None
+    """A streamed run's: UTF-8 bytes of output chunks left out of the stream because its client
+    could not keep up (the record's ``stdout``/``stderr`` still hold them); None: not streamed."""
 
     @classmethod
     def internal_error(

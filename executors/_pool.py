@@ -28,6 +28,7 @@ from executors._models import ExecutionRecord, ExecutionRequest
 from executors._sandbox import (
     JobCgroup,
     KillReason,
+    LiveIO,
     SeccompUnavailable,
     Slot,
     SlotSettings,
@@ -203,28 +204,36 @@ class SandboxPool:
         return len(self._busy)
 
     def run(
-        self, request: ExecutionRequest, cancel: threading.Event | None = None
+        self,
+        request: ExecutionRequest,
+        cancel: threading.Event | None = None,
+        live: LiveIO | None = None,
     ) -> ExecutionRecord:
         """Run ``request`` in the next free slot (waiting for one) and return its record.
 
         With ``cases``, one job per case, as many at once as there are slots.
         ``cancel``, set by another thread, kills the run (or skips it if it has not
         started): the record then says ``internal_error``, as the service stopped it.
+        ``live``: the program's output as it writes it, and its standard input as it comes
+        (not for ``cases``, whose runs each have their own input and output).
         """
         if request.runtime is None:
             request = request.model_copy(update={"runtime": self.config.default_runtime})
         if request.cases is not None:
             return run_cases(request, self._run_job, self.size, cancel)
-        return self._run_job(request, cancel)
+        return self._run_job(request, cancel, live)
 
     def _run_job(
-        self, request: ExecutionRequest, cancel: threading.Event | None
+        self,
+        request: ExecutionRequest,
+        cancel: threading.Event | None,
+        live: LiveIO | None = None,
     ) -> ExecutionRecord:
         slot = self._acquire()
         try:
             if not slot.alive():
                 self._restart(slot)
-            return slot.run(request, cancel)
+            return slot.run(request, cancel, live)
         except SandboxStartError:
             self.metrics.start_failed()
             logger.exception("sandbox slot %d could not be restarted", slot.settings.index)

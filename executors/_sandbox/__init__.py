@@ -17,21 +17,26 @@ from executors._sandbox._seccomp import SeccompUnavailable, compile_filter
 from executors._sandbox._session import INTERRUPT_GRACE_S, CallOutcome, SandboxSession
 from executors._sandbox._slot import Slot, SlotSettings
 from executors._sandbox._spare import SpareFailed
+from executors._sandbox._stdin import MAX_PENDING_STDIN_BYTES, StdinFeed
+from executors._sandbox._streams import LiveIO
 from executors._sandbox._verdict import KillReason
 
 __all__ = [
     "INTERRUPT_GRACE_S",
+    "MAX_PENDING_STDIN_BYTES",
     "CallOutcome",
     "ForkServer",
     "ForkServerSettings",
     "JobCgroup",
     "KillReason",
     "LaunchPlan",
+    "LiveIO",
     "SandboxSession",
     "SeccompUnavailable",
     "Slot",
     "SlotSettings",
     "SpareFailed",
+    "StdinFeed",
     "compile_filter",
     "detect_cgroup_version",
     "launch_mode",

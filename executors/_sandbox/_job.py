@@ -28,7 +28,8 @@ from executors._sandbox._artifacts import Artifacts, collect_artifacts
 from executors._sandbox._cgroups import JobCgroup
 from executors._sandbox._proof import ProofChannel
 from executors._sandbox._spare import HANDSHAKE_TIMEOUT_S, Spare, SpareFailed
-from executors._sandbox._streams import OutputStream
+from executors._sandbox._stdin import StdinPipe
+from executors._sandbox._streams import LiveIO, OutputStream
 from executors._sandbox._verdict import JobFacts, KillReason, decide
 
 __all__ = ["SANDBOX_OVERHEAD_BYTES", "Job", "JobSlot", "memfd_readonly"]
@@ -81,8 +82,10 @@ class Job:
         created_at: Any,
         spare: Spare,
         cancel: threading.Event | None,
+        live: LiveIO | None = None,
     ) -> None:
         self.slot = slot
+        self.live = live or LiveIO()
         self.cancel = cancel
         self.request = request
         self.limits = request.limits
@@ -100,12 +103,15 @@ class Job:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         proof = ProofChannel() if self.request.test_code is not None else None
+        feed = self.live.stdin
+        stdin = None if feed is None else StdinPipe(feed, self.request.stdin.encode())
         try:
-            self._submit(out_w, err_w, proof)
-            stdout = OutputStream(out_r, self.limits.max_output_bytes)
-            stderr = OutputStream(err_r, self.limits.max_output_bytes)
+            self._submit(out_w, err_w, proof, stdin)
+            cap = self.limits.max_output_bytes
+            stdout = OutputStream(out_r, cap, self.live.stream_to("stdout"))
+            stderr = OutputStream(err_r, cap, self.live.stream_to("stderr"))
             t0 = time.monotonic()
-            self._wait(self.spare.sock, stdout, stderr, t0)
+            self._wait(self.spare.sock, stdout, stderr, t0, stdin)
             wall = time.monotonic() - t0
             test_passed = None if proof is None else proof.proved()
             artifacts = collect_artifacts(
@@ -118,12 +124,17 @@ class Job:
             os.close(err_r)
             if proof is not None:
                 proof.close()
+            if stdin is not None:
+                stdin.close()
             self.spare.discard()  # init is gone already, unless the job never started
         return self._record(stdout, stderr, wall, test_passed, artifacts)
 
-    def _submit(self, out_w: int, err_w: int, proof: ProofChannel | None) -> None:
+    def _submit(
+        self, out_w: int, err_w: int, proof: ProofChannel | None, stdin: StdinPipe | None
+    ) -> None:
         """Hand the job to the spare: its payload, then stdin, stdout, stderr and, when
-        judged, the proof pipe's write end (the payload then carries the test and nonce)."""
+        judged, the proof pipe's write end (the payload then carries the test and nonce).
+        Standard input is the request's, sealed in a file, or (interactive) ``stdin``'s pipe."""
         job: dict[str, Any] = {"code": self.request.code, "files": dict(self.request.files)}
         judge = None if proof is None else self.request.judge
         judged: list[int] = []
@@ -136,7 +147,9 @@ class Job:
                 judged = [proof.write_fd]
         fds = [
             memfd_readonly("payload", marshal.dumps(job)),
-            memfd_readonly("stdin", self.request.stdin.encode()),
+            memfd_readonly("stdin", self.request.stdin.encode())
+            if stdin is None
+            else stdin.hand_over(),
             out_w,
             err_w,
             *judged,
@@ -176,7 +189,12 @@ class Job:
             raise SpareFailed(f"the spare did not take the job: {message[:200]!r}")
 
     def _wait(
-        self, host_sock: socket.socket, stdout: OutputStream, stderr: OutputStream, t0: float
+        self,
+        host_sock: socket.socket,
+        stdout: OutputStream,
+        stderr: OutputStream,
+        t0: float,
+        stdin: StdinPipe | None,
     ) -> None:
         if self.pidfd is None:
             raise RuntimeError("job has no pidfd")
@@ -188,6 +206,8 @@ class Job:
             sel.register(stderr.fd, selectors.EVENT_READ, stderr)
             sel.register(host_sock, selectors.EVENT_READ, "report")
             sel.register(self.pidfd, selectors.EVENT_READ, "exit")
+            if stdin is not None:
+                stdin.watch(sel)
             while not (exited_at is not None and stdout.eof and stderr.eof):
                 now = time.monotonic()
                 if exited_at is not None and now - exited_at > DRAIN_AFTER_EXIT_S:
@@ -203,6 +223,8 @@ class Job:
                     elif key.data == "exit":
                         exited_at = time.monotonic()
                         sel.unregister(self.pidfd)
+                    elif isinstance(key.data, StdinPipe):
+                        key.data.ready(key.fd)
                     elif key.data.read():
                         self._kill(KillReason.OUTPUT_LIMIT)
                     if isinstance(key.data, OutputStream) and key.data.eof:

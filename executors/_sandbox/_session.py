@@ -38,7 +38,8 @@ from executors._sandbox._artifacts import collect_artifacts
 from executors._sandbox._cgroups import JobCgroup
 from executors._sandbox._job import SANDBOX_OVERHEAD_BYTES, memfd_readonly
 from executors._sandbox._spare import HANDSHAKE_TIMEOUT_S, Spare, SpareFailed, recv_with_pid
-from executors._sandbox._streams import OutputStream
+from executors._sandbox._stdin import StdinPipe
+from executors._sandbox._streams import LiveIO, OutputStream
 
 __all__ = ["INTERRUPT_GRACE_S", "CallOutcome", "SandboxSession"]
 
@@ -187,31 +188,38 @@ class SandboxSession:
 
     # --- one call -----------------------------------------------------------------
 
-    def call(self, request: ExecutionRequest, session_id: uuid.UUID) -> CallOutcome:
-        """Run one call to its end; its record, and whether the session ended with it."""
+    def call(
+        self, request: ExecutionRequest, session_id: uuid.UUID, live: LiveIO | None = None
+    ) -> CallOutcome:
+        """Run one call to its end; its record, and whether the session ended with it.
+        ``live``: its output as it comes, and standard input that stays open (streamed)."""
+        live = live or LiveIO()
         with self._lock:
             created_at = utc_now()
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
             result_r, result_w = os.pipe()
             payload = {"code": request.code, "files": dict(request.files)}
+            stdin = None if live.stdin is None else StdinPipe(live.stdin, request.stdin.encode())
             fds = [
                 memfd_readonly("payload", marshal.dumps(payload)),
-                memfd_readonly("stdin", request.stdin.encode()),
+                memfd_readonly("stdin", request.stdin.encode())
+                if stdin is None
+                else stdin.hand_over(),
                 out_w,
                 err_w,
                 result_w,
             ]
             limits = request.limits
             streams = (
-                OutputStream(out_r, limits.max_output_bytes),
-                OutputStream(err_r, limits.max_output_bytes),
+                OutputStream(out_r, limits.max_output_bytes, live.stream_to("stdout")),
+                OutputStream(err_r, limits.max_output_bytes, live.stream_to("stderr")),
                 OutputStream(result_r, limits.max_output_bytes + len(RESULT_MARK)),
             )
             try:
                 memory_before = self.cgroup.restart_counters() if self.cgroup else 0
                 started_at, t0 = utc_now(), time.monotonic()
-                watch = self._send_and_watch(fds, streams, limits, t0)
+                watch = self._send_and_watch(fds, streams, limits, t0, stdin)
                 wall_s = time.monotonic() - t0
                 artifacts = collect_artifacts(
                     self.spare.workdir_fd,
@@ -221,6 +229,8 @@ class SandboxSession:
             finally:
                 for fd in (out_r, err_r, result_r):
                     os.close(fd)
+                if stdin is not None:
+                    stdin.close()
             record, ended = self._verdict(watch, streams, limits)
             usage = self.cgroup.usage() if self.cgroup is not None else None
             outcome = CallOutcome(
@@ -252,6 +262,7 @@ class SandboxSession:
         streams: tuple[OutputStream, OutputStream, OutputStream],
         limits: Limits,
         t0: float,
+        stdin: StdinPipe | None,
     ) -> _Watch:
         watch = _Watch()
         try:
@@ -270,6 +281,8 @@ class SandboxSession:
                 sel.register(stream.fd, selectors.EVENT_READ, stream)
             sel.register(self.spare.sock, selectors.EVENT_READ, "report")
             sel.register(self.spare.pidfd, selectors.EVENT_READ, "exit")
+            if stdin is not None:
+                stdin.watch(sel)
             while watch.report is None and not watch.died:
                 self._enforce(watch, limits, deadline)
                 for key, _ in sel.select(POLL_INTERVAL_S):
@@ -277,6 +290,8 @@ class SandboxSession:
                         self._read_report(watch)
                     elif key.data == "exit":
                         watch.died = True
+                    elif isinstance(key.data, StdinPipe):
+                        key.data.ready(key.fd)
                     elif key.data.read() and key.data is not streams[2]:
                         self._interrupt(watch, EndReason.OUTPUT_LIMIT)
                     if isinstance(key.data, OutputStream) and key.data.eof:

@@ -21,6 +21,7 @@ from executors._sandbox._fork_server import SPARE_ATTEMPTS, ForkServer, ForkServ
 from executors._sandbox._job import Job, JobSlot
 from executors._sandbox._launch import LaunchPlan
 from executors._sandbox._spare import SpareFailed
+from executors._sandbox._streams import LiveIO
 from executors._sandbox._verdict import KillReason
 
 __all__ = ["Slot", "SlotSettings"]
@@ -137,11 +138,15 @@ class Slot:
     # --- one job ----------------------------------------------------------------
 
     def run(
-        self, request: ExecutionRequest, cancel: threading.Event | None = None
+        self,
+        request: ExecutionRequest,
+        cancel: threading.Event | None = None,
+        live: LiveIO | None = None,
     ) -> ExecutionRecord:
         """Run one job to its end and return its record (never raises for the job's sake).
 
         Setting ``cancel`` kills the job (within a poll interval): its caller went away.
+        ``live``: its output as it comes, and standard input that stays open (a streamed run).
         """
         created_at = utc_now()
         self._kill_requested = None
@@ -153,7 +158,8 @@ class Slot:
                 spare = server.take_spare(disk_bytes)
                 server.request_spare(disk_bytes)  # built while this job runs
                 try:
-                    return Job(self._job_slot(server), request, created_at, spare, cancel).run()
+                    job = Job(self._job_slot(server), request, created_at, spare, cancel, live)
+                    return job.run()
                 except SpareFailed as exc:  # it died before it took the job: take another
                     self.metrics.start_failed()
                     logger.warning("%s: spare lost (%s)", server.name, exc)

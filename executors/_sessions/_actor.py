@@ -14,15 +14,18 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from executors._config import SandboxConfig
 from executors._logging import configure_json_logging
 from executors._models import EndReason, ExecutionRecord, ExecutionRequest
+from executors._sandbox import LiveIO, StdinFeed
 from executors._sessions._host import SessionHost
 from executors._sessions._metrics import session_metrics
 from executors._sessions._models import SessionSpec, SessionState
+from executors._stdin_relay import StdinChannel, pull_stdin_blocking
+from executors._streaming import STREAM_BUFFER_BYTES, StreamBuffer, record_event
 
 __all__ = ["SessionHostActor"]
 
@@ -82,6 +85,45 @@ class SessionHostActor:
         self, session_id: uuid.UUID, request: ExecutionRequest
     ) -> tuple[ExecutionRecord, SessionState]:
         return self.host.call(session_id, request)
+
+    def call_stream(
+        self,
+        session_id: uuid.UUID,
+        request: ExecutionRequest,
+        stdin: StdinChannel | None = None,
+        buffer_bytes: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """:meth:`call`, streamed (a Ray streaming generator): the output as the call writes
+        it, then ``{"type": "record", "record": ..., "state": SessionState}``; ``stdin`` and
+        ``buffer_bytes`` as the executor's ``run_stream``. Refusals (busy, ended) raise before
+        any event. The call runs on a thread of its own, so a slow reader never holds it."""
+        buffer = StreamBuffer(buffer_bytes or STREAM_BUFFER_BYTES)
+        feed = None if stdin is None else StdinFeed()
+        stop = threading.Event()
+        live = LiveIO(on_output=buffer.put_output, stdin=feed)
+
+        def work() -> None:
+            try:
+                record, state = self.host.call(session_id, request, live)
+            except BaseException as exc:  # noqa: BLE001 - raised to the reader
+                buffer.fail(exc)
+            else:
+                buffer.finish(record_event(record, state=state))
+            finally:
+                stop.set()
+
+        threading.Thread(target=work, name="session-call", daemon=True).start()
+        if stdin is not None and feed is not None:
+            threading.Thread(
+                target=pull_stdin_blocking, args=(stdin, feed, stop), daemon=True
+            ).start()
+        try:
+            for event in buffer.iter(poll_s=1.0):  # noqa: UP028 - Ray sends into it
+                yield event
+        finally:
+            stop.set()
+            if feed is not None:
+                feed.close()
 
     def end(self, session_id: uuid.UUID, reason: EndReason) -> SessionState:
         return self.host.end(session_id, reason)

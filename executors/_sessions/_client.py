@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -33,6 +33,7 @@ from executors._models import EndReason, ExecutionRecord, ExecutionRequest, utc_
 from executors._sessions._actor import SessionHostActor
 from executors._sessions._host import lost_state
 from executors._sessions._models import SessionSpec, SessionState
+from executors._stdin_relay import StdinChannel
 
 __all__ = ["SessionCallResult", "SessionHostOptions", "SessionHosts", "SessionHostsOverview"]
 
@@ -269,6 +270,32 @@ class SessionHosts:
             self._forget(host)
             raise self._lost_error(session_id, host, "its host died") from exc
         return SessionCallResult(record, state)
+
+    async def call_stream(
+        self,
+        host: str,
+        session_id: uuid.UUID,
+        request: ExecutionRequest,
+        *,
+        stdin: StdinChannel | None = None,
+        buffer_bytes: int | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """:meth:`call`, streamed: the output as it comes, then ``{"type": "record", "record":
+        <API dict>, "state": SessionState}`` (``executors/_streaming.py``). Raises as
+        :meth:`call` does, refusals before any event. Closing it early leaves the call running
+        to its limits (as a :meth:`call` whose caller went away)."""
+        handle = await self._handle(host)
+        if handle is None:
+            raise self._lost_error(session_id, host, "its host is gone")
+        stream = handle.call_stream.remote(session_id, request, stdin, buffer_bytes)
+        try:
+            async for ref in stream:
+                yield await ref
+        except Exception as exc:
+            if not _is_actor_gone(exc):
+                raise _cause(exc) from None
+            self._forget(host)
+            raise self._lost_error(session_id, host, "its host died") from exc
 
     async def end(self, host: str, session_id: uuid.UUID, reason: EndReason) -> SessionState:
         """End a session now; idempotent (a host that is gone: ``lost``)."""

@@ -50,6 +50,7 @@ from executors._sandbox import (
     ForkServer,
     ForkServerSettings,
     JobCgroup,
+    LiveIO,
     SandboxSession,
     SeccompUnavailable,
     SpareFailed,
@@ -228,9 +229,10 @@ class SessionHost:
             raise
 
     def call(
-        self, session_id: uuid.UUID, request: ExecutionRequest
+        self, session_id: uuid.UUID, request: ExecutionRequest, live: LiveIO | None = None
     ) -> tuple[ExecutionRecord, SessionState]:
-        """Run one call in the session; its record and the session's state after it.
+        """Run one call in the session; its record and the session's state after it
+        (``live``: its output as it comes, and standard input that stays open).
 
         Raises :class:`SessionBusyError` while another call runs, :class:`SessionEndedError`
         once the session has ended (or when this host never held it: ``lost``).
@@ -244,7 +246,7 @@ class SessionHost:
                 raise SessionBusyError(str(session_id))
             entry.busy = True
         try:
-            outcome = sandbox.call(request, session_id)
+            outcome = sandbox.call(request, session_id, live)
             with self._lock:
                 entry.calls += 1
                 entry.last_used_at = utc_now()
