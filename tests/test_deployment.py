@@ -127,10 +127,10 @@ def test_a_run_that_fails_in_a_batch_is_that_items_internal_error(
     executor = SandboxExecutor(SandboxConfig(), slots=1)
     real_run = executor._pool.run
 
-    def run(checked: ExecutionRequest, cancel: Any) -> ExecutionRecord:
+    def run(checked: ExecutionRequest, cancel: Any, live: Any = None) -> ExecutionRecord:
         if checked.code == "lost":
             raise RuntimeError("the slot died")
-        return real_run(checked, cancel)
+        return real_run(checked, cancel, live)
 
     monkeypatch.setattr(executor._pool, "run", run)
     try:
