@@ -489,6 +489,45 @@ class Settings(BaseSettings):
         gt=0,
     )
 
+    # --- streaming
+    stream_buffer_bytes: int = _env(
+        "STREAM_BUFFER_BYTES",
+        1024 * 1024,
+        "Output a streamed run may hold for a client that reads slower than the program "
+        "writes, bytes, in the executor and again in the API replica; past it, chunks are "
+        "dropped (the record's stream_dropped_bytes counts them), never the program slowed.",
+        section="streaming: Server-Sent Events and the WebSocket /v1/ws (API.md)",
+        ge=4096,
+    )
+    ws_idle_timeout_s: float = _env(
+        "WS_IDLE_TIMEOUT_S",
+        300.0,
+        "A WebSocket with no run going and no message from its client for this long is closed, "
+        "seconds.",
+        gt=0,
+    )
+    ws_auth_timeout_s: float = _env(
+        "WS_AUTH_TIMEOUT_S",
+        10.0,
+        "How long a WebSocket opened without an Authorization header has to send its auth "
+        "message, seconds.",
+        gt=0,
+    )
+    ws_max_message_bytes: int = _env(
+        "WS_MAX_MESSAGE_BYTES",
+        2 * 1024 * 1024,
+        "Largest message a WebSocket client may send, bytes (a run's request included); "
+        "larger: error payload_too_large and the connection closes (1009).",
+        ge=1024,
+    )
+    ws_max_stdin_bytes: int = _env(
+        "WS_MAX_STDIN_BYTES",
+        1024 * 1024,
+        "Standard input one run may receive over a WebSocket in all, bytes; beyond it, error "
+        "payload_too_large and the text is not sent.",
+        ge=1,
+    )
+
     # --- Ray
     ray_address: str | None = _env(
         "RAY_ADDRESS",
