@@ -12,6 +12,7 @@ import executors
 from executors import ExecutionRequest, LimitsRequest
 from serve_app import _exit
 from serve_app._cli_out import write_artifacts
+from serve_app._cli_stream import run_streamed
 from serve_app.client import execution_body, post_execution
 from serve_app.errors import (
     ApiErrorResponse,
@@ -54,7 +55,8 @@ def add_run_parser(subparsers: Subparsers) -> None:
         "--stdin",
         metavar="TEXT",
         help="the program's standard input (default: with FILE, this command's own standard "
-        "input unless it is a terminal; with '-', none)",
+        "input; from a terminal, with --server and without --json, what is typed while the "
+        "program runs (Ctrl-D ends it), else none; with '-', none)",
     )
     limits = parser.add_argument_group("limits (default: the server's defaults)")
     for option, field, kind, metavar, text in LIMIT_OPTIONS:
@@ -73,7 +75,10 @@ def add_run_parser(subparsers: Subparsers) -> None:
         "out/a/b.png as DIR/a/b.png",
     )
     parser.add_argument(
-        "--json", action="store_true", help="print the execution record as the API returns it"
+        "--json",
+        action="store_true",
+        help="print the execution record as the API returns it (without it, through a server, "
+        "the output is shown as the program writes it)",
     )
     remote = parser.add_argument_group("through a server instead of a local sandbox")
     remote.add_argument("--server", metavar="URL", help="base URL, e.g. http://127.0.0.1:8000")
@@ -92,8 +97,9 @@ def run_command(args: argparse.Namespace) -> int:
         if key is None:
             return _refuse(f"--server needs --key (or ${KEY_ENV_VAR})")
         args.key = key.get_secret_value()
+    streamed = bool(args.server) and not args.json
     try:
-        record = _execute(args)
+        record = _stream_remote(args) if streamed else _execute(args)
     except ApiErrorResponse as exc:
         # The server's answer is already in the API's error format: pass it on as it is.
         _write(sys.stderr, exc.body.rstrip("\n") + "\n" if exc.body else f"{exc}\n")
@@ -106,7 +112,8 @@ def run_command(args: argparse.Namespace) -> int:
     except executors.ExecutorError as exc:
         _write(sys.stderr, f"exec-agent run: the sandbox failed: {exc}\n")
         return _exit.EX_SOFTWARE
-    status = _emit(record, as_json=args.json)
+    # Streamed, the output was shown as it came.
+    status = _exit.exit_status(record) if streamed else _emit(record, as_json=args.json)
     if args.out is not None and not _saved(record, args.out):
         return _exit.EX_CANTCREAT
     return status
@@ -131,6 +138,32 @@ def _execute(args: argparse.Namespace) -> dict[str, Any]:
         body = execution_body(code, stdin=stdin, runtime=args.runtime, limits=limits)
         return post_execution(args.server, args.key, body)
     return _run_local(code, stdin, asked, args.runtime, get_settings())
+
+
+def _stream_remote(args: argparse.Namespace) -> dict[str, Any]:
+    """Through the server, the output shown as it comes; from a terminal (no ``--stdin``), the
+    program's standard input typed as it runs."""
+    code = _read_program(args.file)
+    terminal = _terminal_fd() if args.stdin is None and args.file != "-" else None
+    stdin = (
+        ""
+        if terminal is not None
+        else _program_stdin(args.stdin, program_from_stdin=args.file == "-")
+    )
+    limits = _limits_request(args).model_dump(exclude_none=True)
+    body = execution_body(code, stdin=stdin, runtime=args.runtime, limits=limits)
+    return run_streamed(args.server, args.key, body, _write_to, terminal_fd=terminal)
+
+
+def _terminal_fd() -> int | None:
+    """Our standard input's descriptor if it is a terminal."""
+    if sys.stdin is None or not sys.stdin.isatty():
+        return None
+    return sys.stdin.fileno()
+
+
+def _write_to(stream: str, text: str) -> None:
+    _write(sys.stdout if stream == "stdout" else sys.stderr, text)
 
 
 def _read_program(source: str) -> str:

@@ -11,26 +11,53 @@ Usage::
     with Session.create("http://127.0.0.1:8000", key, runtime="scientific") as session:
         session.run("import pandas as pd; df = pd.DataFrame({'a': [1, 2]})")
         session.run("df.a.sum()").result                   # '3': the session kept df
+
+Streaming (API.md, "Streaming output"): output as the program writes it, then the record::
+
+    for event in stream_execution("http://127.0.0.1:8000", key, execution_body(code)):
+        if isinstance(event, OutputEvent):
+            print(event.text, end="", flush=True)   # event.stream: 'stdout' or 'stderr'
+        else:
+            record = event.record                     # a RecordEvent, always the last
+
+    with run_interactive("http://127.0.0.1:8000", key, execution_body("print(input())")) as run:
+        run.send_stdin("hello\n")                    # what the program's input() returns
+        for event in run: ...
+
+    session.stream("for i in range(3): print(i)")   # a session call, streamed over SSE
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Generator, Mapping
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
-import httpx
-
 from executors import ExecutionRecord
 from serve_app import files as api_files
+from serve_app._client_events import OutputEvent, RecordEvent, StreamEvent
+from serve_app._client_http import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
+from serve_app._client_http import call as _call
+from serve_app._client_http import object_from as _object_from
+from serve_app._client_http import session_route as _session_route
+from serve_app._client_http import url as _url
+from serve_app._client_stream import stream_execution, stream_session_call
+from serve_app._client_ws import ExecutionSocket, InteractiveRun, run_interactive
 from serve_app.api import SessionInfo
-from serve_app.errors import ApiErrorResponse, ServerUnreachableError
+from serve_app.errors import ServerUnreachableError
 
 __all__ = [
+    "CONNECT_TIMEOUT_S",
+    "READ_TIMEOUT_S",
+    "ExecutionSocket",
+    "InteractiveRun",
+    "OutputEvent",
+    "RecordEvent",
     "Session",
     "SessionInfo",
+    "StreamEvent",
     "call_session",
     "create_session",
     "delete_session",
@@ -40,12 +67,10 @@ __all__ = [
     "list_runtimes",
     "list_sessions",
     "post_execution",
+    "run_interactive",
+    "stream_execution",
+    "stream_session_call",
 ]
-
-# The server holds the answer until the run ends, and its queue may add to that.
-CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 600.0
-_TIMEOUT = httpx.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
 
 
 def execution_body(
@@ -190,6 +215,20 @@ class Session:
         """Run ``code`` in the session (``options``: those of :func:`call_session`)."""
         return call_session(self.server, self.key, self.id, code, **options)
 
+    def stream(self, code: str, **options: Any) -> Generator[StreamEvent, None, None]:
+        """Run ``code`` in the session, streamed (:func:`stream_session_call`; ``options``:
+        ``stdin``, ``files``, ``limits``)."""
+        body = execution_body(code, **options)
+        return stream_session_call(self.server, self.key, self.id, body)
+
+    def interactive(
+        self, code: str, **options: Any
+    ) -> contextlib.AbstractContextManager[InteractiveRun]:
+        """Run ``code`` in the session over the WebSocket, its standard input interactive
+        (:func:`run_interactive`)."""
+        body = execution_body(code, **options)
+        return run_interactive(self.server, self.key, body, session_id=self.id)
+
     def refresh(self) -> SessionInfo:
         """The session as it is now (ended by the server, perhaps: ``status``)."""
         self.info = get_session(self.server, self.key, self.id)
@@ -209,45 +248,3 @@ class Session:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _session_route(session_id: str) -> str:
-    return f"/v1/sessions/{quote(session_id, safe='')}"
-
-
-def _url(server: str, route: str) -> str:
-    return server.rstrip("/") + route
-
-
-def _call(method: str, url: str, key: str, **options: Any) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}"}
-    try:
-        response = httpx.request(method, url, headers=headers, timeout=_TIMEOUT, **options)
-    except httpx.HTTPError as exc:
-        raise ServerUnreachableError(f"cannot reach {url}: {exc}") from None
-    if response.is_error:
-        raise _error_from(response)
-    return response
-
-
-def _object_from(response: httpx.Response, what: str) -> dict[str, Any]:
-    try:
-        answer = response.json()
-    except json.JSONDecodeError:
-        raise ServerUnreachableError(
-            f"HTTP {response.status_code} from {response.url} is not JSON"
-        ) from None
-    if not isinstance(answer, dict):
-        raise ServerUnreachableError(f"HTTP {response.status_code}: not {what}")
-    return answer
-
-
-def _error_from(response: httpx.Response) -> ApiErrorResponse:
-    """Read the API's error format, tolerating proxies that answer with something else."""
-    code, message = "http_error", response.reason_phrase
-    try:
-        error = response.json()["error"]
-        code, message = str(error["code"]), str(error["message"])
-    except (json.JSONDecodeError, KeyError, TypeError):
-        pass
-    return ApiErrorResponse(response.status_code, code, message, response.text)
