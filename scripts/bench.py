@@ -4,6 +4,9 @@ Each benchmark writes its results as JSON under ``bench-results/`` (by default),
 same JSON on stdout and a short human summary on stderr.
 
     sandbox     the engine (a warm SandboxPool) against a fresh ``python -I -S`` per execution
+    streaming   ``exec-agent serve`` (embedded): a print's way to the client over SSE and the
+                WebSocket (p50, p99; a local pipe's as the floor), and what streaming adds to a
+                print(1) run against a plain one
     http        ``exec-agent serve`` (embedded) through each ingress, loaded by ``wrk``:
                 executions and /health, beside a fresh ``python -I -S`` per execution measured
                 in the same run

@@ -452,6 +452,84 @@ def test_http_benchmark_writes_consistent_results(tmp_path: Path) -> None:
     assert result["failed"] == 0
 
 
+# --- streaming
+
+
+def load_streaming() -> ModuleType:
+    """scripts/benchlib/streaming.py (importable once scripts/bench.py put scripts/ on the path)."""
+    load_bench()
+    return importlib.import_module("benchlib.streaming")
+
+
+def test_streaming_defaults_are_issue_15s_figures() -> None:
+    args = load_bench().build_parser().parse_args(["streaming"])
+    assert (args.prints, args.interval_ms, args.runs) == (200, 10.0, 3)
+    assert (args.n, args.warmup, args.runtime) == (100, 5, "minimal")
+    assert args.out.name == "streaming.json"
+
+
+@pytest.mark.parametrize(
+    "argv", [["--prints", "0"], ["--interval-ms", "0"], ["--interval-ms", "nan"], ["--n", "0"]]
+)
+def test_streaming_bad_arguments_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        load_bench().build_parser().parse_args(["streaming", *argv])
+    assert exc.value.code == 2
+
+
+def test_streamed_lines_take_the_arrival_of_the_chunk_that_ends_them() -> None:
+    lines = load_streaming().Lines()
+    lines.add("100.0\n100.", 100.25)
+    lines.add("5\n", 100.75)
+    lines.add("101.0", 101.5)  # unfinished: not a line yet
+    assert lines.lines == [("100.0", 100.25), ("100.5", 100.75)]
+    assert lines.latencies_ms() == [250.0, 250.0]
+
+
+def check_latencies(part: dict[str, Any], n: int) -> None:
+    assert part["n"] == n
+    assert part["p50"] <= part["p90"] <= part["p99"] <= part["max"]
+
+
+@pytest.mark.ray
+@pytest.mark.sandbox
+@pytest.mark.slow
+def test_streaming_benchmark_writes_consistent_results(tmp_path: Path) -> None:
+    """A real but tiny run: exec-agent serve (its own Ray), streamed to the package's client."""
+    out = tmp_path / "streaming.json"
+    argv = [
+        sys.executable, str(BENCH), "streaming", "--prints", "20", "--interval-ms", "5",
+        "--runs", "2", "--n", "4", "--warmup", "1", "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr + done.stdout[-4000:]
+
+    result = json.loads(out.read_text())
+    assert json.loads(done.stdout) == result
+    assert "websocket print to client p50" in done.stderr
+    assert result["benchmark"] == "streaming"
+    assert (result["config"]["prints"], result["config"]["runs"]) == (20, 2)
+    assert result["floor"]["failed"] == 0
+    check_latencies(result["floor"]["print_to_reader_ms"], 40)
+    service = result["service"]
+    assert "error" not in service, service.get("log_tail")
+    assert service["start_s"] > 0
+    assert service["drain_exit_status"] == 0
+    latency = service["print_to_client"]
+    assert latency["failed"] == 0, latency["failure_examples"]
+    for transport in ("sse", "websocket"):
+        check_latencies(latency[transport], 40)
+    overhead = service["streamed_print_1"]
+    assert overhead["failed"] == 0, overhead["failure_examples"]
+    for kind in ("plain", "sse", "websocket"):
+        check_latencies(overhead[kind], 4)
+    assert set(overhead["extra_p50_ms"]) == {"sse", "websocket"}
+    goal = result["goal"]
+    assert goal["p99_ms"] == 100.0
+    assert {type(goal[f"{name}_p99_within_100_ms"]) for name in ("sse", "websocket")} == {bool}
+    assert result["failed"] == 0
+
+
 # --- burst
 
 
@@ -789,12 +867,24 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
     suite = importlib.import_module("benchlib.suite")
     args = bench.build_parser().parse_args(["all"])
     assert args.out.name == "all.json"
-    assert suite.SUITE == ("sandbox", "runtimes", "sessions", "http", "burst", "humaneval")
+    assert suite.SUITE == (
+        "sandbox",
+        "runtimes",
+        "sessions",
+        "streaming",
+        "http",
+        "burst",
+        "humaneval",
+    )
     ran: list[list[str]] = []
     fabricated = {
         "sandbox": {"failed": 0, "goal": {"throughput_ratio": 2.5, "met": False}},
         "runtimes": {"failed": 0, "goal": {"speedup": 20.0, "met": False}},
         "sessions": {"failed": 0, "goal": {"create_p50_at_most_50_ms": True}},
+        "streaming": {
+            "failed": 0,
+            "goal": {"p99_ms": 100.0, "sse_p99_within_100_ms": True, "ws_p99": False},
+        },
         "http": {"failed": 0, "goal": {"met": {"proxy": False, "haproxy": True}}},
         "humaneval": {"failed": 0, "goal": {"met": {"engine": True, "http": False}}},
     }
@@ -821,6 +911,7 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
             "runtimes.json",
             "sandbox.json",
             "sessions.json",
+            "streaming.json",
         ]
     assert [argv[0] for argv in ran] == list(suite.SUITE)
     assert all(argv[1:] == ["--out", str(Path(tmp) / f"{argv[0]}.json")] for argv in ran)
@@ -830,6 +921,7 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
         "sandbox": {"": False},
         "runtimes": {"": False},
         "sessions": {"create_p50_at_most_50_ms": True},
+        "streaming": {"sse_p99_within_100_ms": True, "ws_p99": False},
         "http": {"proxy": False, "haproxy": True},
         "burst": {},
         "humaneval": {"engine": True, "http": False},
@@ -845,6 +937,8 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
         ["sandbox", "NOT", "met"],
         ["runtimes", "NOT", "met"],
         ["sessions", "create_p50_at_most_50_ms", "met"],
+        ["streaming", "sse_p99_within_100_ms", "met"],
+        ["streaming", "ws_p99", "NOT", "met"],
         ["http", "proxy", "NOT", "met"],
         ["http", "haproxy", "met"],
         ["humaneval", "engine", "met"],

@@ -5,6 +5,8 @@
     measure     client threads timing a task: the engine's task and the fresh-interpreter floor's
     wrk         driving wrk: the generated Lua script, its run and its parsed result
     sandbox     ``bench sandbox``: a warm SandboxPool against a fresh interpreter per execution
+    sessions    ``bench sessions``: session calls against fresh executions; creation; idle memory
+    streaming   ``bench streaming``: print-to-client latency over SSE and the WebSocket; its cost
     http        ``bench http``: ``exec-agent serve`` through each ingress, loaded by wrk
     burst       ``bench burst``: 128 connections of one key for 20 s; every answer and record checked
     humaneval   ``bench humaneval``: the run, its goal and its summary (``humaneval_*``: its parts)
