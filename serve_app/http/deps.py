@@ -25,6 +25,7 @@ import re
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
+from starlette.requests import HTTPConnection
 
 from serve_app.api import (
     BatchCreate,
@@ -95,8 +96,9 @@ ServiceDep = Annotated[ExecutionService, Depends(get_service)]
 ReadinessDep = Annotated[Readiness, Depends(get_readiness)]
 
 
-def presented_key(request: Request) -> str | None:
-    """``Authorization: Bearer <key>``, else ``X-API-Key``."""
+def presented_key(request: HTTPConnection) -> str | None:
+    """``Authorization: Bearer <key>``, else ``X-API-Key`` (of a request or a WebSocket's
+    handshake)."""
     authorization = request.headers.get("authorization")
     if authorization is not None:
         scheme, _, credentials = authorization.partition(" ")

@@ -16,6 +16,7 @@ __all__ = [
     "CORPUS_PATH",
     "ENGINE_ENTRIES",
     "SESSION_ENTRIES",
+    "WEBSOCKET_ENTRIES",
     "host_ports",
     "program",
     "request_fields",
@@ -26,12 +27,17 @@ CORPUS: dict[str, dict[str, Any]] = {
     entry["name"]: entry for entry in json.loads(CORPUS_PATH.read_text(encoding="utf-8"))
 }
 ENGINE_ENTRIES = [
-    name for name, entry in CORPUS.items() if entry["category"] not in ("http", "sessions")
+    name
+    for name, entry in CORPUS.items()
+    if entry["category"] not in ("http", "sessions", "websocket")
 ]
-"""Every entry but the HTTP ones (the API's tests take those) and the sessions' (several calls,
-tests/test_sessions_corpus.py takes those): what the engine must meet, one run each."""
+"""Every entry but the HTTP ones (the API's tests take those), the sessions' (several calls,
+tests/test_sessions_corpus.py takes those) and the WebSocket ones (client scripts,
+tests/test_api_websocket.py runs them): what the engine must meet, one run each."""
 SESSION_ENTRIES = [name for name, entry in CORPUS.items() if entry["category"] == "sessions"]
 """Entries of calls in sessions: ``code`` is session a's first call, ``then`` the steps after."""
+WEBSOCKET_ENTRIES = [name for name, entry in CORPUS.items() if entry["category"] == "websocket"]
+"""Client scripts against ``/v1/ws``: ``code`` runs on the host, its placeholders filled in."""
 
 
 @contextlib.contextmanager

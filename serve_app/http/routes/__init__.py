@@ -6,6 +6,7 @@ typed aliases of :mod:`serve_app.http.deps`.
     batches.py      ``/v1/batches``
     sessions.py     ``/v1/sessions``
     runtimes.py     ``/v1/runtimes``
+    ws.py           ``/v1/ws`` (WebSocket)
 
 Each router carries its own prefix, so each of its routes' ``path`` is the whole template
 (``/v1/executions/{execution_id}``): the ``route`` label of the metrics and the traces.
@@ -15,7 +16,7 @@ Each router carries its own prefix, so each of its routes' ``path`` is the whole
 from fastapi import APIRouter
 from starlette.routing import BaseRoute
 
-from serve_app.http.routes import batches, executions, health, runtimes, sessions
+from serve_app.http.routes import batches, executions, health, runtimes, sessions, ws
 
 __all__ = ["ROUTERS", "ROUTES"]
 
@@ -25,6 +26,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     batches.router,
     sessions.router,
     runtimes.router,
+    ws.router,
 )
 """In the order the app tries them."""
 

@@ -14,6 +14,8 @@ batches.py       batches: stored at once, run under the key's cap
 sessions.py      sessions: reserved under the key's cap, placed on session hosts, called
 session_rows.py  session rows brought up to date with their hosts, each ended once
 sweeper.py       the replica's session sweeper (and the first session hosts, warmed)
+interactive.py   one ``/v1/ws`` connection: authentication, runs with interactive input
+interactive_messages.py  the messages of ``/v1/ws``, parsed and validated; error events
 facade.py        :class:`ExecutionService`, composing them for the routes and recovery
 """
 

@@ -26,6 +26,7 @@ from executors import (
     ExecutionRequest,
     RuntimeInfo,
     SessionHosts,
+    StdinRelays,
     runtime_catalog,
 )
 from serve_app.api import BatchCreate, SessionCall, SessionCreate, SessionInfo
@@ -114,6 +115,7 @@ class ExecutionService:
             else Sessions(parts, settings, self.metrics, session_hosts)
         )
         self.sweeper = None if self.sessions is None else SessionSweeper(self.sessions, settings)
+        self._stdin_relays: StdinRelays | None = None
 
     # --- the parts' state, under the names readiness, the ingress and tests use
 
@@ -132,6 +134,14 @@ class ExecutionService:
     @property
     def runtime_executors(self) -> Mapping[str, Any]:
         return self.runner.runtime_executors
+
+    @property
+    def stdin_relays(self) -> StdinRelays:
+        """The replica's relays of interactive standard input (``/v1/ws``), made at first use:
+        a replica that never serves a WebSocket starts no relay actor."""
+        if self._stdin_relays is None:
+            self._stdin_relays = StdinRelays()
+        return self._stdin_relays
 
     @property
     def audit_dropped(self) -> int:
@@ -169,6 +179,8 @@ class ExecutionService:
         if self.sweeper is not None:
             await self.sweeper.stop()
         await self.background.drain(timeout_s)
+        if self._stdin_relays is not None:
+            self._stdin_relays.shutdown()  # its actor: no run of this replica reads it now
         await self.auditor.aclose()
         await self.limiter.aclose()
         await self.cache.aclose()
