@@ -521,15 +521,27 @@ def test_runs_in_a_session_keep_its_state_and_take_input(server: Server, key: st
                 client.until_prompt("who? ")
                 client.send(type="stdin", text="bob\n")
                 _, second = client.until_record()
+                client.run({"code": "input('wait? ')", "limits": PATIENT}, session_id=session_id)
+                client.until_prompt("wait? ")
+                with opened(server, key) as other:  # one call at a time, whatever the route
+                    other.run({"code": "print('meanwhile')"}, session_id=session_id)
+                    assert other.error("run")["code"] == "session_busy"
+                client.send(type="stdin_eof")  # EOFError: the call fails, the session goes on
+                _, interrupted = client.until_record()
+                assert interrupted["status"] == "nonzero_exit", interrupted
+                assert "EOFError" in interrupted["stderr"]
                 client.run({"code": "print(1)"}, session_id=str(uuid.uuid4()))
                 assert client.error()["code"] == "not_found"
                 client.run({"code": "print(1)", "wait": True}, session_id=session_id)
-                assert client.error()["code"] == "invalid_request"  # a session call's body
+                assert client.error("run")["code"] == "invalid_request"  # a session call's body
+                client.run({"code": "print(x)"}, session_id=session_id)
+                _, last = client.until_record()
         finally:
             http.delete(f"/v1/sessions/{session_id}", headers=auth(key))
     assert first["status"] == "ok" and first["session_id"] == session_id
     assert second["status"] == "ok", second
     assert (second["stdout"], second["result"]) == ("who? bob 42\n", "42")
+    assert last["stdout"] == "42\n"  # the session went on through the refusals
 
 
 # --- the corpus' websocket entries

@@ -11,6 +11,11 @@ Outermost first, as :func:`install_edge` stacks them::
 So every answer (413 and 415 from the guard, CORS preflights, the last-resort 500) carries the
 request id and the security headers, and the guard's refusals get CORS headers too.
 
+A WebSocket (``GET /v1/ws``: scope type ``websocket``) passes every one of them untouched, as it
+passes the app's own (rate-limit headers, metrics, tracing): its messages are neither counted
+against ``MAX_BODY_BYTES`` nor buffered, and its errors are messages on the socket, not HTTP
+answers (:mod:`serve_app.http.service.interactive` sets its request ids and sizes its messages).
+
 Exactly one ``X-Request-ID`` goes out. Standing alone, the middleware sends it: the client's id
 if it sent exactly one sane id, else a fresh one. Behind Ray Serve (``upstream_request_id``),
 Serve's own ``RequestIdMiddleware`` (in its proxy, or in the replica in direct-ingress mode)
