@@ -78,6 +78,7 @@ _RESULT_COLUMNS = (
     "artifacts",
     "artifacts_truncated",
     "result",
+    "stream_dropped_bytes",
     "finished_at",
 )
 """What a terminal write sets (:func:`_result_values`), ``started_at`` aside."""
@@ -384,6 +385,7 @@ def _result_values(record: ExecutionRecord) -> dict[str, Any]:
         "artifacts": [artifact.model_dump() for artifact in record.artifacts],
         "artifacts_truncated": record.artifacts_truncated,
         "result": record.result,
+        "stream_dropped_bytes": record.stream_dropped_bytes,
         "finished_at": record.finished_at or datetime.now(UTC),
     }
     if record.started_at is not None:  # else keep the time start_execution wrote, if any

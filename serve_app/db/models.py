@@ -160,6 +160,8 @@ class Execution(Base):
     # deleted by retention while its calls' records remain.
     session_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
     result: Mapped[str | None] = mapped_column(CleanText)  # a session call's final value
+    # A streamed run's output bytes its client did not receive (too slow); null: not streamed.
+    stream_dropped_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

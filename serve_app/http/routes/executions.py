@@ -1,11 +1,16 @@
-"""``/v1/executions``: run one program, read it back (and the files it left), list the caller's."""
+"""``/v1/executions``: run one program, read it back (and the files it left), list the caller's.
+
+``POST`` with ``Accept: text/event-stream`` answers the run as Server-Sent Events
+(:mod:`serve_app.http._sse`); refused before it runs, it gets its ordinary JSON error.
+"""
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations at run time.
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from serve_app.api import current_request_id
 from serve_app.http._artifacts import download_headers
+from serve_app.http._sse import EventStreamResponse, wants_event_stream
 from serve_app.http.deps import (
     DEFAULT_PAGE_ITEMS,
     CurrentKey,
@@ -24,8 +29,18 @@ router = APIRouter(prefix="/v1/executions", tags=["executions"])
 
 @router.post("")
 async def create_execution(
-    service: ServiceDep, key: CurrentKey, body: ExecutionBody, idempotency_key: IdempotencyKey
-) -> JSONResponse:
+    request: Request,
+    service: ServiceDep,
+    key: CurrentKey,
+    body: ExecutionBody,
+    idempotency_key: IdempotencyKey,
+) -> Response:
+    if wants_event_stream(request):
+        stream = await service.stream_execution(
+            key, body, idempotency_key=idempotency_key, request_id=current_request_id()
+        )
+        location = {"Location": f"/v1/executions/{stream.execution_id}"}
+        return EventStreamResponse(stream, headers=location)
     created = await service.create(
         key, body, idempotency_key=idempotency_key, request_id=current_request_id()
     )

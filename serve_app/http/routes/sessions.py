@@ -1,10 +1,15 @@
-"""``/v1/sessions``: live interpreters that keep their state between calls (API.md, Sessions)."""
+"""``/v1/sessions``: live interpreters that keep their state between calls (API.md, Sessions).
+
+A call with ``Accept: text/event-stream`` answers as Server-Sent Events
+(:mod:`serve_app.http._sse`); refused before it runs (409, 410, ...), its ordinary JSON error.
+"""
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations at run time.
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from serve_app.api import current_request_id
+from serve_app.http._sse import EventStreamResponse, wants_event_stream
 from serve_app.http.deps import (
     DEFAULT_PAGE_ITEMS,
     CurrentKey,
@@ -30,8 +35,14 @@ async def create_session(service: ServiceDep, key: CurrentKey, body: SessionBody
 
 @router.post("/{session_id}/executions")
 async def call_session(
-    session_id: str, service: ServiceDep, key: CurrentKey, body: SessionCallBody
-) -> JSONResponse:
+    request: Request, session_id: str, service: ServiceDep, key: CurrentKey, body: SessionCallBody
+) -> Response:
+    if wants_event_stream(request):
+        stream = await service.stream_session_call(
+            key, session_id, body, request_id=current_request_id()
+        )
+        location = {"Location": f"/v1/executions/{stream.execution_id}"}
+        return EventStreamResponse(stream, headers=location)
     record = await service.session_call(key, session_id, body, request_id=current_request_id())
     return JSONResponse(record.to_api(), headers={"Location": f"/v1/executions/{record.id}"})
 

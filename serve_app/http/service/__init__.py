@@ -9,7 +9,8 @@ runner.py        the executor call: attempts and tracing
 results.py       terminal records written exactly once, with the database retry
 polling.py       reads repeated until final or ``wait_s`` is over
 answers.py       typed answers (batches, pages) in the API's JSON shape
-executions.py    single executions: idempotency, result cache, now or in the background
+executions.py    single executions: idempotency, result cache, now, in the background or streamed
+streams.py       what streamed executions and session calls share: the opened stream, replays
 batches.py       batches: stored at once, run under the key's cap
 sessions.py      sessions: reserved under the key's cap, placed on session hosts, called
 session_rows.py  session rows brought up to date with their hosts, each ended once

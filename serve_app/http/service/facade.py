@@ -26,10 +26,11 @@ from executors import (
     ExecutionRequest,
     RuntimeInfo,
     SessionHosts,
+    StdinChannel,
     StdinRelays,
     runtime_catalog,
 )
-from serve_app.api import BatchCreate, SessionCall, SessionCreate, SessionInfo
+from serve_app.api import BatchCreate, ExecutionCreate, SessionCall, SessionCreate, SessionInfo
 from serve_app.cache import ResultCache, build_result_cache
 from serve_app.db import Database
 from serve_app.db.models import ApiKey
@@ -47,6 +48,7 @@ from serve_app.http.service.polling import Wakers
 from serve_app.http.service.results import Results
 from serve_app.http.service.runner import Runner
 from serve_app.http.service.sessions import SessionPage, Sessions
+from serve_app.http.service.streams import EventStream
 from serve_app.http.service.sweeper import SessionSweeper
 from serve_app.http.service.transactions import Transactions
 from serve_app.ratelimit import Limiter, RateDecision
@@ -87,7 +89,12 @@ class ExecutionService:
         )
         self.admission = Admission(settings, limiter, self.policy, self.auditor, self.metrics)
         self.background = BackgroundTasks(settings.executor_max_queued_requests)
-        self.runner = Runner(executor, self.metrics, runtime_executors)
+        self.runner = Runner(
+            executor,
+            self.metrics,
+            runtime_executors,
+            stream_buffer_bytes=settings.stream_buffer_bytes,
+        )
         self.results = Results(
             self.transactions, self.metrics, self.background, settings.max_record_bytes
         )
@@ -100,6 +107,7 @@ class ExecutionService:
             background=self.background,
             owner=self.keeper.instance_id,
             wakers=Wakers(),
+            stream_buffer_bytes=settings.stream_buffer_bytes,
         )
         limits = (settings.default_limits(), settings.max_limits())
         self.executions = Executions(parts, self.runner, limits)
@@ -273,6 +281,21 @@ class ExecutionService:
         """A page of the key's executions, newest first."""
         return await self.executions.page(key, limit, cursor)
 
+    async def stream_execution(
+        self,
+        key: ApiKey,
+        body: ExecutionCreate,
+        *,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+        stdin: StdinChannel | None = None,
+    ) -> EventStream:
+        """Accept one execution and stream it (:meth:`Executions.open_stream`): refusals are
+        raised here; the stream's events are the output as it comes, the stored record last."""
+        return await self.executions.open_stream(
+            key, body, idempotency_key=idempotency_key, request_id=request_id, stdin=stdin
+        )
+
     async def create_batch(
         self, key: ApiKey, body: BatchCreate, *, request_id: str | None = None
     ) -> BatchAccepted:
@@ -313,3 +336,17 @@ class ExecutionService:
     ) -> ExecutionRecord:
         """Run one call in the key's session; its record, stored with ``session_id``."""
         return await self._sessions().call(key, session_id, body, request_id=request_id)
+
+    async def stream_session_call(
+        self,
+        key: ApiKey,
+        session_id: str,
+        body: SessionCall,
+        *,
+        request_id: str | None = None,
+        stdin: StdinChannel | None = None,
+    ) -> EventStream:
+        """One call in the key's session, streamed (:meth:`Sessions.open_call_stream`)."""
+        return await self._sessions().open_call_stream(
+            key, session_id, body, request_id=request_id, stdin=stdin
+        )

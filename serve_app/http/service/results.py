@@ -42,9 +42,12 @@ FINISH_RETRY_MAX_S = 30.0
 then backing off (doubling) up to this long."""
 
 
-def copy_of(hit: CachedResult, execution_id: uuid.UUID) -> ExecutionRecord:
+def copy_of(
+    hit: CachedResult, execution_id: uuid.UUID, *, streamed: bool = False
+) -> ExecutionRecord:
     """A new execution's record reusing ``hit``'s result (its outputs and measured usage;
-    started and finished now)."""
+    started and finished now). ``streamed``: the copy is answered as a stream, which holds
+    its whole output (``stream_dropped_bytes`` 0; else None, whatever the source's was)."""
     now = datetime.now(UTC)
     return hit.record.model_copy(
         update={
@@ -53,6 +56,7 @@ def copy_of(hit: CachedResult, execution_id: uuid.UUID) -> ExecutionRecord:
             "cached_from": hit.execution_id,
             "started_at": now,
             "finished_at": now,
+            "stream_dropped_bytes": 0 if streamed else None,
         }
     )
 

@@ -7,7 +7,8 @@ through its row (``host``: the actor's name), so a session outlives the replica 
 
 A session is reserved (its row, under the key's cap) before it is placed, then placed, then its
 row records where. A call's execution is inserted ``running`` and finished once, like any other,
-with ``session_id``; a call the host refuses (busy: 409, ended: 410) leaves no execution. Rows
+with ``session_id``; a call the host refuses (busy: 409, ended: 410) leaves no execution (a
+streamed call too: :meth:`Sessions.open_call_stream` waits for its first event). Rows
 of sessions that ended on their host (idle, ttl, lost) are ended by :meth:`Sessions.sweep`,
 which every replica runs every ``SESSION_SWEEP_INTERVAL_S`` (:mod:`.session_rows`: ending is a
 conditional UPDATE, so replicas sweeping at once end each row once, and only one counts it).
@@ -18,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from executors import (
     SESSION_WIDE_LIMITS,
@@ -35,10 +37,12 @@ from executors import (
     SessionSpec,
     SessionState,
     SessionStatus,
+    buffered,
+    record_event,
 )
 from serve_app.api import SessionCall, SessionCreate, SessionInfo
 from serve_app.db import executions, sessions
-from serve_app.db.models import ApiKey, LiveSession
+from serve_app.db.models import ApiKey, Execution, LiveSession
 from serve_app.errors import (
     NotFoundError,
     SessionInUseError,
@@ -48,8 +52,14 @@ from serve_app.errors import (
 )
 from serve_app.http._metrics import IngressMetrics
 from serve_app.http.service.executions import Parts
+from serve_app.http.service.runner import Event
 from serve_app.http.service.session_rows import SessionRows, ended_as
+from serve_app.http.service.streams import EventStream, closing, primed
+from serve_app.ratelimit import Lease
 from serve_app.settings import Settings
+
+if TYPE_CHECKING:
+    from executors import StdinChannel
 
 __all__ = ["PLACEMENT_RETRY_AFTER_S", "SessionPage", "Sessions", "terminated_error"]
 
@@ -68,6 +78,11 @@ class SessionPage:
 
     def to_api(self) -> dict[str, Any]:
         return {"items": [item.to_api() for item in self.items], "next_cursor": self.next_cursor}
+
+
+def _ended(exc: SessionEndedError) -> sessions.Ended:
+    """How a session the host says has ended ends its row."""
+    return sessions.Ended(EndReason(exc.reason), datetime.now(UTC), exc.detail or None)
 
 
 def terminated_error(session_id: uuid.UUID, reason: str, message: str | None) -> Exception:
@@ -206,6 +221,43 @@ class Sessions:
         self, key: ApiKey, session_id: str, body: SessionCall, *, request_id: str | None = None
     ) -> ExecutionRecord:
         """Run ``body`` in the key's session: its record, stored with ``session_id``."""
+        row, request = await self._callable(key, session_id, body)
+        lease = await self._parts.admission.lease(key)
+        try:
+            return await self._run(key, row, request, request_id)
+        finally:
+            await self._parts.admission.release(lease)
+
+    async def open_call_stream(
+        self,
+        key: ApiKey,
+        session_id: str,
+        body: SessionCall,
+        *,
+        request_id: str | None = None,
+        stdin: StdinChannel | None = None,
+    ) -> EventStream:
+        """:meth:`call`, streamed: every refusal raised here (409 busy, 410 ended among them:
+        the call's first event is awaited first), then the call's output as it comes, through
+        this replica's bounded buffer, and its stored record last. Closing the stream early
+        leaves the call running to its limits on its host (as a :meth:`call` whose client went
+        away); its execution ends ``internal_error``. ``stdin``: standard input sent while it
+        runs (:class:`executors.StdinChannel`)."""
+        row, request = await self._callable(key, session_id, body)
+        lease = await self._parts.admission.lease(key)
+        try:
+            inserted = await self._insert_call(key, row, request, request_id)
+            events = self._streamed(row, request, inserted, lease, stdin)
+            lease = None  # the stream gives it back, whatever becomes of it
+            return await EventStream.open(inserted.id, events)
+        finally:
+            await self._parts.admission.release(lease)
+
+    async def _callable(
+        self, key: ApiKey, session_id: str, body: SessionCall
+    ) -> tuple[LiveSession, ExecutionRequest]:
+        """The key's session that may take ``body`` now, and the call's request (410 if it
+        ended, 409 while it is still being placed, 422 if the import policy refuses it)."""
         row = await self._row(key, session_id)
         if row.status is not SessionStatus.ACTIVE:
             reason = row.terminated_reason or EndReason.LOST
@@ -213,12 +265,7 @@ class Sessions:
         if row.host is None:
             raise SessionInUseError(f"session {row.id} is still being started")
         await self._parts.admission.check_policy(key, body)
-        request = self._request(row, body)
-        lease = await self._parts.admission.lease(key)
-        try:
-            return await self._run(key, row, request, request_id)
-        finally:
-            await self._parts.admission.release(lease)
+        return row, self._request(row, body)
 
     def _request(self, row: LiveSession, body: SessionCall) -> ExecutionRequest:
         """The call's request: its own limits over the session's (whose session-wide caps
@@ -230,12 +277,10 @@ class Sessions:
             code=body.code, stdin=body.stdin, files=body.files, runtime=row.runtime, limits=limits
         )
 
-    async def _run(
+    async def _insert_call(
         self, key: ApiKey, row: LiveSession, request: ExecutionRequest, request_id: str | None
-    ) -> ExecutionRecord:
-        host = row.host
-        assert host is not None  # checked by the caller  # noqa: S101
-        inserted = await self._parts.transact(
+    ) -> Execution:
+        return await self._parts.transact(
             lambda session: executions.insert_execution(
                 session,
                 key.id,
@@ -246,17 +291,18 @@ class Sessions:
                 session_id=row.id,
             )
         )
+
+    async def _run(
+        self, key: ApiKey, row: LiveSession, request: ExecutionRequest, request_id: str | None
+    ) -> ExecutionRecord:
+        host = row.host
+        assert host is not None  # checked by the caller  # noqa: S101
+        inserted = await self._insert_call(key, row, request, request_id)
         results = self._parts.results
         try:
             called = await self._hosts.call(host, row.id, request)
-        except SessionBusyError:
-            await results.discard(inserted.id, request)
-            raise SessionInUseError(f"session {row.id} is running another call") from None
-        except SessionEndedError as exc:
-            await results.discard(inserted.id, request)
-            ended = sessions.Ended(EndReason(exc.reason), datetime.now(UTC), exc.detail or None)
-            await self.rows.end([(row.id, ended)])
-            raise terminated_error(row.id, exc.reason, exc.detail or None) from None
+        except (SessionBusyError, SessionEndedError) as exc:
+            raise await self._refused(row, inserted, request, exc) from None
         except asyncio.CancelledError:
             # The client went away (or the replica is stopping): the record still ends.
             failed = ExecutionRecord.internal_error(request)
@@ -265,10 +311,87 @@ class Sessions:
         except Exception:
             await results.finish(inserted.id, ExecutionRecord.internal_error(request))
             raise
-        record = called.record.model_copy(update={"session_id": row.id})
-        finished = await results.finish(inserted.id, record, inserted)
-        # Off the answer's path: a read asks the host anyway, the next call finds out itself.
-        self._parts.background.detach(self._apply_quietly(called.state))
+        return await self._finish_call(row, inserted, called.record, called.state)
+
+    async def _streamed(
+        self,
+        row: LiveSession,
+        request: ExecutionRequest,
+        inserted: Execution,
+        lease: Lease | None,
+        stdin: StdinChannel | None,
+    ) -> AsyncGenerator[Event, None]:
+        """The events of a call in ``row``'s session, its stored record last; ``lease`` given
+        back at the end. The first event raises the host's refusal (busy, ended)."""
+        host = row.host
+        assert host is not None  # checked by the caller  # noqa: S101
+        limit = self._parts.stream_buffer_bytes
+        settled = False  # the execution is finished (or forgotten): nothing left to end it
+        try:
+            try:
+                events = await primed(
+                    self._hosts.call_stream(host, row.id, request, stdin=stdin, buffer_bytes=limit)
+                )
+            except (SessionBusyError, SessionEndedError) as exc:
+                settled = True
+                raise await self._refused(row, inserted, request, exc) from None
+            last: Event | None = None
+            async with closing(buffered(events, max_bytes=limit)) as output:
+                try:
+                    async for event in output:
+                        if event.get("type") == "record":
+                            last = event
+                            break
+                        yield event
+                except SessionEndedError as exc:  # its host died under it
+                    await self.rows.end([(row.id, _ended(exc))])
+                except Exception as exc:  # noqa: BLE001 - the stream ends with internal_error
+                    logger.error("session %s: call failed: %s", row.id, type(exc).__name__)
+            settled = True
+            if last is None:
+                record, state = ExecutionRecord.internal_error(request), None
+            else:
+                record = ExecutionRecord.model_validate(last.get("record"))
+                state = last.get("state")
+            finished = await self._finish_call(row, inserted, record, state)
+            await self._parts.admission.release(lease)
+            lease = None
+            yield record_event(finished)
+        finally:
+            if not settled:  # closed early (the client went away): the record still ends
+                failed = ExecutionRecord.internal_error(request)
+                self._parts.background.spawn(self._parts.results.finish(inserted.id, failed))
+            await self._parts.admission.release(lease)
+
+    async def _refused(
+        self,
+        row: LiveSession,
+        inserted: Execution,
+        request: ExecutionRequest,
+        refusal: SessionBusyError | SessionEndedError,
+    ) -> Exception:
+        """The service's error for a call its host refused; its execution is forgotten (and
+        the session's row ended if the session has)."""
+        await self._parts.results.discard(inserted.id, request)
+        if isinstance(refusal, SessionBusyError):
+            return SessionInUseError(f"session {row.id} is running another call")
+        await self.rows.end([(row.id, _ended(refusal))])
+        return terminated_error(row.id, refusal.reason, refusal.detail or None)
+
+    async def _finish_call(
+        self,
+        row: LiveSession,
+        inserted: Execution,
+        record: ExecutionRecord,
+        state: SessionState | None,
+    ) -> ExecutionRecord:
+        """Store a call's record (with ``session_id``); the session's ``state`` after the call
+        is recorded afterwards."""
+        record = record.model_copy(update={"session_id": row.id})
+        finished = await self._parts.results.finish(inserted.id, record, inserted)
+        if state is not None:
+            # Off the answer's path: a read asks the host anyway, the next call finds out itself.
+            self._parts.background.detach(self._apply_quietly(state))
         return finished
 
     async def _apply_quietly(self, state: SessionState) -> None:
