@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from serve_app._client_events import OutputEvent, RecordEvent, StreamEvent
+from serve_app._client_events import InteractiveEvent, OutputEvent, RecordEvent
 from serve_app._client_stream import stream_execution
 from serve_app._client_ws import InteractiveRun, run_interactive
 from serve_app.errors import ApiClientError, ServerUnreachableError
@@ -44,7 +44,8 @@ class Echo:
         for stream, shown in self.shown.items():
             text, seen = record.get(stream) or "", "".join(shown)
             if text.startswith(seen):
-                self.write(stream, text[len(seen) :])
+                if len(text) > len(seen):
+                    self.write(stream, text[len(seen) :])
             else:
                 dropped = record.get("stream_dropped_bytes") or "some"
                 self.write(
@@ -72,11 +73,14 @@ def run_streamed(
     return record.data
 
 
-def _shown(events: Iterable[StreamEvent], echo: Echo) -> RecordEvent:
+def _shown(events: Iterable[InteractiveEvent], echo: Echo) -> RecordEvent:
     for event in events:
         if isinstance(event, RecordEvent):
             return event
-        echo.output(event)
+        if isinstance(event, OutputEvent):
+            echo.output(event)
+        else:  # typed input the service refused: say so, the run goes on
+            echo.write("stderr", f"exec-agent run: input not sent: {event.error}\n")
     raise ServerUnreachableError("the run ended without its record")
 
 

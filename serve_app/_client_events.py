@@ -10,7 +10,16 @@ from typing import Any, Literal, TypeAlias
 from executors import ExecutionRecord
 from serve_app.errors import ApiErrorResponse, ServerUnreachableError, ServiceError
 
-__all__ = ["OutputEvent", "RecordEvent", "StreamEvent", "api_error", "event_from", "parse_json"]
+__all__ = [
+    "InteractiveEvent",
+    "OutputEvent",
+    "RecordEvent",
+    "RefusalEvent",
+    "StreamEvent",
+    "api_error",
+    "event_from",
+    "parse_json",
+]
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,20 @@ class RecordEvent:
         return ExecutionRecord.model_validate(self.data)
 
 
+@dataclass(frozen=True)
+class RefusalEvent:
+    """The WebSocket refused a message of the run (``in_reply_to``: ``stdin`` or
+    ``stdin_eof``) and the run goes on: that text was not given to the program (over
+    ``WS_MAX_STDIN_BYTES``, say). ``error`` says why."""
+
+    in_reply_to: str
+    error: ApiErrorResponse
+
+
 StreamEvent: TypeAlias = OutputEvent | RecordEvent
+"""What a streamed run gives: output events, then its record."""
+InteractiveEvent: TypeAlias = OutputEvent | RecordEvent | RefusalEvent
+"""What an interactive run gives: a stream's events, and the refusals of what it was sent."""
 
 
 def event_from(kind: str, payload: Any) -> StreamEvent | None:

@@ -26,7 +26,14 @@ from typing import Any, Self
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from serve_app._client_events import RecordEvent, StreamEvent, event_from, parse_json
+from serve_app._client_events import (
+    InteractiveEvent,
+    RecordEvent,
+    RefusalEvent,
+    api_error,
+    event_from,
+    parse_json,
+)
 from serve_app._client_http import CONNECT_TIMEOUT_S, auth_headers, url
 from serve_app.errors import ApiClientError, ApiErrorResponse, ServerUnreachableError
 
@@ -35,6 +42,11 @@ __all__ = ["ExecutionSocket", "InteractiveRun", "run_interactive"]
 MAX_MESSAGE_BYTES = 64 * 2**20
 """Largest message taken from the server: a record holds up to MAX_RECORD_BYTES (16 MiB by
 default) of JSON, artifacts included."""
+
+
+GOING_ON = ("stdin", "stdin_eof")
+"""An error in reply to these leaves the run going; to any other (``run``, ``auth``, one the
+service could not read), the run is over."""
 
 
 def ws_url(server: str) -> str:
@@ -107,8 +119,10 @@ class ExecutionSocket:
 
 class InteractiveRun:
     """One run on an :class:`ExecutionSocket`: iterate it for its events (the last a
-    :class:`RecordEvent`); :meth:`send_stdin` and :meth:`end_stdin` may be called from another
-    thread meanwhile (a thread reading a terminal, say)."""
+    :class:`RecordEvent`; a :class:`RefusalEvent` when text sent was refused, the run going
+    on); :meth:`send_stdin` and :meth:`end_stdin` may be called from another thread meanwhile
+    (a thread reading a terminal, say). An error that ends the run (a refused request, a
+    failure) is raised as :class:`ApiErrorResponse`."""
 
     def __init__(self, connection: ClientConnection) -> None:
         self.connection = connection
@@ -129,7 +143,7 @@ class InteractiveRun:
         except ConnectionClosed as exc:
             raise ServerUnreachableError(f"the connection closed: {exc}") from None
 
-    def __iter__(self) -> Iterator[StreamEvent]:
+    def __iter__(self) -> Iterator[InteractiveEvent]:
         while not self.finished:
             event = self._next()
             if event is not None:
@@ -142,7 +156,7 @@ class InteractiveRun:
         assert self.record is not None  # noqa: S101 - __iter__ ends only with a record
         return self.record
 
-    def _next(self) -> StreamEvent | None:
+    def _next(self) -> InteractiveEvent | None:
         try:
             message = self.connection.recv()
         except ConnectionClosed as exc:
@@ -155,6 +169,8 @@ class InteractiveRun:
             raise ServerUnreachableError("the server sent a binary message")
         payload = parse_json(message, "a message of the server")
         kind = payload.get("type") if isinstance(payload, dict) else None
+        if kind == "error" and payload.get("in_reply_to") in GOING_ON:
+            return RefusalEvent(str(payload["in_reply_to"]), api_error(payload))
         if kind == "record":  # the record sits beside the type, not in its place
             payload = payload.get("record")
         try:

@@ -37,7 +37,13 @@ from urllib.parse import quote
 
 from executors import ExecutionRecord
 from serve_app import files as api_files
-from serve_app._client_events import OutputEvent, RecordEvent, StreamEvent
+from serve_app._client_events import (
+    InteractiveEvent,
+    OutputEvent,
+    RecordEvent,
+    RefusalEvent,
+    StreamEvent,
+)
 from serve_app._client_http import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
 from serve_app._client_http import call as _call
 from serve_app._client_http import object_from as _object_from
@@ -52,9 +58,11 @@ __all__ = [
     "CONNECT_TIMEOUT_S",
     "READ_TIMEOUT_S",
     "ExecutionSocket",
+    "InteractiveEvent",
     "InteractiveRun",
     "OutputEvent",
     "RecordEvent",
+    "RefusalEvent",
     "Session",
     "SessionInfo",
     "StreamEvent",

@@ -19,16 +19,19 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
 from executors import TERMINAL_STATUSES
+from serve_app._cli_stream import Echo
 from serve_app._sse import ServerSentEvent, SseParser
 from serve_app.client import (
     ExecutionSocket,
     OutputEvent,
     RecordEvent,
+    RefusalEvent,
     Session,
     execution_body,
     run_interactive,
@@ -42,6 +45,7 @@ from tests.support.service import DeployedService, deployed_service, service_set
 EXEC_AGENT = Path(sys.executable).with_name("exec-agent")
 APP_NAME = "exec-agent-cli-streaming-test"
 SECRET = SecretStr("cli-streaming-test-api-key-secret-0123456789")
+MAX_STDIN_BYTES = 4096
 WAIT_S = 60.0
 """How long a test waits for what must come (a safety net, not a speed goal)."""
 
@@ -83,6 +87,24 @@ def test_sse_parser_dispatches_at_a_cr_without_waiting_for_lf() -> None:
     assert parser.feed(b"\ndata: y\r\n\r\n") == [ServerSentEvent("message", "y")]
 
 
+def test_echo_completes_each_stream_from_the_record() -> None:
+    """What the stream left out at the end (or all of it, from a server that does not stream)
+    is written from the record; a gap in the middle cannot be, and is said."""
+    written: list[tuple[str, str]] = []
+    echo = Echo(lambda stream, text: written.append((stream, text)))
+    echo.output(OutputEvent("stdout", "a\n"))
+    echo.finish({"stdout": "a\nb\n", "stderr": "e\n", "stream_dropped_bytes": 2})
+    assert written == [("stdout", "a\n"), ("stdout", "b\n"), ("stderr", "e\n")]
+    written.clear()
+    echo = Echo(lambda stream, text: written.append((stream, text)))
+    echo.output(OutputEvent("stdout", "a\n"))
+    echo.output(OutputEvent("stdout", "c\n"))
+    echo.finish({"stdout": "a\nb\nc\n", "stderr": "", "stream_dropped_bytes": 2})
+    assert written[:2] == [("stdout", "a\n"), ("stdout", "c\n")]
+    [(stream, note)] = written[2:]
+    assert stream == "stderr" and "2 bytes of output were not shown" in note
+
+
 # --- one deployment for the rest
 
 
@@ -91,7 +113,9 @@ def server(
     ray_session: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DeployedService]:
     directory: Path = tmp_path_factory.mktemp("cli-streaming")
-    settings = service_settings(f"sqlite:///{directory / 'api.db'}", SECRET)
+    settings = service_settings(
+        f"sqlite:///{directory / 'api.db'}", SECRET, ws_max_stdin_bytes=MAX_STDIN_BYTES
+    )
     try:
         with deployed_service(settings, APP_NAME) as database:
             yield DeployedService(database, settings)
@@ -236,6 +260,17 @@ def test_run_from_a_terminal_answers_input_as_typed(
 # --- the Python client
 
 
+def output_until(events: Iterator[Any], wanted: str) -> str:
+    """The stdout of ``events`` read until it ends with ``wanted`` (chunks fall where they
+    may: ``print`` writes its text and its newline apart)."""
+    text = ""
+    while not text.endswith(wanted):
+        event = next(events)
+        assert isinstance(event, OutputEvent) and event.stream == "stdout", event
+        text += event.text
+    return text
+
+
 @pytest.mark.ray
 @pytest.mark.sandbox
 def test_stream_execution_gives_chunks_then_the_stored_record(
@@ -263,7 +298,7 @@ def test_stream_execution_yields_output_while_the_program_runs(
 ) -> None:
     code = "import time\nprint('early', flush=True)\ntime.sleep(30)\n"
     events = stream_execution(server.url, key, execution_body(code, runtime="minimal"))
-    assert next(events) == OutputEvent("stdout", "early\n")  # the program still sleeps
+    assert output_until(events, "early\n") == "early\n"  # the program still sleeps
     events.close()  # cancels the run
 
 
@@ -292,9 +327,9 @@ def test_run_interactive_answers_input_and_ends_stdin(server: DeployedService, k
     body = execution_body(code, runtime="minimal", limits={"wall_timeout_s": 30})
     with run_interactive(server.url, key, body) as run:
         events = iter(run)
-        assert next(events) == OutputEvent("stdout", "n? ")
+        assert output_until(events, "n? ") == "n? "  # asked, and waiting
         run.send_stdin("21\n")
-        assert next(events) == OutputEvent("stdout", "42\n")
+        assert output_until(events, "42\n") == "42\n"
         run.send_stdin("tail")
         run.end_stdin()
         record = run.wait().record
@@ -309,6 +344,25 @@ def test_one_socket_runs_one_program_after_another(server: DeployedService, key:
         second = socket.run(execution_body("print(input())", stdin="2\n")).wait().record
     assert (first.stdout, second.stdout) == ("1\n", "2\n")
     assert first.id != second.id
+
+
+@pytest.mark.ray
+@pytest.mark.sandbox
+def test_a_refused_run_or_input_leaves_the_socket_usable(server: DeployedService, key: str) -> None:
+    """A refused run raises (no record follows) and the next run goes; refused input is an
+    event, and the run goes on without it."""
+    with ExecutionSocket.connect(server.url, key) as socket:
+        with pytest.raises(ApiErrorResponse) as refused:
+            socket.run(execution_body("print(1)", limits={"wall_timeout_s": -1})).wait()
+        assert (refused.value.http_status, refused.value.code) == (422, "invalid_request")
+        body = execution_body("print(input())", runtime="minimal", limits={"wall_timeout_s": 30})
+        run = socket.run(body)
+        run.send_stdin("x" * (MAX_STDIN_BYTES + 1))
+        run.send_stdin("taken\n")
+        events = list(run)
+    [refusal] = [event for event in events if isinstance(event, RefusalEvent)]
+    assert (refusal.in_reply_to, refusal.error.code) == ("stdin", "payload_too_large")
+    assert run.record is not None and run.record.data["stdout"] == "taken\n"
 
 
 @pytest.mark.ray

@@ -32,9 +32,9 @@ from serve_process import ServeProcess, percentile, positive_int
 from executors import SandboxConfig
 from serve_app.client import (
     ExecutionSocket,
+    InteractiveEvent,
     OutputEvent,
     RecordEvent,
-    StreamEvent,
     execution_body,
     stream_execution,
 )
@@ -94,7 +94,7 @@ class Lines:
         return [(arrived - float(line)) * 1000 for line, arrived in self.lines]
 
 
-def _timed_events(events: Iterable[StreamEvent]) -> tuple[Lines, dict[str, Any] | None]:
+def _timed_events(events: Iterable[InteractiveEvent]) -> tuple[Lines, dict[str, Any] | None]:
     lines, record = Lines(), None
     for event in events:
         if isinstance(event, OutputEvent) and event.stream == "stdout":
@@ -156,7 +156,7 @@ def _latency(
     body = execution_body(
         stamps_program(args.prints, args.interval_ms), runtime=args.runtime, limits=limits
     )
-    runs: dict[str, Callable[[], Iterable[StreamEvent]]] = {
+    runs: dict[str, Callable[[], Iterable[InteractiveEvent]]] = {
         "sse": lambda: stream_execution(url, key, body, client=http),
         "websocket": lambda: socket.run(body),
     }
