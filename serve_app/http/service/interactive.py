@@ -30,6 +30,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, Protocol
 
 from starlette.types import Message as AsgiMessage
@@ -52,7 +53,7 @@ from serve_app.http.service.interactive_messages import (
     too_large,
     validate_message,
 )
-from serve_app.observability import reset_request_id, set_request_id
+from serve_app.observability import capture_internal_error, reset_request_id, set_request_id
 from serve_app.ratelimit import RateDecision
 from serve_app.settings import Settings
 
@@ -186,6 +187,10 @@ class Conversation:
             await self._close(CLOSE_TOO_BIG, "message too big")
         except _Closed:
             pass
+        except Exception as exc:  # noqa: BLE001 - a fault of ours: said generically, then closed
+            with contextlib.suppress(_Closed):
+                await self._refuse(exc, self._connection_id, None)
+            await self._close(CLOSE_INTERNAL_ERROR, "internal error")
         finally:
             await self._stop_run()
 
@@ -420,6 +425,8 @@ class Conversation:
 
     async def _refuse(self, exc: BaseException, request_id: str, in_reply_to: str | None) -> None:
         error = api_error(exc)
+        if error.status == HTTPStatus.INTERNAL_SERVER_ERROR:
+            capture_internal_error(exc)  # to Sentry, as the HTTP edge's last resort does
         log_error(error, exc)
         await self._send(error_event(error, request_id, in_reply_to))
 
