@@ -1,8 +1,8 @@
 """``GET /v1/ws`` (API.md, "Streaming output"): interactive programs over a WebSocket, through
 Serve's proxy, with a real client library (``websockets``).
 
-Real Ray Serve (ingress + executor), real sandboxes and session hosts, a temporary SQLite
-database. Small caps (idle and authentication timeouts, message and input sizes) keep the
+Real Ray Serve (ingress + executor), real sandboxes and session hosts, one deployment per
+database backend (a temporary SQLite file, then a PostgreSQL schema of its own). Small caps (idle and authentication timeouts, message and input sizes) keep the
 tests short. A key per test keeps rates and in-flight caps apart. The corpus' ``websocket``
 entries (client scripts against this endpoint) run here too, each checked precisely.
 """
@@ -31,7 +31,7 @@ from serve_app.db.models import AuditEvent, Execution
 from serve_app.deployment import haproxy_binary
 from tests.support.api import auth
 from tests.support.corpus import CORPUS, WEBSOCKET_ENTRIES
-from tests.support.databases import empty_database
+from tests.support.databases import DATABASE_BACKENDS, empty_database
 from tests.support.polling import eventually
 from tests.support.scripts import load_script
 from tests.support.service import DeployedService, deployed_service, service_settings
@@ -79,10 +79,12 @@ class Server(DeployedService):
             return list(session.scalars(query))
 
 
-@pytest.fixture(scope="module")
-def server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=DATABASE_BACKENDS)
+def server(
+    ray_session: None, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Server]:
     directory: Path = tmp_path_factory.mktemp("websocket")
-    with empty_database("sqlite", directory) as url:
+    with empty_database(request.param, directory) as url:
         settings = service_settings(
             url,
             SECRET,
