@@ -290,10 +290,10 @@ def summarize_streaming(result: dict[str, Any]) -> str:
                 f"  {name:<9} print to client p50 {figures.get('p50')} ms, p99 "
                 f"{figures.get('p99')} ms (goal p99 <= {LATENCY_GOAL_P99_MS:g} ms)"
             )
+        extra = {name: _signed(value) for name, value in overhead["extra_p50_ms"].items()}
         lines.append(
-            f"  {config['code']}: plain p50 {overhead['plain'].get('p50')} ms | streamed: SSE "
-            f"+{overhead['extra_p50_ms']['sse']} ms, WebSocket +"
-            f"{overhead['extra_p50_ms']['websocket']} ms"
+            f"  {config['code']}: plain p50 {overhead['plain'].get('p50')} ms | streamed p50: "
+            f"SSE {extra['sse']} ms, WebSocket {extra['websocket']} ms"
         )
     met = ", ".join(
         f"{name}: {'met' if ok else 'NOT met'}"
@@ -304,6 +304,10 @@ def summarize_streaming(result: dict[str, Any]) -> str:
     if result["failed"]:
         lines.append(f"  FAILED: {result['failed']} (examples in the JSON)")
     return "\n".join(lines)
+
+
+def _signed(value: float | None) -> str:
+    return "?" if value is None else f"{value:+g}"
 
 
 def positive_float(text: str) -> float:
