@@ -17,6 +17,7 @@ session_rows.py  session rows brought up to date with their hosts, each ended on
 sweeper.py       the replica's session sweeper (and the first session hosts, warmed)
 interactive.py   one ``/v1/ws`` connection: authentication, runs with interactive input
 interactive_messages.py  the messages of ``/v1/ws``, parsed and validated; error events
+interactive_input.py     a ``/v1/ws`` run's standard input: capped, relayed, ended once
 facade.py        :class:`ExecutionService`, composing them for the routes and recovery
 """
 

@@ -35,11 +35,12 @@ from typing import Any, Protocol
 
 from starlette.types import Message as AsgiMessage
 
-from executors import StdinChannel, StdinOverflowError, StdinRelays
+from executors import StdinChannel, StdinRelays
 from serve_app.api import ApiError, ExecutionCreate, RequestBounds, SessionCall, api_error
 from serve_app.api.errors import log_error
 from serve_app.db.models import ApiKey
 from serve_app.errors import InvalidRequestError
+from serve_app.http.service.interactive_input import RunInput
 from serve_app.http.service.interactive_messages import (
     AuthMessage,
     RunMessage,
@@ -136,10 +137,8 @@ class _Run:
     """The run going on: its request id, standard input and the task forwarding its events."""
 
     request_id: str
-    channel: StdinChannel
+    input: RunInput
     task: asyncio.Task[None] = field(init=False)
-    stdin_bytes: int = 0
-    stdin_ended: bool = False
 
 
 @contextlib.contextmanager
@@ -273,7 +272,7 @@ class Conversation:
         elif isinstance(message, StdinMessage):
             await self._stdin(message.text, request_id)
         elif isinstance(message, StdinEofMessage):
-            await self._stdin_eof(request_id)
+            await self._stdin(None, request_id)
         else:
             await self._refuse(InvalidRequestError("already authenticated"), request_id, "auth")
 
@@ -303,12 +302,15 @@ class Conversation:
                 # Charged first, as an HTTP request is before its body is read.
                 self._service.admit(await self._service.hit(key), key)
                 stream = self._stream(key, message, request_id)
-                channel = await self._service.stdin_relays.open()
+                relays = self._service.stdin_relays
+                run_input = RunInput(
+                    relays, await relays.open(), max_bytes=self._settings.ws_max_stdin_bytes
+                )
             except Exception as exc:  # noqa: BLE001 - the run is refused; the connection goes on
                 await self._refuse(exc, request_id, "run")
                 return
-            run = _Run(request_id, channel)
-            run.task = asyncio.create_task(self._forward(stream, channel))
+            run = _Run(request_id, run_input)
+            run.task = asyncio.create_task(self._forward(stream, run_input.channel))
             self._run = run
 
     def _stream(
@@ -346,7 +348,7 @@ class Conversation:
         run, self._run = self._run, None
         if run is None:
             return
-        await self._forget(run.channel)
+        await run.input.close()
         failure = None if run.task.cancelled() else run.task.exception()
         if isinstance(failure, _Closed):
             raise _Closed
@@ -361,49 +363,24 @@ class Conversation:
         run.task.cancel()
         with contextlib.suppress(BaseException):
             await run.task
-        await self._forget(run.channel)
-
-    async def _forget(self, channel: StdinChannel) -> None:
-        try:
-            await self._service.stdin_relays.close(channel)
-        except Exception as exc:  # noqa: BLE001 - the run is over either way
-            logger.warning("stdin channel not closed: %s", type(exc).__name__)
+        await run.input.close()
 
     # --- standard input
 
-    async def _stdin(self, text: str, request_id: str) -> None:
-        run = self._run
-        if run is None or run.stdin_ended:
-            why = "no run is going" if run is None else "standard input has ended (stdin_eof)"
-            await self._refuse(InvalidRequestError(why), request_id, "stdin")
+    async def _stdin(self, text: str | None, request_id: str) -> None:
+        """Relay ``text`` to the run's program (``None``: end its input)."""
+        kind = "stdin" if text is not None else "stdin_eof"
+        if self._run is None:
+            await self._refuse(InvalidRequestError("no run is going"), request_id, kind)
             return
-        size = len(text.encode("utf-8"))
-        limit = self._settings.ws_max_stdin_bytes
-        if run.stdin_bytes + size > limit:
-            message = f"a run takes at most {limit} bytes of standard input: this text was not sent"
-            await self._send(error_event(too_large(message), request_id, "stdin"))
-            return
+        run_input = self._run.input
         try:
-            await self._service.stdin_relays.send(run.channel, text)
-        except StdinOverflowError as exc:
-            message = f"{exc}: this text was not sent"
-            await self._send(error_event(too_large(message), request_id, "stdin"))
+            refusal = await (run_input.end() if text is None else run_input.send(text))
         except Exception as exc:  # noqa: BLE001 - answered; the run goes on
-            await self._refuse(exc, request_id, "stdin")
-        else:
-            run.stdin_bytes += size
-
-    async def _stdin_eof(self, request_id: str) -> None:
-        run = self._run
-        if run is None or run.stdin_ended:
-            why = "no run is going" if run is None else "stdin_eof was sent already"
-            await self._refuse(InvalidRequestError(why), request_id, "stdin_eof")
+            await self._refuse(exc, request_id, kind)
             return
-        run.stdin_ended = True
-        try:
-            await self._service.stdin_relays.end(run.channel)
-        except Exception as exc:  # noqa: BLE001 - answered; the run goes on
-            await self._refuse(exc, request_id, "stdin_eof")
+        if refusal is not None:
+            await self._send(error_event(refusal, request_id, kind))
 
     # --- the wire
 
