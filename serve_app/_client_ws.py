@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Self
 
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from serve_app._client_events import (
@@ -52,8 +52,11 @@ service could not read), the run is over."""
 def ws_url(server: str) -> str:
     """``http://h:p`` -> ``ws://h:p/v1/ws`` (``https`` -> ``wss``)."""
     address = url(server, "/v1/ws")
-    scheme, rest = address.split("://", 1)
-    return {"http": "ws", "https": "wss"}.get(scheme, scheme) + "://" + rest
+    scheme, separator, rest = address.partition("://")
+    schemes = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+    if not separator or scheme.lower() not in schemes:
+        raise ServerUnreachableError(f"cannot reach {server}: not an http(s) URL")
+    return f"{schemes[scheme.lower()]}://{rest}"
 
 
 class ExecutionSocket:
@@ -77,12 +80,11 @@ class ExecutionSocket:
                     additional_headers=auth_headers(key),
                     open_timeout=open_timeout_s,
                     max_size=MAX_MESSAGE_BYTES,
-                    proxy=None,
                 )
             )
         except InvalidStatus as exc:
             raise _refusal(exc) from None
-        except (InvalidHandshake, OSError, TimeoutError) as exc:
+        except (WebSocketException, OSError, TimeoutError) as exc:
             raise ServerUnreachableError(f"cannot reach {address}: {exc}") from None
         return cls(connection, owned)
 

@@ -14,6 +14,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,7 +38,7 @@ from serve_app.client import (
     run_interactive,
     stream_execution,
 )
-from serve_app.errors import ApiErrorResponse
+from serve_app.errors import ApiErrorResponse, ServerUnreachableError
 from tests.support.api import auth
 from tests.support.polling import eventually
 from tests.support.service import DeployedService, deployed_service, service_settings
@@ -103,6 +104,18 @@ def test_echo_completes_each_stream_from_the_record() -> None:
     assert written[:2] == [("stdout", "a\n"), ("stdout", "c\n")]
     [(stream, note)] = written[2:]
     assert stream == "stderr" and "2 bytes of output were not shown" in note
+
+
+@pytest.mark.parametrize("where", ["127.0.0.1:8000", "ftp://127.0.0.1", "http://127.0.0.1:{port}"])
+def test_a_server_out_of_reach_is_the_clients_error(where: str) -> None:
+    with socket.socket() as probe:  # a port nothing listens on once the probe closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = where.format(port=port)
+    with pytest.raises(ServerUnreachableError):
+        ExecutionSocket.connect(address, "key")
+    with pytest.raises(ServerUnreachableError):
+        next(stream_execution(address, "key", execution_body("print(1)")))
 
 
 # --- one deployment for the rest
@@ -339,9 +352,9 @@ def test_run_interactive_answers_input_and_ends_stdin(server: DeployedService, k
 @pytest.mark.ray
 @pytest.mark.sandbox
 def test_one_socket_runs_one_program_after_another(server: DeployedService, key: str) -> None:
-    with ExecutionSocket.connect(server.url, key) as socket:
-        first = socket.run(execution_body("print(1)", runtime="minimal")).wait().record
-        second = socket.run(execution_body("print(input())", stdin="2\n")).wait().record
+    with ExecutionSocket.connect(server.url, key) as connection:
+        first = connection.run(execution_body("print(1)", runtime="minimal")).wait().record
+        second = connection.run(execution_body("print(input())", stdin="2\n")).wait().record
     assert (first.stdout, second.stdout) == ("1\n", "2\n")
     assert first.id != second.id
 
@@ -351,12 +364,12 @@ def test_one_socket_runs_one_program_after_another(server: DeployedService, key:
 def test_a_refused_run_or_input_leaves_the_socket_usable(server: DeployedService, key: str) -> None:
     """A refused run raises (no record follows) and the next run goes; refused input is an
     event, and the run goes on without it."""
-    with ExecutionSocket.connect(server.url, key) as socket:
+    with ExecutionSocket.connect(server.url, key) as connection:
         with pytest.raises(ApiErrorResponse) as refused:
-            socket.run(execution_body("print(1)", limits={"wall_timeout_s": -1})).wait()
+            connection.run(execution_body("print(1)", limits={"wall_timeout_s": -1})).wait()
         assert (refused.value.http_status, refused.value.code) == (422, "invalid_request")
         body = execution_body("print(input())", runtime="minimal", limits={"wall_timeout_s": 30})
-        run = socket.run(body)
+        run = connection.run(body)
         run.send_stdin("x" * (MAX_STDIN_BYTES + 1))
         run.send_stdin("taken\n")
         events = list(run)
