@@ -184,6 +184,14 @@ def _huge_exception_message(r: ExecutionRecord) -> None:
     assert r.stdout == ""
 
 
+@in_a_session("stream_one_byte_write_flood")
+def _stream_one_byte_write_flood(r: ExecutionRecord) -> None:
+    # Interrupted when over the cap (SIGINT: KeyboardInterrupt in the call), the session goes on.
+    assert (r.status, r.exit_code) == (OUTPUT_LIMIT, None), r
+    assert r.signal in (signal.SIGINT, signal.SIGKILL), r
+    assert r.stdout == "x" * int(r.limits["max_output_bytes"]) and r.stdout_truncated
+
+
 def session_check(name: str) -> Check:
     return SESSION_CHECKS_OF_ENTRIES.get(name, CHECKS[name])
 

@@ -582,3 +582,25 @@ def _artifact_fills_tmpfs(r: ExecutionRecord) -> None:
     assert r.artifacts[0].size_bytes == 8 * MIB
     assert r.artifacts_truncated
     _within_caps(r)
+
+
+@expect("stream_one_byte_write_flood")
+def _stream_one_byte_write_flood(r: ExecutionRecord) -> None:
+    assert_killed(r, OUTPUT_LIMIT)
+    assert r.stdout == "x" * CORPUS_LIMITS.max_output_bytes
+    assert r.stdout_truncated and r.stderr == ""
+
+
+@expect("stream_character_split_by_the_cap")
+def _stream_character_split_by_the_cap(r: ExecutionRecord) -> None:
+    # Written in one go, then the program exits: the cap is crossed by its last write, and the
+    # verdict may find it gone already (killed or exited 0): output_limit either way.
+    assert r.status == OUTPUT_LIMIT, r
+    assert r.stdout == "a" * (CORPUS_LIMITS.max_output_bytes - 1)
+    assert r.stdout_truncated
+
+
+@expect("stream_both_pipes_interleaved")
+def _stream_both_pipes_interleaved(r: ExecutionRecord) -> None:
+    assert (r.status, r.exit_code) == (OK, 0), r
+    assert (r.stdout, r.stderr) == ("o\n" * 100000, "e\n" * 100000)
