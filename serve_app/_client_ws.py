@@ -128,7 +128,7 @@ class InteractiveRun:
 
     def __init__(self, connection: ClientConnection) -> None:
         self.connection = connection
-        self.record: RecordEvent | None = None
+        self.record_event: RecordEvent | None = None  # the last event, once come
         self.finished = False
 
     def send_stdin(self, text: str) -> None:
@@ -155,8 +155,9 @@ class InteractiveRun:
         """Read the run to its end, the output left behind; its record."""
         for _ in self:
             pass
-        assert self.record is not None  # noqa: S101 - __iter__ ends only with a record
-        return self.record
+        if self.record_event is None:  # its error was raised already
+            raise ApiClientError("the run ended without a record")
+        return self.record_event
 
     def _next(self) -> InteractiveEvent | None:
         try:
@@ -181,7 +182,7 @@ class InteractiveRun:
             self.finished = True  # the run is over: refused, or failed
             raise
         if isinstance(event, RecordEvent):
-            self.finished, self.record = True, event
+            self.finished, self.record_event = True, event
         return event
 
 

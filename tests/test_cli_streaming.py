@@ -375,7 +375,7 @@ def test_a_refused_run_or_input_leaves_the_socket_usable(server: DeployedService
         events = list(run)
     [refusal] = [event for event in events if isinstance(event, RefusalEvent)]
     assert (refusal.in_reply_to, refusal.error.code) == ("stdin", "payload_too_large")
-    assert run.record is not None and run.record.data["stdout"] == "taken\n"
+    assert run.record_event is not None and run.record_event.data["stdout"] == "taken\n"
 
 
 @pytest.mark.ray
