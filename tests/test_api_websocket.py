@@ -48,6 +48,8 @@ RECEIVE_S = 60.0
 """How long a test waits for any one message: a bound against hanging, not a speed goal."""
 
 ANY_MESSAGE = "(any)"
+DENIED_MODULE = "antigravity"
+"""The import policy's one refusal here (no other test imports it)."""
 PATIENT = {"wall_timeout_s": 30.0}
 """Limits of a program that waits for its client: the default 5 s is for programs that do not."""
 DIALOGUE = """\
@@ -92,6 +94,7 @@ def server(
             ws_auth_timeout_s=AUTH_S,
             ws_max_message_bytes=MAX_MESSAGE_BYTES,
             ws_max_stdin_bytes=MAX_STDIN_BYTES,
+            denied_imports=[DENIED_MODULE],
             sessions_per_host=8,
             session_reserved_memory_mb=16,
             session_placement_timeout_s=60.0,
@@ -474,6 +477,30 @@ def test_the_rate_limit_holds_per_run(server: Server) -> None:
         "the refused run audited under its request id",
     )
     assert refusals[0].details["limit"] == "rate"
+
+
+def test_code_the_import_policy_refuses_is_refused_audited_and_never_stored(
+    server: Server, key: str
+) -> None:
+    code = f"import {DENIED_MODULE}  # {uuid.uuid4()}"
+    with opened(server, key) as client:
+        client.run({"code": code})
+        error = client.error("run")
+        assert error["code"] == "policy_violation", error
+        assert error["details"] == [{"module": DENIED_MODULE}]
+        client.run({"code": "print('allowed')"})
+        _, record = client.until_record()
+    assert record["stdout"] == "allowed\n"
+    assert server.with_code(code) == []
+    eventually(
+        lambda: [
+            event
+            for event in server.audit_events("policy_refused")
+            if event.request_id == error["request_id"]
+        ],
+        10,
+        "the refusal audited under the run's request id",
+    )
 
 
 def test_the_in_flight_cap_holds_across_connections(server: Server) -> None:
