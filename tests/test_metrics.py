@@ -223,6 +223,8 @@ EXPORTED = {
     "ray_exec_agent_db_write_retries_total",
     "ray_exec_agent_sessions_created_total",
     "ray_exec_agent_sessions_ended_total",
+    "ray_exec_agent_streamed_executions_total",
+    "ray_exec_agent_stream_dropped_bytes_total",
 }
 """Every metric as Prometheus sees it: Ray's exporter prefixes ``ray_`` (it cannot be off)."""
 
@@ -276,6 +278,12 @@ def traffic(served: Served) -> dict[str, int]:
         assert [r.json()["status"] for r in ok] == ["ok"] * 3
         failing = run(client, key, "raise SystemExit(3)")
         assert failing.json()["status"] == "nonzero_exit"
+        streamed = client.post(
+            "/v1/executions",
+            json={"code": "print('streamed')"},
+            headers={**auth(key), "Accept": "text/event-stream"},
+        )
+        assert streamed.headers["content-type"].startswith("text/event-stream")
         first, copy = (run(client, key, "print('cache me')", cache=True) for _ in range(2))
         assert (first.json()["cached"], copy.json()["cached"]) == (False, True)
         background = run(client, key, "print('later')", wait=False).json()["id"]
@@ -424,6 +432,8 @@ def test_every_metric_is_exported_with_its_tags(served: Served, traffic: dict[st
         at_least(0, "ray_exec_agent_db_write_retries_total"),
         at_least(0, "ray_exec_agent_sessions_created_total"),
         at_least(0, "ray_exec_agent_sessions_ended_total", reason="idle"),
+        at_least(1, "ray_exec_agent_streamed_executions_total"),
+        at_least(0, "ray_exec_agent_stream_dropped_bytes_total"),
     ]
     samples = scrape_until(served.metrics_url, checks)
 

@@ -23,6 +23,10 @@ Ray 2.60), so Prometheus sees ``ray_exec_agent_...``. Inside the ingress replica
     exec_agent_sessions_ended_total{reason}         counter: sessions whose row was ended, once
                                                     each, by ``terminated_reason`` (the hosts
                                                     report ``exec_agent_sessions_active``)
+    exec_agent_streamed_executions_total            counter: streamed executions (Server-Sent
+                                                    Events, ``/v1/ws``) whose record was stored
+    exec_agent_stream_dropped_bytes_total           counter: output bytes their clients did not
+                                                    get (too slow: ``stream_dropped_bytes``)
 
 The executor side's are in :mod:`executors._metrics`. Without Ray (tests that build an
 :class:`~serve_app.http.ExecutionService` alone) :func:`ingress_metrics` gives
@@ -117,7 +121,8 @@ class IngressMetrics:
     """What the ingress reports. This base reports nothing (outside Ray)."""
 
     def execution_stored(self, record: ExecutionRecord) -> None:
-        """A terminal record was stored: once per execution, wherever it ended."""
+        """A terminal record was stored: once per execution, wherever it ended (a streamed
+        one's ``stream_dropped_bytes`` counted then too)."""
 
     def run_started(self) -> None:
         """A run went to the executors."""
@@ -218,11 +223,25 @@ class _RayIngressMetrics(IngressMetrics):
         self._end_tags = {reason: {"reason": reason} for reason in SESSION_END_REASONS}
         for tags in self._end_tags.values():
             zero_counter(self._sessions_ended, tags)
+        self._streamed = types.Counter(
+            "exec_agent_streamed_executions_total",
+            description="Streamed executions (Server-Sent Events, WebSocket) stored.",
+        )
+        zero_counter(self._streamed)
+        self._stream_dropped = types.Counter(
+            "exec_agent_stream_dropped_bytes_total",
+            description="Output bytes left out of streams whose client could not keep up.",
+        )
+        zero_counter(self._stream_dropped)
 
     def execution_stored(self, record: ExecutionRecord) -> None:
         tags = self._execution_tags.get((record.status.value, record.cached))
         if tags is not None:
             self._executions.inc(tags=tags)
+        if record.stream_dropped_bytes is not None:  # streamed
+            self._streamed.inc()
+            if record.stream_dropped_bytes > 0:
+                self._stream_dropped.inc(record.stream_dropped_bytes)
 
     def run_started(self) -> None:
         self._running += 1
