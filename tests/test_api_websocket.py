@@ -13,6 +13,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ MAX_STDIN_BYTES = 4096
 RECEIVE_S = 60.0
 """How long a test waits for any one message: a bound against hanging, not a speed goal."""
 
+STREAM_BUFFER_BYTES = 4096
+"""The least the settings allow: a client that reads late loses chunks soon."""
 ANY_MESSAGE = "(any)"
 DENIED_MODULE = "antigravity"
 """The import policy's one refusal here (no other test imports it)."""
@@ -95,6 +98,7 @@ def server(
             ws_max_message_bytes=MAX_MESSAGE_BYTES,
             ws_max_stdin_bytes=MAX_STDIN_BYTES,
             denied_imports=[DENIED_MODULE],
+            stream_buffer_bytes=STREAM_BUFFER_BYTES,
             sessions_per_host=8,
             session_reserved_memory_mb=16,
             session_placement_timeout_s=60.0,
@@ -133,7 +137,7 @@ class Client:
 
     def __init__(self, connection: ClientConnection) -> None:
         self.connection = connection
-        self.stdout = ""
+        self.chunks: list[str] = []
         """Every stdout chunk received, in order."""
 
     def send(self, **message: Any) -> None:
@@ -142,8 +146,12 @@ class Client:
     def receive(self) -> dict[str, Any]:
         message: dict[str, Any] = json.loads(self.connection.recv(timeout=RECEIVE_S))
         if message["type"] == "stdout":
-            self.stdout += message["text"]
+            self.chunks.append(message["text"])
         return message
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self.chunks)
 
     def error(self, in_reply_to: str | None = ANY_MESSAGE) -> dict[str, Any]:
         """The next message, which must be an error (in reply to a message of that type, if
@@ -203,8 +211,8 @@ def opened(
         yield Client(connection)
 
 
-def stdout_of(events: list[dict[str, Any]]) -> str:
-    return "".join(event["text"] for event in events if event["type"] == "stdout")
+def stdout_of(events: list[dict[str, Any]], stream: str = "stdout") -> str:
+    return "".join(event["text"] for event in events if event["type"] == stream)
 
 
 # --- through HAProxy (SERVE_INGRESS=haproxy): first, before the module's own service starts
@@ -281,6 +289,29 @@ def test_several_runs_on_one_connection_each_stored_with_its_request_id(
     rows = [server.row(record["id"]) for record in records]
     request_ids = {row.request_id for row in rows}
     assert None not in request_ids and len(request_ids) == 3
+
+
+def test_a_client_that_reads_late_loses_chunks_and_the_record_counts_them(
+    server: Server, key: str
+) -> None:
+    code = (
+        "import sys\nfor i in range(4000):\n    print(f'{i:099d}')\nprint('end', file=sys.stderr)"
+    )
+    with opened(server, key) as client:
+        client.run({"code": code})
+        while not client.chunks:  # it runs; what follows waits for the client
+            assert client.receive()["type"] == "stdout"
+        time.sleep(3)  # not reading: the buffers fill up (how much is lost is not the point)
+        events, record = client.until_record()
+    assert record["status"] == "ok" and len(record["stdout"]) == 400_000, record["stderr"]
+    received = len((client.stdout + stdout_of(events, "stderr")).encode())
+    dropped = record["stream_dropped_bytes"]
+    assert received + dropped == len((record["stdout"] + record["stderr"]).encode())
+    # What arrived is the record's, in order, with pieces left out (a chunk may join output
+    # from both sides of a gap: the buffer merges what waits, dropped chunks between).
+    kept = iter(record["stdout"])
+    assert all(character in kept for character in client.stdout)
+    assert server.row(record["id"]).stream_dropped_bytes == dropped
 
 
 def test_a_run_while_one_is_going_is_refused_and_the_first_goes_on(
