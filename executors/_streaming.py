@@ -64,6 +64,8 @@ class StreamBuffer:
         self._ready = threading.Condition(self._lock)
         self._items: deque[Event] = deque()
         self._bytes = 0
+        self._gap = False
+        """Whether chunks were dropped since the last one queued (the next is not merged)."""
         self._last: Event | None = None
         self._error: BaseException | None = None
         self._wakers: list[Callable[[], None]] = []
@@ -76,12 +78,15 @@ class StreamBuffer:
         with self._lock:
             if self._bytes + size > self.max_bytes:
                 self.dropped_bytes += size
+                self._gap = True
                 return
             self._bytes += size
-            if self._items and self._items[-1]["type"] == stream:
+            # Never merged across a gap: a chunk is text the program wrote in one piece.
+            if self._items and self._items[-1]["type"] == stream and not self._gap:
                 self._items[-1]["text"] += text
             else:
                 self._items.append(output_event(stream, text))
+            self._gap = False
         self._wake()
 
     def finish(self, last: Event) -> None:

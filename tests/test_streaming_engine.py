@@ -208,6 +208,20 @@ def test_buffer_merges_and_drops_past_its_bound_and_counts_it() -> None:
     ]
 
 
+def test_buffer_never_merges_chunks_across_a_gap() -> None:
+    async def scenario() -> list[dict[str, object]]:
+        buffer = StreamBuffer(max_bytes=30)
+        buffer.put_output("stdout", "A" * 10)
+        buffer.put_output("stdout", "B" * 5000)  # dropped
+        buffer.put_output("stdout", "C" * 10)
+        buffer.finish({"type": "record", "record": {}})
+        return [event async for event in buffer.events()]
+
+    events = asyncio.run(scenario())
+    assert events[:2] == [output_event("stdout", "A" * 10), output_event("stdout", "C" * 10)]
+    assert events[2] == {"type": "record", "record": {"stream_dropped_bytes": 5000}}
+
+
 def test_buffered_reads_upstream_while_its_reader_waits() -> None:
     async def scenario() -> tuple[list[dict[str, object]], int]:
         produced = 0
