@@ -36,6 +36,8 @@ SECRET = SecretStr("streaming-test-api-key-secret-0123456789abcdef")
 MIB = 1024 * 1024
 MAX_OUTPUT_BYTES = 32 * MIB
 """The server's maximum, raised for the slow-reader test's 20 MiB of output."""
+QUEUED = 2
+"""Runs waiting at the executors' handle beyond its replica's (2 slots + 2): then 503."""
 EVENT_STREAM = {"Accept": "text/event-stream"}
 _T = TypeVar("_T")
 
@@ -52,6 +54,7 @@ def server(
         "sessions_per_host": 2,
         "session_reserved_memory_mb": 16,
         "session_placement_timeout_s": 60.0,
+        "executor_max_queued_requests": QUEUED,
     }
     with empty_database(request.param, directory) as url:
         settings = service_settings(url, SECRET, **settings_of)
@@ -225,7 +228,7 @@ def test_the_first_chunk_arrives_while_the_program_still_runs(
 
 def test_a_wait_false_body_streams_all_the_same(client: httpx.Client, key: str) -> None:
     streamed = stream(client, key, "print('hi')", wait=False)
-    assert streamed.chunks("stdout") == ["hi\n"]
+    assert streamed.output("stdout") == "hi\n"
     assert streamed.record["status"] == "ok"
 
 
@@ -428,6 +431,37 @@ def test_a_refused_request_gets_its_json_error(
     assert refused.status_code == 429 and error_code(refused) == "rate_limited"
     assert refused.headers["content-type"] == "application/json"
     assert refused.headers["retry-after"]
+
+
+def test_a_burst_beyond_the_executors_queue_is_refused_with_json_503(
+    server: DeployedService,
+) -> None:
+    key_name = f"burst-{uuid.uuid4().hex[:8]}"
+    key = server.new_key(key_name, max_concurrency=20)
+    code = "import time\nprint('going', flush=True)\ntime.sleep(2)"
+
+    def one(_: int) -> tuple[int, str, Any]:
+        with server.client() as http, open_stream(http, key, "/v1/executions", {"code": code}) as r:
+            kind = r.headers["content-type"]
+            said = list(sse_events(r)) if r.status_code == 200 else json.loads(r.read())
+            return r.status_code, kind, said
+
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(one, range(10)))
+    refused = [said for status, _, said in answers if status == 503]
+    streamed = [said for status, _, said in answers if status == 200]
+    assert refused and streamed, [status for status, _, _ in answers]
+    assert len(refused) + len(streamed) == len(answers)
+    for status, kind, _ in answers:
+        assert kind.startswith("text/event-stream" if status == 200 else "application/json")
+    assert {said["error"]["code"] for said in refused} == {"overloaded"}
+    records = [events[-1][1] for events in streamed]
+    assert {record["status"] for record in records} == {"ok"}
+    outputs = {"".join(data["text"] for kind, data in events[:-1]) for events in streamed}
+    assert outputs == {"going\n"}
+    # A refused run was never accepted: only the streamed ones are stored.
+    rows = server.stored(key_name)
+    assert sorted(str(row.id) for row in rows) == sorted(record["id"] for record in records)
 
 
 # --- no run: replays and cache hits
