@@ -11,14 +11,16 @@ timings: a chunk "arrived before the program ended" is shown by the execution st
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import psutil
@@ -27,6 +29,7 @@ from pydantic import SecretStr
 
 from tests.support.api import auth, error_code
 from tests.support.databases import DATABASE_BACKENDS, empty_database
+from tests.support.polling import eventually
 from tests.support.service import DeployedService, deployed_service, service_settings
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox]
@@ -39,7 +42,6 @@ MAX_OUTPUT_BYTES = 32 * MIB
 QUEUED = 2
 """Runs waiting at the executors' handle beyond its replica's (2 slots + 2): then 503."""
 EVENT_STREAM = {"Accept": "text/event-stream"}
-_T = TypeVar("_T")
 
 
 @pytest.fixture(scope="module", params=DATABASE_BACKENDS)
@@ -151,17 +153,6 @@ def stored(client: httpx.Client, key: str, execution_id: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     record: dict[str, Any] = response.json()
     return record
-
-
-def eventually(check: Callable[[], _T | None], within_s: float, what: str) -> _T:
-    deadline = time.monotonic() + within_s
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within_s} s: {what}")
-        time.sleep(0.2)
 
 
 # --- order, completeness, the record
@@ -520,3 +511,41 @@ def test_a_session_call_streams_and_keeps_the_session_state(client: httpx.Client
         client.delete(f"/v1/sessions/{session_id}", headers=auth(key))
     ended = client.post(path, json={"code": "x"}, headers={**auth(key), **EVENT_STREAM})
     assert ended.status_code == 410 and error_code(ended) == "session_terminated"
+
+
+# --- the executor lost mid-stream (last: Serve replaces the replica meanwhile)
+
+
+def _executor_pids() -> list[int]:
+    title = f"ray::ServeReplica:{APP_NAME}:SandboxExecutor"
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        command = " ".join(process.info["cmdline"] or ())
+        if command.startswith(title) and process.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(process.pid)
+    return found
+
+
+def test_an_executor_lost_mid_stream_ends_it_with_an_internal_error_record(
+    server: DeployedService, client: httpx.Client, key: str
+) -> None:
+    if not server.settings.database_url.startswith("sqlite"):
+        pytest.skip("the executors' side: once is enough, on the first backend")
+    [victim] = _executor_pids()
+    code = "import time\nfor i in range(300):\n    print(i, flush=True)\n    time.sleep(0.1)"
+    with open_stream(client, key, "/v1/executions", {"code": code}) as response:
+        events = sse_events(response)
+        received = [next(events) for _ in range(3)]
+        os.kill(victim, signal.SIGKILL)  # as the OOM killer or a crash would end it
+        received += list(events)
+    kind, record = received[-1]
+    assert kind == "record" and record["status"] == "internal_error"
+    assert [kind for kind, _ in received[:-1]] == ["stdout"] * (len(received) - 1)
+    assert stored(client, key, record["id"]) == record
+    eventually(
+        lambda: [pid for pid in _executor_pids() if pid != victim],
+        90,
+        "Serve starts a new executor replica",
+    )
+    after = stream(client, key, "print('after the loss')")
+    assert after.record["status"] == "ok"
