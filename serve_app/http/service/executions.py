@@ -324,11 +324,14 @@ class Executions:
             record = None
             limit = self._parts.stream_buffer_bytes
             async with closing(buffered(events, max_bytes=limit)) as output:
-                async for event in output:
-                    if event.get("type") == "record":
-                        record = ExecutionRecord.model_validate(event.get("record"))
-                        break
-                    yield event
+                try:
+                    async for event in output:
+                        if event.get("type") == "record":
+                            record = ExecutionRecord.model_validate(event.get("record"))
+                            break
+                        yield event
+                except Exception as exc:  # noqa: BLE001 - the stream still ends with its record
+                    logger.error("execution %s: stream failed: %s", row.id, type(exc).__name__)
             settled = True
             finished = await self._store(
                 row.id, record or ExecutionRecord.internal_error(request), row, accepted.cache_as
