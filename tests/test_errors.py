@@ -53,6 +53,7 @@ EXAMPLES: dict[str, tuple[tuple[Any, ...], str]] = {
         "(or its pins changed since): run scripts/setup",
     ),
     "SessionBusyError": (("3f2c",), "session 3f2c is running another call"),
+    "StdinOverflowError": ((1024,), "more than 1024 bytes of standard input wait for the program"),
     "SessionEndedError": (
         ("3f2c", "idle", "no call came within its idle timeout"),
         "session 3f2c has ended (idle): no call came within its idle timeout",
