@@ -57,6 +57,9 @@ SERVE_TUNING = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    # gRPC's default 4 MiB per message between replicas would refuse a record over it (up to
+    # MAX_RECORD_BYTES, 16 MiB) and a page of records: as large as Serve allows its proxy's.
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
     "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
 }
