@@ -11,6 +11,7 @@ import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -67,7 +68,7 @@ def test_haproxy_serves_the_api_with_its_own_listeners_on_loopback(tmp_path: Pat
         (config,) = {
             argument
             for process in haproxy_processes(service.pid)
-            for previous, argument in itertools.pairwise(process.cmdline())
+            for previous, argument in itertools.pairwise(_cmdline(process))
             if previous == "-f"
         }
         assert wait_for_haproxy_routes(str(Path(config).parent / "admin.sock"), timeout_s=10)
@@ -88,7 +89,7 @@ def test_haproxy_serves_the_api_with_its_own_listeners_on_loopback(tmp_path: Pat
         listening = {
             (connection.laddr.ip, connection.laddr.port)
             for process in haproxy_processes(service.pid)
-            for connection in process.net_connections(kind="inet")
+            for connection in _connections(process)
             if connection.status == psutil.CONN_LISTEN
         }
         assert {port for _, port in listening} == ports, listening
@@ -99,6 +100,23 @@ def test_haproxy_serves_the_api_with_its_own_listeners_on_loopback(tmp_path: Pat
     finally:
         service.stop()
         service.kill_group()
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    """Its command line; none for a process gone or a zombie (an HAProxy that Serve's reload
+    replaced exits while the test looks)."""
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+def _connections(process: psutil.Process) -> list[Any]:
+    """Its sockets; none for a process gone or a zombie (see :func:`_cmdline`)."""
+    try:
+        return list(process.net_connections(kind="inet"))
+    except psutil.Error:
+        return []
 
 
 def haproxy_processes(root_pid: int | None) -> list[psutil.Process]:
@@ -120,9 +138,13 @@ def session_processes(
     found = []
     for process in psutil.process_iter():
         try:
-            if os.getsid(process.pid) == session and wanted(process):
+            if (
+                os.getsid(process.pid) == session
+                and process.status() != psutil.STATUS_ZOMBIE
+                and wanted(process)
+            ):
                 found.append(process)
-        except (ProcessLookupError, psutil.NoSuchProcess, IndexError):
+        except (ProcessLookupError, psutil.Error, IndexError):
             continue
     assert found, "no such process under the service"
     return found
