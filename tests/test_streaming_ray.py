@@ -216,3 +216,28 @@ def test_a_session_call_streams_with_interactive_input(
     assert last["record"]["result"] == "'Grace'"
     assert result == "'Grace'"
     assert busy
+
+
+def test_a_slow_reader_makes_the_executor_drop_not_the_program_wait(executor: Any) -> None:
+    """The executor holds at most ``buffer_bytes`` for its reader: past it, chunks are dropped
+    and counted, and the program runs on at its own pace (its record is complete)."""
+    code = "import sys\nfor i in range(2000):\n    sys.stdout.write(f'{i:07d}\\n')"
+
+    async def scenario() -> list[dict[str, Any]]:
+        stream = executor.options(stream=True).run_stream.remote(request(code), buffer_bytes=4096)
+        events: list[dict[str, Any]] = []
+        async for event in stream:
+            events.append(event)
+            if len(events) == 1:
+                await asyncio.sleep(1.0)  # the program writes all 16,000 bytes meanwhile
+        return events
+
+    events = asyncio.run(scenario())
+    record = events[-1]["record"]
+    assert record["status"] == "ok"
+    assert record["stdout"] == "".join(f"{i:07d}\n" for i in range(2000))
+    received = text_of(events, "stdout")
+    assert record["stream_dropped_bytes"] > 0
+    assert len(received) + record["stream_dropped_bytes"] == len(record["stdout"])
+    lines = received.splitlines()
+    assert lines == sorted(set(lines))  # what arrived is in order, nothing twice
