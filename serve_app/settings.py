@@ -70,6 +70,7 @@ COMMENT_WIDTH = 96
 
 Environment = Literal["local", "staging", "production"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LogFormat = Literal["auto", "json", "text"]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Ingress = Literal["proxy", "haproxy"]
 
@@ -142,6 +143,26 @@ class Settings(BaseSettings):
         "requires every sandbox isolation layer.",
     )
     log_level: LogLevel = _env("LOG_LEVEL", "INFO", "DEBUG | INFO | WARNING | ERROR | CRITICAL")
+    log_format: LogFormat = _env(
+        "LOG_FORMAT",
+        "auto",
+        "auto | json | text: the format of the service's log lines. json: one JSON object per "
+        "line, for machines. text: short readable lines, for people. auto: text when `exec-agent "
+        "serve`'s standard error is a terminal, else json.",
+    )
+    api_docs: bool = _env(
+        "API_DOCS",
+        True,
+        "Serve the OpenAPI document at /openapi.json and its interactive documentation at /docs "
+        "(no authentication; assets shipped with the package, nothing fetched from elsewhere). "
+        "false: both answer 404.",
+    )
+    playground: bool = _env(
+        "PLAYGROUND",
+        True,
+        "Serve the playground, a page to write and run programs in a browser, at / (the page "
+        "asks for an API key and keeps it in the tab only). false: / answers 404.",
+    )
     database_url: str = _env(
         "DATABASE_URL",
         "sqlite:///./data/exec_agent.db",

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from serve_app.api import install_edge
@@ -24,6 +25,7 @@ from serve_app.http.routes import ROUTERS, ROUTES
 from serve_app.http.service import ExecutionService
 from serve_app.observability import TracingMiddleware, current_tracer
 from serve_app.settings import Settings
+from serve_app.web import STATIC_DIR, STATIC_ROUTE
 
 __all__ = ["build_api"]
 
@@ -59,6 +61,8 @@ def build_api(settings: Settings, service: ExecutionService) -> FastAPI:
     attach(app, service)
     for router in ROUTERS:
         app.include_router(router)
+    if settings.api_docs or settings.playground:  # the pages' files; no authentication
+        app.mount(STATIC_ROUTE, StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     app.add_middleware(RateLimitHeadersMiddleware)  # innermost: sees the handlers' answers
     # Ray Serve's RequestIdMiddleware sends X-Request-ID around this app (see the edge).
     install_edge(app, settings, upstream_request_id=True)
