@@ -17,6 +17,7 @@ __all__ = [
     "ENGINE_ENTRIES",
     "SESSION_ENTRIES",
     "WEBSOCKET_ENTRIES",
+    "WEB_ENTRIES",
     "host_ports",
     "program",
     "request_fields",
@@ -29,15 +30,19 @@ CORPUS: dict[str, dict[str, Any]] = {
 ENGINE_ENTRIES = [
     name
     for name, entry in CORPUS.items()
-    if entry["category"] not in ("http", "sessions", "websocket")
+    if entry["category"] not in ("http", "sessions", "websocket", "web")
 ]
 """Every entry but the HTTP ones (the API's tests take those), the sessions' (several calls,
-tests/test_sessions_corpus.py takes those) and the WebSocket ones (client scripts,
-tests/test_api_websocket.py runs them): what the engine must meet, one run each."""
+tests/test_sessions_corpus.py takes those) and the WebSocket and web ones (client scripts,
+tests/test_api_websocket.py and tests/test_web_corpus.py run them): what the engine must meet,
+one run each."""
 SESSION_ENTRIES = [name for name, entry in CORPUS.items() if entry["category"] == "sessions"]
 """Entries of calls in sessions: ``code`` is session a's first call, ``then`` the steps after."""
 WEBSOCKET_ENTRIES = [name for name, entry in CORPUS.items() if entry["category"] == "websocket"]
 """Client scripts against ``/v1/ws``: ``code`` runs on the host, its placeholders filled in."""
+WEB_ENTRIES = [name for name, entry in CORPUS.items() if entry["category"] == "web"]
+"""Client scripts against the pages and their files (``/``, ``/docs``, ``/openapi.json``,
+``/static/``): ``code`` runs on the host, its placeholders filled in."""
 
 
 @contextlib.contextmanager
