@@ -7,6 +7,7 @@ typed aliases of :mod:`serve_app.http.deps`.
     sessions.py     ``/v1/sessions``
     runtimes.py     ``/v1/runtimes``
     ws.py           ``/v1/ws`` (WebSocket)
+    playground.py   ``/`` (the playground page, ``PLAYGROUND``)
 
 Each router carries its own prefix, so each of its routes' ``path`` is the whole template
 (``/v1/executions/{execution_id}``): the ``route`` label of the metrics and the traces.
@@ -16,7 +17,7 @@ Each router carries its own prefix, so each of its routes' ``path`` is the whole
 from fastapi import APIRouter
 from starlette.routing import BaseRoute
 
-from serve_app.http.routes import batches, executions, health, runtimes, sessions, ws
+from serve_app.http.routes import batches, executions, health, playground, runtimes, sessions, ws
 
 __all__ = ["ROUTERS", "ROUTES"]
 
@@ -27,6 +28,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     sessions.router,
     runtimes.router,
     ws.router,
+    playground.router,
 )
 """In the order the app tries them."""
 
