@@ -22,6 +22,7 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -45,6 +46,8 @@ from serve_app.errors import (
 
 __all__ = [
     "ApiError",
+    "ErrorBody",
+    "ErrorInfo",
     "api_error",
     "error_response",
     "install_error_handlers",
@@ -79,6 +82,29 @@ _FRAMEWORK_STATUSES: dict[int, type[ServiceError]] = {
 _PASSED_HEADERS = frozenset({"allow", "retry-after", "www-authenticate"})
 
 
+class ErrorInfo(BaseModel):
+    """The ``error`` object of every error answer (and of ``/v1/ws``'s error events)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str = Field(description="The stable code of API.md's error table.")
+    message: str = Field(description="For a person; never a stack trace or an address.")
+    request_id: str = Field(description="The answer's X-Request-ID.")
+    details: list[dict[str, str]] | None = Field(
+        default=None,
+        description="422 only: where (field, or the module a policy refuses) and why; "
+        "never the input itself.",
+    )
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``{"error": {...}}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    error: ErrorInfo
+
+
 @dataclass(frozen=True, slots=True)
 class ApiError:
     """An error as the API answers it."""
@@ -90,14 +116,11 @@ class ApiError:
     headers: Mapping[str, str] = field(default_factory=dict)
 
     def body(self, request_id: str) -> dict[str, Any]:
-        error: dict[str, Any] = {
-            "code": self.code,
-            "message": self.message,
-            "request_id": request_id,
-        }
-        if self.details:
-            error["details"] = [dict(detail) for detail in self.details]
-        return {"error": error}
+        details = [dict(detail) for detail in self.details] or None
+        error = ErrorInfo(
+            code=self.code, message=self.message, request_id=request_id, details=details
+        )
+        return ErrorBody(error=error).model_dump(exclude_none=True)
 
 
 def api_error(exc: BaseException) -> ApiError:

@@ -12,6 +12,7 @@ The server's maxima are not module globals: validate with :func:`validate_body` 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -32,6 +33,7 @@ from pydantic import (
 
 from executors import (
     MAX_CASES,
+    RUNTIMES,
     SCIENTIFIC,
     CaseSpec,
     JudgeMode,
@@ -121,8 +123,17 @@ def _file_content(content: Any) -> str | bytes:
     return content if isinstance(content, bytes) else api_files.file_from_api(content)
 
 
+class Base64File(BaseModel):
+    """A file's bytes in JSON: the schema the OpenAPI document shows (:mod:`serve_app.files`
+    decodes it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base64: str = Field(description="Standard base64, padded.")
+
+
 FileContent = Annotated[
-    str | bytes, PlainValidator(_file_content, json_schema_input_type=api_files.ApiFile)
+    str | bytes, PlainValidator(_file_content, json_schema_input_type=str | Base64File)
 ]
 """A file of a request: a string (text), or ``{"base64": ...}`` decoded to bytes."""
 
@@ -159,6 +170,24 @@ def _default_runtime(data: Any, info: ValidationInfo) -> Any:
     return data
 
 
+def _filled_in(*names: str) -> Callable[[dict[str, Any]], None]:
+    """A model's ``json_schema_extra``: ``names`` are optional to a client (a ``before``
+    validator fills them in from the server's settings), however the model declares them."""
+
+    def optional(schema: dict[str, Any]) -> None:
+        required = [name for name in schema.get("required", ()) if name not in names]
+        if required:
+            schema["required"] = required
+        else:
+            schema.pop("required", None)
+
+    return optional
+
+
+RuntimeName = Annotated[StrictStr, Field(json_schema_extra={"enum": list(RUNTIMES)})]
+"""A runtime's name (``check_runtime`` refuses others; the document lists them)."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -175,12 +204,14 @@ Case = CaseSpec
 
 
 class _ExecutionBody(_Strict):
+    model_config = ConfigDict(json_schema_extra=_filled_in("runtime"))
+
     code: Text
     stdin: Text = ""
     files: dict[StrictStr, FileContent] = Field(default_factory=dict)
     """Path → text or bytes (``{"base64": ...}`` in JSON, decoded here: :mod:`serve_app.files`);
     dumped back in the API form."""
-    runtime: StrictStr
+    runtime: RuntimeName
     """One of ``executors.RUNTIMES``; left out: ``DEFAULT_RUNTIME``, filled in here, so what is
     stored and run always names its runtime."""
     limits: LimitsRequest = Field(default_factory=LimitsRequest)
@@ -272,7 +303,9 @@ class SessionCreate(_Strict):
     """The body of ``POST /v1/sessions``; what is left out is filled in here (the runtime,
     ``SESSION_IDLE_TIMEOUT_S``, ``SESSION_MAX_TTL_S``), so what is stored names it all."""
 
-    runtime: StrictStr
+    model_config = ConfigDict(json_schema_extra=_filled_in("runtime", "idle_timeout_s", "ttl_s"))
+
+    runtime: RuntimeName
     limits: SessionLimits = Field(default_factory=SessionLimits)
     idle_timeout_s: float = Field(gt=0)
     ttl_s: float = Field(gt=0)

@@ -3,12 +3,15 @@ over an :class:`ExecutionService`, behind the edge of :mod:`serve_app.api`.
 
 The routes are in their routers, their dependencies in :mod:`serve_app.http.deps`; this module
 only assembles: the service in the app's state, the routers, the middleware. The metrics and
-the traces match requests against :data:`~serve_app.http.routes.ROUTES` (their templates).
+the traces match requests against :data:`~serve_app.http.routes.ROUTES` (their templates) and,
+with ``API_DOCS`` on, the documentation's (:mod:`serve_app.http._docs`: ``/openapi.json``,
+``/docs``; off, they are not routes at all and answer 404).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import inspect
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,16 +21,23 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from serve_app.api import install_edge
+from serve_app.http import _docs
 from serve_app.http._metrics import UNMATCHED_ROUTE, RequestMetricsMiddleware, route_template
 from serve_app.http._ratelimit_headers import RateLimitHeadersMiddleware
 from serve_app.http.deps import attach
-from serve_app.http.routes import ROUTERS, ROUTES
+from serve_app.http.routes import ROUTERS
 from serve_app.http.service import ExecutionService
 from serve_app.observability import TracingMiddleware, current_tracer
 from serve_app.settings import Settings
 from serve_app.web import STATIC_DIR, STATIC_ROUTE
 
 __all__ = ["build_api"]
+
+DISTRIBUTION = "exec-agent"
+DESCRIPTION = (
+    "Runs untrusted Python in sandboxes: one program, batches, live sessions, streamed output. "
+    'Every error answers `{"error": {"code", "message", "request_id", "details"?}}`.'
+)
 
 
 def _without_fastapi_tracing() -> dict[str, Any]:
@@ -52,15 +62,19 @@ def build_api(settings: Settings, service: ExecutionService) -> FastAPI:
 
     app = FastAPI(
         title="Python Execution Agent",
-        docs_url=None,
+        version=importlib.metadata.version(DISTRIBUTION),
+        description=DESCRIPTION,
+        docs_url=None,  # /openapi.json and /docs are serve_app.http._docs's
         redoc_url=None,
         openapi_url=None,
         lifespan=lifespan,
         **_without_fastapi_tracing(),
     )
     attach(app, service)
-    for router in ROUTERS:
+    routers = (*ROUTERS, _docs.router) if settings.api_docs else ROUTERS
+    for router in routers:
         app.include_router(router)
+    routes = tuple(route for router in routers for route in router.routes)
     if settings.api_docs or settings.playground:  # the pages' files; no authentication
         app.mount(STATIC_ROUTE, StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     app.add_middleware(RateLimitHeadersMiddleware)  # innermost: sees the handlers' answers
@@ -70,10 +84,10 @@ def build_api(settings: Settings, service: ExecutionService) -> FastAPI:
     if tracer is not None:  # OTEL_EXPORTER_OTLP_ENDPOINT: a span per request, outside the edge
 
         def traced_route(scope: Scope) -> str | None:
-            route = route_template(scope, ROUTES)
+            route = route_template(scope, routes)
             return None if route == UNMATCHED_ROUTE else route
 
         app.add_middleware(TracingMiddleware, tracer=tracer, route=traced_route)
     # Outermost: measures every answer, the edge's refusals included.
-    app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics, routes=ROUTES)
+    app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics, routes=routes)
     return app

@@ -8,8 +8,22 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from executors import ExecutionRecord
 from serve_app.api import current_request_id
+from serve_app.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    OverloadedError,
+    PolicyViolationError,
+)
 from serve_app.http._artifacts import download_headers
+from serve_app.http._openapi import (
+    BODY_ERRORS,
+    IDEMPOTENCY_KEY,
+    LOCATION,
+    event_stream,
+    v1_errors,
+)
 from serve_app.http._sse import EventStreamResponse, wants_event_stream
 from serve_app.http.deps import (
     DEFAULT_PAGE_ITEMS,
@@ -21,13 +35,33 @@ from serve_app.http.deps import (
     ServiceDep,
     WaitS,
 )
+from serve_app.http.service import ExecutionPage
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/executions", tags=["executions"])
 
 
-@router.post("")
+@router.post(
+    "",
+    summary="Run one program",
+    response_model=ExecutionRecord,
+    responses={
+        200: {
+            "description": "The finished record (`wait: true`); with `Accept: "
+            "text/event-stream`, the run as Server-Sent Events.",
+            "headers": LOCATION,
+            "content": event_stream("The run"),
+        },
+        202: {
+            "model": ExecutionRecord,
+            "description": "The record, `queued` (`wait: false`): it runs in the background.",
+            "headers": LOCATION,
+        },
+        **v1_errors(*BODY_ERRORS, PolicyViolationError, OverloadedError),
+    },
+    openapi_extra=IDEMPOTENCY_KEY,
+)
 async def create_execution(
     request: Request,
     service: ServiceDep,
@@ -52,7 +86,12 @@ async def create_execution(
     )
 
 
-@router.get("/{execution_id}")
+@router.get(
+    "/{execution_id}",
+    summary="Read an execution",
+    response_model=ExecutionRecord,
+    responses=v1_errors(NotFoundError, InvalidRequestError),
+)
 async def get_execution(
     execution_id: str, service: ServiceDep, key: CurrentKey, wait_s: WaitS = 0.0
 ) -> JSONResponse:
@@ -61,7 +100,19 @@ async def get_execution(
 
 
 # artifact_path: any file name, line breaks included (serve_app/http/_artifacts.py).
-@router.get("/{execution_id}/artifacts/{path:artifact_path}")
+@router.get(
+    "/{execution_id}/artifacts/{path:artifact_path}",
+    summary="Download an artifact",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The file's bytes, as an attachment (`nosniff`, `CSP: sandbox`).",
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+            "headers": {"Content-Disposition": {"schema": {"type": "string"}}},
+        },
+        **v1_errors(NotFoundError),
+    },
+)
 async def get_artifact(
     execution_id: str, path: str, service: ServiceDep, key: CurrentKey
 ) -> Response:
@@ -69,7 +120,12 @@ async def get_artifact(
     return Response(artifact.content(), headers=download_headers(artifact))
 
 
-@router.get("")
+@router.get(
+    "",
+    summary="List the key's executions, newest first",
+    response_model=ExecutionPage,
+    responses=v1_errors(InvalidRequestError),
+)
 async def list_executions(
     service: ServiceDep,
     key: CurrentKey,
