@@ -202,6 +202,14 @@
     text(element, sentence);
     element.hidden = false;
     setStatus(card, "error");
+    hideEmptyStreams(card);
+  }
+
+  /** Once a run is over, a stream it never wrote to takes no room. */
+  function hideEmptyStreams(card) {
+    for (const box of card.querySelectorAll(".stream-box")) {
+      box.hidden = box.querySelector("pre").textContent === "";
+    }
   }
 
   function appendOutput(card, stream, chunk) {
@@ -230,6 +238,7 @@
     // slow reader lost chunks, which the record still holds).
     text(card.querySelector(".stdout"), record.stdout);
     text(card.querySelector(".stderr"), record.stderr);
+    hideEmptyStreams(card);
     if (record.result != null) {
       text(card.querySelector(".result"), record.result);
       card.querySelector(".result-box").hidden = false;
@@ -269,6 +278,7 @@
       const bytes = bytesOf(artifact.base64);
       const figure = document.createElement("figure");
       const caption = document.createElement("figcaption");
+      figure.appendChild(caption);
       if (INLINE_IMAGES.has(artifact.media_type)) {
         const image = document.createElement("img");
         image.alt = artifact.path;
@@ -284,7 +294,6 @@
       const about = document.createElement("span");
       text(about, " " + (artifact.media_type || "?") + ", " + formatBytes(artifact.size_bytes));
       caption.append(link, about);
-      figure.appendChild(caption);
       container.appendChild(figure);
     }
     if (truncated) {
