@@ -1,4 +1,5 @@
-"""One log format for every process of the service: JSON lines on standard error.
+"""One log format for every process of the service: JSON lines on standard error (or, for a
+person at a terminal, the same fields as short text lines: :class:`TextLogFormatter`).
 
 Each record is one line, a JSON object::
 
@@ -20,6 +21,10 @@ Each record is one line, a JSON object::
   ``MAX_EVENT_CHARS``, and anything shaped like an API key (``ea_...``) or a URL's credentials
   is masked (:func:`redact`) as a last line of defence: callers must still never log keys,
   user code or outputs.
+
+``LOG_FORMAT`` (``json``, ``text`` or ``auto``: text when standard error is a terminal) chooses
+between the two (:func:`resolve_log_format`); ``exec-agent serve`` passes its choice on to the
+replicas of a Ray it starts, as it passes ``LOG_LEVEL``.
 
 Only the root logger gets the handler: Ray's own loggers (``ray``, ``ray.serve``) do not
 propagate to it and keep their own handlers, files and format, so nothing is written twice.
@@ -43,18 +48,23 @@ from typing import Any, TextIO
 
 __all__ = [
     "EXTRA_FIELDS",
+    "LOG_FORMAT_VARIABLE",
     "LOG_LEVEL_VARIABLE",
     "JsonLogFormatter",
     "JsonLogHandler",
     "LogContext",
+    "TextLogFormatter",
     "configure_json_logging",
     "exception_fields",
     "redact",
+    "resolve_log_format",
     "serve_request_id",
 ]
 
 LOG_LEVEL_VARIABLE = "LOG_LEVEL"
 """Read when :func:`configure_json_logging` is given no level (the executor replicas)."""
+LOG_FORMAT_VARIABLE = "LOG_FORMAT"
+"""Read when :func:`configure_json_logging` is given no format, and by ``auto``."""
 EXTRA_FIELDS = ("execution_id", "batch_id", "key_name")
 """The ``extra=`` attributes a line carries; every other extra is left out."""
 MAX_EVENT_CHARS = 4096
@@ -69,6 +79,7 @@ LogContext = Callable[[], Mapping[str, str | None]]
 _API_KEY = re.compile(r"\bea_[A-Za-z0-9_-]{8,}")
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@:]*(?::[^\s@]*)?@")
 _STANDARD_LEVELS = frozenset(logging.getLevelNamesMapping())
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def redact(text: str) -> str:
@@ -148,6 +159,34 @@ class JsonLogFormatter(logging.Formatter):
             return {}
 
 
+class TextLogFormatter(JsonLogFormatter):
+    """The same fields as one short line for people: local time, level, component, logger,
+    the event, then ``request_id=...`` and the known extras when set, and an exception's type,
+    first line and innermost frame. Control characters are escaped (``\\x0a``), so a message
+    still cannot start a line of its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = self.fields(record)
+        moment = datetime.fromtimestamp(record.created).astimezone()
+        line = (
+            f"{moment:%H:%M:%S}.{moment.microsecond // 1000:03d} {fields['level']:<7} "
+            f"{fields['component']} {fields['logger']}: {fields['event']}"
+        )
+        for name in ("request_id", *EXTRA_FIELDS):
+            if name in fields:
+                line += f" {name}={fields[name]}"
+        if "exc_type" in fields:
+            line += f" | {fields['exc_type']}: {fields['exc_message']}"
+            if fields.get("exc_at"):
+                line += f" (at {fields['exc_at'][-1]})"
+        return _CONTROL.sub(_escape, line)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def exception_fields(exc: BaseException) -> dict[str, Any]:
     """``exc_type``, ``exc_message`` (first line, cut, redacted) and ``exc_at``."""
     kind = type(exc)
@@ -214,15 +253,38 @@ def _stderr() -> TextIO:
     return stream
 
 
+def resolve_log_format(requested: str | None = None, stream: TextIO | None = None) -> str:
+    """``json`` or ``text``: ``requested`` (``None`` reads ``LOG_FORMAT``) when it names one;
+    for ``auto`` (or nothing), ``LOG_FORMAT`` when it names one (the choice of the process
+    that started this one), else ``text`` when ``stream`` (default: standard error) is a
+    terminal, else ``json``."""
+    for choice in (requested, os.environ.get(LOG_FORMAT_VARIABLE)):
+        name = (choice or "").strip().lower()
+        if name in ("json", "text"):
+            return name
+    stream = _stderr() if stream is None else stream
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):  # a closed or file-less stream: not a person
+        terminal = False
+    return "text" if terminal else "json"
+
+
 def configure_json_logging(
-    level: str | int | None = None, *, component: str, context: LogContext | None = None
+    level: str | int | None = None,
+    *,
+    component: str,
+    context: LogContext | None = None,
+    log_format: str | None = None,
 ) -> JsonLogHandler:
-    """Make the root logger write JSON lines (see the module docstring); idempotent.
+    """Make the root logger write JSON lines (see the module docstring), or text lines when
+    :func:`resolve_log_format` of ``log_format`` says ``text``; idempotent.
 
     ``level``: a level name or number; ``None`` reads ``LOG_LEVEL`` (default ``INFO``).
     ``component`` names the process's role in each line (``driver``, ``ingress``,
     ``executor``). ``context`` gives the request id of the current context (default: Ray
-    Serve's request context).
+    Serve's request context). ``log_format``: ``json``, ``text`` or ``auto``; ``None`` reads
+    ``LOG_FORMAT`` (the executor replicas).
 
     Calling it again reconfigures the one handler. Other handlers that write to standard
     error or output (``logging.basicConfig``'s, Ray's ``LoggingConfig``'s) would print every
@@ -236,7 +298,8 @@ def configure_json_logging(
         if handler in ours[1:] or _writes_to_console(handler):
             root.removeHandler(handler)
     handler = ours[0] if ours else JsonLogHandler()
-    handler.setFormatter(JsonLogFormatter(component, context))
+    text = resolve_log_format(log_format) == "text"
+    handler.setFormatter((TextLogFormatter if text else JsonLogFormatter)(component, context))
     handler.setLevel(resolved)
     if not ours:
         root.addHandler(handler)

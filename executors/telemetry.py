@@ -7,9 +7,12 @@ takes these from here, never from the engine's private modules.
 
 from executors._logging import (
     EXTRA_FIELDS,
+    LOG_FORMAT_VARIABLE,
     LOG_LEVEL_VARIABLE,
+    TextLogFormatter,
     configure_json_logging,
     redact,
+    resolve_log_format,
     serve_request_id,
 )
 from executors._metrics import (
@@ -42,11 +45,13 @@ __all__ = [
     "ENDPOINT_VARIABLE",
     "EXECUTION_ID",
     "EXTRA_FIELDS",
+    "LOG_FORMAT_VARIABLE",
     "LOG_LEVEL_VARIABLE",
     "REQUEST_ID",
     "SERVICE_NAME_VARIABLE",
     "STATUS",
     "KeptGauge",
+    "TextLogFormatter",
     "configure_json_logging",
     "current_tracer",
     "flush_tracing",
@@ -56,6 +61,7 @@ __all__ = [
     "metric_types",
     "ray_connected",
     "redact",
+    "resolve_log_format",
     "serve_request_id",
     "tracing_enabled",
     "zero_counter",

@@ -233,8 +233,13 @@ def test_executor_side_reads_log_level_from_the_environment(
 
 def test_driver_logging_prepares_rays_forwarding(root_logger: logging.Logger) -> None:
     environ = {"RAY_DEDUP_LOGS": "1"}
-    configure_driver_logging("WARNING", environ)
-    assert environ == {**RAY_DRIVER_LOG_DEFAULTS, "RAY_DEDUP_LOGS": "1", "LOG_LEVEL": "WARNING"}
+    assert configure_driver_logging("WARNING", environ, "json") == "json"
+    assert environ == {
+        **RAY_DRIVER_LOG_DEFAULTS,
+        "RAY_DEDUP_LOGS": "1",
+        "LOG_LEVEL": "WARNING",
+        "LOG_FORMAT": "json",  # resolved, for the replicas (tests/test_serve_terminal.py)
+    }
     assert root_logger.level == logging.WARNING
 
 

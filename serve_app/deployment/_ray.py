@@ -18,15 +18,17 @@ PROXY_CALLBACK_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 GCS_PORT_VARIABLE = "RAY_GCS_SERVER_PORT"  # the only way to choose the port ray.init's GCS takes
 
 
-def start_ray(settings: Settings) -> Any:
+def start_ray(settings: Settings, logging_level: int | None = None) -> Any:
     """Join ``RAY_ADDRESS``, or start a local Ray on loopback with its GCS on ``RAY_GCS_PORT``
-    and its Prometheus metrics on ``METRICS_PORT``."""
+    and its Prometheus metrics on ``METRICS_PORT``. ``logging_level``: the level of this
+    process's ``ray`` logger (None: Ray's default, INFO)."""
     import ray
 
     from serve_app.api.middleware import PROXY_MIDDLEWARES_IMPORT_PATH
 
+    level: dict[str, Any] = {} if logging_level is None else {"logging_level": logging_level}
     if settings.ray_address is not None:
-        return ray.init(address=settings.ray_address)
+        return ray.init(address=settings.ray_address, **level)
     # Read by Serve's HTTP proxy actors, which inherit this environment through Ray.
     os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_MIDDLEWARES_IMPORT_PATH)
     # Likewise the executor replicas: OTEL_EXPORTER_OTLP_ENDPOINT (tracing), even from .env.
@@ -41,6 +43,7 @@ def start_ray(settings: Settings) -> Any:
             dashboard_host="127.0.0.1",
             _node_ip_address="127.0.0.1",
             _metrics_export_port=settings.metrics_port,  # Prometheus: METRICS_PORT
+            **level,
         )
     finally:
         if previous is None:

@@ -1,9 +1,14 @@
 """``exec-agent serve``: the HTTP service on Ray Serve, until SIGINT or SIGTERM.
 
 Applies the database migrations, starts a local Ray (or joins ``RAY_ADDRESS``), deploys the
-executor pool and the API ingress with Serve's HTTP proxy on ``HOST:PORT``, prints the URL (and,
-on stderr, the Ray dashboard's and the Prometheus metrics' on ``METRICS_PORT``), and waits. On a
-signal it deletes the application (Serve drains the replicas: ongoing requests finish,
+executor pool and the API ingress with Serve's HTTP proxy on ``HOST:PORT``, says where it
+serves, and waits. At a terminal (standard output) that is a short summary for a person
+(:func:`serve_app.observability.serve_summary`: the API, how to get a key, the documentation,
+the playground, Ray's dashboard, the metrics, the database, how to stop); otherwise the
+machine-readable lines ``exec-agent: serving the API on URL`` on stdout (and, on stderr, the
+Ray dashboard's and the Prometheus metrics' addresses). Its logs are JSON lines, or text lines
+where ``LOG_FORMAT`` (``auto``: standard error is a terminal) says so, and then Alembic's, Ray's
+and Serve's INFO chatter is left out. On a signal it deletes the application (Serve drains the replicas: ongoing requests finish,
 background runs get ``GRACEFUL_SHUTDOWN_TIMEOUT_S``), ends every session (their hosts and their
 rows: ``shutdown``) and stops Ray if it started it.
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import shlex
 import shutil
@@ -47,6 +53,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SERVE_TUNING", "choose_ingress", "haproxy_binary", "run_service"]
 
+logger = logging.getLogger(__name__)
+
 SERVE_TUNING = {
     # Ray Serve's "throughput optimized" set (RAY_SERVE_THROUGHPUT_OPTIMIZED), flag by flag,
     # less RAY_SERVE_LOG_TO_STDERR=0 (the replicas' JSON logs stay on stderr). Measured here,
@@ -65,6 +73,7 @@ SERVE_TUNING = {
 }
 """Serve's flags for the replicas of a Ray that ``exec-agent serve`` starts (an environment
 that sets one wins); cluster/Dockerfile sets the same for a cluster's nodes."""
+RAY_AUTH_MODE_VARIABLE = "RAY_AUTH_MODE"
 HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
 HAPROXY_BINARY_VARIABLE = "RAY_SERVE_HAPROXY_BINARY_PATH"
 LOOPBACK_WRAPPER = """\
@@ -172,7 +181,8 @@ def run_service(settings: Settings) -> int:
     """Serve until interrupted; 0 after a clean drain."""
     from serve_app.observability import configure_driver_logging  # before Ray is imported
 
-    configure_driver_logging(settings.log_level, os.environ)  # JSON lines, also the replicas'
+    # JSON or text lines (LOG_FORMAT), passed on to the replicas of a Ray started here.
+    log_format = configure_driver_logging(settings.log_level, os.environ, settings.log_format)
     try:
         ingress = choose_ingress(settings)
     except ValueError as exc:
@@ -192,21 +202,35 @@ def run_service(settings: Settings) -> int:
     if not joined:
         for variable, value in SERVE_TUNING.items():
             os.environ.setdefault(variable, value)
+        if log_format == "text":
+            # What Ray chooses for a new local cluster anyway, said explicitly: Ray then
+            # spares a person its start-up warning that it chose it.
+            os.environ.setdefault(RAY_AUTH_MODE_VARIABLE, "token")
         private = _configure_ingress(ingress, os.environ)
     try:
-        return _serve(settings, ingress if not joined else None)
+        return _serve(settings, ingress if not joined else None, log_format)
     finally:
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
 
 
-def _serve(settings: Settings, ingress: str | None) -> int:
+def _serve(settings: Settings, ingress: str | None, log_format: str) -> int:
     import ray
     from ray import serve
+    from ray.serve.schema import LoggingConfig
 
     from serve_app.db import migrate
+    from serve_app.observability import quiet_level
 
     migrate.upgrade(settings)
+    # One line for Alembic's dozen (which text mode leaves out).
+    logger.info("database at revision %s", migrate.head_revision())
+    # Ray's and Serve's INFO lines (start-up, deployments, each request) in text mode: their
+    # warnings and errors stay. None: their defaults, in JSON mode as before.
+    quiet = quiet_level(settings.log_level, log_format)
+    serve_logging = None if quiet is None else LoggingConfig(log_level=quiet)
+    if quiet is not None:
+        logging.getLogger("ray.serve").setLevel(quiet)  # this process's: "Started Serve", ...
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -214,24 +238,33 @@ def _serve(settings: Settings, ingress: str | None) -> int:
         stop.set()
 
     joined = ingress is None
-    context = start_ray(settings)
+    if joined:
+        logger.info("joining Ray at %s", settings.ray_address)
+    else:
+        logger.info("starting Ray (ingress: %s)", ingress)
+    context = start_ray(settings, quiet)
     # After ray.init: it installs a SIGTERM handler of its own that would end us undrained.
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if context.dashboard_url:
-            print(f"Ray dashboard: http://{context.dashboard_url}", file=sys.stderr)
-        if url := metrics_url(context, joined):
-            print(f"Prometheus metrics: {url}", file=sys.stderr)
-        serve.start(http_options={"host": settings.host, "port": settings.port})
+        dashboard = f"http://{context.dashboard_url}" if context.dashboard_url else None
+        metrics = metrics_url(context, joined)
+        person = sys.stdout.isatty()
+        if not person:
+            if dashboard:
+                print(f"Ray dashboard: {dashboard}", file=sys.stderr)
+            if metrics:
+                print(f"Prometheus metrics: {metrics}", file=sys.stderr)
+        logger.info("deploying the service on Serve")
+        serve.start(
+            http_options={"host": settings.host, "port": settings.port},
+            logging_config=serve_logging,  # the controller's and the proxies'
+        )
         # The cluster's own application, sized by the settings alone (no arguments).
         app = build_service_app(settings, ServiceAppArgs())
-        serve.run(app, name=APP_NAME, route_prefix="/")
+        serve.run(app, name=APP_NAME, route_prefix="/", logging_config=serve_logging)
         if ingress == "haproxy":
             wait_for_haproxy_routes(os.environ[HAPROXY_SOCKET_VARIABLE])
-        api = f"http://{settings.host}:{settings.port}"
-        via = f" (ingress: {ingress})" if ingress else ""
-        print(f"exec-agent: serving the API on {api}{via}", flush=True)
-        print("get an API key with: exec-agent keys create --name NAME", flush=True)
+        _say_serving(settings, ingress, dashboard, metrics, person)
         while not stop.wait(1.0):
             pass
     finally:
@@ -249,3 +282,39 @@ def _serve(settings: Settings, ingress: str | None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return _exit.EX_OK
+
+
+def _say_serving(
+    settings: Settings,
+    ingress: str | None,
+    dashboard: str | None,
+    metrics: str | None,
+    person: bool,
+) -> None:
+    """The summary for a person at a terminal; else the lines scripts read (stdout)."""
+    from serve_app.observability import (
+        browse_url,
+        installed_command,
+        print_summary,
+        serve_summary,
+    )
+
+    if person:
+        # Set by ray.init when it enabled token authentication (a new local cluster's default).
+        token = os.environ.get(RAY_AUTH_MODE_VARIABLE, "").lower() == "token"
+        summary = serve_summary(
+            settings,
+            api_url=browse_url(settings.host, settings.port),
+            command=installed_command("exec-agent"),
+            ingress=ingress,
+            dashboard_url=dashboard,
+            dashboard_token=f"{installed_command('ray')} get-auth-token" if token else None,
+            metrics_url=metrics,
+        )
+        print_summary(summary)
+        sys.stdout.flush()
+        return
+    api = f"http://{settings.host}:{settings.port}"
+    via = f" (ingress: {ingress})" if ingress else ""
+    print(f"exec-agent: serving the API on {api}{via}", flush=True)
+    print("get an API key with: exec-agent keys create --name NAME", flush=True)

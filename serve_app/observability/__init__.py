@@ -1,7 +1,11 @@
-"""Observability: one JSON log format for every process, error reports to Sentry, and traces.
+"""Observability: one log format for every process, error reports to Sentry, and traces.
 
 - :func:`configure_logging`: JSON lines on standard error (``ts``, ``level``, ``component``,
-  ``logger``, ``event``, ``request_id``, ...), the format of :mod:`executors._logging`;
+  ``logger``, ``event``, ``request_id``, ...), the format of :mod:`executors._logging`, or the
+  same fields as text lines for a person (``LOG_FORMAT``); :func:`configure_driver_logging`
+  for ``exec-agent serve``, which passes the format on to its replicas;
+- :func:`serve_summary`, :func:`print_summary`: what ``exec-agent serve`` tells a person at a
+  terminal once it serves;
 - :func:`init_sentry`: errors to ``SENTRY_DSN`` (no-op when unset), scrubbed of request
   bodies, headers, variables, keys and credentials; :func:`capture_internal_error` for the
   last-resort 500;
@@ -16,15 +20,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from serve_app.observability._console import (
+    ServeSummary,
+    browse_url,
+    installed_command,
+    mask_database_url,
+    print_summary,
+    serve_summary,
+)
 from serve_app.observability._context import (
     current_request_id,
     reset_request_id,
     set_request_id,
 )
 from serve_app.observability._logging import (
+    QUIET_LOGGERS,
     RAY_DRIVER_LOG_DEFAULTS,
     configure_driver_logging,
     configure_logging,
+    quiet_level,
+    resolve_log_format,
 )
 from serve_app.observability._sentry import (
     capture_internal_error,
@@ -46,8 +61,11 @@ if TYPE_CHECKING:
     from serve_app.settings import Settings
 
 __all__ = [
+    "QUIET_LOGGERS",
     "RAY_DRIVER_LOG_DEFAULTS",
+    "ServeSummary",
     "TracingMiddleware",
+    "browse_url",
     "capture_internal_error",
     "configure_driver_logging",
     "configure_logging",
@@ -58,9 +76,15 @@ __all__ = [
     "flush_tracing",
     "init_sentry",
     "init_tracing",
+    "installed_command",
+    "mask_database_url",
+    "print_summary",
+    "quiet_level",
     "reset_request_id",
+    "resolve_log_format",
     "scrub_breadcrumb",
     "scrub_event",
+    "serve_summary",
     "set_request_id",
     "tracing_enabled",
     "tracing_environment",
@@ -68,8 +92,8 @@ __all__ = [
 
 
 def configure_process(settings: Settings, *, component: str) -> None:
-    """JSON logs at ``LOG_LEVEL``, Sentry (when ``SENTRY_DSN`` is set) and tracing (when
-    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set) for this process."""
-    configure_logging(settings.log_level, component=component)
+    """Logs at ``LOG_LEVEL`` in ``LOG_FORMAT``, Sentry (when ``SENTRY_DSN`` is set) and
+    tracing (when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set) for this process."""
+    configure_logging(settings.log_level, component=component, log_format=settings.log_format)
     init_sentry(settings, component=component)
     init_tracing(settings, component=component)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,12 +57,32 @@ def _ready(url: str) -> bool:
         return False
 
 
+def _copy_terminal(master: int, to: Path) -> None:
+    """Append what the pseudo-terminal's other end shows to ``to`` until every writer closed
+    it (the process and its children ended: EIO)."""
+    with to.open("ab") as out:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            out.write(data)
+            out.flush()
+    os.close(master)
+
+
 @contextlib.contextmanager
-def live_server(workdir: Path, **environment: str) -> Iterator[LiveServer]:
+def live_server(
+    workdir: Path, *, terminal: bool = False, **environment: str
+) -> Iterator[LiveServer]:
     """``exec-agent serve`` on a free port, joined to the session's Ray (which must be up: take
     the ``ray_session`` fixture), until the block ends; then interrupted (it drains) and Serve
     shut down, so that the next module's deployment starts its own. ``environment``: settings
-    of this server (``API_DOCS="false"``)."""
+    of this server (``API_DOCS="false"``). ``terminal``: its standard input, output and error
+    are a pseudo-terminal, as a person's shell gives it; what it shows lands in ``stdout``
+    (``stderr`` stays empty)."""
     import ray
     from ray import serve
 
@@ -82,11 +104,26 @@ def live_server(workdir: Path, **environment: str) -> Iterator[LiveServer]:
     env.pop("REDIS_URL", None)
     url = f"http://127.0.0.1:{port}"
     stdout, stderr = workdir / "serve.stdout", workdir / "serve.stderr"
+    copier = None
     with stdout.open("wb") as out, stderr.open("wb") as err:
         # cwd: the workdir, so that no .env of the repository is read.
-        process = subprocess.Popen(
-            [_exec_agent(), "serve"], cwd=workdir, env=env, stdout=out, stderr=err
-        )
+        if terminal:
+            master, child = pty.openpty()
+            process = subprocess.Popen(
+                [_exec_agent(), "serve"],
+                cwd=workdir,
+                env=env,
+                stdin=child,
+                stdout=child,
+                stderr=child,
+            )
+            os.close(child)
+            copier = threading.Thread(target=_copy_terminal, args=(master, stdout), daemon=True)
+            copier.start()
+        else:
+            process = subprocess.Popen(
+                [_exec_agent(), "serve"], cwd=workdir, env=env, stdout=out, stderr=err
+            )
     try:
         up = polled(lambda: process.poll() is not None or _ready(url), START_TIMEOUT_S)
         logs = stdout.read_text(errors="replace") + stderr.read_text(errors="replace")
@@ -110,5 +147,7 @@ def live_server(workdir: Path, **environment: str) -> Iterator[LiveServer]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if copier is not None:
+            copier.join(STOP_TIMEOUT_S)
         # A joined `exec-agent serve` leaves the cluster's Serve (and its proxy) running.
         serve.shutdown()  # type: ignore[no-untyped-call]
