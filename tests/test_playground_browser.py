@@ -8,8 +8,14 @@ from another origin. Each state is saved as a screenshot (tests/support/browser.
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +28,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.support.browser import chromium, console_errors, foreign_resources, screenshot_dir
-from tests.support.live_server import LiveServer, live_server
+from tests.support.live_server import SECRET, LiveServer, live_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox]
 
@@ -128,9 +134,34 @@ class Page:
 
 
 @pytest.fixture(scope="module")
-def server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with live_server(tmp_path_factory.mktemp("playground")) as server:
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("playground")
+
+
+@pytest.fixture(scope="module")
+def server(ray_session: None, workdir: Path) -> Iterator[LiveServer]:
+    with live_server(workdir) as server:
         yield server
+
+
+def new_key(workdir: Path, name: str, per_minute: int) -> str:
+    """A key of the live server's database made as a user makes one (``exec-agent keys``)."""
+    environment = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{workdir / 'live.db'}",
+        "API_KEY_SECRET": SECRET,
+    }
+    command = ["keys", "create", "--name", name, "--rate-limit-per-minute", str(per_minute)]
+    made = subprocess.run(
+        [str(Path(sys.executable).parent / "exec-agent"), *command],
+        cwd=workdir,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return made.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -346,6 +377,50 @@ def test_a_session_ended_elsewhere_is_reported(ready: Page) -> None:
     assert "deleted" in ready.element("#session-detail").text
     ready.screenshot("13-session-gone.png")
     ready.check_clean(allowed_failures=(410,))
+
+
+def test_a_rate_limited_key_is_told_when_to_retry(ready: Page, workdir: Path) -> None:
+    ready.enter_key(new_key(workdir, "playground-limited", 1))
+    ready.wait_for_runtimes()  # GET /v1/runtimes: the minute's one request
+    ready.set_code("print('over the limit')")
+    run = ready.run()
+    assert ready.status() == "error"
+    error = ready.text(run, ".error")
+    assert error.startswith("429 rate_limited"), error
+    assert re.search(r"retry after \d+ s$", error), error
+    assert ready.element("#message").get_attribute("hidden")  # the runtimes were answered
+    ready.screenshot("14-rate-limited.png")
+    ready.check_clean(allowed_failures=(429,))
+    ready.enter_key(ready.server.key)
+
+
+def test_a_busy_session_is_explained(ready: Page) -> None:
+    Select(ready.element("#mode")).select_by_value("session")
+    ready.set_code("z = 0")
+    run = ready.run()
+    assert ready.status() == "ok", ready.text(run, ".error")
+    session_id = ready.element("#session-id").text
+    url = f"{ready.server.url}/v1/sessions/{session_id}/executions"
+    auth = {"Authorization": f"Bearer {ready.server.key}"}
+    # Another client holds the session with a long call while the page runs its cell.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        other = pool.submit(
+            httpx.post, url, json={"code": "import time; time.sleep(8)"}, headers=auth, timeout=60
+        )
+        time.sleep(2)  # its call has begun: it takes 8 s
+        ready.set_code("print(z)")
+        run = ready.run()
+        assert other.result().status_code == 200
+    error = ready.text(run, ".error")
+    assert error.startswith("409 session_busy"), error
+    assert ready.element("#session-status").text == "active"  # the session goes on
+    ready.screenshot("15-session-busy.png")
+    run = ready.run()
+    assert ready.status() == "ok", ready.text(run, ".error")
+    assert ready.text(run, ".stdout") == "0\n"
+    ready.element("#session-end").click()
+    ready.wait(lambda: ready.element("#session-status").text == "terminated", "the session ended")
+    ready.check_clean(allowed_failures=(409,))
 
 
 def test_nothing_broke_the_policy_in_the_whole_run(page: Page) -> None:

@@ -128,6 +128,7 @@
 
   function saveKey() {
     const value = ui.key.value.trim();
+    if (value === apiKey()) return; // Enter fires both change and submit: one request
     if (value) sessionStorage.setItem(KEY_STORAGE, value);
     else sessionStorage.removeItem(KEY_STORAGE);
     loadRuntimes();
