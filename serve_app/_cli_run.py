@@ -13,7 +13,7 @@ from executors import ExecutionRequest, LimitsRequest
 from serve_app import _exit
 from serve_app._cli_out import write_artifacts
 from serve_app._cli_stream import run_streamed
-from serve_app.client import execution_body, post_execution
+from serve_app.client import Client, RunOptions
 from serve_app.errors import (
     ApiErrorResponse,
     InvalidRequestError,
@@ -134,9 +134,9 @@ def _execute(args: argparse.Namespace) -> dict[str, Any]:
     stdin = _program_stdin(args.stdin, program_from_stdin=args.file == "-")
     asked = _limits_request(args)
     if args.server:
-        limits = asked.model_dump(exclude_none=True)
-        body = execution_body(code, stdin=stdin, runtime=args.runtime, limits=limits)
-        return post_execution(args.server, args.key, body)
+        with Client(args.server, args.key) as client:
+            record = client.run(code, **_remote_options(args, stdin, asked))
+        return record.to_api()
     return _run_local(code, stdin, asked, args.runtime, get_settings())
 
 
@@ -150,9 +150,16 @@ def _stream_remote(args: argparse.Namespace) -> dict[str, Any]:
         if terminal is not None
         else _program_stdin(args.stdin, program_from_stdin=args.file == "-")
     )
-    limits = _limits_request(args).model_dump(exclude_none=True)
-    body = execution_body(code, stdin=stdin, runtime=args.runtime, limits=limits)
-    return run_streamed(args.server, args.key, body, _write_to, terminal_fd=terminal)
+    options = _remote_options(args, stdin, _limits_request(args))
+    with Client(args.server, args.key) as client:
+        return run_streamed(client, code, options, _write_to, terminal_fd=terminal)
+
+
+def _remote_options(args: argparse.Namespace, stdin: str, asked: LimitsRequest) -> RunOptions:
+    options = RunOptions(stdin=stdin, limits=asked.model_dump(exclude_none=True))
+    if args.runtime is not None:
+        options["runtime"] = args.runtime
+    return options
 
 
 def _terminal_fd() -> int | None:

@@ -13,10 +13,16 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from serve_app._client_events import InteractiveEvent, OutputEvent, RecordEvent
-from serve_app._client_stream import stream_execution
-from serve_app._client_ws import InteractiveRun, run_interactive
-from serve_app.errors import ApiClientError, ServerUnreachableError
+from serve_app.client import (
+    ApiClientError,
+    Client,
+    InteractiveEvent,
+    InteractiveRun,
+    OutputEvent,
+    RecordEvent,
+    RunOptions,
+    ServerUnreachableError,
+)
 
 __all__ = ["Echo", "run_streamed"]
 
@@ -56,15 +62,16 @@ class Echo:
 
 
 def run_streamed(
-    server: str, key: str, body: dict[str, Any], write: Write, *, terminal_fd: int | None
+    client: Client, code: str, options: RunOptions, write: Write, *, terminal_fd: int | None
 ) -> dict[str, Any]:
-    """Run ``body`` through ``server``, its output written as it comes; the record (API form).
-    ``terminal_fd``: a terminal to read the program's standard input from, interactively."""
+    """Run ``code`` through ``client``'s server, its output written as it comes; the record
+    (API form). ``terminal_fd``: a terminal to read the program's standard input from,
+    interactively."""
     echo = Echo(write)
     if terminal_fd is None:
-        record = _shown(stream_execution(server, key, body), echo)
+        record = _shown(client.stream(code, **options), echo)
     else:
-        with run_interactive(server, key, body) as run:
+        with client.interactive(code, **options) as run:
             threading.Thread(
                 target=_forward, args=(terminal_fd, run), name="stdin", daemon=True
             ).start()

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 from executors import ExecutionRecord
-from serve_app.errors import ApiErrorResponse, ServerUnreachableError, ServiceError
+from serve_app._client_http import api_error_response
+from serve_app.errors import (
+    ApiErrorResponse,
+    ServerUnreachableError,
+    ServiceError,
+)
 
 __all__ = [
     "InteractiveEvent",
@@ -93,7 +98,7 @@ def api_error(payload: Any) -> ApiErrorResponse:
         error = {}
     code = str(error.get("code", "internal_error"))
     message = str(error.get("message", "the server reported an error"))
-    return ApiErrorResponse(_HTTP_STATUS.get(code, 500), code, message, json.dumps(payload))
+    return api_error_response(_HTTP_STATUS.get(code, 500), code, message, json.dumps(payload))
 
 
 def _statuses(base: type[ServiceError]) -> dict[str, int]:

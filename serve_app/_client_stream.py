@@ -1,103 +1,91 @@
 """Streamed runs over Server-Sent Events: ``POST`` with ``Accept: text/event-stream``, the
-output as the program writes it, then the record (API.md, "Streaming output").
+output as the program writes it, then the record (API.md, "Streaming output"), for the sync
+and the asyncio client alike (``http``: the client's ``httpx`` pool, its base URL and key set).
 
 Usage::
 
-    body = execution_body("import time\\nprint('a')\\ntime.sleep(1)\\nprint('b')")
-    for event in stream_execution(server, key, body):
+    for event in stream_events(http, "/v1/executions", execution_body("print('a')")):
         if isinstance(event, OutputEvent):
-            print(event.text, end="", flush=True)    # 'a' a second before 'b'
+            print(event.text, end="", flush=True)
         else:
-            record = event.record                      # the stored record, stdout 'a\\nb\\n'
+            record = event.record                      # a RecordEvent, always the last
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import AsyncGenerator, Generator, Iterable
 from typing import Any
 
 import httpx
 
 from serve_app._client_events import RecordEvent, StreamEvent, event_from, parse_json
-from serve_app._client_http import (
-    TIMEOUT,
-    auth_headers,
-    error_from,
-    object_from,
-    session_route,
-    url,
-)
+from serve_app._client_http import error_from, object_from
 from serve_app._sse import SseParser
 from serve_app.errors import ServerUnreachableError
 
-__all__ = ["stream_execution", "stream_session_call"]
+__all__ = ["astream_events", "stream_events"]
 
 EVENT_STREAM = "text/event-stream"
+HEADERS = {"Accept": EVENT_STREAM}
 
 
-def stream_execution(
-    server: str, key: str, body: dict[str, Any], *, client: httpx.Client | None = None
+def stream_events(
+    http: httpx.Client, route: str, body: dict[str, Any]
 ) -> Generator[StreamEvent, None, None]:
-    """``POST /v1/executions`` streamed: :class:`OutputEvent` s as the program writes, then one
+    """``POST route`` streamed: :class:`OutputEvent` s as the program writes, then one
     :class:`RecordEvent`. A refusal before the run raises :class:`ApiErrorResponse` (at the
     first ``next``). Closing the generator (``close()``, or its collection once a loop left it
-    early) closes the stream, which cancels the run.
-    ``client``: an ``httpx.Client`` to reuse (its connections kept alive); else one of its own.
-    """
-    return _stream(url(server, "/v1/executions"), key, body, client)
-
-
-def stream_session_call(
-    server: str,
-    key: str,
-    session_id: str,
-    body: dict[str, Any],
-    *,
-    client: httpx.Client | None = None,
-) -> Generator[StreamEvent, None, None]:
-    """``POST /v1/sessions/{id}/executions`` streamed, as :func:`stream_execution`. Leaving
-    early does not interrupt the call (it runs to its limits, as a session call does)."""
-    return _stream(url(server, f"{session_route(session_id)}/executions"), key, body, client)
-
-
-def _stream(
-    address: str, key: str, body: dict[str, Any], client: httpx.Client | None
-) -> Generator[StreamEvent, None, None]:
-    own = client is None
-    http = httpx.Client(timeout=TIMEOUT) if client is None else client
+    early) closes the stream, which cancels a run (a session call runs on to its limits)."""
     try:
-        yield from _events(http, address, key, body)
-    finally:
-        if own:
-            http.close()
-
-
-def _events(
-    http: httpx.Client, address: str, key: str, body: dict[str, Any]
-) -> Generator[StreamEvent, None, None]:
-    headers = {**auth_headers(key), "Accept": EVENT_STREAM}
-    try:
-        with http.stream("POST", address, json=body, headers=headers) as response:
+        with http.stream("POST", route, json=body, headers=HEADERS) as response:
             if response.is_error:
                 response.read()
                 raise error_from(response)
-            if not response.headers.get("content-type", "").startswith(EVENT_STREAM):
-                # A server that does not stream answers the record at once.
+            if not _is_stream(response):  # a server that does not stream: the record at once
                 response.read()
                 yield RecordEvent(object_from(response, "an execution record"))
                 return
-            yield from _parsed(response)
+            parser = SseParser()
+            for chunk in response.iter_bytes():
+                for event in _events(parser, chunk):
+                    yield event
+                    if isinstance(event, RecordEvent):
+                        return
     except httpx.HTTPError as exc:
-        raise ServerUnreachableError(f"cannot reach {address}: {exc}") from None
-
-
-def _parsed(response: httpx.Response) -> Generator[StreamEvent, None, None]:
-    parser = SseParser()
-    for chunk in response.iter_bytes():
-        for message in parser.feed(chunk):
-            event = event_from(message.event, parse_json(message.data, f"a {message.event} event"))
-            if event is not None:
-                yield event
-            if isinstance(event, RecordEvent):
-                return
+        raise ServerUnreachableError(f"cannot reach {http.base_url}: {exc}") from None
     raise ServerUnreachableError("the event stream ended before the record")
+
+
+async def astream_events(
+    http: httpx.AsyncClient, route: str, body: dict[str, Any]
+) -> AsyncGenerator[StreamEvent, None]:
+    """:func:`stream_events` over asyncio (``aclose()`` the generator to leave early)."""
+    try:
+        async with http.stream("POST", route, json=body, headers=HEADERS) as response:
+            if response.is_error:
+                await response.aread()
+                raise error_from(response)
+            if not _is_stream(response):
+                await response.aread()
+                yield RecordEvent(object_from(response, "an execution record"))
+                return
+            parser = SseParser()
+            async for chunk in response.aiter_bytes():
+                for event in _events(parser, chunk):
+                    yield event
+                    if isinstance(event, RecordEvent):
+                        return
+    except httpx.HTTPError as exc:
+        raise ServerUnreachableError(f"cannot reach {http.base_url}: {exc}") from None
+    raise ServerUnreachableError("the event stream ended before the record")
+
+
+def _is_stream(response: httpx.Response) -> bool:
+    return str(response.headers.get("content-type", "")).startswith(EVENT_STREAM)
+
+
+def _events(parser: SseParser, chunk: bytes) -> Iterable[StreamEvent]:
+    for message in parser.feed(chunk):
+        event = event_from(message.event, parse_json(message.data, f"a {message.event} event"))
+        if event is not None:
+            yield event

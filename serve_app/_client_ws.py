@@ -34,8 +34,18 @@ from serve_app._client_events import (
     event_from,
     parse_json,
 )
-from serve_app._client_http import CONNECT_TIMEOUT_S, auth_headers, url
-from serve_app.errors import ApiClientError, ApiErrorResponse, ServerUnreachableError
+from serve_app._client_http import (
+    CONNECT_TIMEOUT_S,
+    api_error_response,
+    auth_headers,
+    retry_after_s,
+    url,
+)
+from serve_app.errors import (
+    ApiClientError,
+    ApiErrorResponse,
+    ServerUnreachableError,
+)
 
 __all__ = ["ExecutionSocket", "InteractiveRun", "run_interactive"]
 
@@ -69,7 +79,9 @@ class ExecutionSocket:
         self._running: InteractiveRun | None = None
 
     @classmethod
-    def connect(cls, server: str, key: str, *, open_timeout_s: float = CONNECT_TIMEOUT_S) -> Self:
+    def connect(
+        cls, server: str, key: str | None, *, open_timeout_s: float = CONNECT_TIMEOUT_S
+    ) -> Self:
         address = ws_url(server)
         owned = contextlib.ExitStack()
         try:
@@ -188,7 +200,7 @@ class InteractiveRun:
 
 @contextlib.contextmanager
 def run_interactive(
-    server: str, key: str, body: dict[str, Any], *, session_id: str | None = None
+    server: str, key: str | None, body: dict[str, Any], *, session_id: str | None = None
 ) -> Iterator[InteractiveRun]:
     """One run on a connection of its own, closed at the end of the block (which cancels the
     run if it was still going)."""
@@ -205,4 +217,5 @@ def _refusal(exc: InvalidStatus) -> ApiErrorResponse:
         code, message = str(error["code"]), str(error["message"])
     except (json.JSONDecodeError, KeyError, TypeError):
         code, message = "http_error", response.reason_phrase
-    return ApiErrorResponse(response.status_code, code, message, body)
+    retry = retry_after_s(response.headers)  # case-insensitive, as httpx's
+    return api_error_response(response.status_code, code, message, body, retry)

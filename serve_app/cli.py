@@ -2,6 +2,7 @@
 
 exec-agent serve [--demo FILES] start Ray, deploy the service, serve HTTP until interrupted
 exec-agent run [FILE or -] ...  run one program, locally or through a server
+exec-agent batch FILE.jsonl ... one execution request per line through a server, records in order
 exec-agent keys ACTION          create, list or revoke API keys (in DATABASE_URL's database)
 exec-agent db upgrade           apply database migrations
 exec-agent audit ...            list security events (authentication failures, keys, refusals)
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from serve_app import _exit
 from serve_app._cli_audit import add_audit_parser
+from serve_app._cli_batch import add_batch_parser
 from serve_app._cli_keys import add_db_parser, add_keys_parser
 from serve_app._cli_run import add_run_parser
 from serve_app.errors import ConfigurationError
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_serve_parser(subparsers)
     add_run_parser(subparsers)
+    add_batch_parser(subparsers)
     add_keys_parser(subparsers)
     add_db_parser(subparsers)
     add_audit_parser(subparsers)

@@ -21,9 +21,20 @@
     │   └── SessionInUseError        409 a call is already running in the session
     ├── SessionTerminatedError     410 the session has ended; ``reason`` says why
     ├── SessionLimitError          429 the key has ``MAX_SESSIONS_PER_KEY`` active sessions
-    └── ApiClientError             the command line's HTTP client could not get a record
+    └── ApiClientError             the Python client (and the command line) got no answer
         ├── ServerUnreachableError   no answer from the server (connection, timeout, not JSON)
-        └── ApiErrorResponse         the server answered with an error in the API's error format
+        └── ApiErrorResponse         the server answered with an error in the API's error format;
+            │                        ``code``, ``http_status``, ``retry_after_s`` on the instance
+            ├── RateLimitedResponse    429 ``rate_limited`` (retried by the client)
+            ├── SessionLimitResponse   429 ``session_limit``
+            ├── OverloadedResponse     503 ``overloaded`` (retried by the client)
+            ├── UnavailableResponse    503 ``unavailable`` (retried by the client)
+            ├── UnauthorizedResponse   401 ``unauthorized``
+            ├── NotFoundResponse       404 ``not_found``
+            ├── SessionBusyResponse    409 ``session_busy``
+            ├── SessionTerminatedResponse  410 ``session_terminated``
+            └── InvalidRequestResponse 4xx ``invalid_request`` (and ``invalid_json``, ...)
+                └── PolicyViolationResponse  422 ``policy_violation``
 
 What the API answers for an error is written here only, on its class, and inherited:
 
@@ -42,7 +53,8 @@ What the API answers for an error is written here only, on its class, and inheri
 
 :mod:`serve_app.api.errors` turns these into HTTP answers, reading the class; it keeps no table
 of its own. :class:`ApiErrorResponse` carries, on the instance, the status and code a server
-sent back.
+sent back; the client makes the subclass of its code (``serve_app._client_http``) (the client's typed errors:
+``except NotFoundResponse``, or ``exc.code == "not_found"`` alike).
 
 Every exception passes all its constructor's arguments to ``Exception.__init__`` (as Ray
 Serve's ``BackPressureError`` does), so ``args`` rebuilds it when it is unpickled, e.g. after
@@ -51,7 +63,9 @@ crossing a Ray process boundary; the message is then made by ``__str__``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -65,20 +79,30 @@ __all__ = [
     "InvalidFieldsError",
     "InvalidJsonError",
     "InvalidRequestError",
+    "InvalidRequestResponse",
     "MethodNotAllowedError",
     "NotFoundError",
+    "NotFoundResponse",
     "OverloadedError",
+    "OverloadedResponse",
     "PayloadTooLargeError",
     "PolicyViolationError",
+    "PolicyViolationResponse",
     "RateLimitedError",
+    "RateLimitedResponse",
     "ServerUnreachableError",
     "ServiceError",
+    "SessionBusyResponse",
     "SessionInUseError",
     "SessionLimitError",
+    "SessionLimitResponse",
     "SessionTerminatedError",
+    "SessionTerminatedResponse",
     "StoreUnavailableError",
     "UnauthorizedError",
+    "UnauthorizedResponse",
     "UnavailableError",
+    "UnavailableResponse",
     "UnsupportedMediaTypeError",
     "describe_validation_error",
 ]
@@ -295,7 +319,7 @@ class SessionLimitError(ServiceError):
 
 
 class ApiClientError(ServiceError):
-    """The command line's client did not obtain an execution record from a server."""
+    """The Python client (or the command line through it) did not obtain an answer."""
 
     code = "api_client_error"
 
@@ -310,17 +334,80 @@ class ApiErrorResponse(ApiClientError):
     """The server refused the request; ``body`` is its answer, verbatim.
 
     ``http_status`` and ``code`` on the instance are the server's; the class's (inherited
-    from :class:`ApiClientError`) say how this service would answer, were one to escape."""
+    from :class:`ApiClientError`) say how this service would answer, were one to escape.
+    ``retry_after_s``: the answer's ``Retry-After`` in seconds (None: it gave none)."""
 
-    def __init__(self, http_status: int, code: str, message: str, body: str) -> None:
+    def __init__(
+        self,
+        http_status: int,
+        code: str,
+        message: str,
+        body: str,
+        retry_after_s: float | None = None,
+    ) -> None:
         self.http_status = http_status
         self.code = code
         self.message = message
         self.body = body
-        super().__init__(http_status, code, message, body)
+        self.retry_after_s = retry_after_s
+        super().__init__(http_status, code, message, body, retry_after_s)
+
+    @property
+    def details(self) -> list[dict[str, Any]]:
+        """The answer's ``error.details`` (a 422's fields: ``field``, ``message``, ``type``)."""
+        try:
+            details = json.loads(self.body)["error"]["details"]
+        except (ValueError, KeyError, TypeError):
+            return []
+        return (
+            [item for item in details if isinstance(item, dict)]
+            if isinstance(details, list)
+            else []
+        )
 
     def __str__(self) -> str:
         return f"HTTP {self.http_status} {self.code}: {self.message}"
+
+
+class RateLimitedResponse(ApiErrorResponse):
+    """429 ``rate_limited``: the key is over its rate; ``retry_after_s`` says when to retry."""
+
+
+class SessionLimitResponse(ApiErrorResponse):
+    """429 ``session_limit``: the key has its maximum of active sessions."""
+
+
+class OverloadedResponse(ApiErrorResponse):
+    """503 ``overloaded``: the executors' queue is full; retry after ``retry_after_s``."""
+
+
+class UnavailableResponse(ApiErrorResponse):
+    """503 ``unavailable``: a dependency of the server is down; retry after ``retry_after_s``."""
+
+
+class UnauthorizedResponse(ApiErrorResponse):
+    """401 ``unauthorized``: the key is missing, unknown or revoked."""
+
+
+class NotFoundResponse(ApiErrorResponse):
+    """404 ``not_found``: no such id (or path) for this key."""
+
+
+class SessionBusyResponse(ApiErrorResponse):
+    """409 ``session_busy``: a call is already running in the session."""
+
+
+class SessionTerminatedResponse(ApiErrorResponse):
+    """410 ``session_terminated``: the session has ended (the message says why)."""
+
+
+class InvalidRequestResponse(ApiErrorResponse):
+    """The request was refused as it is (422 ``invalid_request`` with ``details``, 400
+    ``invalid_json``, 413, 415): sending it again cannot help."""
+
+
+class PolicyViolationResponse(InvalidRequestResponse):
+    """422 ``policy_violation``: the code imports a module outside the import policy."""
 
 
 def describe_validation_error(exc: ValueError) -> str:

@@ -22,7 +22,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from serve_app.client import Session, list_sessions
+from serve_app.client import Client
 from serve_app.db.models import Execution, LiveSession
 from serve_app.errors import ApiErrorResponse, UnavailableError
 from serve_app.http.service.sessions import PLACEMENT_RETRY_AFTER_S
@@ -312,15 +312,16 @@ def test_a_call_validates_its_body(client: httpx.Client, key: str) -> None:
 
 
 def test_the_python_client(server: Server, key: str) -> None:
-    with Session.create(server.url, key, runtime="minimal") as session:
-        assert session.run("import math; r = 2").result is None
-        assert session.run("math.pi * r").result == repr(3.141592653589793 * 2)
-        assert session.run("input()", stdin="typed\n").result == "'typed'"
-        assert session.refresh().calls == 3
-        items, _ = list_sessions(server.url, key)
-        assert session.id in {str(item.id) for item in items}
-    with pytest.raises(ApiErrorResponse) as ended:
-        session.run("1")
+    with Client(server.url, key) as client:
+        with client.create_session(runtime="minimal") as session:
+            assert session.run("import math; r = 2").result is None
+            assert session.run("math.pi * r").result == repr(3.141592653589793 * 2)
+            assert session.run("input()", stdin="typed\n").result == "'typed'"
+            assert session.refresh().calls == 3
+            items, _ = client.sessions_page()
+            assert session.id in {str(item.id) for item in items}
+        with pytest.raises(ApiErrorResponse) as ended:
+            session.run("1")
     assert (ended.value.http_status, ended.value.code) == (410, "session_terminated")
 
 

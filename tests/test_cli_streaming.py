@@ -1,6 +1,6 @@
 """Streaming as clients see it (API.md, "Streaming output"): ``exec-agent run --server``
 showing output as it comes (over SSE; over the WebSocket with a terminal's typed input), and
-the Python client beneath it (``stream_execution``, ``run_interactive``, ``Session.stream``).
+the Python client beneath it (``Client.stream``, ``Client.interactive``, ``Session.stream``).
 
 The SSE parser alone first (the wire format, cut at every byte); then one Serve deployment
 for the module (ingress + executor, real sandboxes, SQLite), and the command line as a user
@@ -29,14 +29,12 @@ from executors import TERMINAL_STATUSES
 from serve_app._cli_stream import Echo
 from serve_app._sse import ServerSentEvent, SseParser
 from serve_app.client import (
+    Client,
     ExecutionSocket,
     OutputEvent,
     RecordEvent,
     RefusalEvent,
-    Session,
     execution_body,
-    run_interactive,
-    stream_execution,
 )
 from serve_app.errors import ApiErrorResponse, ServerUnreachableError
 from tests.support.api import auth
@@ -114,8 +112,8 @@ def test_a_server_out_of_reach_is_the_clients_error(where: str) -> None:
     address = where.format(port=port)
     with pytest.raises(ServerUnreachableError):
         ExecutionSocket.connect(address, "key")
-    with pytest.raises(ServerUnreachableError):
-        next(stream_execution(address, "key", execution_body("print(1)")))
+    with pytest.raises(ServerUnreachableError), Client(address, "key") as client:
+        next(client.stream("print(1)"))
 
 
 # --- one deployment for the rest
@@ -286,11 +284,12 @@ def output_until(events: Iterator[Any], wanted: str) -> str:
 
 @pytest.mark.ray
 @pytest.mark.sandbox
-def test_stream_execution_gives_chunks_then_the_stored_record(
+def test_client_stream_gives_chunks_then_the_stored_record(
     server: DeployedService, key: str
 ) -> None:
     code = "import sys\nfor i in range(50):\n    print(i)\n    print(-i, file=sys.stderr)\n"
-    events = list(stream_execution(server.url, key, execution_body(code, runtime="minimal")))
+    with Client(server.url, key) as client:
+        events = list(client.stream(code, runtime="minimal"))
     *chunks, last = events
     assert isinstance(last, RecordEvent) and all(isinstance(e, OutputEvent) for e in chunks)
     record = last.record
@@ -306,13 +305,14 @@ def test_stream_execution_gives_chunks_then_the_stored_record(
 
 @pytest.mark.ray
 @pytest.mark.sandbox
-def test_stream_execution_yields_output_while_the_program_runs(
+def test_client_stream_yields_output_while_the_program_runs(
     server: DeployedService, key: str
 ) -> None:
     code = "import time\nprint('early', flush=True)\ntime.sleep(30)\n"
-    events = stream_execution(server.url, key, execution_body(code, runtime="minimal"))
-    assert output_until(events, "early\n") == "early\n"  # the program still sleeps
-    events.close()  # cancels the run
+    with Client(server.url, key) as client:
+        events = client.stream(code, runtime="minimal")
+        assert output_until(events, "early\n") == "early\n"  # the program still sleeps
+        events.close()  # cancels the run
 
 
 @pytest.mark.ray
@@ -320,25 +320,29 @@ def test_stream_execution_yields_output_while_the_program_runs(
 def test_refusals_before_the_stream_raise_the_clients_error(
     server: DeployedService, key: str
 ) -> None:
-    body = execution_body("print(1)", limits={"wall_timeout_s": -1})
-    with pytest.raises(ApiErrorResponse) as refused:
-        next(iter(stream_execution(server.url, key, body)))
+    with pytest.raises(ApiErrorResponse) as refused, Client(server.url, key) as client:
+        next(iter(client.stream("print(1)", limits={"wall_timeout_s": -1})))
     assert (refused.value.http_status, refused.value.code) == (422, "invalid_request")
-    with pytest.raises(ApiErrorResponse) as unknown:
-        next(iter(stream_execution(server.url, "not-a-key", execution_body("print(1)"))))
+    with pytest.raises(ApiErrorResponse) as unknown, Client(server.url, "not-a-key") as client:
+        next(iter(client.stream("print(1)")))
     assert (unknown.value.http_status, unknown.value.code) == (401, "unauthorized")
-    body = execution_body("print(1)")
-    with pytest.raises(ApiErrorResponse) as over_ws, run_interactive(server.url, "x", body) as run:
+    with (
+        pytest.raises(ApiErrorResponse) as over_ws,
+        Client(server.url, "x") as client,
+        client.interactive("print(1)") as run,
+    ):
         run.wait()
     assert (over_ws.value.http_status, over_ws.value.code) == (401, "unauthorized")
 
 
 @pytest.mark.ray
 @pytest.mark.sandbox
-def test_run_interactive_answers_input_and_ends_stdin(server: DeployedService, key: str) -> None:
+def test_client_interactive_answers_input_and_ends_stdin(server: DeployedService, key: str) -> None:
     code = "import sys\nprint(int(input('n? ')) * 2)\nprint(repr(sys.stdin.read()))\n"
-    body = execution_body(code, runtime="minimal", limits={"wall_timeout_s": 30})
-    with run_interactive(server.url, key, body) as run:
+    with (
+        Client(server.url, key) as client,
+        client.interactive(code, runtime="minimal", limits={"wall_timeout_s": 30}) as run,
+    ):
         events = iter(run)
         assert output_until(events, "n? ") == "n? "  # asked, and waiting
         run.send_stdin("21\n")
@@ -352,7 +356,7 @@ def test_run_interactive_answers_input_and_ends_stdin(server: DeployedService, k
 @pytest.mark.ray
 @pytest.mark.sandbox
 def test_one_socket_runs_one_program_after_another(server: DeployedService, key: str) -> None:
-    with ExecutionSocket.connect(server.url, key) as connection:
+    with Client(server.url, key) as client, client.socket() as connection:
         first = connection.run(execution_body("print(1)", runtime="minimal")).wait().record
         second = connection.run(execution_body("print(input())", stdin="2\n")).wait().record
     assert (first.stdout, second.stdout) == ("1\n", "2\n")
@@ -364,7 +368,7 @@ def test_one_socket_runs_one_program_after_another(server: DeployedService, key:
 def test_a_refused_run_or_input_leaves_the_socket_usable(server: DeployedService, key: str) -> None:
     """A refused run raises (no record follows) and the next run goes; refused input is an
     event, and the run goes on without it."""
-    with ExecutionSocket.connect(server.url, key) as connection:
+    with Client(server.url, key) as client, client.socket() as connection:
         with pytest.raises(ApiErrorResponse) as refused:
             connection.run(execution_body("print(1)", limits={"wall_timeout_s": -1})).wait()
         assert (refused.value.http_status, refused.value.code) == (422, "invalid_request")
@@ -381,7 +385,7 @@ def test_a_refused_run_or_input_leaves_the_socket_usable(server: DeployedService
 @pytest.mark.ray
 @pytest.mark.sandbox
 def test_a_session_streams_and_answers_input(server: DeployedService, key: str) -> None:
-    with Session.create(server.url, key, runtime="minimal") as session:
+    with Client(server.url, key) as client, client.create_session(runtime="minimal") as session:
         session.run("x = 20")
         *chunks, last = session.stream("print(x)\nprint(x + 1)")
         assert "".join(e.text for e in chunks if isinstance(e, OutputEvent)) == "20\n21\n"

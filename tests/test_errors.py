@@ -89,6 +89,21 @@ EXAMPLES: dict[str, tuple[tuple[Any, ...], str]] = {
         (404, "not_found", "no such execution", '{"error": {"code": "not_found"}}'),
         "HTTP 404 not_found: no such execution",
     ),
+    **{
+        name: ((status, code, "refused", "{}", retry), f"HTTP {status} {code}: refused")
+        for name, status, code, retry in (
+            ("RateLimitedResponse", 429, "rate_limited", 2.0),
+            ("SessionLimitResponse", 429, "session_limit", None),
+            ("OverloadedResponse", 503, "overloaded", 1.0),
+            ("UnavailableResponse", 503, "unavailable", 1.0),
+            ("UnauthorizedResponse", 401, "unauthorized", None),
+            ("NotFoundResponse", 404, "not_found", None),
+            ("SessionBusyResponse", 409, "session_busy", None),
+            ("SessionTerminatedResponse", 410, "session_terminated", None),
+            ("InvalidRequestResponse", 422, "invalid_request", None),
+            ("PolicyViolationResponse", 422, "policy_violation", None),
+        )
+    },
 }
 
 # The API's error table (API.md), and `conflict` (409), which the service answers too.

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from executors import TERMINAL_STATUSES, ExecutionRecord
 from serve_app.cli import main
-from serve_app.client import execution_body, get_artifact, list_runtimes, post_execution
+from serve_app.client import Client
 from serve_app.db.models import AuditEvent, Execution
 from serve_app.errors import ApiErrorResponse
 from tests.support.api import RECORD_FIELDS, auth, error_code, run
@@ -827,13 +827,13 @@ def test_run_out_writes_a_servers_artifacts(
 def test_the_python_client_sends_bytes_and_fetches_artifacts(server: Server) -> None:
     key = server.new_key("python-client")
     code = f"{WRITES_ARTIFACTS}print(open('in.bin', 'rb').read().hex())\n"
-    body = execution_body(code, files={"in.bin": b"\x00\xff"}, runtime="minimal")
-    record = post_execution(server.url, key, body)
-    assert (record["stdout"], record["runtime"]) == ("written\n00ff\n", "minimal")
-    assert get_artifact(server.url, key, record["id"], "out/x.csv") == b"a,b\n1,2\n"
-    assert get_artifact(server.url, key, record["id"], "out/sub/y.bin") == bytes(range(256))
-    with pytest.raises(ApiErrorResponse) as missing:
-        get_artifact(server.url, key, record["id"], "out/absent #1?.txt")
-    assert (missing.value.http_status, missing.value.code) == (404, "not_found")
-    runtimes = list_runtimes(server.url, key)
-    assert {runtime["name"] for runtime in runtimes} >= {"minimal", "scientific"}
+    with Client(server.url, key) as client:
+        record = client.run(code, files={"in.bin": b"\x00\xff"}, runtime="minimal")
+        assert (record.stdout, record.runtime) == ("written\n00ff\n", "minimal")
+        assert client.artifact(record.id, "out/x.csv") == b"a,b\n1,2\n"
+        assert client.artifact(record.id, "out/sub/y.bin") == bytes(range(256))
+        with pytest.raises(ApiErrorResponse) as missing:
+            client.artifact(record.id, "out/absent #1?.txt")
+        assert (missing.value.http_status, missing.value.code) == (404, "not_found")
+        runtimes = client.runtimes()
+    assert {runtime.name for runtime in runtimes} >= {"minimal", "scientific"}

@@ -31,12 +31,12 @@ from serve_process import ServeProcess, percentile, positive_int
 
 from executors import SandboxConfig
 from serve_app.client import (
+    Client,
     ExecutionSocket,
     InteractiveEvent,
     OutputEvent,
     RecordEvent,
     execution_body,
-    stream_execution,
 )
 
 from .common import (
@@ -137,27 +137,24 @@ def floor_latency(args: argparse.Namespace, config: SandboxConfig) -> dict[str, 
 
 
 def _measure(args: argparse.Namespace, service: ServeProcess, key: str) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {key}"}
     with (
-        httpx.Client(base_url=service.url, headers=headers, timeout=60.0) as http,
-        ExecutionSocket.connect(service.url, key) as socket,
+        Client(service.url, key, timeout=httpx.Timeout(60.0)) as client,
+        client.socket() as socket,
     ):
         return {
-            "print_to_client": _latency(args, service.url, key, http, socket),
-            "streamed_print_1": _overhead(args, service.url, key, http, socket),
+            "print_to_client": _latency(args, client, socket),
+            "streamed_print_1": _overhead(args, client, socket),
         }
 
 
-def _latency(
-    args: argparse.Namespace, url: str, key: str, http: httpx.Client, socket: ExecutionSocket
-) -> dict[str, Any]:
+def _latency(args: argparse.Namespace, client: Client, socket: ExecutionSocket) -> dict[str, Any]:
     # Room for the prints and more, within the service's MAX_TIMEOUT (30 s by default).
     limits = {"wall_timeout_s": min(MAX_WALL_TIMEOUT_S, args.prints * args.interval_ms / 500 + 5)}
     body = execution_body(
         stamps_program(args.prints, args.interval_ms), runtime=args.runtime, limits=limits
     )
     runs: dict[str, Callable[[], Iterable[InteractiveEvent]]] = {
-        "sse": lambda: stream_execution(url, key, body, client=http),
+        "sse": lambda: client.stream(**body),
         "websocket": lambda: socket.run(body),
     }
     latencies: dict[str, list[float]] = {name: [] for name in TRANSPORTS}
@@ -177,17 +174,16 @@ def _latency(
     }
 
 
-def _overhead(
-    args: argparse.Namespace, url: str, key: str, http: httpx.Client, socket: ExecutionSocket
-) -> dict[str, Any]:
+def _overhead(args: argparse.Namespace, client: Client, socket: ExecutionSocket) -> dict[str, Any]:
     body = execution_body(CODE, runtime=args.runtime)
+    http = client.http  # the same pool of connections as the streamed runs
 
     def plain() -> dict[str, Any] | None:
         answer = http.post("/v1/executions", json=body)
         return answer.json() if answer.status_code == 200 else None
 
     def sse() -> dict[str, Any] | None:
-        return _timed_events(stream_execution(url, key, body, client=http))[1]
+        return _timed_events(client.stream(**body))[1]
 
     def websocket() -> dict[str, Any] | None:
         return socket.run(body).wait().data

@@ -1,5 +1,6 @@
 """The service's typed answers for batches and pages, dumped to the API's JSON
-(``model_dump(mode="json")``: each record in its API form, fields in the API's order)."""
+(``model_dump(mode="json")``: each record in its API form, fields in the API's order); the
+Python client reads the API's JSON back into them (:mod:`serve_app.client`)."""
 
 from __future__ import annotations
 
