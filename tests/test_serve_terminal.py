@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from executors import JsonLogFormatter
+from executors.telemetry import TextLogFormatter, configure_json_logging
 from serve_app.observability import (
     QUIET_LOGGERS,
     browse_url,
@@ -114,6 +116,18 @@ def test_auto_follows_the_format_passed_down(
     assert resolve_log_format("auto", terminal) == "json"
     monkeypatch.setenv("LOG_FORMAT", "auto")
     assert resolve_log_format("auto", terminal) == "text"
+
+
+def test_the_executor_replicas_take_the_format_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As an executor replica configures itself (``configure_json_logging(component=...)``):
+    LOG_FORMAT, which ``exec-agent serve`` puts in the environment of the Ray it starts."""
+    monkeypatch.setenv("LOG_FORMAT", "text")
+    handler = configure_json_logging(component="executor")
+    assert type(handler.formatter) is TextLogFormatter
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    assert type(configure_json_logging(component="executor").formatter) is JsonLogFormatter
 
 
 def test_the_driver_passes_its_resolved_format_on(root_logger: logging.Logger) -> None:
@@ -284,6 +298,7 @@ def test_the_command_is_the_one_that_works_from_here(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     assert installed_command("exec-agent", elsewhere, str(tool)) == str(tool)
+    assert installed_command("exec-agent", tool.parent, str(tool)) == "./exec-agent"
     monkeypatch.setenv("PATH", str(tool.parent))
     assert installed_command("exec-agent", elsewhere, str(tool)) == "exec-agent"
 

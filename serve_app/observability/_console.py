@@ -56,7 +56,10 @@ def installed_command(name: str, cwd: Path | None = None, executable: str | None
     if found is not None and Path(found).absolute() == ours:
         return name
     here = (cwd or Path.cwd()).absolute()
-    return os.path.relpath(ours, here) if ours.is_relative_to(here) else str(ours)
+    if not ours.is_relative_to(here):
+        return str(ours)
+    relative = os.path.relpath(ours, here)
+    return relative if os.sep in relative else f".{os.sep}{relative}"  # not a PATH lookup
 
 
 def mask_database_url(url: str) -> str:
