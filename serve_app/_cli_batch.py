@@ -62,7 +62,8 @@ def add_batch_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "batch",
         help="run one execution request per JSON line through a server, records in order",
-        description=__doc__,
+        description="Send one execution request per JSON line (an execution request without "
+        "'wait') to a server as /v1/batches; write one output line per input line, in order.",
         epilog=BATCH_EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -84,8 +85,8 @@ def add_batch_parser(subparsers: Subparsers) -> None:
         metavar="N",
         type=int,
         default=DEFAULT_MAX_BATCH_ITEMS,
-        help="items per batch: at most the server's MAX_BATCH_ITEMS "
-        f"(default {DEFAULT_MAX_BATCH_ITEMS}, its default)",
+        help="items per batch (default %(default)s, the server's default MAX_BATCH_ITEMS); a "
+        "batch the server refuses as too large is sent again in halves",
     )
     parser.set_defaults(handler=batch_command)
 

@@ -15,7 +15,7 @@ import httpx
 
 from executors import TERMINAL_STATUSES, ExecutionRecord, RuntimeInfo
 from serve_app import _client_calls as calls
-from serve_app._client_calls import RunOptions, SessionOptions, execution_body
+from serve_app._client_calls import CallOptions, RunOptions, SessionOptions, execution_body
 from serve_app._client_events import StreamEvent
 from serve_app._client_http import (
     TIMEOUT,
@@ -192,11 +192,13 @@ class AsyncSession:
     def id(self) -> str:
         return str(self.info.id)
 
-    async def run(self, code: str, **options: Any) -> ExecutionRecord:
+    async def run(self, code: str, **options: Unpack[CallOptions]) -> ExecutionRecord:
         body = execution_body(code, **options)
         return await self.client.send(calls.session_call(self.id, body))
 
-    def stream(self, code: str, **options: Any) -> AsyncGenerator[StreamEvent, None]:
+    def stream(
+        self, code: str, **options: Unpack[CallOptions]
+    ) -> AsyncGenerator[StreamEvent, None]:
         route = f"{session_route(self.id)}/executions"
         return astream_events(self.client.http, route, execution_body(code, **options))
 

@@ -26,6 +26,7 @@ from serve_app.errors import ServerUnreachableError
 
 __all__ = [
     "MAX_WAIT_S",
+    "CallOptions",
     "RunOptions",
     "SessionOptions",
     "artifact",
@@ -65,6 +66,15 @@ class RunOptions(TypedDict, total=False):
     judge: Literal["isolated", "in_process"]
 
 
+class CallOptions(TypedDict, total=False):
+    """The fields of a call in a session besides ``code``; ``limits``: ``wall_timeout_s``,
+    ``cpu_time_s``, ``max_output_bytes`` of this call."""
+
+    stdin: str
+    files: Mapping[str, str | bytes]
+    limits: Mapping[str, Any]
+
+
 class SessionOptions(TypedDict, total=False):
     """The fields of ``POST /v1/sessions``; left out, the server's defaults."""
 
@@ -81,7 +91,7 @@ def execution_body(code: str, **options: Any) -> dict[str, Any]:
     for name, value in options.items():
         if name == "files":
             value = api_files.to_api(value)
-        elif name in ("limits",):
+        elif name == "limits":
             value = dict(value)
         elif name == "cases":
             value = [dict(case) for case in value]

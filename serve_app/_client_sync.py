@@ -17,7 +17,7 @@ import httpx
 
 from executors import TERMINAL_STATUSES, ExecutionRecord, RuntimeInfo
 from serve_app import _client_calls as calls
-from serve_app._client_calls import RunOptions, SessionOptions, execution_body
+from serve_app._client_calls import CallOptions, RunOptions, SessionOptions, execution_body
 from serve_app._client_events import StreamEvent
 from serve_app._client_http import (
     TIMEOUT,
@@ -218,18 +218,20 @@ class Session:
     def id(self) -> str:
         return str(self.info.id)
 
-    def run(self, code: str, **options: Any) -> ExecutionRecord:
+    def run(self, code: str, **options: Unpack[CallOptions]) -> ExecutionRecord:
         """Run ``code`` in the session (``options``: ``stdin``, ``files``, ``limits``); its
         record, ``result`` the ``repr`` of a final expression's value."""
         return self.client.send(calls.session_call(self.id, execution_body(code, **options)))
 
-    def stream(self, code: str, **options: Any) -> Generator[StreamEvent, None, None]:
+    def stream(
+        self, code: str, **options: Unpack[CallOptions]
+    ) -> Generator[StreamEvent, None, None]:
         """Run ``code`` in the session, streamed (as :meth:`Client.stream`)."""
         route = f"{session_route(self.id)}/executions"
         return stream_events(self.client.http, route, execution_body(code, **options))
 
     def interactive(
-        self, code: str, **options: Any
+        self, code: str, **options: Unpack[CallOptions]
     ) -> contextlib.AbstractContextManager[InteractiveRun]:
         """Run ``code`` in the session over the WebSocket, its input interactive."""
         body = execution_body(code, **options)

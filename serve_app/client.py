@@ -68,7 +68,7 @@ from __future__ import annotations
 
 from executors import ExecutionRecord, RuntimeInfo
 from serve_app._client_async import AsyncClient, AsyncSession
-from serve_app._client_calls import RunOptions, SessionOptions, execution_body
+from serve_app._client_calls import CallOptions, RunOptions, SessionOptions, execution_body
 from serve_app._client_events import (
     InteractiveEvent,
     OutputEvent,
@@ -107,6 +107,7 @@ __all__ = [
     "AsyncSession",
     "BatchAccepted",
     "BatchAnswer",
+    "CallOptions",
     "Client",
     "ExecutionPage",
     "ExecutionRecord",
