@@ -2,9 +2,10 @@
 lines, the summary it shows a person once it serves; and, end to end, a real ``exec-agent
 serve`` under a pseudo-terminal and without one.
 
-The unit tests need no Ray; the two end-to-end tests join the session's Ray
+The unit tests need no Ray. Two end-to-end tests join the session's Ray
 (tests/support/live_server.py), which is why their summary names the cluster rather than a
-dashboard of their own.
+dashboard of their own, and why the replicas' lines there follow that cluster's environment
+(JSON); one starts its own Ray, as ``scripts/serve`` does, whose replicas write text too.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ import logging
 import os
 import pty
 import re
+import signal
+import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from executors import JsonLogFormatter
@@ -38,7 +43,9 @@ from serve_app.observability import (
     set_request_id,
 )
 from serve_app.settings import Settings
-from tests.support.live_server import live_server
+from tests.support.live_server import copy_terminal, live_server
+from tests.support.polling import polled
+from tests.support.scripts import load_script
 
 API_KEY = "ea_0123456789ab_" + "K" * 43
 DATABASE_URL = "postgresql+psycopg://exec:hunter2@10.9.8.7:5432/exec_agent"
@@ -348,6 +355,57 @@ def test_without_a_terminal_the_lines_stay_for_machines(ray_session: None, tmp_p
     driver = [record for record in records if record["component"] == "driver"]
     assert {"database at revision " + _head()} <= {record["event"] for record in driver}
     assert not [line for line in err.splitlines() if TEXT_LINE.match(line)]
+
+
+@pytest.mark.slow
+@pytest.mark.sandbox
+def test_with_its_own_ray_every_line_on_the_terminal_is_for_people(tmp_path: Path) -> None:
+    """``exec-agent serve`` as ``scripts/serve`` runs it (its own Ray, embedded, free ports)
+    under a pseudo-terminal: the summary with the dashboard, and not one JSON line: the
+    replicas' lines are text too (LOG_FORMAT passed on), Alembic's and Ray's INFO lines gone."""
+    service = load_script("serve_process").ServeProcess(tmp_path, slots=1, executor_queue=None)
+    terminal = tmp_path / "terminal.log"
+    master, child = pty.openpty()
+    service.process = subprocess.Popen(
+        [service.exec_agent, "serve"],
+        cwd=tmp_path,
+        env={name: value for name, value in service.env.items() if name != "LOG_FORMAT"},
+        stdin=child,
+        stdout=child,
+        stderr=child,
+        start_new_session=True,  # its own group: what Ray leaves is killed whole
+    )
+    os.close(child)
+    copier = threading.Thread(target=copy_terminal, args=(master, terminal), daemon=True)
+    copier.start()
+    try:
+        up = polled(lambda: service.process.poll() is not None or _ready(service.url), 240.0)
+        assert up and service.process.poll() is None, terminal.read_text(errors="replace")
+    finally:
+        service.stop(drain_signal=signal.SIGINT)
+        service.kill_group()
+        copier.join(60.0)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", terminal.read_text(errors="replace"))
+    lines = plain.splitlines()
+    assert f"exec-agent is serving the API at {service.url} (ingress: proxy)" in lines, plain
+    assert re.search(r"^  Ray dashboard +http://127\.0\.0\.1:\d+", plain, re.MULTILINE), plain
+    assert re.search(
+        rf"^  Metrics +http://127\.0\.0\.1:{service.env['METRICS_PORT']}/metrics",
+        plain,
+        re.MULTILINE,
+    )
+    assert not [line for line in lines if line.lstrip().startswith("{")], plain
+    assert any(" executor executors." in line and TEXT_LINE.match(line) for line in lines), plain
+    assert "alembic" not in plain and "Started a local Ray instance" not in plain
+    assert "Token authentication is enabled" not in plain  # said explicitly: no warning
+    assert "exec-agent serve: SIGINT, draining" in lines and service.exit_code == 0
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health/ready", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _head() -> str:

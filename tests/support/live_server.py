@@ -25,7 +25,7 @@ import httpx
 from tests.support.polling import polled
 from tests.support.ports import free_port
 
-__all__ = ["LiveServer", "live_server"]
+__all__ = ["LiveServer", "copy_terminal", "live_server"]
 
 START_TIMEOUT_S = 240.0
 STOP_TIMEOUT_S = 90.0
@@ -57,7 +57,7 @@ def _ready(url: str) -> bool:
         return False
 
 
-def _copy_terminal(master: int, to: Path) -> None:
+def copy_terminal(master: int, to: Path) -> None:
     """Append what the pseudo-terminal's other end shows to ``to`` until every writer closed
     it (the process and its children ended: EIO)."""
     with to.open("ab") as out:
@@ -118,7 +118,7 @@ def live_server(
                 stderr=child,
             )
             os.close(child)
-            copier = threading.Thread(target=_copy_terminal, args=(master, stdout), daemon=True)
+            copier = threading.Thread(target=copy_terminal, args=(master, stdout), daemon=True)
             copier.start()
         else:
             process = subprocess.Popen(
