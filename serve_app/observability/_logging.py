@@ -88,8 +88,9 @@ def configure_driver_logging(
 
 
 def quiet_level(level: str | int, log_format: str) -> int | None:
-    """The level for Ray's and Serve's own loggers (the driver's ``ray``, Serve's controller,
-    proxies and replicas): in text mode WARNING, or ``level`` when it is lower (DEBUG: a
+    """The level for the loggers that write for machines or their own developers (the
+    driver's ``ray``, Serve's in its controller, proxies and replicas, and
+    :data:`QUIET_LOGGERS`): in text mode WARNING, or ``level`` when it is lower (DEBUG: a
     person who asks for everything gets it); in JSON mode None, Ray's defaults, as before."""
     if log_format != "text":
         return None
