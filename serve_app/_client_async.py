@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
@@ -15,6 +16,7 @@ import httpx
 
 from executors import TERMINAL_STATUSES, ExecutionRecord, RuntimeInfo
 from serve_app import _client_calls as calls
+from serve_app._client_async_ws import AsyncInteractiveRun, arun_interactive
 from serve_app._client_calls import CallOptions, RunOptions, SessionOptions, execution_body
 from serve_app._client_events import StreamEvent
 from serve_app._client_http import (
@@ -112,6 +114,12 @@ class AsyncClient:
         """``async for event in client.stream(code)``: as :meth:`Client.stream`."""
         return astream_events(self.http, "/v1/executions", execution_body(code, **options))
 
+    def interactive(
+        self, code: str, **options: Unpack[RunOptions]
+    ) -> contextlib.AbstractAsyncContextManager[AsyncInteractiveRun]:
+        """``async with client.interactive(code) as run``: as :meth:`Client.interactive`."""
+        return arun_interactive(self.server, self.key, execution_body(code, **options))
+
     # --- batches
 
     async def submit_batch(self, items: Iterable[Mapping[str, Any]]) -> BatchAccepted:
@@ -201,6 +209,12 @@ class AsyncSession:
     ) -> AsyncGenerator[StreamEvent, None]:
         route = f"{session_route(self.id)}/executions"
         return astream_events(self.client.http, route, execution_body(code, **options))
+
+    def interactive(
+        self, code: str, **options: Unpack[CallOptions]
+    ) -> contextlib.AbstractAsyncContextManager[AsyncInteractiveRun]:
+        body = execution_body(code, **options)
+        return arun_interactive(self.client.server, self.client.key, body, session_id=self.id)
 
     async def refresh(self) -> SessionInfo:
         self.info = await self.client.get_session(self.id)

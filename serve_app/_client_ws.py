@@ -47,7 +47,16 @@ from serve_app.errors import (
     ServerUnreachableError,
 )
 
-__all__ = ["ExecutionSocket", "InteractiveRun", "run_interactive"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "ExecutionSocket",
+    "InteractiveRun",
+    "event_of",
+    "refusal",
+    "run_interactive",
+    "run_message",
+    "ws_url",
+]
 
 MAX_MESSAGE_BYTES = 64 * 2**20
 """Largest message taken from the server: a record holds up to MAX_RECORD_BYTES (16 MiB by
@@ -95,7 +104,7 @@ class ExecutionSocket:
                 )
             )
         except InvalidStatus as exc:
-            raise _refusal(exc) from None
+            raise refusal(exc) from None
         except (WebSocketException, OSError, TimeoutError) as exc:
             raise ServerUnreachableError(f"cannot reach {address}: {exc}") from None
         return cls(connection, owned)
@@ -105,14 +114,11 @@ class ExecutionSocket:
         session). Its errors (refusals too) come out of iterating it."""
         if self._running is not None and not self._running.finished:
             raise ApiClientError("a run is still going on this connection")
-        message: dict[str, Any] = {"type": "run", "request": body}
-        if session_id is not None:
-            message["session_id"] = session_id
         self._running = InteractiveRun(self.connection)
         # A closed connection (a refused key, say) tells why in the messages it left: they,
         # or its close, come out of the iteration.
         with contextlib.suppress(ServerUnreachableError):
-            self._running.send(message)
+            self._running.send(run_message(body, session_id))
         return self._running
 
     def close(self) -> None:
@@ -179,23 +185,36 @@ class InteractiveRun:
             raise ServerUnreachableError(
                 f"the connection closed before the record: {exc}"
             ) from None
-        if isinstance(message, bytes):
-            self.finished = True
-            raise ServerUnreachableError("the server sent a binary message")
-        payload = parse_json(message, "a message of the server")
-        kind = payload.get("type") if isinstance(payload, dict) else None
-        if kind == "error" and payload.get("in_reply_to") in GOING_ON:
-            return RefusalEvent(str(payload["in_reply_to"]), api_error(payload))
-        if kind == "record":  # the record sits beside the type, not in its place
-            payload = payload.get("record")
         try:
-            event = event_from(str(kind), payload)
-        except ApiErrorResponse:
-            self.finished = True  # the run is over: refused, or failed
+            event = event_of(message)
+        except ApiClientError:
+            self.finished = True  # the run is over: refused, failed, or the stream broken
             raise
         if isinstance(event, RecordEvent):
             self.finished, self.record_event = True, event
         return event
+
+
+def event_of(message: str | bytes) -> InteractiveEvent | None:
+    """A message of the service as the event it is (None: a kind this client does not know);
+    an error that ends the run raised as :class:`ApiErrorResponse`."""
+    if isinstance(message, bytes):
+        raise ServerUnreachableError("the server sent a binary message")
+    payload = parse_json(message, "a message of the server")
+    kind = payload.get("type") if isinstance(payload, dict) else None
+    if kind == "error" and payload.get("in_reply_to") in GOING_ON:
+        return RefusalEvent(str(payload["in_reply_to"]), api_error(payload))
+    if kind == "record":  # the record sits beside the type, not in its place
+        payload = payload.get("record")
+    return event_from(str(kind), payload)
+
+
+def run_message(body: dict[str, Any], session_id: str | None) -> dict[str, Any]:
+    """The ``run`` message of ``body`` (with ``session_id``, a call in that session)."""
+    message: dict[str, Any] = {"type": "run", "request": body}
+    if session_id is not None:
+        message["session_id"] = session_id
+    return message
 
 
 @contextlib.contextmanager
@@ -208,7 +227,7 @@ def run_interactive(
         yield socket.run(body, session_id=session_id)
 
 
-def _refusal(exc: InvalidStatus) -> ApiErrorResponse:
+def refusal(exc: InvalidStatus) -> ApiErrorResponse:
     """The HTTP answer that refused the handshake (401 without a valid key, say)."""
     response = exc.response
     body = response.body.decode("utf-8", "replace") if response.body else ""

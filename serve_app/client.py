@@ -44,7 +44,8 @@ Usage (the key: ``key=``, else ``$EXEC_AGENT_API_KEY``)::
 Also: ``client.executions()`` (every record, page by page; ``executions_page``), ``get``,
 ``artifact(id, "out/plot.png")``, ``runtimes()``, ``health()``, ``submit_batch``/``get_batch``,
 ``get_session``/``sessions_page``/``delete_session``, ``session.stream``, and over the
-WebSocket ``client.interactive(code)`` (sync only), whose standard input is sent as it runs.
+WebSocket ``client.interactive(code)`` (``async with`` in asyncio), whose standard input is
+sent as it runs (``run.send_stdin``), and ``client.socket()`` for several runs (sync only).
 
 Judging fields (``test_code``, ``cases``, ``judge``) and ``cache`` go with ``run``, ``submit``,
 ``stream`` and batch items. ``run`` and ``submit`` send a fresh ``Idempotency-Key`` (or
@@ -68,6 +69,7 @@ from __future__ import annotations
 
 from executors import ExecutionRecord, RuntimeInfo
 from serve_app._client_async import AsyncClient, AsyncSession
+from serve_app._client_async_ws import AsyncInteractiveRun
 from serve_app._client_calls import CallOptions, RunOptions, SessionOptions, execution_body
 from serve_app._client_events import (
     InteractiveEvent,
@@ -104,6 +106,7 @@ __all__ = [
     "ApiClientError",
     "ApiErrorResponse",
     "AsyncClient",
+    "AsyncInteractiveRun",
     "AsyncSession",
     "BatchAccepted",
     "BatchAnswer",

@@ -312,9 +312,17 @@ def test_the_async_client(server: DeployedService, key: str) -> None:
             async with await client.create_session(runtime="minimal") as session:
                 await session.run("y = 2")
                 result = (await session.run("y * 21")).result
+            async with client.interactive("print(int(input()) * 2)", runtime="minimal") as run:
+                await run.send_stdin("21\n")
+                interactive = (await run.wait()).record.stdout
             with pytest.raises(NotFoundResponse):
                 await client.get(str(uuid.uuid4()))
+            async with AsyncClient(server.url, "not-a-key") as stranger:
+                with pytest.raises(UnauthorizedResponse):
+                    async with stranger.interactive("print(1)") as refused:
+                        await refused.wait()
             return {
+                "interactive": interactive,
                 "runs": [record.stdout for record in runs],
                 "waited": (waited.status, waited.stdout),
                 "batch": [record.stdout for record in batch],
@@ -333,3 +341,4 @@ def test_the_async_client(server: DeployedService, key: str) -> None:
     assert "".join(e.text for e in chunks if isinstance(e, OutputEvent)) == "s\n"
     assert isinstance(last, RecordEvent) and last.record.status in TERMINAL_STATUSES
     assert (got["result"], got["health"]) == ("42", {"status": "ok"})
+    assert got["interactive"] == "42\n"
