@@ -15,14 +15,14 @@ from typing import Any, Literal, TypedDict, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from executors import ExecutionRecord, RuntimeInfo
 from serve_app import files as api_files
 from serve_app._client_http import Call, object_from, session_route
 from serve_app.api import SessionInfo
 from serve_app.api.answers import BatchAccepted, BatchAnswer, ExecutionPage
-from serve_app.errors import ServerUnreachableError
+from serve_app.errors import ServerUnreachableError, describe_validation_error
 
 __all__ = [
     "MAX_WAIT_S",
@@ -192,7 +192,16 @@ def _page(limit: int, cursor: str | None) -> dict[str, Any]:
 
 
 def _model(model: type[_M], what: str) -> Callable[[httpx.Response], _M]:
-    return lambda response: model.model_validate(object_from(response, what))
+    return lambda response: _validated(model, object_from(response, what), what)
+
+
+def _validated(model: type[_M], data: Any, what: str) -> _M:
+    """``data`` as ``model``; an answer that is not one (a server of another version, or not
+    this API) is the server's failure to answer, not a crash of the caller."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ServerUnreachableError(f"not {what}: {describe_validation_error(exc)}") from None
 
 
 _record = _model(ExecutionRecord, "an execution record")
@@ -204,4 +213,4 @@ def _items(response: httpx.Response, model: type[_M]) -> list[_M]:
     items = object_from(response, "a list").get("items")
     if not isinstance(items, list):
         raise ServerUnreachableError("a list answer without items")
-    return [model.model_validate(item) for item in items]
+    return [_validated(model, item, f"a {model.__name__}") for item in items]
