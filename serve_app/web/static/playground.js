@@ -139,9 +139,10 @@
       showMessage("Paste an API key to start (exec-agent keys create --name NAME prints one).");
       return;
     }
+    const previous = ui.runtime.value;
+    placeholder("loading…");
     try {
       const answer = await api("GET", "/v1/runtimes");
-      const previous = ui.runtime.value;
       ui.runtime.replaceChildren();
       for (const runtime of answer.items) {
         const option = document.createElement("option");
@@ -152,8 +153,17 @@
       }
       showMessage("");
     } catch (error) {
+      placeholder("(unavailable: the default)");
       showMessage("Runtimes: " + error.message);
     }
+  }
+
+  /** The runtime list while it cannot be shown: one option, the server's default. */
+  function placeholder(label) {
+    const option = document.createElement("option");
+    option.value = "";
+    text(option, label);
+    ui.runtime.replaceChildren(option);
   }
 
   // --- the editor
