@@ -254,7 +254,16 @@ def test_headers_parameters_and_streams(document: dict[str, Any]) -> None:
     for path in ("/v1/executions", "/v1/sessions/{session_id}/executions"):
         content = paths[path]["post"]["responses"]["200"]["content"]
         assert set(content) == {"application/json", "text/event-stream"}, path
-        assert "event: record" in content["text/event-stream"]["schema"]["description"]
+        events = content["text/event-stream"]["schema"]
+        assert "event: record" in events["description"]
+        data = {
+            event["properties"]["event"]["enum"][0]: event["properties"]["data"]["contentSchema"]
+            for event in events["oneOf"]
+        }
+        assert data == {
+            "stdout": {"$ref": f"{SCHEMAS}StreamText"},
+            "record": {"$ref": f"{SCHEMAS}ExecutionRecord"},
+        }
 
     def parameters(path: str, method: str = "get") -> dict[str, dict[str, Any]]:
         return {p["name"]: p for p in paths[path][method].get("parameters", ())}

@@ -129,7 +129,11 @@ class Base64File(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base64: str = Field(description="Standard base64, padded.")
+    base64: str = Field(
+        description="Standard base64, padded.",
+        # Padded, and the unused low bits of the last character zero (serve_app.files).
+        pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$",
+    )
 
 
 FileContent = Annotated[

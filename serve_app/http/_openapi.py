@@ -38,6 +38,7 @@ from executors import ExecutionRecord, RuntimeInfo
 from serve_app.api import RequestBounds, SessionInfo
 from serve_app.api.errors import ErrorBody, ErrorInfo
 from serve_app.errors import (
+    ConflictError,
     InvalidJsonError,
     InvalidRequestError,
     MethodNotAllowedError,
@@ -96,6 +97,7 @@ _WHEN: dict[type[ServiceError], str] = {
     UnauthorizedError: "key missing, unknown or revoked",
     NotFoundError: "no such id for this key",
     MethodNotAllowedError: "the path does not take this method (`Allow` lists those it does)",
+    ConflictError: "this `Idempotency-Key` was used with a different request body",
     SessionInUseError: "a call is already running in this session",
     SessionTerminatedError: "the session has ended (`message` says why)",
     PayloadTooLargeError: "body over `MAX_BODY_BYTES`, checked before parsing",
@@ -188,15 +190,35 @@ def _error_answer(status: int, kinds: list[type[ServiceError]]) -> dict[str, Any
 
 
 def event_stream(what: str) -> dict[str, Any]:
-    """``content`` of an answer that is Server-Sent Events with ``Accept: text/event-stream``."""
+    """``content`` of an answer that is Server-Sent Events with ``Accept: text/event-stream``:
+    the schema of one event (``event`` and ``data``, as OpenAPI 3.2's ``itemSchema`` reads
+    them), its ``data`` the JSON of :class:`StreamText` or of the final record."""
+
+    def event(names: list[str], data: type[BaseModel]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"enum": names},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"$ref": SCHEMAS + data.__name__},
+                },
+            },
+        }
+
     return {
         "text/event-stream": {
             "schema": {
-                "type": "string",
                 "description": f"{what} as Server-Sent Events while the program runs: "
                 '`event: stdout` / `event: stderr` with `data: {"text": "..."}`, then one '
                 "`event: record` whose data is the final execution record (the JSON of the "
                 "synchronous answer), then the stream ends.",
+                "oneOf": [
+                    event(["stdout", "stderr"], StreamText),
+                    event(["record"], ExecutionRecord),
+                ],
             }
         }
     }
@@ -239,6 +261,12 @@ class RuntimeList(BaseModel):
     """``GET /v1/runtimes``."""
 
     items: list[RuntimeInfo]
+
+
+class StreamText(BaseModel):
+    """The data of a streamed ``stdout`` or ``stderr`` event: output as the program wrote it."""
+
+    text: str
 
 
 class StreamOutput(BaseModel):
@@ -312,7 +340,7 @@ def _build(app: FastAPI) -> dict[str, Any]:
                 bodies[(path, method.lower())] = model
         elif isinstance(route, APIWebSocketRoute):
             websockets.append((path, route))
-    extra: list[type[BaseModel]] = [*bodies.values(), ErrorBody]
+    extra: list[type[BaseModel]] = [*bodies.values(), ErrorBody, StreamText]
     if websockets:
         extra += [*_CLIENT_MESSAGES, *_SERVER_MESSAGES]
     _add_schemas(schemas, extra)

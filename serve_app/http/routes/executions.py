@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from executors import ExecutionRecord
 from serve_app.api import current_request_id
 from serve_app.errors import (
+    ConflictError,
     InvalidRequestError,
     NotFoundError,
     OverloadedError,
@@ -58,7 +59,7 @@ router = APIRouter(prefix="/v1/executions", tags=["executions"])
             "description": "The record, `queued` (`wait: false`): it runs in the background.",
             "headers": LOCATION,
         },
-        **v1_errors(*BODY_ERRORS, PolicyViolationError, OverloadedError),
+        **v1_errors(*BODY_ERRORS, PolicyViolationError, ConflictError, OverloadedError),
     },
     openapi_extra=IDEMPOTENCY_KEY,
 )
