@@ -438,6 +438,35 @@ def test_a_busy_session_is_explained(ready: Page) -> None:
     ready.check_clean(allowed_failures=(409,))
 
 
+def test_without_the_editor_a_plain_textarea_runs(page: Page) -> None:
+    # The vendored files refused by the browser: the state of a machine set up without
+    # scripts/vendor-web-assets, as the page's script meets it.
+    page.driver.execute_cdp_cmd("Network.enable", {})
+    page.driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/static/vendor/*"]})
+    try:
+        page.driver.get(f"{page.server.url}/")
+        page.wait(lambda: page.js("return document.readyState") == "complete", "the page loads")
+        assert page.driver.find_elements(By.CSS_SELECTOR, ".CodeMirror") == []
+        assert "scripts/vendor-web-assets" in page.element("#editor-note").text
+        page.wait_for_runtimes()
+        Select(page.element("#mode")).select_by_value("run")
+        area = page.element("#code")
+        area.clear()
+        before = page.newest()
+        area.send_keys("print(6 * 7)")
+        area.send_keys(Keys.CONTROL, Keys.ENTER)
+        run = page.finish(before)
+        assert page.status() == "ok", page.text(run, ".error")
+        assert page.text(run, ".stdout") == "42\n"
+        page.screenshot("16-plain-editor.png")
+        fresh = console_errors(page.driver)
+        unexpected = [e for e in fresh if "ERR_BLOCKED_BY_CLIENT" not in str(e["message"])]
+        assert unexpected == [], unexpected
+        assert foreign_resources(page.driver, page.server.url) == []
+    finally:
+        page.driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+
+
 def test_nothing_broke_the_policy_in_the_whole_run(page: Page) -> None:
     page.check_clean()
     assert not [e for e in page.console if "Content Security Policy" in str(e.get("message"))]
