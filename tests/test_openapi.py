@@ -333,6 +333,22 @@ def test_answers_match_the_documented_schemas(app: App, document: dict[str, Any]
         ).validate(bad)
 
 
+def test_a_405_allows_every_documented_method_of_its_path(
+    app: App, document: dict[str, Any]
+) -> None:
+    """``Allow`` lists every method the path takes (each is a route of its own: the router
+    alone named the first one it met)."""
+    for path, item in document["paths"].items():
+        if path == "/v1/ws":
+            continue
+        url = re.sub(r"\{[^}]*\}", "x", path)
+        answer = call(app.api, "PATCH", url, headers=auth(app.key))
+        assert answer.status_code == 405, (path, answer.text)
+        assert answer.json()["error"]["code"] == "method_not_allowed"
+        allowed = {method.strip().lower() for method in answer.headers["allow"].split(",")}
+        assert allowed == set(item), (path, answer.headers["allow"])
+
+
 class _Resources(HTMLParser):
     """Every ``src`` and ``href`` of a page, and the text of its script elements."""
 

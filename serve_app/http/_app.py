@@ -22,6 +22,7 @@ from starlette.types import Scope
 
 from serve_app.api import install_edge
 from serve_app.http import _docs
+from serve_app.http._allow import AllowHeaderMiddleware
 from serve_app.http._metrics import UNMATCHED_ROUTE, RequestMetricsMiddleware, route_template
 from serve_app.http._ratelimit_headers import RateLimitHeadersMiddleware
 from serve_app.http.deps import attach
@@ -77,7 +78,8 @@ def build_api(settings: Settings, service: ExecutionService) -> FastAPI:
     routes = tuple(route for router in routers for route in router.routes)
     if settings.api_docs or settings.playground:  # the pages' files; no authentication
         app.mount(STATIC_ROUTE, StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
-    app.add_middleware(RateLimitHeadersMiddleware)  # innermost: sees the handlers' answers
+    app.add_middleware(AllowHeaderMiddleware, routes=routes)  # innermost: the router's 405s
+    app.add_middleware(RateLimitHeadersMiddleware)  # sees the handlers' answers
     # Ray Serve's RequestIdMiddleware sends X-Request-ID around this app (see the edge).
     install_edge(app, settings, upstream_request_id=True)
     tracer = current_tracer()
