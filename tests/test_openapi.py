@@ -23,10 +23,11 @@ import pytest
 import schemathesis
 from jsonschema import Draft202012Validator
 
-from executors import ExecutionRecord
+from executors import ExecutionRecord, check_files
 from serve_app.api import ExecutionCreate, SessionCall, SessionCreate, SessionInfo
 from serve_app.db import Database, keys
 from serve_app.errors import ServiceError
+from serve_app.files import decode_base64
 from serve_app.http import ExecutionService, build_api
 from serve_app.ratelimit import build_rate_limiter
 from serve_app.web import STATIC_DIR
@@ -222,6 +223,21 @@ def test_bodies_and_answers_are_the_codes_models(document: dict[str, Any]) -> No
     assert set(schemas["SessionCreate"]["properties"]) == set(SessionCreate.model_fields)
     assert set(schemas["SessionCall"]["properties"]) == set(SessionCall.model_fields)
     assert schemas["Base64File"]["required"] == ["base64"]
+    # A file's path and base64 as the service checks them (executors.check_files, serve_app.files).
+    names = schemas["ExecutionCreate"]["properties"]["files"]["propertyNames"]["pattern"]
+    for path in ("a.txt", "dir/.hidden", "..x/y"):
+        assert re.fullmatch(names, path) and check_files({path: ""})
+    for path in ("", ".", "a/../b", "a//b", "/abs", "a/", "a\\b", "x\x01y"):
+        assert not re.fullmatch(names, path), path
+        with pytest.raises(ValueError):
+            check_files({path: ""})
+    encoded = schemas["Base64File"]["properties"]["base64"]["pattern"]
+    for text in ("", "AP8=", "QUJD", "QQ=="):
+        assert re.fullmatch(encoded, text) and decode_base64(text) is not None
+    for text in ("AP9=", "QR==", "QUJ", "Q===", "QU JD"):
+        assert not re.fullmatch(encoded, text), text
+        with pytest.raises(ValueError):
+            decode_base64(text)
 
     record = paths["/v1/executions/{execution_id}"]["get"]["responses"]["200"]
     assert model_of(record) == "ExecutionRecord"

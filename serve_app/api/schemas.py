@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     PlainValidator,
     StrictBool,
     StrictStr,
@@ -136,6 +137,19 @@ class Base64File(BaseModel):
     )
 
 
+_SEGMENT = (
+    r"(?:[^/\\\x00-\x1f.][^/\\\x00-\x1f]*|\.[^/\\\x00-\x1f.][^/\\\x00-\x1f]*|\.\.[^/\\\x00-\x1f]+)"
+)
+FILES_SCHEMA: dict[str, JsonValue] = {
+    "description": "Path → content, written into the working directory before the run. Paths "
+    "are relative, without '..', '.' or empty parts, not under out/ (every run starts it "
+    "empty), and no path is another's directory.",
+    "propertyNames": {"pattern": f"^{_SEGMENT}(?:/{_SEGMENT})*$"},
+}
+"""The schema of a request's ``files`` beyond its type: what ``executors.check_files`` checks,
+as far as a pattern can say it (the document's, for clients and fuzzers)."""
+
+
 FileContent = Annotated[
     str | bytes, PlainValidator(_file_content, json_schema_input_type=str | Base64File)
 ]
@@ -212,7 +226,9 @@ class _ExecutionBody(_Strict):
 
     code: Text
     stdin: Text = ""
-    files: dict[StrictStr, FileContent] = Field(default_factory=dict)
+    files: dict[StrictStr, FileContent] = Field(
+        default_factory=dict, json_schema_extra=FILES_SCHEMA
+    )
     """Path → text or bytes (``{"base64": ...}`` in JSON, decoded here: :mod:`serve_app.files`);
     dumped back in the API form."""
     runtime: RuntimeName
@@ -356,7 +372,9 @@ class SessionCall(_Strict):
 
     code: Text
     stdin: Text = ""
-    files: dict[StrictStr, FileContent] = Field(default_factory=dict)
+    files: dict[StrictStr, FileContent] = Field(
+        default_factory=dict, json_schema_extra=FILES_SCHEMA
+    )
     limits: SessionCallLimits = Field(default_factory=SessionCallLimits)
 
     @property
