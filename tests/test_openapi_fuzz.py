@@ -1,5 +1,6 @@
 """The OpenAPI document against a running service: Schemathesis draws requests from it (valid
-ones and ones it must refuse) and sends them, with a real key, to a real ``exec-agent serve``.
+ones and ones it must refuse) and sends them, with a real key, to a real ``exec-agent serve``;
+and ``/docs`` over it in a real browser.
 
 Each answer must be no 5xx, a status the operation documents, of a documented media type, with
 a body that validates against the documented schema (the error bodies' ``code`` among the
@@ -10,6 +11,10 @@ seconds, batches of three) that the document states and the valid requests there
 Bounded for a 2-core machine: a fixed seed, few examples per operation, no coverage or stateful
 phase. ``GET /v1/ws`` is left out: an HTTP request without the upgrade is not the operation
 (``tests/test_api_websocket.py`` tests the conversation).
+
+``/docs`` in headless Chromium (loopback only, :mod:`tests.support.browser`): every operation
+shown, no Content-Security-Policy refusal or other console error, nothing loaded from another
+origin, and "Try it out" with the key given to "Authorize" (Bearer) answers 200.
 """
 
 from __future__ import annotations
@@ -32,7 +37,11 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.support.browser import chromium, console_errors, foreign_resources, screenshot_dir
 from tests.support.live_server import LiveServer, live_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.sandbox]
@@ -230,3 +239,43 @@ def test_the_run_reached_every_operation(answers: dict[tuple[str, str], Counter[
         print(f"{label:55} {mode:9} {sum(statuses.values()):3} {dict(sorted(statuses.items()))}")
     assert set(answers) == {case for label in OPERATIONS for case in _variants(label)}
     assert all(sum(statuses.values()) > 0 for statuses in answers.values())
+
+
+def _shown(driver: WebDriver, css: str, timeout_s: float = 30.0) -> Any:
+    return WebDriverWait(driver, timeout_s).until(
+        lambda _: next(
+            (found for found in driver.find_elements(By.CSS_SELECTOR, css) if found.is_displayed()),
+            None,
+        )
+    )
+
+
+def test_docs_in_a_browser_try_it_out_with_the_key(
+    server: LiveServer, api_schema: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    operations = sum(len(item) for item in api_schema.raw_schema["paths"].values())
+    with chromium(tmp_path_factory.mktemp("chromium") / "profile") as driver:
+        driver.get(f"{server.url}/docs")
+        WebDriverWait(driver, 60).until(
+            lambda _: len(driver.find_elements(By.CSS_SELECTOR, ".opblock")) == operations
+        )
+        _shown(driver, "button.authorize").click()
+        _shown(driver, "#auth-bearer-value").send_keys(server.key)
+        apply = (
+            "//input[@id='auth-bearer-value']/ancestor::form//button[contains(@class, 'authorize')]"
+        )
+        driver.find_element(By.XPATH, apply).click()
+        _shown(driver, "button.btn-done").click()
+        runtimes = "#operations-runtimes-list_runtimes_v1_runtimes_get"
+        _shown(driver, f"{runtimes} .opblock-summary").click()
+        _shown(driver, f"{runtimes} .try-out__btn").click()
+        _shown(driver, f"{runtimes} .execute").click()
+        status = _shown(
+            driver, f"{runtimes} .live-responses-table tr.response .response-col_status", 60
+        )
+        curl = _shown(driver, f"{runtimes} .curl-command").text
+        driver.save_screenshot(str(screenshot_dir() / "docs-try-it-out.png"))
+        assert status.text.strip().startswith("200"), status.text
+        assert f"Authorization: Bearer {server.key}" in curl
+        assert console_errors(driver) == []
+        assert foreign_resources(driver, server.url) == []
