@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from serve_app.client import (
     SessionTerminatedResponse,
     UnauthorizedResponse,
 )
+from tests.support.examples import docstring_example
 from tests.support.service import DeployedService, deployed_service, service_settings
 
 APP_NAME = "exec-agent-client-test"
@@ -87,18 +87,6 @@ def test_the_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         assert client.http.headers["Authorization"] == "Bearer given"
 
 
-def docstring_example() -> str:
-    """The usage example of :mod:`serve_app.client`'s docstring, as a program."""
-    doc = serve_app.client.__doc__ or ""
-    block = doc.split("::\n\n", 1)[1]
-    lines = []
-    for line in block.splitlines():
-        if line and not line.startswith("    "):
-            break
-        lines.append(line)
-    return textwrap.dedent("\n".join(lines))
-
-
 # --- one deployment for the rest
 
 
@@ -144,7 +132,7 @@ def client(server: DeployedService, key: str) -> Iterator[Client]:
 def test_the_docstring_example_runs(
     server: DeployedService, key: str, key_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    example = docstring_example()
+    example = docstring_example(serve_app.client.__doc__)
     assert EXAMPLE_SERVER in example and "Client(" in example
     monkeypatch.setenv(serve_app.client.KEY_ENV_VAR, key)
     program = example.replace(EXAMPLE_SERVER, server.url)

@@ -34,12 +34,14 @@ SECRET = "live-server-test-secret-0123456789abcdef"
 
 @dataclass(frozen=True)
 class LiveServer:
-    """A running ``exec-agent serve``: its address, a key of its own and its logs."""
+    """A running ``exec-agent serve``: its address, a key of its own, its logs, and the
+    environment it runs with (for ``exec-agent`` commands on its database)."""
 
     url: str
     key: str
     stdout: Path
     stderr: Path
+    environment: dict[str, str]
 
     def logs(self) -> str:
         """What the process wrote so far (for a failing test's message)."""
@@ -138,7 +140,7 @@ def live_server(
             check=True,
         )
         key = made.stdout.strip().splitlines()[-1]
-        yield LiveServer(url=url, key=key, stdout=stdout, stderr=stderr)
+        yield LiveServer(url=url, key=key, stdout=stdout, stderr=stderr, environment=env)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
