@@ -14,30 +14,32 @@ Usage (the key: ``key=``, else ``$EXEC_AGENT_API_KEY``)::
         assert judged.passed
 
         queued = client.submit("import time; time.sleep(1)", runtime="minimal")  # at once
-        assert client.wait(queued.id).status == "ok"                # polled until terminal
+        assert client.wait(queued.id).status == "ok"  # polled until terminal
 
         records = client.batch({"code": f"print({i})"} for i in range(3))  # in request order
         assert [r.stdout for r in records] == ["0\\n", "1\\n", "2\\n"]
 
-        with client.create_session(runtime="minimal") as session:   # a live interpreter
+        with client.create_session(runtime="minimal") as session:  # a live interpreter
             session.run("x = 40")
             assert session.run("x + 2").result == "42"
 
         for event in client.stream("print('a'); print('b')", runtime="minimal"):
             if isinstance(event, OutputEvent):
-                print(event.text, end="")            # as the program writes it
+                print(event.text, end="")  # as the program writes it
             else:
-                assert event.record.stdout == "a\\nb\\n"   # a RecordEvent, always the last
+                assert event.record.stdout == "a\\nb\\n"  # a RecordEvent, always the last
 
         try:
             client.get("00000000-0000-0000-0000-000000000000")
-        except NotFoundResponse as exc:              # every error answer: ApiErrorResponse
+        except NotFoundResponse as exc:  # every error answer: ApiErrorResponse
             assert exc.code == "not_found" and exc.http_status == 404
+
 
     async def main() -> list[str]:
         async with AsyncClient("http://127.0.0.1:8000") as client:
             runs = [client.run(f"print({i})", runtime="minimal") for i in range(3)]
             return [record.stdout for record in await asyncio.gather(*runs)]
+
 
     assert asyncio.run(main()) == ["0\\n", "1\\n", "2\\n"]
 
