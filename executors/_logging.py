@@ -18,9 +18,10 @@ Each record is one line, a JSON object::
   database error's later lines hold the statement's parameters).
 - :func:`json.dumps` escapes every control character (``ensure_ascii``: also U+2028 and the C1
   controls), so no message can start a line of its own; ``event`` is cut at
-  ``MAX_EVENT_CHARS``, and anything shaped like an API key (``ea_...``) or a URL's credentials
-  is masked (:func:`redact`) as a last line of defence: callers must still never log keys,
-  user code or outputs.
+  ``MAX_EVENT_CHARS``, and anything shaped like an API key (``ea_...``), a URL's credentials
+  or the key segment of a compatibility path (``/compat/<api>/k/<key>/...``, where any
+  string, a wrong key too, is a key) is masked (:func:`redact`) as a last line of defence:
+  callers must still never log keys, user code or outputs.
 
 ``LOG_FORMAT`` (``json``, ``text`` or ``auto``: text when standard error is a terminal) chooses
 between the two (:func:`resolve_log_format`); ``exec-agent serve`` passes its choice on to the
@@ -77,14 +78,20 @@ LogContext = Callable[[], Mapping[str, str | None]]
 """Fields of the context a record is logged in (``request_id``), ``None`` when unknown."""
 
 _API_KEY = re.compile(r"\bea_[A-Za-z0-9_-]{8,}")
+# The segment after /k/ of a compatibility path (serve_app.api.path_key), its percent-encoded
+# form included: whatever stands there was presented as a key, even when it is not shaped
+# like one.
+_PATH_KEY = re.compile(r"(?i)(/compat/[^/\s]+/k/)[^/\s?#\"'<>]+")
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@:]*(?::[^\s@]*)?@")
 _STANDARD_LEVELS = frozenset(logging.getLevelNamesMapping())
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def redact(text: str) -> str:
-    """``text`` with anything shaped like an API key, and the credentials of any URL
+    """``text`` with anything shaped like an API key, the key segment of a compatibility path
+    (``/compat/sandbox-fusion/k/[redacted]/run_code``) and the credentials of any URL
     (``scheme://user:password@`` and a DSN's ``public@``), masked."""
+    text = _PATH_KEY.sub(r"\1[redacted]", text)
     text = _API_KEY.sub("ea_[redacted]", text)
     return _URL_CREDENTIALS.sub(r"\1[redacted]@", text)
 

@@ -6,6 +6,8 @@ Outermost first, as :func:`install_edge` stacks them::
                                a generic 500 for anything a route let escape
     CORSMiddleware             Starlette's, only when CORS_ORIGINS lists origins
     BodyGuardMiddleware        media type, Content-Encoding and the size cap, before parsing
+    PathKeyRestoreMiddleware   an API key given in the path back into it, for the routes only
+                               (:mod:`serve_app.api.path_key`)
     the app                    exception handlers of :mod:`serve_app.api.errors`, routes
 
 So every answer (413 and 415 from the guard, CORS preflights, the last-resort 500) carries the
@@ -26,7 +28,9 @@ A client id that is not sane would be echoed by Serve as it came while the servi
 one; :class:`SaneRequestIdMiddleware`, installed in Serve's proxy in front of Serve's own
 (:func:`proxy_middlewares`, through ``serve.start``'s ``http_options`` or
 ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``), replaces such an id before Serve reads it, so
-the answer's id and the service's agree.
+the answer's id and the service's agree. Outside even that, :class:`PathKeyMiddleware` takes
+an API key given as a path segment out of the path before Serve logs, traces or routes it
+(:mod:`serve_app.api.path_key`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.api.errors import api_error, error_response, install_error_handlers, log_error
+from serve_app.api.path_key import PathKeyMiddleware, PathKeyRestoreMiddleware
 from serve_app.api.schemas import RequestBounds
 from serve_app.errors import PayloadTooLargeError, ServiceError, UnsupportedMediaTypeError
 from serve_app.observability import (
@@ -106,6 +111,7 @@ def install_edge(app: Starlette, settings: Settings, *, upstream_request_id: boo
     app.state.request_bounds = RequestBounds.from_settings(settings)
     install_error_handlers(app)
     # add_middleware wraps what is there already: the last one added is the outermost.
+    app.add_middleware(PathKeyRestoreMiddleware)
     app.add_middleware(BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
@@ -195,8 +201,10 @@ PROXY_MIDDLEWARES_IMPORT_PATH = "serve_app.api.middleware:proxy_middlewares"
 
 
 def proxy_middlewares() -> list[Middleware]:
-    """The middlewares Serve's HTTP proxy runs around the app (after its own request ids)."""
-    return [Middleware(SaneRequestIdMiddleware)]
+    """The middlewares Serve's HTTP proxy runs around the app: Serve applies them in order,
+    each around the previous, around its own request ids; so the key masking, last, is the
+    outermost of all (nothing of Serve's sees a key in a path)."""
+    return [Middleware(SaneRequestIdMiddleware), Middleware(PathKeyMiddleware)]
 
 
 def _sane(value: bytes) -> str | None:

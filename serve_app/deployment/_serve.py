@@ -76,6 +76,17 @@ that sets one wins); cluster/Dockerfile sets the same for a cluster's nodes."""
 RAY_AUTH_MODE_VARIABLE = "RAY_AUTH_MODE"
 HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
 HAPROXY_BINARY_VARIABLE = "RAY_SERVE_HAPROXY_BINARY_PATH"
+HAPROXY_LOGGED_PATH = (
+    "http-request set-var(txn.logged_path) path,url_dec,regsub(/k/.*,/k/redacted,i)"
+)
+"""The path as HAProxy's access log writes it (into the frontend): percent-decoded, so an
+encoded key or ``/k/`` is masked too, and everything after a ``/k/`` (any case) masked."""
+HAPROXY_LOG_FORMAT = (
+    'log-format "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %CC %CS %tsc'
+    ' %ac/%fc/%bc/%sc/%rc %sq/%bq %HM %[var(txn.logged_path)] %HV"'
+)
+"""HAProxy's ``option httplog`` line (its documented format) with the method, the masked path
+and the HTTP version in place of the request line."""
 LOOPBACK_WRAPPER = """\
 #!/bin/sh
 # Written by exec-agent serve: Serve's HAProxy with its stats and Prometheus listeners
@@ -87,12 +98,20 @@ for argument in "$@"; do
     previous=$argument
 done
 if [ -n "$config" ]; then
-    sed -i -E 's/^([[:space:]]*bind[[:space:]]+)(\\*)?:([0-9]+)/\\1127.0.0.1:\\3/' "$config" || exit 1
+    sed -i -E \\
+        -e 's/^([[:space:]]*bind[[:space:]]+)(\\*)?:([0-9]+)/\\1127.0.0.1:\\3/' \\
+        -e 's|^([[:space:]]*)option[[:space:]]+httplog[[:space:]]*$|\\1@LOG_FORMAT@|' \\
+        -e '/^frontend[[:space:]]+http_frontend[[:space:]]*$/a\\    @LOGGED_PATH@' \\
+        "$config" || exit 1
 fi
 exec {binary} "$@"
-"""
-"""A shell script: the arguments are Serve's own, so the processes keep the command line
-Serve looks them up by (``-f`` and its configuration file)."""
+""".replace("@LOG_FORMAT@", HAPROXY_LOG_FORMAT).replace("@LOGGED_PATH@", HAPROXY_LOGGED_PATH)
+"""A shell script (a template of ``{binary}``): the arguments are Serve's own, so the processes keep the command line
+Serve looks them up by (``-f`` and its configuration file). Besides the listeners, it replaces
+the access log's format: ``option httplog`` logs the request line, whose path may hold an API
+key (``/compat/sandbox-fusion/k/{api_key}/run_code``); :data:`HAPROXY_LOG_FORMAT` is the same
+line with the path in its place, decoded, and masked from any ``/k/`` segment on
+(:data:`HAPROXY_LOGGED_PATH`), and no query string."""
 HAPROXY_SOCKET_VARIABLE = "RAY_SERVE_HAPROXY_SOCKET_PATH"
 HAPROXY_ROUTES_TIMEOUT_S = 30.0
 HAPROXY_PATH_VARIABLES = {  # Serve's defaults are shared files under /tmp/haproxy-serve/
