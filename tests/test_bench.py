@@ -944,3 +944,50 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
         ["humaneval", "engine", "met"],
         ["humaneval", "http", "NOT", "met"],
     ]
+
+
+# --- compat
+
+
+def load_compat() -> ModuleType:
+    """scripts/benchlib/compat.py (importable once scripts/bench.py put scripts/ on the path)."""
+    load_bench()
+    return importlib.import_module("benchlib.compat")
+
+
+def test_compat_defaults_are_a_verl_loop_at_128_in_flight() -> None:
+    args = load_bench().build_parser().parse_args(["compat"])
+    assert (args.programs, args.cases, args.in_flight) == (64, 8, 128)
+    assert args.out.name == "compat.json"
+    for argv in (["compat", "--in-flight", "0"], ["compat", "--cases", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            load_bench().build_parser().parse_args(argv)
+        assert exc.value.code == 2
+
+
+def test_compat_work_expects_each_programs_verdict() -> None:
+    compat = load_compat()
+    work = compat.make_work(8, 5)
+    assert len(work) == 40 and work == compat.make_work(8, 5)  # reproducible
+    by_kind: dict[str, set[str]] = {}
+    for item in work:
+        a, b = map(int, item["stdin"].split())
+        assert item["expected_stdout"] == str(a + b)
+        kind = next(kind for kind, code in compat.KINDS if code == item["code"])
+        by_kind.setdefault(kind, set()).add(item["expected"])
+    assert by_kind["right"] == {"pass"}
+    assert "fail" in by_kind["wrong"] and "fail" in by_kind["crashes_on_odd"]
+
+
+def test_compat_verdicts_judge_both_answers_alike() -> None:
+    compat = load_compat()
+    ran = {"status": "Finished", "return_code": 0, "stdout": "3\n"}
+    assert compat.compat_verdict({"status": "Success", "run_result": ran}, "3") == "pass"
+    assert compat.compat_verdict({"status": "Success", "run_result": ran}, "4") == "fail"
+    failed = {"status": "Failed", "run_result": {**ran, "return_code": 1}}
+    assert compat.compat_verdict(failed, "3") == "fail"
+    assert compat.compat_verdict({"status": "SandboxError", "message": "x"}, "3") == "error"
+    record = {"status": "ok", "exit_code": 0, "stdout": "3\n"}
+    assert compat.record_verdict(record, "3") == "pass"
+    assert compat.record_verdict({**record, "exit_code": 1, "status": "error"}, "3") == "fail"
+    assert compat.record_verdict({**record, "status": "internal_error"}, "3") == "error"

@@ -9,6 +9,8 @@
     streaming   ``bench streaming``: print-to-client latency over SSE and the WebSocket; its cost
     http        ``bench http``: ``exec-agent serve`` through each ingress, loaded by wrk
     burst       ``bench burst``: 128 connections of one key for 20 s; every answer and record checked
+    compat      ``bench compat``: a verl-style loop through SandboxFusion's run_code, /v1/executions
+                and /v1/batches; calls per second, p50/p99, the verdicts equal
     humaneval   ``bench humaneval``: the run, its goal and its summary (``humaneval_*``: its parts)
     suite       ``bench all``: every benchmark in turn, every goal listed
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import burst, http, humaneval, runtimes, sandbox, sessions, streaming, suite
+from . import burst, compat, http, humaneval, runtimes, sandbox, sessions, streaming, suite
 from .common import write_result
 
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 all executions as expected, 1 some failed, 2 bad arguments.",
     )
     benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    for benchmark in (sandbox, runtimes, sessions, streaming, http, burst, humaneval):
+    for benchmark in (sandbox, runtimes, sessions, streaming, http, burst, compat, humaneval):
         benchmark.add_parser(benchmarks)
     suite.add_parser(benchmarks, parser.parse_args)
     return parser
