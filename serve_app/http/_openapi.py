@@ -65,6 +65,7 @@ from serve_app.http.service.interactive_messages import (
 __all__ = [
     "BODY_ERRORS",
     "IDEMPOTENCY_KEY",
+    "KEY_REQUIRED",
     "LOCATION",
     "OPTIONAL_KEY",
     "Liveness",
@@ -89,6 +90,8 @@ SECURITY_SCHEMES = {
     _API_KEY: {"type": "apiKey", "in": "header", "name": "X-API-Key"},
 }
 _KEY_REQUIRED: list[dict[str, list[str]]] = [{_BEARER: []}, {_API_KEY: []}]
+KEY_REQUIRED: dict[str, Any] = {"security": _KEY_REQUIRED}
+"""``openapi_extra`` of a route outside ``/v1/`` that requires a key in a header."""
 OPTIONAL_KEY: dict[str, Any] = {"security": [{}, *_KEY_REQUIRED]}
 """``openapi_extra`` of a route where a key is optional (then it must be valid)."""
 

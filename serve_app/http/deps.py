@@ -5,6 +5,7 @@
     AuthenticatedKey  the caller's live key, not charged (a route that charges per execution)
     CurrentKey        the caller's live key, charged one execution (``RateLimit-*`` headers)
     OptionalKey       the key if one is presented (then it must be valid), else ``None``
+    PathKey           the caller's live key from the path's ``{api_key}``, not charged
     ExecutionBody     ``POST /v1/executions``'s body, read and validated within the app's bounds
     BatchBody         ``POST /v1/batches``'s body, likewise
     SessionBody       ``POST /v1/sessions``'s body, likewise (none at all: ``{}``)
@@ -55,6 +56,7 @@ __all__ = [
     "OptionalKey",
     "PageCursor",
     "PageLimit",
+    "PathKey",
     "ReadinessDep",
     "ServiceDep",
     "SessionBody",
@@ -144,6 +146,17 @@ async def optional_key(request: Request, service: ServiceDep) -> ApiKey | None:
 OptionalKey = Annotated[ApiKey | None, Depends(optional_key)]
 """No key: ``None``. A key: it must be valid (401, or 429 for an address with too many
 failures). Never charged to its rate."""
+
+
+async def path_key(request: Request, service: ServiceDep, api_key: str) -> ApiKey:
+    """The key of a route whose template holds ``{api_key}``, for clients that cannot send a
+    header (API.md, "Compatibility"); authenticated exactly as a header's key."""
+    source = request.client.host if request.client else None
+    return await service.authenticate(api_key, source_address=source)
+
+
+PathKey = Annotated[ApiKey, Depends(path_key)]
+"""The key in the path (never the headers'); not charged, as :data:`AuthenticatedKey`."""
 
 ExecutionBody = Annotated[ExecutionCreate, Depends(body_parser(ExecutionCreate))]
 BatchBody = Annotated[BatchCreate, Depends(body_parser(BatchCreate))]

@@ -8,6 +8,7 @@ typed aliases of :mod:`serve_app.http.deps`.
     runtimes.py     ``/v1/runtimes``
     ws.py           ``/v1/ws`` (WebSocket)
     playground.py   ``/`` (the playground page, ``PLAYGROUND``)
+    compat.py       ``/compat/sandbox-fusion`` (SandboxFusion's API)
 
 Each router carries its own prefix, so each of its routes' ``path`` is the whole template
 (``/v1/executions/{execution_id}``): the ``route`` label of the metrics and the traces.
@@ -17,7 +18,16 @@ Each router carries its own prefix, so each of its routes' ``path`` is the whole
 from fastapi import APIRouter
 from starlette.routing import BaseRoute
 
-from serve_app.http.routes import batches, executions, health, playground, runtimes, sessions, ws
+from serve_app.http.routes import (
+    batches,
+    compat,
+    executions,
+    health,
+    playground,
+    runtimes,
+    sessions,
+    ws,
+)
 
 __all__ = ["ROUTERS", "ROUTES"]
 
@@ -29,6 +39,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     runtimes.router,
     ws.router,
     playground.router,
+    compat.router,
 )
 """In the order the app tries them."""
 
