@@ -991,3 +991,28 @@ def test_compat_verdicts_judge_both_answers_alike() -> None:
     assert compat.record_verdict(record, "3") == "pass"
     assert compat.record_verdict({**record, "exit_code": 1, "status": "error"}, "3") == "fail"
     assert compat.record_verdict({**record, "status": "internal_error"}, "3") == "error"
+
+
+@pytest.mark.ray
+@pytest.mark.sandbox
+@pytest.mark.slow
+def test_compat_benchmark_writes_consistent_results(tmp_path: Path) -> None:
+    """A real but tiny loop: 4 programs x 3 cases, 4 in flight, each way."""
+    out = tmp_path / "compat.json"
+    argv = [
+        sys.executable, str(BENCH), "compat", "--programs", "4", "--cases", "3",
+        "--in-flight", "4", "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr + done.stdout[-4000:]
+    result = json.loads(out.read_text())
+    assert json.loads(done.stdout) == result
+    assert "error" not in result, result.get("log_tail")
+    assert result["drain_exit_status"] == 0
+    assert set(result["ways"]) == {"compat", "executions", "batches"}
+    for part in result["ways"].values():
+        assert part["calls"] == 12 and part["wrong_verdicts"] == 0, part
+        assert part["calls_per_s"] > 0 and part["latency_ms"]["p50"] > 0
+        assert part["verdicts"] == result["config"]["expected_verdicts"]
+    assert result["verdicts_equal"] is True
+    assert result["failed"] == 0
