@@ -12,7 +12,7 @@ from .common import add_output, write_result
 
 __all__ = ["SUITE", "add_parser", "goals_met", "run_suite", "summarize_suite"]
 
-SUITE = ("sandbox", "runtimes", "sessions", "streaming", "http", "burst", "humaneval")
+SUITE = ("sandbox", "runtimes", "sessions", "streaming", "http", "burst", "compat", "humaneval")
 """The benchmarks ``all`` runs, cheapest first."""
 
 ParseArgs = Callable[[list[str]], argparse.Namespace]
