@@ -874,6 +874,7 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
         "streaming",
         "http",
         "burst",
+        "compat",
         "humaneval",
     )
     ran: list[list[str]] = []
@@ -886,6 +887,7 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
             "goal": {"p99_ms": 100.0, "sse_p99_within_100_ms": True, "ws_p99": False},
         },
         "http": {"failed": 0, "goal": {"met": {"proxy": False, "haproxy": True}}},
+        "compat": {"failed": 0},  # figures and verdicts, no goal of its own
         "humaneval": {"failed": 0, "goal": {"met": {"engine": True, "http": False}}},
     }
 
@@ -906,6 +908,7 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
         args.out = Path(tmp) / "all.json"
         result = suite.run_suite(args, parse)
         assert sorted(path.name for path in Path(tmp).iterdir()) == [
+            "compat.json",
             "http.json",
             "humaneval.json",
             "runtimes.json",
@@ -924,6 +927,7 @@ def test_all_runs_every_benchmark_in_turn_and_lists_every_goal() -> None:
         "streaming": {"sse_p99_within_100_ms": True, "ws_p99": False},
         "http": {"proxy": False, "haproxy": True},
         "burst": {},
+        "compat": {},
         "humaneval": {"engine": True, "http": False},
     }
     assert suite.goals_met({"goal": {"no_non_200": True, "no_record_lost": False}}) == {
