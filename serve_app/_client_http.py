@@ -18,17 +18,30 @@ import httpx
 
 from serve_app.errors import (
     ApiErrorResponse,
+    InvalidJsonError,
+    InvalidRequestError,
     InvalidRequestResponse,
+    NotFoundError,
     NotFoundResponse,
+    OverloadedError,
     OverloadedResponse,
+    PayloadTooLargeError,
+    PolicyViolationError,
     PolicyViolationResponse,
+    RateLimitedError,
     RateLimitedResponse,
     ServerUnreachableError,
     SessionBusyResponse,
+    SessionInUseError,
+    SessionLimitError,
     SessionLimitResponse,
+    SessionTerminatedError,
     SessionTerminatedResponse,
+    UnauthorizedError,
     UnauthorizedResponse,
+    UnavailableError,
     UnavailableResponse,
+    UnsupportedMediaTypeError,
 )
 
 __all__ = [
@@ -153,19 +166,20 @@ def error_from(response: httpx.Response) -> ApiErrorResponse:
 
 
 RESPONSE_CLASSES: dict[str, type[ApiErrorResponse]] = {
-    "rate_limited": RateLimitedResponse,
-    "session_limit": SessionLimitResponse,
-    "overloaded": OverloadedResponse,
-    "unavailable": UnavailableResponse,
-    "unauthorized": UnauthorizedResponse,
-    "not_found": NotFoundResponse,
-    "session_busy": SessionBusyResponse,
-    "session_terminated": SessionTerminatedResponse,
-    "invalid_request": InvalidRequestResponse,
-    "invalid_json": InvalidRequestResponse,
-    "payload_too_large": InvalidRequestResponse,
-    "unsupported_media_type": InvalidRequestResponse,
-    "policy_violation": PolicyViolationResponse,
+    # Keyed by the server's own errors: each code is written once, in serve_app.errors.
+    RateLimitedError.code: RateLimitedResponse,
+    SessionLimitError.code: SessionLimitResponse,
+    OverloadedError.code: OverloadedResponse,
+    UnavailableError.code: UnavailableResponse,
+    UnauthorizedError.code: UnauthorizedResponse,
+    NotFoundError.code: NotFoundResponse,
+    SessionInUseError.code: SessionBusyResponse,
+    SessionTerminatedError.code: SessionTerminatedResponse,
+    InvalidRequestError.code: InvalidRequestResponse,
+    InvalidJsonError.code: InvalidRequestResponse,
+    PayloadTooLargeError.code: InvalidRequestResponse,
+    UnsupportedMediaTypeError.code: InvalidRequestResponse,
+    PolicyViolationError.code: PolicyViolationResponse,
 }
 
 
