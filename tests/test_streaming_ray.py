@@ -218,26 +218,42 @@ def test_a_session_call_streams_with_interactive_input(
     assert busy
 
 
-def test_a_slow_reader_makes_the_executor_drop_not_the_program_wait(executor: Any) -> None:
-    """The executor holds at most ``buffer_bytes`` for its reader: past it, chunks are dropped
-    and counted, and the program runs on at its own pace (its record is complete)."""
-    code = "import sys\nfor i in range(2000):\n    sys.stdout.write(f'{i:07d}\\n')"
+def test_output_past_the_executors_buffer_is_dropped_and_counted_never_waited_for(
+    executor: Any,
+) -> None:
+    """The executor holds at most ``buffer_bytes`` of output for its reader: a chunk that does
+    not fit is dropped and counted, the program never waits for the reader, and its record
+    keeps the whole output.
+
+    The overflow is made all but certain rather than raced for: Ray's streaming generators have
+    no backpressure, so a reader that sleeps does not reliably slow the executor's hop (CI once
+    saw nothing dropped with many small writes). Here one write is 16 times the buffer: the
+    executor reads a pipe in chunks of whole pages (4 KiB) or more, and none of those fits."""
+    code = (
+        "import os\n"
+        "for i in range(200):\n"
+        "    print(f'{i:07d}', flush=True)\n"
+        "os.write(1, b'#' * 16000)\n"
+        "print('end', flush=True)"
+    )
 
     async def scenario() -> list[dict[str, Any]]:
-        stream = executor.options(stream=True).run_stream.remote(request(code), buffer_bytes=4096)
+        stream = executor.options(stream=True).run_stream.remote(request(code), buffer_bytes=1024)
         events: list[dict[str, Any]] = []
         async for event in stream:
             events.append(event)
             if len(events) == 1:
-                await asyncio.sleep(1.0)  # the program writes all 16,000 bytes meanwhile
+                await asyncio.sleep(0.5)  # a slow reader, as well
         return events
 
     events = asyncio.run(scenario())
     record = events[-1]["record"]
     assert record["status"] == "ok"
-    assert record["stdout"] == "".join(f"{i:07d}\n" for i in range(2000))
+    expected = "".join(f"{i:07d}\n" for i in range(200)) + "#" * 16000 + "end\n"
+    assert record["stdout"] == expected
     received = text_of(events, "stdout")
     assert record["stream_dropped_bytes"] > 0
     assert len(received) + record["stream_dropped_bytes"] == len(record["stdout"])
-    lines = received.splitlines()
+    assert all(len(e["text"].encode()) <= 1024 for e in events if e["type"] == "stdout")
+    lines = [line for line in received.splitlines() if line.isdigit()]
     assert lines == sorted(set(lines))  # what arrived is in order, nothing twice
