@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Self
 
@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from executors._config import SandboxConfig
-from executors._errors import ExecutorError, PoolClosedError
+from executors._errors import ExecutorError, PoolClosedError, ReplicaDrainingError
 from executors._logging import configure_json_logging, serve_request_id
 from executors._metrics import executor_metrics
 from executors._models import ExecutionRecord, ExecutionRequest
@@ -55,11 +55,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S",
+    "DRAIN_POLL_S",
     "ExecutorAppArgs",
     "ReplicaRange",
     "SandboxExecutor",
     "app_builder",
     "build_executor_app",
+    "serve_replica_draining",
 ]
 
 logger = logging.getLogger("executors.deployment")
@@ -67,6 +69,10 @@ logger = logging.getLogger("executors.deployment")
 DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S = 35.0
 """How long a stopping replica may drain, seconds: the default of every deployment and of the
 service's ``GRACEFUL_SHUTDOWN_TIMEOUT_S`` (the longest default wall timeout, 30 s, and some)."""
+
+DRAIN_POLL_S = 0.2
+"""How often a replica looks whether Serve has begun stopping it, seconds: how long a queued
+run may wait before it is handed back to another replica."""
 
 RequestLike = ExecutionRequest | dict[str, Any]
 
@@ -81,6 +87,13 @@ class SandboxExecutor:
     Shutdown: ``close`` (or ``__del__``, which Ray Serve calls once a replica has drained)
     stops taking work, lets running jobs finish for ``shutdown_grace_s``, then kills them;
     killed jobs end as records, never as lost requests.
+
+    Drain: once Serve begins stopping this replica (a rolling update, a downscale, a delete),
+    every run still waiting for a slot is handed back: its job is cancelled before it starts
+    (so it never runs here) and its call raises :class:`ReplicaDrainingError`, which its
+    caller sends again for Serve's router to place on another replica; runs that started
+    finish. So the replica's queue drains at once, and Serve's ``graceful_shutdown_timeout_s``
+    only has to cover the runs in progress.
     """
 
     def __init__(self, config: SandboxConfig, slots: int, *, shutdown_grace_s: float = 5.0) -> None:
@@ -97,7 +110,14 @@ class SandboxExecutor:
         # the event loop's default executor.
         self._threads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="sandbox-job")
         self._shutdown_grace_s = shutdown_grace_s
+        # The jobs waiting for a slot (handed back on drain), and whether the drain began.
+        self._queue_lock = threading.Lock()
+        self._queued: set[Future[ExecutionRecord]] = set()
+        self._draining = False
+        self._handed_back: set[Future[ExecutionRecord]] = set()
+        self._stop_watching = threading.Event()
         self._closed = False
+        threading.Thread(target=self._watch_drain, name="drain-watch", daemon=True).start()
 
     async def run(
         self, request: RequestLike, trace_context: Mapping[str, str] | None = None
@@ -146,11 +166,16 @@ class SandboxExecutor:
                 feed.close()
 
     async def _traced(
-        self, request: RequestLike, trace_context: Mapping[str, str] | None, live: LiveIO | None
+        self,
+        request: RequestLike,
+        trace_context: Mapping[str, str] | None,
+        live: LiveIO | None,
+        *,
+        hand_back: bool = True,
     ) -> ExecutionRecord:
         tracer = current_tracer()
         if tracer is None:  # tracing off: the run and nothing else
-            return await self._run(request, None, live)
+            return await self._run(request, None, live, hand_back=hand_back)
         parent = extract_context(trace_context)
         with tracer.start_as_current_span(
             "sandbox.run",
@@ -166,7 +191,7 @@ class SandboxExecutor:
             if execution_id:
                 span.set_attribute(EXECUTION_ID, execution_id)
             try:
-                record = await self._run(request, span, live)
+                record = await self._run(request, span, live, hand_back=hand_back)
             except BaseException as exc:
                 mark_failed(span, exc)
                 raise
@@ -174,9 +199,16 @@ class SandboxExecutor:
         return record
 
     async def _run(
-        self, request: RequestLike, span: Span | None, live: LiveIO | None = None
+        self,
+        request: RequestLike,
+        span: Span | None,
+        live: LiveIO | None = None,
+        *,
+        hand_back: bool = True,
     ) -> ExecutionRecord:
         checked = ExecutionRequest.model_validate(request)
+        if hand_back and self._draining:  # a router had not yet heard this replica stops
+            raise ReplicaDrainingError()
         received_at = self._metrics.received()
         cancel = threading.Event()
         try:
@@ -187,13 +219,56 @@ class SandboxExecutor:
             self._metrics.dropped()
             raise PoolClosedError("the executor is shut down") from None
         job.add_done_callback(self._dropped_if_cancelled)  # cancelled while still queued
+        if hand_back:
+            self._queue(job)
         try:
             record = await asyncio.wrap_future(job)
         except asyncio.CancelledError:
+            if job in self._handed_back and not _cancelling():
+                # Cancelled by the drain before it started: it never runs here.
+                self._handed_back.discard(job)
+                raise ReplicaDrainingError() from None
             cancel.set()  # the caller went away (e.g. its client disconnected): stop the run
             raise
         self._metrics.finished(record)
         return record
+
+    def _queue(self, job: Future[ExecutionRecord]) -> None:
+        """Count ``job`` as waiting for a slot until it starts or ends; hand it back at once
+        if the drain has begun."""
+        with self._queue_lock:
+            self._queued.add(job)
+            draining = self._draining
+        job.add_done_callback(self._unqueue)
+        if draining:
+            self._hand_back([job])
+
+    def _unqueue(self, job: Future[ExecutionRecord]) -> None:
+        with self._queue_lock:
+            self._queued.discard(job)
+
+    def _hand_back(self, jobs: Sequence[Future[ExecutionRecord]]) -> None:
+        """Cancel every job of ``jobs`` that has not started: ``Future.cancel`` fails for one
+        a thread already took, which then runs to its end (never both)."""
+        for job in jobs:
+            self._handed_back.add(job)
+            if not job.cancel():
+                self._handed_back.discard(job)  # started: it runs here, to its end
+
+    def _watch_drain(self) -> None:
+        """On a thread of its own: when Serve begins stopping this replica, hand back every
+        job still waiting for a slot, and every job queued from then on."""
+        draining = serve_replica_draining()
+        if draining is None:  # a plain Ray actor, or no Ray: Serve never drains it
+            return
+        while not self._stop_watching.wait(DRAIN_POLL_S):
+            if draining():
+                with self._queue_lock:
+                    self._draining = True
+                    waiting = list(self._queued)
+                logger.info("replica draining: %d waiting run(s) handed back", len(waiting))
+                self._hand_back(waiting)
+                return
 
     def _run_job(
         self,
@@ -219,12 +294,18 @@ class SandboxExecutor:
         self,
         requests: Sequence[RequestLike],
         trace_contexts: Sequence[Mapping[str, str] | None] | None = None,
+        *,
+        hand_back: bool = False,
     ) -> list[dict[str, Any]]:
         """Run ``requests`` concurrently, at most one per slot; records in request order.
 
         A run that fails here (the pool shut down under it) is that request's
         ``internal_error`` record, not the batch's failure: the others keep their results.
         ``trace_contexts``: one carrier per request, as ``run``'s ``trace_context``.
+        ``hand_back``: if the replica drains before some runs started, raise
+        :class:`ReplicaDrainingError` with the other runs' records (the caller sends the
+        handed-back ones again); without it, they wait for a slot here, as long as the drain
+        lets them.
 
         A batch is one request to Serve: its replica cannot drain until the whole batch is
         done, so callers send batches of about ``slots`` items, not thousands.
@@ -235,20 +316,30 @@ class SandboxExecutor:
             raise ValueError("one trace context per request, or none")
         results = await asyncio.gather(
             *(
-                self.run(request, trace_context=context)
+                self._batch_run(request, context, hand_back)
                 for request, context in zip(checked, contexts, strict=True)
             ),
             return_exceptions=True,
         )
-        records: list[dict[str, Any]] = []
+        records: list[dict[str, Any] | None] = []
         for request, result in zip(checked, results, strict=True):
             if isinstance(result, asyncio.CancelledError):
                 raise result  # the caller went away: every run was cancelled
+            if isinstance(result, ReplicaDrainingError):
+                records.append(None)
+                continue
             if isinstance(result, BaseException):
                 logger.error("a batch's run failed in the executor: %s", type(result).__name__)
                 result = ExecutionRecord.internal_error(request).to_api()
             records.append(result)
-        return records
+        if any(record is None for record in records):
+            raise ReplicaDrainingError(records)
+        return [record for record in records if record is not None]
+
+    async def _batch_run(
+        self, request: ExecutionRequest, context: Mapping[str, str] | None, hand_back: bool
+    ) -> dict[str, Any]:
+        return (await self._traced(request, context, None, hand_back=hand_back)).to_api()
 
     def isolation(self) -> dict[str, Any]:
         """The isolation layers in force in this pool (the ``sandbox`` readiness check)."""
@@ -291,11 +382,46 @@ class SandboxExecutor:
             if self._closed:
                 return
             self._closed = True
+        self._stop_watching.set()
         self._pool.close(self._shutdown_grace_s if grace_s is None else grace_s)
         # Jobs still queued for a thread find the pool closed and raise PoolClosedError.
         self._threads.shutdown(wait=False)
         logger.info("sandbox executor closed")
         flush_tracing()  # Ray ends the process without atexit: send the last spans now
+
+
+def serve_replica_draining() -> Callable[[], bool] | None:
+    """Inside a Ray Serve replica: a check of whether Serve has begun stopping it; None
+    elsewhere (a plain actor, no Ray).
+
+    Serve gives a replica's code no hook for this: it calls ``__del__`` only after the drain.
+    The check reads the flag Serve's replica sets first thing in its graceful shutdown
+    (``_shutting_down``, "may be used by replica subclass implementations", Ray 2.60's
+    ``serve/_private/replica.py``), on the actor instance Ray's worker holds. If a Ray upgrade
+    moves it, the check is None and replicas drain as before (queued runs wait, then fail).
+    """
+    try:
+        import ray
+        from ray._private import worker
+    except ImportError:
+        return None
+    if not ray.is_initialized():
+        return None
+    actor_id = ray.get_runtime_context().get_actor_id()
+    if actor_id is None:
+        return None
+    actors: dict[Any, Any] = getattr(worker.global_worker, "actors", {})
+    for key, instance in list(actors.items()):
+        replica: Any = getattr(instance, "_replica_impl", None)
+        if key.hex() == actor_id and hasattr(replica, "_shutting_down"):
+            return lambda: bool(replica._shutting_down)
+    return None
+
+
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (its caller went away)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _finish_stream(buffer: StreamBuffer, run: asyncio.Future[ExecutionRecord]) -> None:

@@ -5,6 +5,8 @@
     ├── SandboxStartError          a sandbox slot (bubblewrap + zygote) failed to start
     ├── RuntimeNotInstalledError   a runtime's packages are not where the pool looks
     ├── PoolClosedError            the pool is shutting down and takes no more work (retryable)
+    ├── ReplicaDrainingError       its replica is stopping: runs that had not started are
+    │                              handed back, never run here, for another replica (retryable)
     ├── PipelineConfigurationError  a pipeline cannot tell where or how to run its rows
     ├── StdinOverflowError         more interactive input waits than the program has read
     └── SessionError               about one live session
@@ -28,10 +30,13 @@ returned as a record with status ``internal_error``.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ExecutorError",
     "PipelineConfigurationError",
     "PoolClosedError",
+    "ReplicaDrainingError",
     "RuntimeNotInstalledError",
     "SandboxStartError",
     "SandboxUnavailableError",
@@ -101,6 +106,26 @@ class PoolClosedError(ExecutorError):
 
     code = "pool_closed"
     retryable = True
+
+
+class ReplicaDrainingError(ExecutorError):
+    """The executor's Serve replica began stopping (a rolling update, a downscale) before the
+    run started: the run was handed back, never started here and never will be, so the caller
+    sends it again and Serve's router picks another replica.
+
+    ``records``: of a batch (``run_batch(..., hand_back=True)``), each run's record in API form
+    in request order, None where the run was handed back; empty for a single run."""
+
+    code = "replica_draining"
+    retryable = True
+
+    def __init__(self, records: list[dict[str, Any] | None] | None = None) -> None:
+        self.records: list[dict[str, Any] | None] = list(records or [])
+        super().__init__(self.records)
+
+    def __str__(self) -> str:
+        handed_back = sum(record is None for record in self.records) or 1
+        return f"the executor replica is stopping: {handed_back} run(s) handed back, not started"
 
 
 class PipelineConfigurationError(ExecutorError):

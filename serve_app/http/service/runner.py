@@ -9,6 +9,12 @@ A run is never tried again after the program reported a result; a second failure
 other failure of the executors, answers ``internal_error``: the service failed, not the code.
 The executors' refusal of a first attempt (``BackPressureError``) is the caller's to handle.
 
+A run an executor replica handed back (``replica_draining``: Serve began stopping the replica,
+in a rolling update or a downscale, before the run started there, so it never will) is sent
+again, for Serve's router to place on another replica, up to :data:`HAND_BACKS` times; this
+is not a retry (nothing ran) and costs none of the :data:`EXECUTOR_ATTEMPTS`. Of a batch's
+chunk, only the handed-back runs are sent again; the others keep their records.
+
 A streamed run (:meth:`Runner.run_stream`) follows the same rules event by event: tried again
 only if its replica was lost before it sent anything, and once output went out, any failure
 ends the stream with an ``internal_error`` record event, never in silence.
@@ -26,7 +32,7 @@ from opentelemetry.trace import Span, SpanKind, Tracer, use_span
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
-from executors import ExecutionRecord, ExecutionRequest, record_event
+from executors import ExecutionRecord, ExecutionRequest, ExecutorError, record_event
 from executors.telemetry import (
     ATTEMPT,
     BATCH_RUNS,
@@ -43,13 +49,23 @@ from serve_app.http._metrics import IngressMetrics
 if TYPE_CHECKING:
     from executors import StdinChannel
 
-__all__ = ["EXECUTOR_ATTEMPTS", "Event", "Runner"]
+__all__ = ["EXECUTOR_ATTEMPTS", "HANDED_BACK", "HAND_BACKS", "Event", "Runner"]
 
 logger = logging.getLogger(__name__)
 
 EXECUTOR_ATTEMPTS = 2
 """A run is tried again once if its executor replica dies under it (issue: "retried once
 where safe"); never after the program reported a result."""
+HAND_BACKS = 8
+"""How many times a run handed back by a draining executor replica is sent again: in a rolling
+update it may land on another old replica that drains next (the router prefers the new ones,
+whose queues are short)."""
+HAND_BACK_PAUSE_S = 0.1
+"""Before the n-th resend, n times this: the routers hear of a stopping replica within moments,
+and a resend to it before they have is handed back again."""
+HANDED_BACK = "replica_draining"
+"""The ``code`` of the executors' ``ReplicaDrainingError`` (a stable code: the class is the
+executors package's own; its ``records``: a batch's records, None where handed back)."""
 HANDLE_MARGIN_S = 60.0
 """How long past its wall timeout a run may take through the handle (queueing included)."""
 
@@ -126,8 +142,10 @@ class Runner:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.limits.wall_timeout_s + HANDLE_MARGIN_S
         internal_error = record_event(ExecutionRecord.internal_error(request))
-        for attempt in range(1, EXECUTOR_ATTEMPTS + 1):
-            stream = self._open_stream(execution_id, request, stdin, attempt)
+        attempt = handed_back = 0  # attempts (their replica may die under them); hand-backs
+        while attempt < EXECUTOR_ATTEMPTS and handed_back <= HAND_BACKS:
+            attempt += 1
+            stream = self._open_stream(execution_id, request, stdin, attempt + handed_back)
             delivered = False
             try:
                 while True:
@@ -156,6 +174,13 @@ class Runner:
                         yield internal_error
                         return
                     except Exception as exc:  # noqa: BLE001 - any failure ends as internal_error
+                        if not delivered and _handed_back(exc) is not None:
+                            # Never started: send it again, as if this call had not been.
+                            handed_back += 1
+                            logger.info("%s: handed back by a draining executor", described)
+                            attempt -= 1
+                            await asyncio.sleep(HAND_BACK_PAUSE_S * handed_back)
+                            break
                         # The type only (no traceback): a remote error may carry the program's text.
                         logger.error(
                             "%s failed in the executors: %s", described, type(exc).__name__
@@ -200,43 +225,80 @@ class Runner:
         *,
         background: bool,
     ) -> list[ExecutionRecord]:
-        tracer = current_tracer()
-        internal_errors = [ExecutionRecord.internal_error(request) for request in requests]
-        # Runs on one replica share its slots: the longest may wait for all the others.
-        timeout_s = sum(request.limits.wall_timeout_s for request in requests) + HANDLE_MARGIN_S
-        described = f"execution {execution_ids[0]}" + (
-            f" and {len(execution_ids) - 1} more" if len(execution_ids) > 1 else ""
-        )
-        for attempt in range(1, EXECUTOR_ATTEMPTS + 1):
+        records: list[ExecutionRecord | None] = [None] * len(requests)
+        lost = handed_back = 0  # attempts whose replica died; calls handed back
+        while True:
+            pending = [index for index, record in enumerate(records) if record is None]
+            ids = [execution_ids[index] for index in pending]
+            runs = [requests[index] for index in pending]
+            described = f"execution {ids[0]}" + (
+                f" and {len(ids) - 1} more" if len(ids) > 1 else ""
+            )
             try:
-                call = (
-                    self._at_executors(self._send(requests, None), len(requests))
-                    if tracer is None
-                    else self._traced(tracer, execution_ids, requests, attempt)
-                )
-                results = await asyncio.wait_for(call, timeout=timeout_s)
-                if len(requests) == 1:
-                    results = [results]
-                if len(results) != len(requests):
-                    raise ValueError("the executors answered a different number of records")
-                return [ExecutionRecord.model_validate(result) for result in results]
+                results = await self._call(ids, runs, attempt=lost + handed_back + 1)
             except BackPressureError:
-                if background or attempt == 1:
-                    raise
+                if (background or lost == 0) and all(record is None for record in records):
+                    raise  # nothing ran: the refusal is the caller's, as a first one's
                 logger.warning("%s: no executor for the retry", described)
-                return internal_errors
+                break
             except RayActorError as exc:
+                lost += 1
                 logger.warning(
                     "%s: executor replica lost (attempt %d): %s",
                     described,
-                    attempt,
+                    lost,
                     type(exc).__name__,
                 )
+                if lost >= EXECUTOR_ATTEMPTS:
+                    break
+                continue
             except Exception as exc:  # noqa: BLE001 - any executor failure ends as internal_error
-                # The type only (no traceback): a remote error may carry the program's text.
-                logger.error("%s failed in the executors: %s", described, type(exc).__name__)
-                return internal_errors
-        return internal_errors
+                drained = _handed_back(exc)
+                if drained is None:
+                    # The type only (no traceback): a remote error may carry the program's text.
+                    logger.error("%s failed in the executors: %s", described, type(exc).__name__)
+                    break
+                handed_back += 1
+                done: list[Any] = list(getattr(drained, "records", None) or [])
+                for index, result in zip(pending, done, strict=False):
+                    if result is not None:
+                        records[index] = ExecutionRecord.model_validate(result)
+                logger.info("%s: handed back by a draining executor (%d)", described, handed_back)
+                if handed_back > HAND_BACKS:
+                    break
+                await asyncio.sleep(HAND_BACK_PAUSE_S * handed_back)
+                continue
+            for index, result in zip(pending, results, strict=True):
+                records[index] = ExecutionRecord.model_validate(result)
+            break
+        return [
+            ExecutionRecord.internal_error(request) if record is None else record
+            for request, record in zip(requests, records, strict=True)
+        ]
+
+    async def _call(
+        self,
+        execution_ids: Sequence[uuid.UUID],
+        requests: Sequence[ExecutionRequest],
+        *,
+        attempt: int,
+    ) -> list[Any]:
+        """One call to the executors for ``requests`` (one lane), within their wall timeouts
+        and :data:`HANDLE_MARGIN_S`: their results (records in API form), in order."""
+        tracer = current_tracer()
+        # Runs on one replica share its slots: the longest may wait for all the others.
+        timeout_s = sum(request.limits.wall_timeout_s for request in requests) + HANDLE_MARGIN_S
+        call = (
+            self._at_executors(self._send(requests, None), len(requests))
+            if tracer is None
+            else self._traced(tracer, execution_ids, requests, attempt)
+        )
+        results = await asyncio.wait_for(call, timeout=timeout_s)
+        if len(requests) == 1:
+            results = [results]
+        if len(results) != len(requests):
+            raise ValueError("the executors answered a different number of records")
+        return list(results)
 
     def _send(
         self, requests: Sequence[ExecutionRequest], carriers: list[dict[str, str]] | None
@@ -247,7 +309,7 @@ class Runner:
             if carriers is None:
                 return executor.run.remote(requests[0])
             return executor.run.remote(requests[0], trace_context=carriers[0])
-        return executor.run_batch.remote(list(requests), trace_contexts=carriers)
+        return executor.run_batch.remote(list(requests), trace_contexts=carriers, hand_back=True)
 
     async def _at_executors(self, call: Any, runs: int) -> Any:
         """Await the executors' answer to ``call``, its ``runs`` counted as active executions
@@ -321,6 +383,15 @@ class _ExecutorStream:
         self._metrics.run_ended()
         if self._span is not None:
             self._span.end()
+
+
+def _handed_back(exc: BaseException) -> ExecutorError | None:
+    """The executors' ``ReplicaDrainingError`` that ``exc`` is (or that Ray raised it for: the
+    cause carries its ``records``), None if it is another failure."""
+    for candidate in (getattr(exc, "cause", None), exc):
+        if isinstance(candidate, ExecutorError) and candidate.code == HANDED_BACK:
+            return candidate
+    return None
 
 
 def _record_of(event: Event) -> ExecutionRecord | None:

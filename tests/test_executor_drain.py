@@ -1,0 +1,147 @@
+"""A draining executor replica hands back the runs that had not started (issue 17).
+
+When Serve begins stopping a replica (here ``serve.delete``; a rolling update or a downscale
+alike), the runs waiting in it for a slot are handed back, never started there:
+their calls raise ``ReplicaDrainingError`` (a batch's: with the records of the runs that did
+run), while the run in progress finishes with its own record, not ``internal_error``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from executors import ExecutionRecord, ExecutionRequest, Limits, SandboxConfig, build_executor_app
+from executors._errors import ReplicaDrainingError
+from tests.support.polling import eventually
+
+pytestmark = [pytest.mark.ray, pytest.mark.sandbox]
+
+MIB = 1024 * 1024
+LIMITS = Limits(
+    wall_timeout_s=10,
+    cpu_time_s=10,
+    memory_bytes=128 * MIB,
+    max_output_bytes=64 * 1024,
+    max_processes=16,
+    max_file_bytes=1 * MIB,
+)
+SLEEP_3_S = "import time; time.sleep(3); print('done')"
+QUEUED = 3
+
+
+def request(code: str) -> ExecutionRequest:
+    return ExecutionRequest(code=code, limits=LIMITS)
+
+
+@pytest.fixture(scope="module")
+def serve_instance(ray_session: None) -> Iterator[None]:
+    """Serve without an HTTP proxy, stopped after this module."""
+    from ray import serve
+
+    serve.start(proxy_location="Disabled")
+    yield
+    serve.shutdown()  # type: ignore[no-untyped-call]
+
+
+def one_slot_app() -> Any:
+    """One replica of one slot that takes several requests at once (so they queue in it)."""
+    return build_executor_app(
+        SandboxConfig(),
+        1,
+        min_replicas=1,
+        max_replicas=1,
+        num_cpus=0.5,
+        max_ongoing_requests=QUEUED + 2,
+        graceful_shutdown_timeout_s=20,
+    )
+
+
+def handed_back(response: Any) -> ReplicaDrainingError:
+    """The ``ReplicaDrainingError`` ``response`` raised (Ray's wrapper's cause, if wrapped)."""
+    with pytest.raises(ReplicaDrainingError) as raised:
+        response.result(timeout_s=30)
+    cause = getattr(raised.value, "cause", raised.value)
+    assert isinstance(cause, ReplicaDrainingError)
+    return cause
+
+
+def delete_while_busy(app: str, handle: Any) -> None:
+    """Stop the app once its one slot runs a job (``serve.delete`` blocks until drained)."""
+    from ray import serve
+
+    eventually(
+        lambda: handle.stats.remote().result()["busy_slots"] == 1,
+        20,
+        "the first run starts",
+        interval_s=0.1,
+    )
+    serve.delete(app)
+
+
+def test_a_stopping_replica_hands_back_its_queued_runs(serve_instance: None) -> None:
+    from ray import serve
+
+    app = "exec-agent-test-hand-back"
+    handle = serve.run(one_slot_app(), name=app, route_prefix=None)
+    running = handle.run.remote(request(SLEEP_3_S))
+    eventually(
+        lambda: handle.stats.remote().result()["busy_slots"] == 1,
+        20,
+        "the first run starts",
+        interval_s=0.1,
+    )
+    queued = [handle.run.remote(request(f"print({n})")) for n in range(QUEUED)]
+    stopper = threading.Thread(target=serve.delete, args=(app,))
+    stopper.start()
+    try:
+        record = ExecutionRecord.model_validate(running.result(timeout_s=30))
+        assert (record.status, record.stdout) == ("ok", "done\n")  # finished, not killed
+        for response in queued:
+            assert handed_back(response).records == []
+    finally:
+        stopper.join(60)
+    assert not stopper.is_alive()  # the drain did not wait for the handed-back runs
+
+
+def test_a_batch_hands_back_its_runs_that_had_not_started(serve_instance: None) -> None:
+    from ray import serve
+
+    app = "exec-agent-test-batch-hand-back"
+    handle = serve.run(one_slot_app(), name=app, route_prefix=None)
+    runs = [request(SLEEP_3_S)] + [request(f"print({n})") for n in range(QUEUED)]
+    batch = handle.run_batch.remote(runs, hand_back=True)
+    stopper = threading.Thread(target=delete_while_busy, args=(app, handle))
+    stopper.start()
+    try:
+        records = handed_back(batch).records
+    finally:
+        stopper.join(60)
+    assert len(records) == len(runs)
+    first = ExecutionRecord.model_validate(records[0])
+    assert (first.status, first.stdout) == ("ok", "done\n")
+    assert records[1:] == [None] * QUEUED
+
+
+def test_a_batch_without_hand_back_runs_every_item(serve_instance: None) -> None:
+    """The pipeline's batches (no ``hand_back``) keep waiting for the slot while the drain
+    lets them: every item ends with its program's record."""
+    from ray import serve
+
+    app = "exec-agent-test-batch-kept"
+    handle = serve.run(one_slot_app(), name=app, route_prefix=None)
+    runs = [request("import time; time.sleep(1); print('done')")] + [
+        request(f"print({n})") for n in range(QUEUED)
+    ]
+    batch = handle.run_batch.remote(runs)
+    stopper = threading.Thread(target=delete_while_busy, args=(app, handle))
+    stopper.start()
+    try:
+        records = [ExecutionRecord.model_validate(item) for item in batch.result(timeout_s=60)]
+    finally:
+        stopper.join(60)
+    assert [record.stdout for record in records] == ["done\n"] + [f"{n}\n" for n in range(QUEUED)]
+    assert {record.status for record in records} == {"ok"}
