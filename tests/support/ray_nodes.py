@@ -78,6 +78,9 @@ class NodeSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     object_store_bytes: int = 80 * MIB
     """Ray's minimum is 75 MiB."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """This node's own environment, over the cluster's (the head's external Redis for GCS
+    fault tolerance, which only its GCS reads)."""
 
 
 class RayNode:
@@ -89,11 +92,16 @@ class RayNode:
         process: subprocess.Popen[bytes],
         temp_dir: Path,
         ports: dict[str, int],
+        worker_ports: Sequence[int] = (),
     ) -> None:
         self.spec = spec
         self.process = process
         self.temp_dir = temp_dir
         self.ports = ports
+        self.worker_ports = list(worker_ports)
+        self.node_id: str | None = None
+        """Its id in the GCS' node table, once listed there (a restarted head has the ports
+        of the one it replaces, not its id)."""
 
     @property
     def name(self) -> str:
@@ -343,8 +351,40 @@ class LocalCluster:
         names = NODE_PORTS + (HEAD_PORTS if head else ())
         found = free_ports(len(names) + WORKER_PORTS)
         ports = dict(zip(names, found, strict=False))
-        worker_ports = found[len(names) :]
-        temp_dir = self.root / spec.name
+        node = self._launch(spec, self.root / spec.name, ports, found[len(names) :], head=head)
+        self.nodes.append(node)
+        self._wait_listed(node)
+        return node
+
+    def restart_head(self) -> RayNode:
+        """Start the head again once its ``ray start`` has exited, as KubeRay restarts a head
+        container: the same spec, environment and ports (the GCS' address the workers know), a
+        fresh temporary directory; what was left of the old head is killed first. Waits until
+        the GCS lists the new head alive (with GCS fault tolerance, the workers' raylets
+        reconnect to it); the probe is started anew."""
+        old = self.head
+        assert not old.running(), "restart_head: the head still runs"
+        old.kill()
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+        restarts = len(list(self.root.glob(f"{old.name}.*")))
+        temp_dir = self.root / f"{old.name}.{restarts + 1}"
+        node = self._launch(old.spec, temp_dir, old.ports, old.worker_ports, head=True)
+        self.nodes[0] = node
+        self._wait_listed(node, replaced=old.node_id)
+        return node
+
+    def _launch(
+        self,
+        spec: NodeSpec,
+        temp_dir: Path,
+        ports: dict[str, int],
+        worker_ports: Sequence[int],
+        *,
+        head: bool,
+    ) -> RayNode:
+        """``ray start --block`` of ``spec`` on ``ports``, in a session of its own."""
         temp_dir.mkdir()
         argv = [
             str(RAY),
@@ -370,35 +410,54 @@ class LocalCluster:
             process = subprocess.Popen(
                 argv,
                 cwd=temp_dir,  # no .env of the repository for the settings of the replicas
-                env=self.env,
+                env={**self.env, **spec.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        node = RayNode(spec, process, temp_dir, ports)
-        self.nodes.append(node)
+        return RayNode(spec, process, temp_dir, ports, worker_ports)
+
+    def _wait_listed(self, node: RayNode, replaced: str | None = None) -> None:
+        """Until the GCS lists ``node`` alive (not the node of id ``replaced``, on the same
+        ports); its id noted."""
         try:
-            eventually(lambda: self._listed_alive(node), NODE_START_TIMEOUT_S, f"{spec.name} up")
+            eventually(
+                lambda: self._listed_alive(node, replaced),
+                NODE_START_TIMEOUT_S,
+                f"{node.name} up",
+            )
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{node.log_tail()}") from None
-        return node
 
-    def _listed_alive(self, node: RayNode) -> bool:
+    def _listed_alive(self, node: RayNode, replaced: str | None = None) -> bool:
         assert node.running(), f"node {node.name} exited:\n{node.log_tail()}"
         try:
-            return self.info(node) is not None
+            listed = [
+                info
+                for info in self.probe.nodes()
+                if info.alive
+                and info.node_manager_port == node.node_manager_port
+                and info.node_id != replaced
+            ]
         except RuntimeError:  # the GCS is not up yet
             return False
+        if listed:
+            node.node_id = listed[0].node_id
+        return bool(listed)
 
     def info(self, node: RayNode) -> NodeInfo | None:
         """``node`` in the GCS' node table, alive; None if it is not (or no longer) there."""
         for info in self.probe.nodes():
-            if info.alive and info.node_manager_port == node.node_manager_port:
+            ours = info.node_manager_port == node.node_manager_port
+            if info.alive and ours and node.node_id in (None, info.node_id):
                 return info
         return None
 
     def node_of(self, node_id: str) -> RayNode | None:
         """Which of our nodes has ``node_id`` (alive or dead, as the GCS last knew it)."""
+        for node in self.nodes:
+            if node.node_id == node_id:
+                return node
         ports = {info.node_id: info.node_manager_port for info in self.probe.nodes()}
         for node in self.nodes:
             if ports.get(node_id) == node.node_manager_port:
