@@ -19,9 +19,12 @@ Offline: no Prometheus, no Grafana, no Ray started. What is checked:
   the service defines (read from its code, as Ray names it) or one of Ray Serve's in
   RAY_SERVE_METRICS; every label it names one those series carry; every value of an enumerated
   label (status, state, limit, reason, ...) one the service emits;
+- the rules on Kubernetes' state name the KubeRay operator's metrics (KubeRay 1.7) and
+  kube-state-metrics' as they export them, and only the pod labels cluster/prometheus.yaml has
+  kube-state-metrics export (its --metric-labels-allowlist);
 - promtool (scripts/setup unpacks it from Debian's `prometheus` package): `promtool check
   rules` and `promtool test rules` on synthetic series: the main alerts fire when they should, and not
-  when they should not.
+  when they should not (those on Kubernetes' state: tests/test_alerts_kubernetes.py).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
@@ -43,9 +46,10 @@ import pytest
 import yaml
 from ray.serve.metrics import APPLICATION_TAG, DEPLOYMENT_TAG, REPLICA_TAG
 
-from executors import TERMINAL_STATUSES
+from executors import RUNTIMES, TERMINAL_STATUSES
 from executors import _metrics as executor_side
 from executors._sessions import _metrics as session_side
+from serve_app.deployment import EXECUTOR_NAME, INGRESS_NAME, executor_name
 from serve_app.http import _metrics as ingress_side
 from serve_app.http import routes as api_side
 from serve_app.settings import Settings
@@ -139,6 +143,78 @@ RAY_SERVE_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
+# What the KubeRay operator exports (KubeRay 1.7, ray-operator/controllers/ray/metrics/
+# ray_service_metrics.go and ray_cluster_metrics.go): name: (labels, enumerated values). Each is a
+# gauge of value 1; `condition` is strconv.FormatBool of the resource's condition.
+CONDITION = {"condition": frozenset({"true", "false"})}
+KUBERAY_METRICS: dict[str, tuple[tuple[str, ...], dict[str, frozenset[str]]]] = {
+    "kuberay_service_info": (("name", "namespace", "uid"), {}),
+    "kuberay_service_condition_ready": (("name", "namespace", "uid", "condition"), CONDITION),
+    "kuberay_service_condition_upgrade_in_progress": (
+        ("name", "namespace", "uid", "condition"),
+        CONDITION,
+    ),
+    "kuberay_cluster_info": (
+        ("name", "namespace", "uid", "owner_kind"),
+        {"owner_kind": frozenset({"None", "RayJob", "RayService"})},
+    ),
+    "kuberay_cluster_condition_provisioned": (("name", "namespace", "uid", "condition"), CONDITION),
+    "kuberay_cluster_provisioned_duration_seconds": (("name", "namespace", "uid"), {}),
+}
+
+# kube-state-metrics' pod metrics the rules use (its docs/metrics/workload/pod-metrics.md), as
+# name: (labels, enumerated values); kube_pod_labels' label_* labels are those the allowlist of
+# cluster/prometheus.yaml lets it export (allowed_pod_labels()).
+POD = ("namespace", "pod", "uid")
+KUBE_STATE_METRICS: dict[str, tuple[tuple[str, ...], dict[str, frozenset[str]]]] = {
+    "kube_pod_status_phase": (
+        (*POD, "phase"),
+        {"phase": frozenset({"Pending", "Running", "Succeeded", "Failed", "Unknown"})},
+    ),
+    "kube_pod_status_ready": (
+        (*POD, "condition"),
+        {"condition": frozenset({"true", "false", "unknown"})},
+    ),
+    "kube_pod_container_status_restarts_total": ((*POD, "container"), {}),
+    "kube_pod_container_status_last_terminated_reason": (
+        (*POD, "container", "reason"),
+        # Kubernetes' own reasons (the container runtime may add others: not matched on here).
+        {"reason": frozenset({"OOMKilled", "Error", "Completed", "ContainerCannotRun"})},
+    ),
+}
+
+ALLOWLIST = re.compile(r"--metric-labels-allowlist=pods=\[([^\]]*)\]")
+
+
+def kube_label(key: str) -> str:
+    """kube-state-metrics' name for a Kubernetes label: label_ and the key, sanitized."""
+    return "label_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
+
+
+def allowed_pod_labels() -> dict[str, str]:
+    """The pod labels cluster/prometheus.yaml tells kube-state-metrics to export (its one
+    --metric-labels-allowlist), as kube_pod_labels names them: {label_...: Kubernetes key}."""
+    (keys,) = ALLOWLIST.findall((CLUSTER / "prometheus.yaml").read_text())
+    return {kube_label(key.strip()): key.strip() for key in keys.split(",")}
+
+
+def pod_label_values() -> dict[str, frozenset[str]]:
+    """The values the project's pods carry for the allowed labels (cluster/rayservice.yaml's pod
+    templates, KubeRay's own labels as it sets them)."""
+    cluster = load_cluster_yaml("rayservice.yaml")["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    values: dict[str, set[str]] = {}
+    for group in groups:
+        for key, value in group["template"]["metadata"].get("labels", {}).items():
+            values.setdefault(kube_label(key), set()).add(value)
+    values[kube_label("ray.io/node-type")] = {"head", "worker"}
+    values[kube_label("ray.io/group")] = {"headgroup"} | {
+        group["groupName"] for group in cluster["workerGroupSpecs"]
+    }
+    values.pop(kube_label("ray.io/cluster"), None)  # the RayCluster's generated name
+    return {label: frozenset(found) for label, found in values.items()}
+
+
 def exported_series(metric: MetricDef) -> dict[str, frozenset[str]]:
     """The Prometheus series one service metric becomes, each with its labels (the metric's
     tags, Serve's and Ray's)."""
@@ -174,6 +250,9 @@ def label_values() -> dict[str, frozenset[str]]:
         "method": HTTP_METHODS | {"other"},
         "route": api_routes(),
         "application": serve_application_names(),
+        "deployment": frozenset(
+            {INGRESS_NAME, EXECUTOR_NAME, *(executor_name(runtime) for runtime in RUNTIMES)}
+        ),
     }
 
 
@@ -219,6 +298,8 @@ class Catalog:
 
     series: Mapping[str, frozenset[str]]
     values: Mapping[str, frozenset[str]]
+    foreign: Mapping[str, Mapping[str, frozenset[str]]] = field(default_factory=dict)
+    """Metrics of other exporters: their own enumerated values (the service's never apply)."""
 
 
 @dataclass(frozen=True)
@@ -299,7 +380,8 @@ class _Checker:
             return
         if label not in labels:
             raise self.fail(f"{name} has no label {label!r} (it has {sorted(labels)})", at)
-        allowed = self.catalog.values.get(label)
+        foreign = self.catalog.foreign.get(name)
+        allowed = self.catalog.values.get(label) if foreign is None else foreign.get(label)
         if allowed is None or "$" in value:  # not enumerated, or a Grafana variable
             return
         if op in ("=", "!=") and value not in allowed:
@@ -434,7 +516,17 @@ def catalog(prometheus: dict[str, Any]) -> Catalog:
             series[full] = labels | scraped
     for name, serve_tags in RAY_SERVE_METRICS.items():
         series[name] = frozenset(serve_tags) | RAY_LABELS | scraped
-    return Catalog(series, label_values())
+    # Scraped with honor_labels: the exporter's `namespace` and `pod` are kept over the target's.
+    foreign: dict[str, Mapping[str, frozenset[str]]] = {}
+    for name, (labels, values) in (KUBERAY_METRICS | KUBE_STATE_METRICS).items():
+        series[name] = frozenset(labels) | scraped
+        foreign[name] = values
+    allowed = allowed_pod_labels()
+    series["kube_pod_labels"] = frozenset({*POD, *allowed}) | scraped
+    foreign["kube_pod_labels"] = {
+        label: values for label, values in pod_label_values().items() if label in allowed
+    }
+    return Catalog(series, label_values(), foreign)
 
 
 def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -516,6 +608,14 @@ P = RAY_PREFIX
         (f"{P}exec_agent_queue_depth{{job=~$cluster}}", "unexpected character inside braces: '$'"),
         ("1 > 2", "comparisons between scalars must use BOOL modifier"),
         (f"{P}exec_agent_queue_depth by (state)", "invalid promql query"),
+        ('kuberay_service_condition_ready{condition="False"}', "condition is one of"),
+        (
+            'kube_pod_container_status_last_terminated_reason{reason="OOMKill"}',
+            "reason is one of",
+        ),
+        ('kube_pod_labels{label_app_kubernetes_io_instance="x"}', "has no label"),
+        ('kube_pod_labels{label_app_kubernetes_io_component="sandbox"}', "is one of"),
+        ("kuberay_service_ready", "no exported metric"),
     ],
 )
 def test_the_parser_refuses_broken_expressions(catalog: Catalog, expr: str, error: str) -> None:
@@ -729,6 +829,14 @@ def test_the_required_alerts_are_there(rules: dict[str, Any], catalog: Catalog) 
         "ray_serve_deployment_replica_healthy",
         f"{P}exec_agent_sandbox_start_failures_total",
         f"{P}exec_agent_db_write_retries_total",
+        "kuberay_service_condition_ready",  # KubeRay's own view
+        "kuberay_service_condition_upgrade_in_progress",  # a stuck upgrade
+        "kuberay_service_info",  # the operator's metrics missing
+        "kube_pod_status_phase",  # Pending pods
+        "kube_pod_status_ready",  # a head that is not Ready
+        "kube_pod_container_status_last_terminated_reason",  # OOMKills
+        "kube_pod_container_status_restarts_total",
+        "kube_pod_labels",  # the project's pods, by label
     ):
         assert needed in watched, f"no alert watches {needed}"
 
@@ -744,7 +852,10 @@ def test_alerts_on_scrape_jobs_name_the_jobs_prometheus_has(
                     continue
                 matched = {job for job in jobs if re.fullmatch(value, job)}
                 if op == "=~":
-                    assert matched == jobs, f"{where}: job=~{value!r} matches {matched}"
+                    for alternative in value.split("|"):
+                        assert any(re.fullmatch(alternative, job) for job in jobs), (
+                            f"{where}: job=~{value!r}: {alternative!r} is no scrape job"
+                        )
                 else:
                     assert op == "=" and matched, f"{where}: job {value!r} is no scrape job"
 
@@ -922,6 +1033,12 @@ def test_promtool_fires_the_alerts_on_synthetic_series(
                     'application="exec-agent", deployment="SandboxExecutor"',
                     "1x10 0x30",
                     FROM_RAY,  # Serve's controller, not a replica
+                ),
+                series(
+                    "ray_serve_deployment_replica_healthy",
+                    'application="exec-agent", deployment="ApiIngress"',
+                    "1x40",
+                    FROM_RAY,
                 ),
             ],
             "alert_rule_test": [
