@@ -3,15 +3,18 @@
 A cluster as the production design has it, three ``ray start`` processes on this machine
 (tests/support/ray_nodes.py): a head with GCS fault tolerance on a dedicated ``redis-server``
 (its own free port, never the cache's 6379; ``RAY_REDIS_ADDRESS`` and
-``RAY_external_storage_namespace`` in the head's environment, as KubeRay's
-``gcsFaultToleranceOptions`` sets them) that runs no replica of ours (no CPUs, its own role), an
-``api`` worker for the ingress and a ``sandbox`` worker for the executor. The application is
-cluster/serve-config.yaml deployed with ``serve run``, but with a proxy on every node that has a
-replica (``EveryNode``: Serve binds them with SO_REUSEPORT, so on one machine they share the
-port as the api pods share their Service) and the ingress on the ``api`` worker. With the
-config's own ``HeadOnly`` proxy and ingress allowed on the head, the head is a single point of
-failure: every request is refused until the head is back, and executions running when the
-ingress died end as ``internal_error`` (serve_app/http/_recovery.py).
+``RAY_external_storage_namespace`` in the head's environment only, as KubeRay's
+``gcsFaultToleranceOptions`` sets them) that runs no replica of ours (no CPUs, role ``head``),
+an ``api`` worker for the ingress and a ``sandbox`` worker for the executor. The application is
+cluster/serve-config.yaml deployed with ``serve run``, one replica of each deployment, with a
+proxy on every node that holds a replica (``EveryNode``: Serve binds them with SO_REUSEPORT, so
+on one machine they share the port as the api pods share their Service) and the ingress on the
+``api`` worker, whatever the config file says.
+
+Why not the head: with a ``HeadOnly`` proxy and the ingress on the head, the same scenario was
+measured here to end an accepted execution as ``internal_error`` (one of 48: the run in flight
+when the ingress died with the head; the new ingress took it over as such,
+serve_app/http/_recovery.py), and no request can reach the service until the head is back.
 
 Under a steady stream of submissions (``wait: false``), the head's ``gcs_server`` is SIGKILLed.
 ``ray start --block`` then kills the rest of the head and exits (ray/scripts/scripts.py: any
@@ -334,9 +337,6 @@ def test_the_head_gcs_killed_under_load_loses_nothing_accepted(
         exit_code = old_head.process.returncode
         new_head = cluster.restart_head()
         head_back_s = time.monotonic() - killed_at
-        for node in (api, sandbox):  # the workers lived through it and are listed again
-            assert node.running(), node.log_tail()
-            assert cluster.info(node) is not None, node.name
 
         def controller_back() -> ActorInfo | None:
             found = service.actor(CONTROLLER)
@@ -357,6 +357,11 @@ def test_the_head_gcs_killed_under_load_loses_nothing_accepted(
         time.sleep(LOAD_AFTER_RECOVERY_S)
     finally:
         load.stop()
+    # The workers lived through it: their raylets reconnected to the new GCS (a raylet that
+    # finds another cluster, or no GCS in time, exits, and its `ray start` with it).
+    for node in (api, sandbox):
+        assert node.running(), node.log_tail()
+        assert cluster.info(node) is not None, node.name
 
     accepted = [execution_id for _, execution_id in load.accepted]
     during = load.accepted_since(killed_at)
