@@ -36,45 +36,41 @@ import dataclasses
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
-import yaml
 from sqlalchemy import select
 
 from executors import TERMINAL_STATUSES
 from serve_app.api.middleware import PROXY_MIDDLEWARES_IMPORT_PATH
 from serve_app.db import Database
 from serve_app.db.models import ApiKey, Execution
-from serve_app.deployment import APP_NAME, INGRESS_NAME, PROXY_CALLBACK_VARIABLE, SERVE_TUNING
+from serve_app.deployment import (
+    APP_NAME,
+    EXECUTOR_NAME,
+    INGRESS_NAME,
+    PROXY_CALLBACK_VARIABLE,
+    SERVE_TUNING,
+)
 from tests.support.api import auth
-from tests.support.cluster import load_cluster_yaml
 from tests.support.databases import postgres_schema
 from tests.support.polling import eventually
 from tests.support.ports import free_port
 from tests.support.private_servers import REDIS_SERVER, PrivateRedis
 from tests.support.ray_nodes import ActorInfo, LocalCluster, NodeSpec, local_cluster
+from tests.support.serve_deploy import serve_deploy, service_config
 from tests.support.settings import settings_variables
 from tests.test_multinode import cli, ready, serve_delete
 
-pytestmark = [
-    pytest.mark.ray,
-    pytest.mark.sandbox,
-    pytest.mark.slow,
-    pytest.mark.skipif(REDIS_SERVER is None, reason="no redis-server (apt install redis-server)"),
-]
+pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow]
 
-BIN = Path(sys.executable).parent
 ROLE = "exec-agent/role"
 HEAD = NodeSpec("head", num_cpus=0, labels={ROLE: "head"})
 """The head runs the GCS and Serve's controller (and a proxy), none of our replicas."""
@@ -88,7 +84,7 @@ raylets and workers wait for the GCS before they exit. KubeRay gives workers 600
 
 CONTROLLER = "ServeController"
 INGRESS = f"ServeReplica:{APP_NAME}:{INGRESS_NAME}"
-EXECUTOR = f"ServeReplica:{APP_NAME}:SandboxExecutor"
+EXECUTOR = f"ServeReplica:{APP_NAME}:{EXECUTOR_NAME}"
 KEY_NAME = "gcs-ft"
 RUN = "import time\ntime.sleep(0.3)\nprint('ok')"
 SUBMIT_INTERVAL_S = 0.2
@@ -101,39 +97,16 @@ RECOVERY_TIMEOUT_S = 120.0
 FINISH_TIMEOUT_S = 120.0
 
 
-def serve_config(cluster: LocalCluster, port: int) -> Path:
-    """cluster/serve-config.yaml with a proxy on every node with a replica, the ingress on the
-    ``api`` worker, one replica of each deployment, the proxies on 127.0.0.1:``port``."""
-    config = load_cluster_yaml("serve-config.yaml")
-    config["proxy_location"] = "EveryNode"
-    config["http_options"] = {"host": "127.0.0.1", "port": port}
-    (app,) = config["applications"]
-    assert app["name"] == APP_NAME
-    app["args"]["ingress"].update(min_replicas=1, max_replicas=1, label_selector={ROLE: "api"})
-    app["args"]["executor"].update(num_cpus=1, min_replicas=1, max_replicas=1)
-    path = cluster.root / "serve-config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def serve_run(cluster: LocalCluster, config: Path) -> None:
-    done = subprocess.run(
-        [
-            str(BIN / "serve"),
-            "run",
-            str(config),
-            "--address",
-            cluster.gcs_address,
-            "--non-blocking",
-        ],
-        env=cluster.env,
-        cwd=cluster.root,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+def serve_config(port: int) -> dict[str, Any]:
+    """The service's Serve config with a proxy on every node holding a replica, the ingress on
+    the ``api`` worker, one replica of each deployment, the proxies on 127.0.0.1:``port``."""
+    config = service_config(
+        port,
+        ingress={"min_replicas": 1, "max_replicas": 1, "label_selector": {ROLE: "api"}},
+        executor={"num_cpus": 1, "min_replicas": 1, "max_replicas": 1},
     )
-    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    config["proxy_location"] = "EveryNode"
+    return config
 
 
 @dataclass
@@ -246,6 +219,8 @@ class FaultTolerantService:
 @pytest.fixture
 def service() -> Iterator[FaultTolerantService]:
     """The service on a fault-tolerant head, an api worker and a sandbox worker."""
+    if REDIS_SERVER is None:
+        pytest.fail("redis-server is needed (scripts/setup)")
     redis = PrivateRedis(free_port())
     redis.start()
     head = dataclasses.replace(
@@ -274,7 +249,7 @@ def service() -> Iterator[FaultTolerantService]:
                 )
                 key = created.strip().splitlines()[-1]
                 port = free_port()
-                serve_run(cluster, serve_config(cluster, port))
+                serve_deploy(cluster, serve_config(port), "serve-config")
                 database = Database.from_url(database_url)
                 with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
                     deployed = FaultTolerantService(cluster, redis, client, key, database)
