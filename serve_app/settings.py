@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import textwrap
 from typing import Annotated, Any, Literal, Self
 
@@ -27,7 +28,16 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
 from executors import (
     DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
@@ -46,11 +56,16 @@ from serve_app.policy import ImportPolicy
 __all__ = [
     "ENV_EXAMPLE_PATH",
     "SESSION_NAMESPACE",
+    "PublicSettings",
     "Settings",
     "env_example",
+    "env_name",
     "get_settings",
     "load_settings",
     "pipeline_defaults",
+    "secret_keys",
+    "secret_settings",
+    "with_secrets",
 ]
 
 KIB = 1024
@@ -91,17 +106,22 @@ def _env(
     description: str,
     *,
     section: str | None = None,
+    secret: bool = False,
     **constraints: Any,
 ) -> Any:
     """A field read from environment variable ``names`` (the documented one first, then old
     names; also settable by attribute name), described for ``.env.example``; ``section``: the
-    heading of the settings from this one on."""
+    heading of the settings from this one on; ``secret``: a credential, which only the API
+    ingress reads (:class:`PublicSettings` never holds it; ``SECRETS_DIR`` may hold it)."""
     alias = names if isinstance(names, str) else AliasChoices(*names)
+    extra: dict[str, Any] = {"section": section} if section else {}
+    if secret:
+        extra["secret"] = True
     return Field(
         default,
         validation_alias=alias,
         description=description,
-        json_schema_extra={"section": section} if section else None,
+        json_schema_extra=extra or None,
         **constraints,
     )
 
@@ -118,6 +138,20 @@ class Settings(BaseSettings):
         validate_by_name=True,
         validate_by_alias=True,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Arguments, then SECRETS_DIR's files (found through the arguments, the environment or
+        # .env), then the environment, then .env.
+        secret_files = _SecretFiles(settings_cls, (init_settings, env_settings, dotenv_settings))
+        return init_settings, secret_files, env_settings, dotenv_settings
 
     # --- the HTTP service
     host: str = _env(
@@ -167,12 +201,14 @@ class Settings(BaseSettings):
         "DATABASE_URL",
         "sqlite:///./data/exec_agent.db",
         "SQLAlchemy URL. Production: postgresql+psycopg://user:password@host:5432/dbname",
+        secret=True,
         min_length=1,
     )
     redis_url: str | None = _env(
         "REDIS_URL",
         None,
         "Rate limiter and result cache; empty: in-process (embedded mode, one replica only).",
+        secret=True,
     )
     cors_origins: Annotated[list[str], NoDecode] = _env(
         "CORS_ORIGINS", [], "Origins allowed by CORS: comma-separated or a JSON list; empty: none."
@@ -208,8 +244,24 @@ class Settings(BaseSettings):
         "API_KEY_SECRET",
         SecretStr(PLACEHOLDER_SECRET),
         "Secret mixed into API key hashes. Production: at least 32 random characters.",
+        secret=True,
     )
-    sentry_dsn: str | None = _env("SENTRY_DSN", None, "Sentry DSN for error reports; empty: off.")
+    sentry_dsn: str | None = _env(
+        "SENTRY_DSN", None, "Sentry DSN for error reports; empty: off.", secret=True
+    )
+    secrets_dir: str | None = _env(
+        "SECRETS_DIR",
+        None,
+        "Directory of secret files, one per secret setting, named as its variable and holding "
+        "its value (surrounding whitespace ignored): API_KEY_SECRET, DATABASE_URL, REDIS_URL, "
+        "SENTRY_DSN, EXEC_AGENT_API_KEY; a file there wins over the environment and .env, and "
+        "only those five are read from it. On Kubernetes, the Secret mounted as files into the "
+        "API pods alone, e.g. /var/run/secrets/exec-agent. Only the API ingress (and the "
+        "command line) reads secrets: the application builder, the executors and the session "
+        "hosts never get one, so the sandbox nodes need neither the Secret nor this. `exec-agent "
+        "serve` hands its own resolved secrets to its ingress through a private directory of "
+        "its own (mode 0700, removed when it stops), whatever this says. Empty: none.",
+    )
     otel_exporter_otlp_endpoint: str | None = _env(
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         None,
@@ -585,6 +637,7 @@ class Settings(BaseSettings):
         "API key `exec-agent run --server` sends when --key is not given (which keeps it out "
         "of the process list); empty: --server needs --key.",
         section="the command line (a client of a server)",
+        secret=True,
     )
 
     @field_validator("log_level", mode="before")
@@ -606,6 +659,7 @@ class Settings(BaseSettings):
         "redis_url",
         "sentry_dsn",
         "ray_address",
+        "secrets_dir",
         "sandbox_python",
         "runtimes_dir",
         "otel_exporter_otlp_endpoint",
@@ -715,6 +769,10 @@ class Settings(BaseSettings):
             problems.append("DATABASE_URL must not be SQLite in production")
         return problems
 
+    def public(self) -> PublicSettings:
+        """These settings without their secrets (:class:`PublicSettings`)."""
+        return PublicSettings(**self.model_dump(exclude=set(secret_settings())))
+
     @property
     def require_full_isolation(self) -> bool:
         """Whether a missing isolation layer must stop the service (always so in production)."""
@@ -793,6 +851,106 @@ class Settings(BaseSettings):
         )
 
 
+class PublicSettings(Settings):
+    """The settings without a secret: what the application builder sizes the deployments with,
+    and what it binds to them (Ray keeps bound arguments in its GCS, and runs the builder on
+    any node, the sandbox nodes included). Every secret setting is left at its default, from
+    wherever it came (arguments, environment, ``.env``; ``SECRETS_DIR`` is not read), and
+    production's checks of secrets are left to the ingress, which loads its own
+    (:meth:`Settings.with_secrets`)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, dotenv_settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_secrets(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        return {key: value for key, value in values.items() if key.lower() not in _SECRET_KEYS}
+
+    def _production_problems(self) -> list[str]:
+        return []  # each is about a secret, none of which is here
+
+
+def secret_settings() -> tuple[str, ...]:
+    """The attributes of the secret settings (``secret=True``), in declaration order."""
+    return tuple(name for name, field in Settings.model_fields.items() if _is_secret(field))
+
+
+def env_name(attribute: str) -> str:
+    """The documented environment variable of the setting ``attribute`` (and the name of its
+    file in ``SECRETS_DIR``)."""
+    return _env_name(attribute)
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("secret") is True
+
+
+def _field_keys(attribute: str) -> set[str]:
+    """Every name the setting ``attribute`` is read by, lower-cased."""
+    alias = Settings.model_fields[attribute].validation_alias
+    names = alias.choices if isinstance(alias, AliasChoices) else [alias]
+    return {attribute, *(name.lower() for name in names if isinstance(name, str))}
+
+
+class _SecretFiles(SecretsSettingsSource):
+    """pydantic-settings' ``secrets_dir`` source (a file per setting, named as its variable),
+    for the secret settings only, in the directory ``SECRETS_DIR`` names wherever it is set."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], finders: tuple[PydanticBaseSettingsSource, ...]
+    ) -> None:
+        directory = _secrets_dir(finders)
+        if directory is not None and not os.path.isdir(directory):
+            # Missing, the secrets would silently be the defaults (or another node's).
+            raise ConfigurationError(
+                f"invalid configuration: SECRETS_DIR {directory!r} is not a directory"
+            )
+        super().__init__(settings_cls, secrets_dir=directory)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if not _is_secret(field):
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
+def _secrets_dir(finders: tuple[PydanticBaseSettingsSource, ...]) -> str | None:
+    """``SECRETS_DIR`` from the first source that sets it (not empty)."""
+    field = Settings.model_fields["secrets_dir"]
+    keys = _field_keys("secrets_dir")
+    for source in finders:
+        if isinstance(source, InitSettingsSource):
+            found = [v for k, v in source.init_kwargs.items() if k.lower() in keys]
+            value = found[0] if found else None
+        elif isinstance(source, EnvSettingsSource):  # the .env source is one too
+            value = source.get_field_value(field, "secrets_dir")[0]
+        else:
+            continue
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+_SECRET_KEYS = frozenset(key for name in secret_settings() for key in _field_keys(name))
+
+
+def secret_keys() -> frozenset[str]:
+    """Every name a secret setting is read by (its variables, old names, attribute),
+    lower-cased."""
+    return _SECRET_KEYS
+
+
 def _env_name(attribute: str) -> str:
     alias = Settings.model_fields[attribute].validation_alias
     if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
@@ -804,6 +962,24 @@ def load_settings() -> Settings:
     """Read the settings now; raise :class:`ConfigurationError` naming what is wrong."""
     try:
         return Settings()
+    except ValidationError as exc:
+        raise ConfigurationError(
+            "invalid configuration: " + describe_validation_error(exc)
+        ) from None
+
+
+def with_secrets(public: Settings, secrets_dir: str | None = None) -> Settings:
+    """The settings of ``public`` (its secrets left out) with this process's own secrets:
+    those in ``secrets_dir`` (None: this process's ``SECRETS_DIR``), else in its environment
+    or ``.env``; checked whole (production's refusals included). What the ingress runs with.
+
+    Raises :class:`ConfigurationError` naming what is wrong.
+    """
+    values = public.model_dump(exclude={*secret_settings(), "secrets_dir"})
+    if secrets_dir is not None:
+        values["secrets_dir"] = secrets_dir
+    try:
+        return Settings(**values)
     except ValidationError as exc:
         raise ConfigurationError(
             "invalid configuration: " + describe_validation_error(exc)

@@ -165,28 +165,39 @@ def test_arguments_override_the_settings_and_are_checked_with_them(
     )
 
 
-def test_the_executor_autoscaler_reacts_as_fast_as_its_args_say(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+@pytest.mark.parametrize("deployment", ["ApiIngress", "SandboxExecutor"])
+def test_the_autoscaler_reacts_as_fast_as_the_args_say(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, deployment: str
 ) -> None:
-    """``upscale_delay_s`` and ``downscale_delay_s`` reach the executor's autoscaler; left out,
-    they are Serve's own defaults."""
+    """``upscale_delay_s`` and ``downscale_delay_s`` of ``ingress`` and of ``executor`` reach
+    that deployment's autoscaler, and that one's only; left out, they are Serve's defaults."""
     from ray.serve.config import AutoscalingConfig
 
     use_settings_environment(monkeypatch, tmp_path, {})
     timing = {"upscale_delay_s": 1.0, "downscale_delay_s": 5.0}
-
-    def executor_timing(args: dict[str, Any]) -> dict[str, float]:
-        built = deployments(app_builder(args))["SandboxExecutor"]
-        scaling = built._deployment_config.autoscaling_config
-        return {name: getattr(scaling, name) for name in timing}
-
-    assert executor_timing({"executor": timing}) == timing
+    key = {"ApiIngress": "ingress", "SandboxExecutor": "executor"}[deployment]
     serve_defaults = AutoscalingConfig()
-    assert executor_timing({}) == {name: getattr(serve_defaults, name) for name in timing}
+    defaults = {name: getattr(serve_defaults, name) for name in timing}
+
+    def scaling(args: dict[str, Any]) -> dict[str, dict[str, float]]:
+        built = deployments(app_builder(args))
+        return {
+            name: {
+                delay: getattr(bound._deployment_config.autoscaling_config, delay)
+                for delay in timing
+            }
+            for name, bound in built.items()
+        }
+
+    other = "SandboxExecutor" if deployment == "ApiIngress" else "ApiIngress"
+    said = scaling({key: timing})
+    assert said[deployment] == timing
+    assert said[other] == defaults
+    assert scaling({})[deployment] == defaults
     with pytest.raises(ValidationError, match="upscale_delay_s"):
-        ServiceAppArgs.model_validate({"executor": {"upscale_delay_s": -1}})
+        ServiceAppArgs.model_validate({key: {"upscale_delay_s": -1}})
     with pytest.raises(ValidationError, match="downscale_delay_s"):
-        ServiceAppArgs.model_validate({"executor": {"downscale_delay_s": -1}})
+        ServiceAppArgs.model_validate({key: {"downscale_delay_s": -1}})
 
 
 def test_require_full_isolation_only_strengthens(

@@ -2,7 +2,8 @@
 
     _args.py     :class:`ServiceAppArgs` (:class:`IngressArgs`, :class:`ExecutorArgs`): a Serve
                  config's ``args``, every check written once; :func:`service_settings`
-    _ingress.py  :class:`ApiIngress`, the HTTP API's deployment class
+    _ingress.py  :class:`ApiIngress`, the HTTP API's deployment class (the one secrets reach)
+    _secrets.py  :func:`private_secrets`: the secrets' way to the ingress, a private directory
     _apps.py     :func:`executor_app` (a runtime's own: :func:`executor_name`),
                  :func:`service_app`, :func:`build_service_app` and :func:`app_builder`
                  (``import_path: serve_app.deployment:app_builder``)
@@ -32,12 +33,19 @@ from serve_app.deployment._args import (
 from serve_app.deployment._demo import run_demo
 from serve_app.deployment._ingress import INGRESS_NAME, ApiIngress
 from serve_app.deployment._ray import APP_NAME, PROXY_CALLBACK_VARIABLE, metrics_url, start_ray
+from serve_app.deployment._secrets import (
+    INGRESS_SECRETS,
+    private_secrets,
+    scrub_secret_environment,
+    write_secrets,
+)
 from serve_app.deployment._serve import SERVE_TUNING, choose_ingress, haproxy_binary, run_service
 
 __all__ = [
     "APP_NAME",
     "EXECUTOR_NAME",
     "INGRESS_NAME",
+    "INGRESS_SECRETS",
     "PROXY_CALLBACK_VARIABLE",
     "SERVE_TUNING",
     "ApiIngress",
@@ -52,9 +60,12 @@ __all__ = [
     "executor_settings",
     "haproxy_binary",
     "metrics_url",
+    "private_secrets",
     "run_demo",
     "run_service",
+    "scrub_secret_environment",
     "service_app",
     "service_settings",
     "start_ray",
+    "write_secrets",
 ]

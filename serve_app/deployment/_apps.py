@@ -13,9 +13,12 @@ What ``serve run cluster/serve-config.yaml`` and a KubeRay ``RayService`` deploy
             scientific: {label_selector: {exec-agent/runtime: scientific}, ...}
 
 ``args`` size, place and scale the deployments; everything else comes from
-:class:`~serve_app.settings.Settings`, read from the environment of the process that builds
-the application. Serve builds it in a Ray task that may run on any node of the cluster, so on
-KubeRay every Ray pod gets the same ConfigMap and Secret. Where an argument and a setting name
+:class:`~serve_app.settings.PublicSettings`, the settings without a secret, read from the
+environment of the process that builds the application. Serve builds it in a Ray task that may
+run on any node of the cluster, so on KubeRay every Ray pod gets the same ConfigMap; the
+Secret is mounted into the API pods alone (``SECRETS_DIR``), and only the ingress replica reads
+it, in its own process (:func:`~serve_app.settings.with_secrets`): nothing bound to a
+deployment, which Ray keeps in its GCS, holds a secret. Where an argument and a setting name
 the same thing (slots, executor replicas and queue, drain time, isolation), the argument wins
 and the settings are validated again with it, so the usual checks (``min <= max``, a drain at
 least ``MAX_TIMEOUT``, production's refusals) hold for what is deployed.
@@ -35,7 +38,8 @@ from serve_app.deployment._args import (
     service_settings,
 )
 from serve_app.deployment._ingress import INGRESS_NAME, ApiIngress
-from serve_app.settings import MIB, Settings
+from serve_app.deployment._secrets import process_secrets_dir
+from serve_app.settings import MIB, PublicSettings, Settings
 
 if TYPE_CHECKING:
     from ray import serve
@@ -135,15 +139,25 @@ def service_app(
     runtime_env: dict[str, Any] | None = None,
     runtime_executors: Mapping[str, serve.Application] | None = None,
     session_label_selector: Mapping[str, str] | None = None,
+    secrets_dir: str | None = None,
 ) -> serve.Application:
     """The whole service for ``serve.run``: the ingress, sized by ``ingress`` (default
     :class:`IngressArgs`' defaults: one replica), bound to ``executor`` (for instance
     :func:`executor_app`'s) and to ``runtime_executors`` (runtime: its own executor, for
     instance ``executor_app(..., runtime=...)``'s), which get every execution of their runtime.
-    ``runtime_env``: the ingress replicas' Ray runtime environment (default: the node's);
-    ``session_label_selector``: the Ray node labels the session hosts must run on."""
+    ``runtime_env``: the ingress replicas' Ray runtime environment (default: the node's; never
+    a secret in it: Ray keeps it in its GCS); ``session_label_selector``: the Ray node labels
+    the session hosts must run on.
+
+    The ingress is bound ``settings`` without their secrets (:meth:`Settings.public`) and the
+    path of a directory of secret files, ``secrets_dir``, which it reads in its own process.
+    None: with :class:`PublicSettings` (the application builder's), the ingress's own
+    ``SECRETS_DIR`` and environment; with full settings, a private directory of theirs that
+    this process writes and keeps until it exits (the ingress must then run on this node)."""
     from ray import serve
 
+    if secrets_dir is None and not isinstance(settings, PublicSettings):
+        secrets_dir = process_secrets_dir(settings)
     args = IngressArgs() if ingress is None else ingress
     actor_options: dict[str, Any] = {"num_cpus": args.num_cpus}
     if args.label_selector:
@@ -161,21 +175,26 @@ def service_app(
             "initial_replicas": args.min_replicas,
             "max_replicas": args.max_replicas,
             "target_ongoing_requests": args.target_ongoing_requests,
+            **args.scaling_delays(),
         },
     )(serve.ingress()(ApiIngress))
     # A keyword argument: Serve replaces the applications in the dict with their handles.
     app: serve.Application = deployment.bind(
-        settings,
+        settings.public(),
         executor,
         runtime_executors=dict(runtime_executors or {}),
         session_label_selector=dict(session_label_selector or {}),
+        secrets_dir=secrets_dir,
     )
     return app
 
 
-def build_service_app(settings: Settings, args: ServiceAppArgs) -> serve.Application:
+def build_service_app(
+    settings: Settings, args: ServiceAppArgs, *, secrets_dir: str | None = None
+) -> serve.Application:
     """The ingress bound to the executor pool and to each runtime's own, sized by ``args``
-    (the main pool's already in ``settings``; a runtime's own: :func:`executor_settings`)."""
+    (the main pool's already in ``settings``; a runtime's own: :func:`executor_settings`);
+    ``secrets_dir``: as :func:`service_app`'s."""
     runtime_executors = {
         runtime: _sized_executor(executor_settings(settings, executor, runtime), executor, runtime)
         for runtime, executor in args.runtime_executors.items()
@@ -187,6 +206,7 @@ def build_service_app(settings: Settings, args: ServiceAppArgs) -> serve.Applica
         runtime_executors=runtime_executors,
         # Session hosts sandbox as the executors do: on the nodes the main pool may use.
         session_label_selector=args.executor.label_selector,
+        secrets_dir=secrets_dir,
     )
 
 
@@ -207,6 +227,7 @@ def _sized_executor(
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
-    """Serve's application builder: ``import_path: serve_app.deployment:app_builder``."""
+    """Serve's application builder: ``import_path: serve_app.deployment:app_builder``. Reads
+    no secret (:func:`service_settings`: :class:`PublicSettings`), so it runs on any node."""
     parsed = ServiceAppArgs.model_validate(args)
     return build_service_app(service_settings(parsed), parsed)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from executors import RUNTIMES, ReplicaRange
 from serve_app.errors import ConfigurationError, describe_validation_error
-from serve_app.settings import Settings
+from serve_app.settings import PublicSettings, Settings
 
 __all__ = [
     "DEFAULT_INGRESS_TARGET_ONGOING_REQUESTS",
@@ -40,6 +40,27 @@ class _Args(ReplicaRange):
     """A deployment's arguments: unknown keys refused; ``min_replicas <= max_replicas`` checked
     by :class:`~executors.ReplicaRange`, the rest of the scaling here."""
 
+    upscale_delay_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds the autoscaler must want more replicas before it adds them "
+        "(default: Serve's, 30).",
+    )
+    downscale_delay_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds the autoscaler must want fewer replicas before it removes them "
+        "(default: Serve's, 600).",
+    )
+
+    def scaling_delays(self) -> dict[str, float]:
+        """The delays set, as Serve's ``autoscaling_config`` keys (the others: Serve's)."""
+        delays = {
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.downscale_delay_s,
+        }
+        return {name: delay for name, delay in delays.items() if delay is not None}
+
     @model_validator(mode="after")
     def _check_queues(self) -> Self:
         target: float | None = getattr(self, "target_ongoing_requests", None)
@@ -58,7 +79,8 @@ class IngressArgs(_Args):
     """The HTTP ingress (:class:`~serve_app.deployment.ApiIngress`): Serve's autoscaler keeps
     between ``min_replicas`` and ``max_replicas``, aiming at ``target_ongoing_requests`` per
     replica; a replica holds ``max_ongoing_requests`` at once, and the proxy queues at most
-    ``max_queued_requests`` beyond that (-1: no cap; more are answered 503)."""
+    ``max_queued_requests`` beyond that (-1: no cap; more are answered 503);
+    ``upscale_delay_s`` and ``downscale_delay_s`` default to Serve's autoscaler's own."""
 
     min_replicas: int = Field(default=1, ge=1)
     max_replicas: int = Field(default=1, ge=1)
@@ -91,18 +113,6 @@ class ExecutorArgs(_Args):
     max_queued_requests: int | None = None
     label_selector: dict[str, str] | None = None
     """Ray node labels the replicas must run on."""
-    upscale_delay_s: float | None = Field(
-        default=None,
-        ge=0,
-        description="Seconds the autoscaler must want more replicas before it adds them "
-        "(default: Serve's, 30).",
-    )
-    downscale_delay_s: float | None = Field(
-        default=None,
-        ge=0,
-        description="Seconds the autoscaler must want fewer replicas before it removes them "
-        "(default: Serve's, 600).",
-    )
 
 
 class ServiceAppArgs(BaseModel):
@@ -135,9 +145,10 @@ class ServiceAppArgs(BaseModel):
         return self
 
 
-def service_settings(args: ServiceAppArgs) -> Settings:
+def service_settings(args: ServiceAppArgs) -> PublicSettings:
     """The settings from the environment, with ``args``' overrides, validated together; each
-    of ``args.runtime_executors`` is validated as well (:func:`executor_settings`).
+    of ``args.runtime_executors`` is validated as well (:func:`executor_settings`). Without a
+    secret (:class:`PublicSettings`): none is read, nor needed, nor refused as a placeholder.
 
     Raises :class:`~serve_app.errors.ConfigurationError` naming what is wrong.
     """
@@ -155,12 +166,13 @@ def service_settings(args: ServiceAppArgs) -> Settings:
 
 def executor_settings(settings: Settings, executor: ExecutorArgs, runtime: str) -> Settings:
     """``settings`` with the overrides of ``runtime``'s own executor (its slots, replicas and
-    queue), validated together; what that executor deployment is sized by.
+    queue), validated together (as :class:`PublicSettings`); what that executor deployment is
+    sized by.
 
     Raises :class:`~serve_app.errors.ConfigurationError` naming what is wrong.
     """
     overrides = _executor_overrides(executor)
-    sized = _validated({**settings.model_dump(), **overrides}) if overrides else settings
+    sized = _validated({**settings.public().model_dump(), **overrides}) if overrides else settings
     _check_target(sized, executor, f"runtime_executors.{runtime}")
     return sized
 
@@ -175,9 +187,9 @@ def _executor_overrides(executor: ExecutorArgs) -> dict[str, Any]:
     return {name: value for name, value in overrides.items() if value is not None}
 
 
-def _validated(values: dict[str, Any]) -> Settings:
+def _validated(values: dict[str, Any]) -> PublicSettings:
     try:
-        return Settings(**values)
+        return PublicSettings(**values)
     except ValidationError as exc:
         raise ConfigurationError(
             "invalid configuration: " + describe_validation_error(exc)

