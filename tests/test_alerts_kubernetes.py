@@ -32,6 +32,7 @@ from tests.test_dashboards import PROMTOOL, alert_rules
 NS = 'namespace="ray"'
 KSM = 'job="kube-state-metrics", instance="10.0.0.9:8080"'
 OPERATOR = 'job="kuberay-operator", instance="10.0.0.8:8080"'
+KSM_AGAIN = 'job="monitoring/kube-state-metrics", instance="10.0.0.9:8080"'
 RAY_POD = 'job="exec-agent", instance="10.0.0.7:8080", ray_io_cluster="exec-agent-abcde"'
 CLUSTER_NAME = "exec-agent-abcde"
 HEAD = "exec-agent-abcde-head-x1"
@@ -271,6 +272,15 @@ POD_TESTS: list[dict[str, Any]] = [
             *pod_state(HEAD, "Running", "0x60"),
             *pod_state(SANDBOX, "Running", "1x60"),
             *pod_state(PENDING, "Pending", "_x60"),  # never scheduled: no Ready condition yet
+            # kube-state-metrics scraped twice (another job, say the cluster's own monitoring):
+            # still one pod Pending, one restart loop.
+            *(
+                {**item, "series": item["series"].replace(KSM, KSM_AGAIN)}
+                for item in (
+                    *pod_state(PENDING, "Pending", "_x60"),
+                    *container(HEAD, "ray-head", "0x5 1x5 2x5 3x45", "Error", "_x5 1x55"),
+                )
+            ),
             *container(SANDBOX, "ray-worker", "0x10 1x50", "OOMKilled", "_x10 1x50"),
             *container(HEAD, "ray-head", "0x5 1x5 2x5 3x45", "Error", "_x5 1x55"),
             *container(HEAD, "autoscaler", "0x60"),
