@@ -73,8 +73,8 @@ HEAD_PORTS = {
     "client": 10001,
     "serve": 8000,
     "metrics": 8080,
-    "autoscaler-metrics": 44217,  # Ray's AUTOSCALER_METRIC_PORT
-    "dashboard-metrics": 44227,  # Ray's DASHBOARD_METRIC_PORT
+    "as-metrics": 44217,  # Ray's AUTOSCALER_METRIC_PORT
+    "dash-metrics": 44227,  # Ray's DASHBOARD_METRIC_PORT
 }
 SECRET_KEYS = {"DATABASE_URL", "REDIS_URL", "API_KEY_SECRET", "SENTRY_DSN"}
 SECRETS_NAME = "exec-agent-secrets"
@@ -377,6 +377,18 @@ def test_the_head_has_its_named_ports(
     assert ports == HEAD_PORTS
     assert ports["serve"] == serve_config_v2["http_options"]["port"]
     assert head["rayStartParams"]["num-cpus"] == "0"
+
+
+def test_port_names_are_valid(manifests: Manifests, groups: list[dict[str, Any]]) -> None:
+    """Kubernetes takes a port name of at most 15 characters, lowercase letters, digits and
+    inner dashes, with a letter (IANA_SVC_NAME); the schema does not say so."""
+    named = [p["name"] for group in groups for c in containers(group) for p in c.get("ports", [])]
+    for statefulset in manifests.of_kind("StatefulSet"):
+        for container in statefulset["spec"]["template"]["spec"]["containers"]:
+            named += [p["name"] for p in container.get("ports", [])]
+    for name in named:
+        assert len(name) <= 15, name
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", name) and re.search("[a-z]", name), name
 
 
 def test_workers_export_metrics(workers: list[dict[str, Any]]) -> None:
@@ -1140,7 +1152,7 @@ def test_dockerfile_builds_the_service_image() -> None:
     assert SERVE_TUNING.items() <= environment.items(), "the image tunes Serve as serve does"
     exposed = {int(port) for line in values["EXPOSE"] for port in line.split()}
     # The head's ports but the autoscaler's and the dashboard's metrics (their own processes).
-    assert {HEAD_PORTS[n] for n in HEAD_PORTS if not n.endswith("-metrics")} <= exposed
+    assert {HEAD_PORTS[n] for n in HEAD_PORTS if n not in ("as-metrics", "dash-metrics")} <= exposed
     # The system packages the sandbox needs, which scripts/setup installs too (with dev tools).
     setup = (REPO / "scripts/setup").read_text()
     match = re.search(r"SYSTEM_PACKAGES=\(([^)]*)\)", setup)
