@@ -10,9 +10,11 @@ Offline (no registry, no index, no docker):
   locked version): a dependency added upstream or in pyproject.toml without relocking shows;
 - a lock with a fault in it (a dependency dropped, a hash dropped, a pin outside its
   specifier) is refused by the same checks, so that a clean lock means something;
+- requirements-sbom.lock: the SBOM tool (cyclonedx-bom, at scripts/lock's version), hashed;
 - cluster/Dockerfile: the base image's digest a build argument that goes into FROM, the lock
   installed with --require-hashes before any source is copied, the project on top with
-  --no-deps, OCI labels (its version pyproject.toml's), an SBOM from cyclonedx-bom in the image.
+  --no-deps, OCI labels (its version pyproject.toml's), an SBOM from cyclonedx-bom (installed
+  from its own lock) in the image.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from packaging.version import Version
 from tests.support.paths import CLUSTER, REPO
 
 LOCK = REPO / "requirements.lock"
+SBOM_LOCK = REPO / "requirements-sbom.lock"
 ROOT_VIA = "exec-agent (pyproject.toml)"
 """How uv names pyproject.toml as the parent of a direct dependency."""
 HASH = re.compile(r"--hash=sha256:[0-9a-f]{64}")
@@ -229,12 +232,26 @@ def test_a_faulty_lock_is_refused() -> None:
         raise AssertionError("an unpinned requirement was parsed")
 
 
+def test_the_sbom_tool_is_locked_with_hashes() -> None:
+    """The SBOM's tool runs in the build with the project's sources at hand: hash-locked too,
+    at the version scripts/lock asks for."""
+    (tool,) = re.findall(r'^SBOM_TOOL="([^"]+)"', (REPO / "scripts/lock").read_text(), re.M)
+    wanted = Requirement(tool)
+    lock = parse_lock(SBOM_LOCK.read_text())
+    assert lock[canonicalize_name(wanted.name)].version in wanted.specifier
+    assert all(entry.hashes for entry in lock.values())
+    problems, _ = closure_problems(lock, [wanted])
+    assert problems == []
+    assert "#    scripts/lock" in SBOM_LOCK.read_text().splitlines()[1]
+
+
 def test_scripts_lock_makes_the_lock() -> None:
     script = (REPO / "scripts/lock").read_text()
     assert Path(REPO / "scripts/lock").stat().st_mode & 0o111, "scripts/lock is executable"
     for option in ("--generate-hashes", "--universal", "--python-version 3.11", "--no-config"):
         assert option in script, option
-    assert "--output-file requirements.lock" in script
+    assert 'compile pyproject.toml requirements.lock "$@"' in script
+    assert "--output-file" in script
     assert "#    scripts/lock" in LOCK.read_text().splitlines()[1]
 
 
@@ -304,6 +321,6 @@ def test_the_image_has_oci_labels_and_an_sbom() -> None:
     command = found[sbom][1]
     assert "/usr/share/doc/exec-agent/sbom.cdx.json" in command
     assert "/opt/venv/bin/python" in command, "the SBOM describes the service's environment"
-    assert "cyclonedx-bom==${CYCLONEDX_BOM_VERSION}" in command
-    assert ("ARG", "CYCLONEDX_BOM_VERSION=7.5.0") in found
+    assert "--require-hashes -r requirements-sbom.lock" in command
+    assert index(found, "COPY", "requirements-sbom.lock") < sbom
     assert sbom > index(found, "RUN", "pip install --no-cache-dir ."), "after the last install"
