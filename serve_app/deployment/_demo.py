@@ -9,6 +9,7 @@ through the deployment handle, and prints each execution record as one JSON line
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from executors import ExecutionRecord, ExecutionRequest, Limits
 from serve_app import _exit
 from serve_app.deployment._apps import executor_app
 from serve_app.deployment._ray import APP_NAME, start_ray
+from serve_app.deployment._secrets import scrub_secret_environment
 
 if TYPE_CHECKING:
     from serve_app.settings import Settings
@@ -44,6 +46,7 @@ def run_demo(settings: Settings, files: list[str]) -> int:
     from ray import serve
 
     joined = settings.ray_address is not None
+    scrub_secret_environment(os.environ)  # the executors need none; a local Ray would pass them on
     context = start_ray(settings)
     try:
         if context.dashboard_url:
