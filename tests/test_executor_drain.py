@@ -8,7 +8,10 @@ run), while the run in progress finishes with its own record, not ``internal_err
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +19,8 @@ import pytest
 
 from executors import ExecutionRecord, ExecutionRequest, Limits, SandboxConfig, build_executor_app
 from executors._errors import ReplicaDrainingError
+from serve_app.http._metrics import ingress_metrics
+from serve_app.http.service.runner import Runner
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox]
@@ -47,7 +52,7 @@ def serve_instance(ray_session: None) -> Iterator[None]:
     serve.shutdown()  # type: ignore[no-untyped-call]
 
 
-def one_slot_app() -> Any:
+def one_slot_app(**options: Any) -> Any:
     """One replica of one slot that takes several requests at once (so they queue in it)."""
     return build_executor_app(
         SandboxConfig(),
@@ -55,8 +60,9 @@ def one_slot_app() -> Any:
         min_replicas=1,
         max_replicas=1,
         num_cpus=0.5,
-        max_ongoing_requests=QUEUED + 2,
+        max_ongoing_requests=2 * QUEUED + 2,
         graceful_shutdown_timeout_s=20,
+        **options,
     )
 
 
@@ -145,3 +151,52 @@ def test_a_batch_without_hand_back_runs_every_item(serve_instance: None) -> None
         stopper.join(60)
     assert [record.stdout for record in records] == ["done\n"] + [f"{n}\n" for n in range(QUEUED)]
     assert {record.status for record in records} == {"ok"}
+
+
+def test_the_runner_sends_handed_back_runs_to_the_new_version(
+    serve_instance: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ingress' runner, through the deployment's handle, during a redeploy: a batch's chunk
+    and single runs wait behind a running one when the replica's new version is deployed; the
+    handed-back ones are sent again (the chunk's only, not its run that finished) and every run
+    ends with its program's record."""
+    from ray import serve
+
+    app = "exec-agent-test-runner-hand-back"
+    handle = serve.run(one_slot_app(), name=app, route_prefix=None)
+    runner = Runner(handle, ingress_metrics())
+    chunk = [request(SLEEP_3_S)] + [request(f"print({n})") for n in range(QUEUED)]
+    singles = [request(f"print({n})") for n in range(10, 10 + QUEUED)]
+    release = {"env_vars": {"EXEC_AGENT_RELEASE": "2"}}
+
+    async def singles_then_redeploy() -> list[ExecutionRecord]:
+        await asyncio.to_thread(
+            eventually,
+            lambda: handle.stats.remote().result()["busy_slots"] == 1,
+            20,
+            "the first run starts",
+            interval_s=0.1,
+        )
+        runs = [runner.run(uuid.uuid4(), single, background=True) for single in singles]
+        waiting = asyncio.gather(*runs)
+        await asyncio.sleep(0.5)  # they reach the replica's queue
+        new = one_slot_app(runtime_env=release)
+        await asyncio.to_thread(serve.run, new, name=app, route_prefix=None)
+        return list(await waiting)
+
+    async def scenario() -> tuple[list[ExecutionRecord], list[ExecutionRecord]]:
+        ids = [uuid.uuid4() for _ in chunk]
+        return await asyncio.gather(runner.run_many(ids, chunk), singles_then_redeploy())
+
+    with caplog.at_level(logging.INFO, logger="serve_app.http.service.runner"):
+        try:
+            batch, single = asyncio.run(scenario())
+        finally:
+            serve.delete(app)
+    assert [(r.status, r.stdout) for r in batch] == [("ok", "done\n")] + [
+        ("ok", f"{n}\n") for n in range(QUEUED)
+    ]
+    assert [(r.status, r.stdout) for r in single] == [("ok", f"{n}\n") for n in range(10, 13)]
+    said = [record.getMessage() for record in caplog.records]
+    assert any("handed back by a draining executor" in line for line in said), said
+    assert not any("executor replica lost" in line for line in said), said
