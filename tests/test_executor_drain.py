@@ -156,8 +156,9 @@ def test_a_batch_without_hand_back_runs_every_item(serve_instance: None) -> None
 def test_the_runner_sends_handed_back_runs_to_the_new_version(
     serve_instance: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The ingress' runner, through the deployment's handle, during a redeploy: a batch's chunk
-    and single runs wait behind a running one when the replica's new version is deployed; the
+    """The ingress' runner, through the deployment's handle, during a redeploy: a batch's chunk,
+    single runs and a streamed one wait behind a running one when the replica's new version is
+    deployed; the
     handed-back ones are sent again (the chunk's only, not its run that finished) and every run
     ends with its program's record."""
     from ray import serve
@@ -169,6 +170,11 @@ def test_the_runner_sends_handed_back_runs_to_the_new_version(
     singles = [request(f"print({n})") for n in range(10, 10 + QUEUED)]
     release = {"env_vars": {"EXEC_AGENT_RELEASE": "2"}}
 
+    async def streamed() -> ExecutionRecord:
+        events = [event async for event in runner.run_stream(uuid.uuid4(), request("print(99)"))]
+        assert [event["type"] for event in events] == ["stdout", "record"], events
+        return ExecutionRecord.model_validate(events[-1]["record"])
+
     async def singles_then_redeploy() -> list[ExecutionRecord]:
         await asyncio.to_thread(
             eventually,
@@ -178,7 +184,7 @@ def test_the_runner_sends_handed_back_runs_to_the_new_version(
             interval_s=0.1,
         )
         runs = [runner.run(uuid.uuid4(), single, background=True) for single in singles]
-        waiting = asyncio.gather(*runs)
+        waiting = asyncio.gather(*runs, streamed())
         await asyncio.sleep(0.5)  # they reach the replica's queue
         new = one_slot_app(runtime_env=release)
         await asyncio.to_thread(serve.run, new, name=app, route_prefix=None)
@@ -196,7 +202,9 @@ def test_the_runner_sends_handed_back_runs_to_the_new_version(
     assert [(r.status, r.stdout) for r in batch] == [("ok", "done\n")] + [
         ("ok", f"{n}\n") for n in range(QUEUED)
     ]
-    assert [(r.status, r.stdout) for r in single] == [("ok", f"{n}\n") for n in range(10, 13)]
+    expected = [("ok", f"{n}\n") for n in range(10, 10 + QUEUED)] + [("ok", "99\n")]
+    assert [(r.status, r.stdout) for r in single] == expected
     said = [record.getMessage() for record in caplog.records]
-    assert any("handed back by a draining executor" in line for line in said), said
+    handed_back = [line for line in said if "handed back by a draining executor" in line]
+    assert len(handed_back) >= 1 + QUEUED + 1, said  # the chunk, each single, the stream
     assert not any("executor replica lost" in line for line in said), said
