@@ -50,10 +50,12 @@ def test_serve_config_deploys_the_whole_service(serve_config: dict[str, Any]) ->
     (app,) = serve_config["applications"]
     assert app["route_prefix"] == "/"
     assert app["import_path"] == "serve_app.deployment:app_builder"
-    # One proxy, on the head: sandbox nodes take no HTTP traffic.
-    assert serve_config["proxy_location"] == "HeadOnly"
+    # A proxy beside each ingress replica, at least two (no single point of failure): Serve
+    # runs one on every node with a replica; sandbox pods are kept out of the API's Service
+    # by their readiness (cluster/README.md).
+    assert serve_config["proxy_location"] == "EveryNode"
     args = ServiceAppArgs.model_validate(app["args"])
-    assert 1 <= args.ingress.min_replicas <= args.ingress.max_replicas
+    assert 2 <= args.ingress.min_replicas <= args.ingress.max_replicas
     executor = args.executor
     assert executor.min_replicas is not None and executor.max_replicas is not None
     assert 1 <= executor.min_replicas <= executor.max_replicas

@@ -1,9 +1,10 @@
 """Several machines (issue 12): the service on a Ray cluster of a head and two worker nodes.
 
 Three ``ray start`` processes on this machine stand for three machines (tests/support/
-ray_nodes.py), as cluster/rayservice.yaml makes them: the head (``exec-agent/role=api``, no CPUs)
-and two sandbox workers (``exec-agent/role=sandbox``, 2 CPUs each). Every node gets the service's
-settings in its environment, as every Ray pod gets the ConfigMap and the Secret: production, the
+ray_nodes.py), as cluster/base/rayservice.yaml makes them: the head stands for the head and the
+api pods at once (``exec-agent/role=api``, no CPUs; one ingress and one proxy, where the cluster
+runs at least two of each), and two sandbox workers (``exec-agent/role=sandbox``, 2 CPUs each).
+Every node gets the service's settings in its environment: production, the
 machine's PostgreSQL (a schema of this module's own), a real API key secret. The database is
 migrated and a key created with the ``exec-agent`` CLI, and the application is deployed with
 ``serve run`` of cluster/serve-config.yaml itself, its args sized for this machine: executor
@@ -184,7 +185,10 @@ def serve_run(cluster: LocalCluster, port: int) -> None:
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     (app,) = config["applications"]
     assert app["name"] == APP_NAME
-    app["args"]["ingress"]["max_replicas"] = 1  # this machine's memory: one is enough here
+    # This machine's memory: one ingress is enough here, with one proxy beside it on the head
+    # (the nodes share one machine's ports).
+    config["proxy_location"] = "HeadOnly"
+    app["args"]["ingress"].update(min_replicas=1, max_replicas=1)
     app["args"]["executor"].update(EXECUTOR_ARGS)
     path = cluster.root / "serve-config.yaml"
     path.write_text(yaml.safe_dump(config))
