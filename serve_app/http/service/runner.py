@@ -64,7 +64,7 @@ HAND_BACK_PAUSE_S = 0.1
 """Before the n-th resend, n times this: the routers hear of a stopping replica within moments,
 and a resend to it before they have is handed back again."""
 HANDED_BACK = "replica_draining"
-"""The ``code`` of the executors' ``ReplicaDrainingError`` (a stable code: the class is the
+"""The ``code`` of the executors' ``_ReplicaDrainingError`` (a stable code: the class is the
 executors package's own; its ``records``: a batch's records, None where handed back)."""
 HANDLE_MARGIN_S = 60.0
 """How long past its wall timeout a run may take through the handle (queueing included)."""
@@ -386,7 +386,7 @@ class _ExecutorStream:
 
 
 def _handed_back(exc: BaseException) -> ExecutorError | None:
-    """The executors' ``ReplicaDrainingError`` that ``exc`` is (or that Ray raised it for: the
+    """The executors' ``_ReplicaDrainingError`` that ``exc`` is (or that Ray raised it for: the
     cause carries its ``records``), None if it is another failure."""
     for candidate in (getattr(exc, "cause", None), exc):
         if isinstance(candidate, ExecutorError) and candidate.code == HANDED_BACK:
