@@ -10,7 +10,7 @@ Offline: no Prometheus, no Grafana, no Ray started. What is checked:
   the expression's result has;
 - cluster/prometheus.yaml: scrapes the local `exec-agent serve` (127.0.0.1, the metrics export
   port of the settings) and, on Kubernetes, the container ports named `metrics` of the pods
-  cluster/rayservice.yaml makes, with the labels the dashboard and the rules filter on;
+  cluster/base/rayservice.yaml makes, with the labels the dashboard and the rules filter on;
 - every PromQL expression of those files (the dashboard's queries and variables, the rules'
   expressions) is parsed and type-checked as Prometheus would by promql-parser (a range vector
   where a function wants one, bool on comparisons of scalars, ...), and the label names of its
@@ -199,7 +199,7 @@ def allowed_pod_labels() -> dict[str, str]:
 
 
 def pod_label_values() -> dict[str, frozenset[str]]:
-    """The values the project's pods carry for the allowed labels (cluster/rayservice.yaml's pod
+    """The values the project's pods carry for the allowed labels (cluster/base/rayservice.yaml's pod
     templates, KubeRay's own labels as it sets them)."""
     cluster = load_cluster_yaml("rayservice.yaml")["spec"]["rayClusterConfig"]
     groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
@@ -886,7 +886,7 @@ def test_prometheus_scrapes_the_metrics_port(prometheus: dict[str, Any]) -> None
 
 
 def test_the_kubernetes_job_finds_every_ray_pod(prometheus: dict[str, Any]) -> None:
-    """The pods cluster/rayservice.yaml makes pass the job's keep rules, each on its `metrics`
+    """The pods cluster/base/rayservice.yaml makes pass the job's keep rules, each on its `metrics`
     port, 8080: the head (the API's metrics) and the sandbox workers (the executors')."""
     rayservice = load_cluster_yaml("rayservice.yaml")
     cluster = rayservice["spec"]["rayClusterConfig"]
