@@ -495,9 +495,10 @@ def build_executor_app(
 
     Shutdown: a stopping replica takes no new requests and waits, checking every
     ``graceful_shutdown_wait_loop_s``, for its ongoing ones; after
-    ``graceful_shutdown_timeout_s`` Serve kills it. So that a drain never kills a job, this
-    must cover ``max_ongoing_requests / slots`` runs of the longest wall timeout. Then the
-    pool closes, giving stragglers ``shutdown_grace_s`` before killing them.
+    ``graceful_shutdown_timeout_s`` Serve kills it. The runs still waiting for a slot are handed
+    back at once (:class:`SandboxExecutor`'s drain), so this need only cover one run of the
+    longest wall timeout, however deep the queue. Then the pool closes, giving stragglers
+    ``shutdown_grace_s`` before killing them.
 
     Health: Serve calls ``check_health`` every ``health_check_period_s`` (failing after
     ``health_check_timeout_s``) and replaces a replica that keeps failing. A replica whose
