@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from executors._config import SandboxConfig
-from executors._errors import ExecutorError, PoolClosedError, _ReplicaDrainingError
+from executors._errors import ExecutorError, PoolClosedError, ReplicaDrainingError
 from executors._logging import configure_json_logging, serve_request_id
 from executors._metrics import executor_metrics
 from executors._models import ExecutionRecord, ExecutionRequest
@@ -90,7 +90,7 @@ class SandboxExecutor:
 
     Drain: once Serve begins stopping this replica (a rolling update, a downscale, a delete),
     every run still waiting for a slot is handed back: its job is cancelled before it starts
-    (so it never runs here) and its call raises :class:`_ReplicaDrainingError`, which its
+    (so it never runs here) and its call raises :class:`ReplicaDrainingError`, which its
     caller sends again for Serve's router to place on another replica; runs that started
     finish. So the replica's queue drains at once, and Serve's ``graceful_shutdown_timeout_s``
     only has to cover the runs in progress.
@@ -208,7 +208,7 @@ class SandboxExecutor:
     ) -> ExecutionRecord:
         checked = ExecutionRequest.model_validate(request)
         if hand_back and self._draining:  # a router had not yet heard this replica stops
-            raise _ReplicaDrainingError()
+            raise ReplicaDrainingError()
         received_at = self._metrics.received()
         cancel = threading.Event()
         try:
@@ -227,7 +227,7 @@ class SandboxExecutor:
             if job in self._handed_back and not _cancelling():
                 # Cancelled by the drain before it started: it never runs here.
                 self._handed_back.discard(job)
-                raise _ReplicaDrainingError() from None
+                raise ReplicaDrainingError() from None
             cancel.set()  # the caller went away (e.g. its client disconnected): stop the run
             raise
         self._metrics.finished(record)
@@ -303,7 +303,7 @@ class SandboxExecutor:
         ``internal_error`` record, not the batch's failure: the others keep their results.
         ``trace_contexts``: one carrier per request, as ``run``'s ``trace_context``.
         ``hand_back``: if the replica drains before some runs started, raise
-        :class:`_ReplicaDrainingError` with the other runs' records (the caller sends the
+        :class:`ReplicaDrainingError` with the other runs' records (the caller sends the
         handed-back ones again); without it, they wait for a slot here, as long as the drain
         lets them.
 
@@ -325,7 +325,7 @@ class SandboxExecutor:
         for request, result in zip(checked, results, strict=True):
             if isinstance(result, asyncio.CancelledError):
                 raise result  # the caller went away: every run was cancelled
-            if isinstance(result, _ReplicaDrainingError):
+            if isinstance(result, ReplicaDrainingError):
                 records.append(None)
                 continue
             if isinstance(result, BaseException):
@@ -333,7 +333,7 @@ class SandboxExecutor:
                 result = ExecutionRecord.internal_error(request).to_api()
             records.append(result)
         if any(record is None for record in records):
-            raise _ReplicaDrainingError(records)
+            raise ReplicaDrainingError(records)
         return [record for record in records if record is not None]
 
     async def _batch_run(

@@ -5,16 +5,14 @@
     ├── SandboxStartError          a sandbox slot (bubblewrap + zygote) failed to start
     ├── RuntimeNotInstalledError   a runtime's packages are not where the pool looks
     ├── PoolClosedError            the pool is shutting down and takes no more work (retryable)
+    ├── ReplicaDrainingError       a stopping replica handed back runs it had not started
+                                   (retryable: the caller sends them to another replica)
     ├── PipelineConfigurationError  a pipeline cannot tell where or how to run its rows
     ├── StdinOverflowError         more interactive input waits than the program has read
     └── SessionError               about one live session
         ├── SessionBusyError       a call is already running in it
         ├── SessionEndedError      it has ended (``reason`` says why: an ``EndReason``)
         └── SessionPlacementError  no session host could take it now                 (retryable)
-
-One more, private, under ``ExecutorError``: ``_ReplicaDrainingError`` (``replica_draining``,
-retryable), raised when a stopping replica hands back runs that had not started (never run
-there) for another replica; only the service's runner catches it, by its ``code``.
 
 Each class carries a stable ``code`` and ``retryable``: whether the error is the engine
 refusing work here and now (shut down, or unable to sandbox) rather than a fault, so that
@@ -38,6 +36,7 @@ __all__ = [
     "ExecutorError",
     "PipelineConfigurationError",
     "PoolClosedError",
+    "ReplicaDrainingError",
     "RuntimeNotInstalledError",
     "SandboxStartError",
     "SandboxUnavailableError",
@@ -109,7 +108,7 @@ class PoolClosedError(ExecutorError):
     retryable = True
 
 
-class _ReplicaDrainingError(ExecutorError):
+class ReplicaDrainingError(ExecutorError):
     """The executor's Serve replica began stopping (a rolling update, a downscale) before the
     run started: the run was handed back, never started here and never will be, so the caller
     sends it again and Serve's router picks another replica.

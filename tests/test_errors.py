@@ -52,6 +52,10 @@ EXAMPLES: dict[str, tuple[tuple[Any, ...], str]] = {
         "runtime 'scientific' is not installed at /opt/exec-agent/runtimes/scientific "
         "(or its pins changed since): run scripts/setup",
     ),
+    "ReplicaDrainingError": (
+        ([{"status": "ok"}, None],),
+        "the executor replica is stopping: 1 run(s) handed back, not started",
+    ),
     "SessionBusyError": (("3f2c",), "session 3f2c is running another call"),
     "StdinOverflowError": ((1024,), "more than 1024 bytes of standard input wait for the program"),
     "SessionEndedError": (

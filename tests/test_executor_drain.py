@@ -2,7 +2,7 @@
 
 When Serve begins stopping a replica (here ``serve.delete``; a rolling update or a downscale
 alike), the runs waiting in it for a slot are handed back, never started there:
-their calls raise ``_ReplicaDrainingError`` (a batch's: with the records of the runs that did
+their calls raise ``ReplicaDrainingError`` (a batch's: with the records of the runs that did
 run), while the run in progress finishes with its own record, not ``internal_error``.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from executors import ExecutionRecord, ExecutionRequest, Limits, SandboxConfig, build_executor_app
-from executors._errors import _ReplicaDrainingError
+from executors._errors import ReplicaDrainingError
 from serve_app.http._metrics import ingress_metrics
 from serve_app.http.service.runner import Runner
 from tests.support.polling import eventually
@@ -66,12 +66,12 @@ def one_slot_app(**options: Any) -> Any:
     )
 
 
-def handed_back(response: Any) -> _ReplicaDrainingError:
-    """The ``_ReplicaDrainingError`` ``response`` raised (Ray's wrapper's cause, if wrapped)."""
-    with pytest.raises(_ReplicaDrainingError) as raised:
+def handed_back(response: Any) -> ReplicaDrainingError:
+    """The ``ReplicaDrainingError`` ``response`` raised (Ray's wrapper's cause, if wrapped)."""
+    with pytest.raises(ReplicaDrainingError) as raised:
         response.result(timeout_s=30)
     cause = getattr(raised.value, "cause", raised.value)
-    assert isinstance(cause, _ReplicaDrainingError)
+    assert isinstance(cause, ReplicaDrainingError)
     return cause
 
 

@@ -32,7 +32,7 @@ from opentelemetry.trace import Span, SpanKind, Tracer, use_span
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
-from executors import ExecutionRecord, ExecutionRequest, ExecutorError, record_event
+from executors import ExecutionRecord, ExecutionRequest, ReplicaDrainingError, record_event
 from executors.telemetry import (
     ATTEMPT,
     BATCH_RUNS,
@@ -49,7 +49,7 @@ from serve_app.http._metrics import IngressMetrics
 if TYPE_CHECKING:
     from executors import StdinChannel
 
-__all__ = ["EXECUTOR_ATTEMPTS", "HANDED_BACK", "HAND_BACKS", "Event", "Runner"]
+__all__ = ["EXECUTOR_ATTEMPTS", "HAND_BACKS", "Event", "Runner"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +63,6 @@ whose queues are short)."""
 HAND_BACK_PAUSE_S = 0.1
 """Before the n-th resend, n times this: the routers hear of a stopping replica within moments,
 and a resend to it before they have is handed back again."""
-HANDED_BACK = "replica_draining"
-"""The ``code`` of the executors' ``_ReplicaDrainingError`` (a stable code: the class is the
-executors package's own; its ``records``: a batch's records, None where handed back)."""
 HANDLE_MARGIN_S = 60.0
 """How long past its wall timeout a run may take through the handle (queueing included)."""
 
@@ -385,11 +382,12 @@ class _ExecutorStream:
             self._span.end()
 
 
-def _handed_back(exc: BaseException) -> ExecutorError | None:
-    """The executors' ``_ReplicaDrainingError`` that ``exc`` is (or that Ray raised it for: the
-    cause carries its ``records``), None if it is another failure."""
+def _handed_back(exc: BaseException) -> ReplicaDrainingError | None:
+    """The executors' ``ReplicaDrainingError`` that ``exc`` is (or that Ray raised it for: the
+    cause carries its ``records``: a batch's, None where handed back), None if it is another
+    failure."""
     for candidate in (getattr(exc, "cause", None), exc):
-        if isinstance(candidate, ExecutorError) and candidate.code == HANDED_BACK:
+        if isinstance(candidate, ReplicaDrainingError):
             return candidate
     return None
 
