@@ -263,6 +263,11 @@ class SandboxExecutor:
             return
         while not self._stop_watching.wait(DRAIN_POLL_S):
             if draining():
+                if not deployment_goes_on():
+                    # Deleted with its application (the service stopping): no replica would
+                    # take a run handed back, so the waiting ones keep their places here.
+                    logger.info("replica stopping with its deployment: waiting runs stay")
+                    return
                 with self._queue_lock:
                     self._draining = True
                     waiting = list(self._queued)
@@ -388,6 +393,23 @@ class SandboxExecutor:
         self._threads.shutdown(wait=False)
         logger.info("sandbox executor closed")
         flush_tracing()  # Ray ends the process without atexit: send the last spans now
+
+
+def deployment_goes_on() -> bool:
+    """Inside a stopping Serve replica: whether its deployment goes on without it (a rolling
+    update, a downscale), so that other replicas take what it hands back; False when the
+    deployment or its application is being deleted, or Serve's controller cannot say."""
+    try:
+        from ray import serve
+
+        context = serve.get_replica_context()
+        application = serve.status().applications[context.app_name]
+        deployment = application.deployments[context.deployment]
+    except Exception:  # noqa: BLE001 - no answer: keep the runs here, as before hand-backs
+        logger.warning("replica draining: Serve's status unavailable, waiting runs stay")
+        return False
+    deleting = "DELETING"  # ApplicationStatus.DELETING, DeploymentStatusTrigger.DELETING
+    return application.status != deleting and deployment.status_trigger != deleting
 
 
 def serve_replica_draining() -> Callable[[], bool] | None:

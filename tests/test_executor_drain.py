@@ -1,9 +1,11 @@
 """A draining executor replica hands back the runs that had not started (issue 17).
 
-When Serve begins stopping a replica (here ``serve.delete``; a rolling update or a downscale
-alike), the runs waiting in it for a slot are handed back, never started there:
-their calls raise ``ReplicaDrainingError`` (a batch's: with the records of the runs that did
-run), while the run in progress finishes with its own record, not ``internal_error``.
+When Serve begins stopping a replica while its deployment goes on (here a new version of it
+deployed: a rolling update; a downscale alike), the runs waiting in it for a slot are handed
+back, never started there: their calls raise ``ReplicaDrainingError`` (a batch's: with the
+records of the runs that did run), while the run in progress finishes with its own record, not
+``internal_error``. A replica deleted with its application (the service stopping) has nowhere
+to hand them: they keep their places and run while the drain lets them.
 """
 
 from __future__ import annotations
@@ -17,8 +19,14 @@ from typing import Any
 
 import pytest
 
-from executors import ExecutionRecord, ExecutionRequest, Limits, SandboxConfig, build_executor_app
-from executors._errors import ReplicaDrainingError
+from executors import (
+    ExecutionRecord,
+    ExecutionRequest,
+    Limits,
+    ReplicaDrainingError,
+    SandboxConfig,
+    build_executor_app,
+)
 from serve_app.http._metrics import ingress_metrics
 from serve_app.http.service.runner import Runner
 from tests.support.polling import eventually
@@ -75,17 +83,23 @@ def handed_back(response: Any) -> ReplicaDrainingError:
     return cause
 
 
-def delete_while_busy(app: str, handle: Any) -> None:
-    """Stop the app once its one slot runs a job (``serve.delete`` blocks until drained)."""
-    from ray import serve
-
+def wait_busy(handle: Any) -> None:
     eventually(
         lambda: handle.stats.remote().result()["busy_slots"] == 1,
         20,
         "the first run starts",
         interval_s=0.1,
     )
-    serve.delete(app)
+
+
+def redeploy_while_busy(app: str, handle: Any) -> None:
+    """Deploy a new version of the app once its one slot runs a job: Serve starts the new
+    replica, then stops the old one (a rolling update)."""
+    from ray import serve
+
+    wait_busy(handle)
+    release = {"env_vars": {"EXEC_AGENT_RELEASE": uuid.uuid4().hex}}
+    serve.run(one_slot_app(runtime_env=release), name=app, route_prefix=None)
 
 
 def test_a_stopping_replica_hands_back_its_queued_runs(serve_instance: None) -> None:
@@ -94,14 +108,9 @@ def test_a_stopping_replica_hands_back_its_queued_runs(serve_instance: None) -> 
     app = "exec-agent-test-hand-back"
     handle = serve.run(one_slot_app(), name=app, route_prefix=None)
     running = handle.run.remote(request(SLEEP_3_S))
-    eventually(
-        lambda: handle.stats.remote().result()["busy_slots"] == 1,
-        20,
-        "the first run starts",
-        interval_s=0.1,
-    )
+    wait_busy(handle)
     queued = [handle.run.remote(request(f"print({n})")) for n in range(QUEUED)]
-    stopper = threading.Thread(target=serve.delete, args=(app,))
+    stopper = threading.Thread(target=redeploy_while_busy, args=(app, handle))
     stopper.start()
     try:
         record = ExecutionRecord.model_validate(running.result(timeout_s=30))
@@ -110,7 +119,33 @@ def test_a_stopping_replica_hands_back_its_queued_runs(serve_instance: None) -> 
             assert handed_back(response).records == []
     finally:
         stopper.join(60)
-    assert not stopper.is_alive()  # the drain did not wait for the handed-back runs
+        serve.delete(app)
+    assert not stopper.is_alive()
+
+
+def test_a_replica_deleted_with_its_application_keeps_its_queued_runs(
+    serve_instance: None,
+) -> None:
+    """The service stopping: no replica would take a run handed back, so the waiting runs
+    keep their places and run within the drain, each with its program's record."""
+    from ray import serve
+
+    app = "exec-agent-test-delete-keeps"
+    handle = serve.run(one_slot_app(), name=app, route_prefix=None)
+    running = handle.run.remote(request("import time; time.sleep(1); print('done')"))
+    wait_busy(handle)
+    queued = [handle.run.remote(request(f"print({n})")) for n in range(QUEUED)]
+    stopper = threading.Thread(target=serve.delete, args=(app,))
+    stopper.start()
+    try:
+        records = [
+            ExecutionRecord.model_validate(response.result(timeout_s=60))
+            for response in [running, *queued]
+        ]
+    finally:
+        stopper.join(60)
+    assert [record.stdout for record in records] == ["done\n"] + [f"{n}\n" for n in range(QUEUED)]
+    assert {record.status for record in records} == {"ok"}
 
 
 def test_a_batch_hands_back_its_runs_that_had_not_started(serve_instance: None) -> None:
@@ -120,12 +155,13 @@ def test_a_batch_hands_back_its_runs_that_had_not_started(serve_instance: None) 
     handle = serve.run(one_slot_app(), name=app, route_prefix=None)
     runs = [request(SLEEP_3_S)] + [request(f"print({n})") for n in range(QUEUED)]
     batch = handle.run_batch.remote(runs, hand_back=True)
-    stopper = threading.Thread(target=delete_while_busy, args=(app, handle))
+    stopper = threading.Thread(target=redeploy_while_busy, args=(app, handle))
     stopper.start()
     try:
         records = handed_back(batch).records
     finally:
         stopper.join(60)
+        serve.delete(app)
     assert len(records) == len(runs)
     first = ExecutionRecord.model_validate(records[0])
     assert (first.status, first.stdout) == ("ok", "done\n")
@@ -143,12 +179,13 @@ def test_a_batch_without_hand_back_runs_every_item(serve_instance: None) -> None
         request(f"print({n})") for n in range(QUEUED)
     ]
     batch = handle.run_batch.remote(runs)
-    stopper = threading.Thread(target=delete_while_busy, args=(app, handle))
+    stopper = threading.Thread(target=redeploy_while_busy, args=(app, handle))
     stopper.start()
     try:
         records = [ExecutionRecord.model_validate(item) for item in batch.result(timeout_s=60)]
     finally:
         stopper.join(60)
+        serve.delete(app)
     assert [record.stdout for record in records] == ["done\n"] + [f"{n}\n" for n in range(QUEUED)]
     assert {record.status for record in records} == {"ok"}
 
