@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from executors import ExecutorAppArgs
-from serve_app.deployment import ServiceAppArgs, app_builder
+from serve_app.deployment import INGRESS_DRAIN_MARGIN_S, ServiceAppArgs, app_builder
 from serve_app.errors import ConfigurationError
 from serve_app.settings import Settings
 from tests.support.cluster import SERVE_SCHEMA, deployments, load_cluster_yaml, without_nulls
@@ -78,7 +78,9 @@ def test_serve_config_builds_what_it_says(
     assert config.autoscaling_config.target_ongoing_requests == wanted["target_ongoing_requests"]
     assert config.max_ongoing_requests == wanted["max_ongoing_requests"]
     assert config.max_queued_requests == wanted["max_queued_requests"]
-    assert config.graceful_shutdown_timeout_s == args["graceful_shutdown_timeout_s"]
+    # The ingress outlasts the executors' drain: its requests wait on theirs.
+    assert config.graceful_shutdown_timeout_s == wanted["graceful_shutdown_timeout_s"]
+    assert wanted["graceful_shutdown_timeout_s"] > args["graceful_shutdown_timeout_s"]
     assert ingress.ray_actor_options["num_cpus"] == wanted["num_cpus"]
     assert ingress.ray_actor_options["label_selector"] == wanted["label_selector"]
 
@@ -136,7 +138,7 @@ def test_the_service_builder_takes_the_rest_from_the_settings(
     assert config.graceful_shutdown_timeout_s == 40
     assert not executor.init_args[0].require_full_isolation  # ENVIRONMENT=local
     ingress = built["ApiIngress"]
-    assert ingress._deployment_config.graceful_shutdown_timeout_s == 40
+    assert ingress._deployment_config.graceful_shutdown_timeout_s == 40 + INGRESS_DRAIN_MARGIN_S
     assert ingress._deployment_config.autoscaling_config.max_replicas == 1
     # The settings the ingress gets carry the arguments too.
     assert ingress.init_args[0].max_concurrent_executions == 3
@@ -231,6 +233,20 @@ def test_require_full_isolation_only_strengthens(
 def test_service_args_refuse_unknown_or_incoherent_values(args: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         ServiceAppArgs.model_validate(args)
+
+
+@pytest.mark.parametrize("ingress_drain_s", [35, 20])
+def test_an_ingress_draining_no_longer_than_the_executors_is_refused(
+    ingress_drain_s: float,
+) -> None:
+    """Its requests wait on the executors': killed with them in hand, they are cut."""
+    with pytest.raises(ConfigurationError, match="must exceed the executors' drain"):
+        app_builder(
+            {
+                "graceful_shutdown_timeout_s": 35,
+                "ingress": {"graceful_shutdown_timeout_s": ingress_drain_s},
+            }
+        )
 
 
 def test_the_executor_only_builder_still_refuses_unknown_args() -> None:

@@ -24,6 +24,7 @@ from serve_app.deployment._apps import (
     service_app,
 )
 from serve_app.deployment._args import (
+    INGRESS_DRAIN_MARGIN_S,
     ExecutorArgs,
     IngressArgs,
     ServiceAppArgs,
@@ -44,6 +45,7 @@ from serve_app.deployment._serve import SERVE_TUNING, choose_ingress, haproxy_bi
 __all__ = [
     "APP_NAME",
     "EXECUTOR_NAME",
+    "INGRESS_DRAIN_MARGIN_S",
     "INGRESS_NAME",
     "INGRESS_SECRETS",
     "PROXY_CALLBACK_VARIABLE",

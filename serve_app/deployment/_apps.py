@@ -85,8 +85,10 @@ def executor_app(
     keeps Serve's router from backing off: with one request per slot, a replica at capacity
     sends every further request into the router's retry back-off (measured here: 17 requests/s
     at 16 connections, against 76/s with 8 per slot). A drain lets running jobs finish within
-    ``GRACEFUL_SHUTDOWN_TIMEOUT_S``; requests still waiting then end as ``internal_error``
-    records, never as lost requests.
+    ``GRACEFUL_SHUTDOWN_TIMEOUT_S``; requests still waiting are handed back to another replica
+    while the deployment goes on (a rolling update, a downscale), and run within the drain when
+    it is deleted (the service stopping); past it, they end as ``internal_error`` records, never
+    as lost requests.
     ``num_cpus`` (default: one per slot) and ``memory_bytes`` (default: the replica's own
     512 MiB plus, per slot, ``MAX_MEMORY_MB`` and 160 MiB) are what Ray reserves per replica;
     ``max_ongoing_requests`` (default: slots plus ``EXECUTOR_MAX_QUEUED_REQUESTS``),
@@ -169,7 +171,7 @@ def service_app(
         ray_actor_options=actor_options,
         max_ongoing_requests=args.max_ongoing_requests,
         max_queued_requests=args.max_queued_requests,
-        graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
+        graceful_shutdown_timeout_s=args.drain_s(settings.graceful_shutdown_timeout_s),
         autoscaling_config={
             "min_replicas": args.min_replicas,
             "initial_replicas": args.min_replicas,

@@ -34,6 +34,10 @@ INGRESS_MAX_ONGOING_REQUESTS = 1000
 own bounded queue (``EXECUTOR_MAX_QUEUED_REQUESTS``) answers 503 beyond it."""
 DEFAULT_INGRESS_TARGET_ONGOING_REQUESTS = 100.0
 """An ingress replica mostly waits on executors: add replicas only when it is really busy."""
+INGRESS_DRAIN_MARGIN_S = 30.0
+"""How much longer an ingress replica drains than the executors by default, seconds: its
+requests wait on theirs, so it must outlast their drain to answer them (and store their
+records) rather than be killed with them in hand."""
 
 
 class _Args(ReplicaRange):
@@ -90,6 +94,18 @@ class IngressArgs(_Args):
     num_cpus: float = Field(default=INGRESS_NUM_CPUS, ge=0)
     label_selector: dict[str, str] | None = None
     """Ray node labels the replicas must run on (``"!value"``: any node but those)."""
+    graceful_shutdown_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Drain time of an ingress replica, seconds: longer than the executors' "
+        "(checked); default theirs plus INGRESS_DRAIN_MARGIN_S (30).",
+    )
+
+    def drain_s(self, executors_drain_s: float) -> float:
+        """This ingress' drain time, beside executors draining for ``executors_drain_s``."""
+        if self.graceful_shutdown_timeout_s is None:
+            return executors_drain_s + INGRESS_DRAIN_MARGIN_S
+        return self.graceful_shutdown_timeout_s
 
 
 class ExecutorArgs(_Args):
@@ -123,7 +139,8 @@ class ServiceAppArgs(BaseModel):
     ingress: IngressArgs = IngressArgs()
     executor: ExecutorArgs = ExecutorArgs()
     graceful_shutdown_timeout_s: float | None = Field(default=None, gt=0)
-    """Drain time of both deployments; default ``GRACEFUL_SHUTDOWN_TIMEOUT_S``."""
+    """Drain time of the executors (and the ingress' base: ``ingress.graceful_shutdown_timeout_s``);
+    default ``GRACEFUL_SHUTDOWN_TIMEOUT_S``."""
     require_full_isolation: bool = False
     """True: refuse to start an executor missing a sandbox layer, whatever ``ENVIRONMENT``
     (production always refuses; this can only strengthen the settings)."""
@@ -159,6 +176,13 @@ def service_settings(args: ServiceAppArgs) -> PublicSettings:
     }
     settings = _validated({name: value for name, value in overrides.items() if value is not None})
     _check_target(settings, args.executor, "executor")
+    if args.ingress.drain_s(settings.graceful_shutdown_timeout_s) <= (
+        settings.graceful_shutdown_timeout_s
+    ):
+        raise ConfigurationError(
+            "ingress.graceful_shutdown_timeout_s must exceed the executors' drain "
+            f"({settings.graceful_shutdown_timeout_s:g} s): its requests wait on theirs"
+        )
     for runtime, executor in args.runtime_executors.items():
         executor_settings(settings, executor, runtime)
     return settings
