@@ -25,9 +25,8 @@ from ray.autoscaler._private.constants import AUTOSCALER_METRIC_PORT
 from ray.dashboard.consts import DASHBOARD_METRIC_PORT
 
 from serve_app.deployment import EXECUTOR_NAME, INGRESS_NAME
-from tests.support.cluster import load_cluster_yaml
+from tests.support.cluster import PROMTOOL, alert_rules, load_cluster_yaml
 from tests.support.paths import CLUSTER
-from tests.test_dashboards import PROMTOOL, alert_rules
 
 NS = 'namespace="ray"'
 KSM = 'job="kube-state-metrics", instance="10.0.0.9:8080"'

@@ -34,7 +34,6 @@ import importlib.util
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +52,7 @@ from serve_app.deployment import EXECUTOR_NAME, INGRESS_NAME, executor_name
 from serve_app.http import _metrics as ingress_side
 from serve_app.http import routes as api_side
 from serve_app.settings import Settings
-from tests.support.cluster import load_cluster_yaml
+from tests.support.cluster import PROMTOOL, alert_rules, load_cluster_yaml
 from tests.support.paths import CLUSTER
 
 # --------------------------------------------------------------------------- what is exported
@@ -551,11 +550,6 @@ def queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
         yield f"variable {variable['name']!r}", match.group(1)
 
 
-def alert_rules(rules: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for group in rules["groups"]:
-        yield from group["rules"]
-
-
 def rule_queries(rules: dict[str, Any]) -> Iterator[tuple[str, str]]:
     for rule in alert_rules(rules):
         yield f"alert {rule['alert']}", rule["expr"]
@@ -914,9 +908,6 @@ def test_the_kubernetes_job_finds_every_ray_pod(prometheus: dict[str, Any]) -> N
 
 
 # --------------------------------------------------------------------------- promtool
-
-PROMTOOL = str(Path(sys.executable).with_name("promtool"))
-"""scripts/setup unpacks it there from Debian's ``prometheus`` package; missing, the tests fail."""
 
 
 def test_promtool_checks_the_rules() -> None:

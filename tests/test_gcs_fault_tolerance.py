@@ -61,13 +61,13 @@ from serve_app.deployment import (
 )
 from tests.support.api import auth
 from tests.support.databases import postgres_schema
+from tests.support.multinode import cli, ready, serve_delete
 from tests.support.polling import eventually
 from tests.support.ports import free_port
 from tests.support.private_servers import REDIS_SERVER, PrivateRedis
 from tests.support.ray_nodes import ActorInfo, LocalCluster, NodeSpec, local_cluster
 from tests.support.serve_deploy import serve_deploy, service_config
 from tests.support.settings import settings_variables
-from tests.test_multinode import cli, ready, serve_delete
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow]
 

@@ -26,7 +26,6 @@ Deadlines bound the polling only; nothing here asserts a duration.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import subprocess
@@ -34,38 +33,35 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import yaml
-from sqlalchemy import select
 
-from executors import TERMINAL_STATUSES
 from serve_app.api.middleware import PROXY_MIDDLEWARES_IMPORT_PATH
 from serve_app.db import Database
-from serve_app.db.models import ApiKey, Execution
 from serve_app.deployment import APP_NAME, INGRESS_NAME, PROXY_CALLBACK_VARIABLE, SERVE_TUNING
-from tests.support.api import auth
 from tests.support.cluster import load_cluster_yaml
 from tests.support.databases import postgres_schema
+from tests.support.multinode import (
+    HEAD,
+    ROLE,
+    WORKERS,
+    MultiNodeService,
+    cli,
+    serve_delete,
+    wait_until_deployed,
+)
 from tests.support.polling import eventually
 from tests.support.ports import free_port
-from tests.support.ray_nodes import ActorInfo, LocalCluster, NodeSpec, RayNode, local_cluster
+from tests.support.ray_nodes import ActorInfo, LocalCluster, RayNode, local_cluster
 from tests.support.settings import settings_variables
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
-ROLE = "exec-agent/role"
-HEAD = NodeSpec("head", num_cpus=0, labels={ROLE: "api"})
-"""As the RayService's head: no CPUs, so no executor replica (one CPU each) can land there."""
-WORKERS = [NodeSpec(f"worker-{n}", num_cpus=2, labels={ROLE: "sandbox"}) for n in (1, 2)]
 
-EXECUTOR = f"ServeReplica:{APP_NAME}:SandboxExecutor"
-"""The actor class of an executor replica (Serve's ``ServeReplica:<app>:<deployment>``)."""
 HEAD_ACTORS = (f"ServeReplica:{APP_NAME}:{INGRESS_NAME}", "ServeController", "ProxyActor")
 EXECUTOR_ARGS = {
     "num_cpus": 1,  # two replicas fit a worker: the survivor of a lost node can take them
@@ -82,100 +78,7 @@ QUEUE = 24
 """Slow runs queued at once: 18 s of work for the two replicas' four slots (Serve's handles
 report their load every 10 s)."""
 KEY_NAME = "multinode"
-START_TIMEOUT_S = 120.0
 SCALE_TIMEOUT_S = 90.0
-FINISH_TIMEOUT_S = 240.0
-
-
-@dataclass
-class MultiNodeService:
-    """The deployed service as the tests see it: the cluster, an HTTP client and key, the
-    database, and every execution the service accepted."""
-
-    cluster: LocalCluster
-    client: httpx.Client
-    key: str
-    database: Database
-    accepted: list[str] = field(default_factory=list)
-
-    def submit(self, code: str) -> str:
-        """Queue a run (``wait: false``); its id, once accepted."""
-        body = {"code": code, "wait": False, "limits": {"wall_timeout_s": 10}}
-        answer = self.client.post("/v1/executions", json=body, headers=auth(self.key))
-        assert answer.status_code == 202, answer.text
-        execution_id: str = answer.json()["id"]
-        self.accepted.append(execution_id)
-        return execution_id
-
-    def run(self, code: str) -> dict[str, Any]:
-        """Run ``code`` and wait for its record."""
-        answer = self.client.post("/v1/executions", json={"code": code}, headers=auth(self.key))
-        assert answer.status_code == 200, answer.text
-        self.accepted.append(answer.json()["id"])
-        record: dict[str, Any] = answer.json()
-        return record
-
-    def status(self, execution_id: str, wait_s: float = 0.0) -> str:
-        answer = self.client.get(
-            f"/v1/executions/{execution_id}",
-            params={"wait_s": wait_s},
-            headers=auth(self.key),
-        )
-        assert answer.status_code == 200, answer.text
-        status: str = answer.json()["status"]
-        return status
-
-    def finish(self, ids: list[str]) -> dict[str, str]:
-        """Wait for every execution of ``ids`` to end; their terminal statuses."""
-        deadline = time.monotonic() + FINISH_TIMEOUT_S
-        statuses: dict[str, str] = {}
-        for execution_id in ids:
-            status = self.status(execution_id)
-            while status not in TERMINAL_STATUSES and time.monotonic() < deadline:
-                status = self.status(execution_id, wait_s=10)
-            statuses[execution_id] = status
-        unfinished = {i: s for i, s in statuses.items() if s not in TERMINAL_STATUSES}
-        assert not unfinished, f"not terminal within {FINISH_TIMEOUT_S} s: {unfinished}"
-        return statuses
-
-    def executors(self) -> list[ActorInfo]:
-        """The executor replicas alive now."""
-        return self.cluster.actors(EXECUTOR)
-
-    def executors_on(self) -> Counter[str]:
-        """How many executor replicas each node runs now, by node name."""
-        return Counter(self.node(actor).name for actor in self.executors())
-
-    def node(self, actor: ActorInfo) -> RayNode:
-        node = self.cluster.node_of(actor.node_id)
-        assert node is not None, f"{actor} runs on a node not ours"
-        return node
-
-    def stored(self) -> dict[str, str]:
-        """The key's executions as stored: status by id."""
-        with self.database.session() as session:
-            rows = session.execute(
-                select(Execution.id, Execution.status)
-                .join(ApiKey, ApiKey.id == Execution.key_id)
-                .where(ApiKey.name == KEY_NAME)
-            )
-            return {str(row.id): str(row.status) for row in rows}
-
-
-def cli(cluster: LocalCluster, *argv: str) -> str:
-    """``exec-agent argv...`` with the cluster's environment, as an operator runs it; its
-    standard output."""
-    done = subprocess.run(
-        [str(BIN / "exec-agent"), *argv],
-        env=cluster.env,
-        cwd=cluster.root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
 
 
 def serve_run(cluster: LocalCluster, port: int) -> None:
@@ -204,37 +107,6 @@ def serve_run(cluster: LocalCluster, port: int) -> None:
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
 
 
-SERVE_DELETE = """\
-import sys
-import ray
-from ray import serve
-ray.init(address=sys.argv[1], namespace="serve", logging_level="ERROR")
-serve.delete(sys.argv[2])
-"""
-
-
-def serve_delete(cluster: LocalCluster) -> None:
-    """Delete the application, as ``exec-agent serve`` does before it stops: its replicas
-    drain and close their sandbox pools (their cgroups with them), which killing the nodes
-    would leave behind. Best effort: the nodes are killed next in any case."""
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run(
-            [sys.executable, "-c", SERVE_DELETE, cluster.gcs_address, APP_NAME],
-            env=cluster.env,
-            cwd=cluster.root,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
-
-
-def ready(client: httpx.Client) -> bool:
-    try:
-        return client.get("/health/ready").status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def service() -> Iterator[MultiNodeService]:
     """The service deployed on a head and two workers, as cluster/ deploys it."""
@@ -257,28 +129,13 @@ def service() -> Iterator[MultiNodeService]:
             serve_run(cluster, port)
             database = Database.from_url(database_url)
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-                deployed = MultiNodeService(cluster, client, key, database)
+                deployed = MultiNodeService(cluster, client, key, KEY_NAME, database)
                 try:
-                    wait_until_deployed(deployed)
+                    wait_until_deployed(deployed, EXECUTOR_ARGS["min_replicas"])
                     yield deployed
                 finally:
                     database.dispose()
                     serve_delete(cluster)
-
-
-def wait_until_deployed(service: MultiNodeService) -> None:
-    """Until the service is ready with its ``min_replicas`` executors; else fail showing Serve's
-    controller log."""
-    try:
-        eventually(lambda: ready(service.client), START_TIMEOUT_S, "the service is ready")
-        eventually(
-            lambda: len(service.executors()) == EXECUTOR_ARGS["min_replicas"],
-            START_TIMEOUT_S,
-            "the executor's min_replicas run",
-        )
-    except AssertionError as exc:
-        logs = service.cluster.head.session_logs("serve/controller_*.log")
-        raise AssertionError(f"{exc}{logs}") from None
 
 
 def labels_by_node(cluster: LocalCluster) -> dict[str, dict[str, str]]:

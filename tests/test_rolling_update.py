@@ -32,14 +32,8 @@ from serve_app.api.middleware import PROXY_MIDDLEWARES_IMPORT_PATH
 from serve_app.db import Database
 from serve_app.deployment import PROXY_CALLBACK_VARIABLE, SERVE_TUNING
 from tests.support.databases import postgres_schema
-from tests.support.polling import eventually
-from tests.support.ports import free_port
-from tests.support.ray_nodes import local_cluster
-from tests.support.serve_deploy import serve_deploy, service_config, with_executor_release
-from tests.support.settings import settings_variables
-from tests.test_multinode import (
+from tests.support.multinode import (
     HEAD,
-    KEY_NAME,
     ROLE,
     WORKERS,
     MultiNodeService,
@@ -47,6 +41,11 @@ from tests.test_multinode import (
     serve_delete,
     wait_until_deployed,
 )
+from tests.support.polling import eventually
+from tests.support.ports import free_port
+from tests.support.ray_nodes import local_cluster
+from tests.support.serve_deploy import serve_deploy, service_config, with_executor_release
+from tests.support.settings import settings_variables
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow]
 
@@ -79,6 +78,7 @@ FORCE_KILLED = "did not shut down after grace period"
 """What Serve's controller logs when it kills a replica whose drain ran out (Ray 2.60,
 serve/_private/deployment_state.py)."""
 FULL_LOG = 10_000_000
+KEY_NAME = "rolling-update"
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +104,9 @@ def service() -> Iterator[MultiNodeService]:
             serve_deploy(cluster, first_version(port), "v1")
             database = Database.from_url(database_url)
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-                deployed = MultiNodeService(cluster, client, key, database)
+                deployed = MultiNodeService(cluster, client, key, KEY_NAME, database)
                 try:
-                    wait_until_deployed(deployed)
+                    wait_until_deployed(deployed, EXECUTOR_ARGS["min_replicas"])
                     yield deployed
                 finally:
                     database.dispose()

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from tests.support.paths import CLUSTER, TEST_DATA
 __all__ = [
     "CLUSTER_BASE",
     "OVERLAYS",
+    "PROMTOOL",
     "SERVE_SCHEMA",
+    "alert_rules",
     "cluster_file",
     "deployments",
     "kustomize",
@@ -35,6 +38,16 @@ OVERLAYS = ("dev", "production", "userns", "kata")
 
 SERVE_SCHEMA = json.loads((TEST_DATA / "serve-config.schema.json").read_text())
 """Ray Serve's schema of a Serve config (tests/data/serve-config.schema.json)."""
+
+
+PROMTOOL = str(Path(sys.executable).with_name("promtool"))
+"""scripts/setup unpacks it there from Debian's ``prometheus`` package; missing, the tests fail."""
+
+
+def alert_rules(rules: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every alerting rule of a Prometheus rules file's ``rules``, group after group."""
+    for group in rules["groups"]:
+        yield from group["rules"]
 
 
 def cluster_file(name: str) -> Path:
