@@ -46,12 +46,9 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from sqlalchemy import select
 
-from executors import TERMINAL_STATUSES
 from serve_app.api.middleware import PROXY_MIDDLEWARES_IMPORT_PATH
 from serve_app.db import Database
-from serve_app.db.models import ApiKey, Execution
 from serve_app.deployment import (
     APP_NAME,
     EXECUTOR_NAME,
@@ -61,11 +58,11 @@ from serve_app.deployment import (
 )
 from tests.support.api import auth
 from tests.support.databases import postgres_schema
-from tests.support.multinode import cli, ready, serve_delete
+from tests.support.multinode import MultiNodeService, cli, ready, serve_delete
 from tests.support.polling import eventually
 from tests.support.ports import free_port
 from tests.support.private_servers import REDIS_SERVER, PrivateRedis
-from tests.support.ray_nodes import ActorInfo, LocalCluster, NodeSpec, local_cluster
+from tests.support.ray_nodes import ActorInfo, NodeSpec, local_cluster
 from tests.support.serve_deploy import serve_deploy, service_config
 from tests.support.settings import settings_variables
 
@@ -94,7 +91,6 @@ LOAD_AFTER_RECOVERY_S = 4.0
 START_TIMEOUT_S = 120.0
 EXIT_TIMEOUT_S = 30.0
 RECOVERY_TIMEOUT_S = 120.0
-FINISH_TIMEOUT_S = 120.0
 
 
 def serve_config(port: int) -> dict[str, Any]:
@@ -149,43 +145,10 @@ class Load:
 
 
 @dataclass
-class FaultTolerantService:
-    """The deployed service: its cluster, Redis, HTTP client and key, and the database."""
+class FaultTolerantService(MultiNodeService):
+    """The deployed service (:class:`MultiNodeService`) and the Redis of its GCS."""
 
-    cluster: LocalCluster
-    redis: PrivateRedis
-    client: httpx.Client
-    key: str
-    database: Database
-
-    def status(self, execution_id: str, wait_s: float = 0.0) -> str:
-        answer = self.client.get(
-            f"/v1/executions/{execution_id}", params={"wait_s": wait_s}, headers=auth(self.key)
-        )
-        assert answer.status_code == 200, answer.text
-        status: str = answer.json()["status"]
-        return status
-
-    def finish(self, ids: list[str]) -> dict[str, str]:
-        """Wait for every execution of ``ids`` to end; their last statuses."""
-        deadline = time.monotonic() + FINISH_TIMEOUT_S
-        statuses: dict[str, str] = {}
-        for execution_id in ids:
-            status = self.status(execution_id)
-            while status not in TERMINAL_STATUSES and time.monotonic() < deadline:
-                status = self.status(execution_id, wait_s=5)
-            statuses[execution_id] = status
-        return statuses
-
-    def stored(self) -> dict[str, str]:
-        """The key's executions as stored: status by id."""
-        with self.database.session() as session:
-            rows = session.execute(
-                select(Execution.id, Execution.status)
-                .join(ApiKey, ApiKey.id == Execution.key_id)
-                .where(ApiKey.name == KEY_NAME)
-            )
-            return {str(row.id): str(row.status) for row in rows}
+    redis: PrivateRedis = field(kw_only=True)
 
     def gcs_keys(self) -> list[str]:
         """The keys in the GCS' Redis."""
@@ -252,7 +215,9 @@ def service() -> Iterator[FaultTolerantService]:
                 serve_deploy(cluster, serve_config(port), "serve-config")
                 database = Database.from_url(database_url)
                 with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-                    deployed = FaultTolerantService(cluster, redis, client, key, database)
+                    deployed = FaultTolerantService(
+                        cluster, client, key, KEY_NAME, database, redis=redis
+                    )
                     try:
                         wait_until_deployed(deployed)
                         yield deployed

@@ -28,21 +28,16 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from serve_app.api.middleware import PROXY_MIDDLEWARES_IMPORT_PATH
 from serve_app.db import Database
 from serve_app.deployment import APP_NAME, INGRESS_NAME, PROXY_CALLBACK_VARIABLE, SERVE_TUNING
-from tests.support.cluster import load_cluster_yaml
 from tests.support.databases import postgres_schema
 from tests.support.multinode import (
     HEAD,
@@ -56,11 +51,11 @@ from tests.support.multinode import (
 from tests.support.polling import eventually
 from tests.support.ports import free_port
 from tests.support.ray_nodes import ActorInfo, LocalCluster, RayNode, local_cluster
+from tests.support.serve_deploy import serve_deploy, service_config
 from tests.support.settings import settings_variables
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow]
 
-BIN = Path(sys.executable).parent
 
 HEAD_ACTORS = (f"ServeReplica:{APP_NAME}:{INGRESS_NAME}", "ServeController", "ProxyActor")
 EXECUTOR_ARGS = {
@@ -84,27 +79,13 @@ SCALE_TIMEOUT_S = 90.0
 def serve_run(cluster: LocalCluster, port: int) -> None:
     """``serve run`` of cluster/serve-config.yaml against the cluster's head, with Serve's proxy
     on 127.0.0.1:``port`` and the test's executor args."""
-    config = load_cluster_yaml("serve-config.yaml")
-    config["http_options"] = {"host": "127.0.0.1", "port": port}
-    (app,) = config["applications"]
-    assert app["name"] == APP_NAME
     # This machine's memory: one ingress is enough here, with one proxy beside it on the head
     # (the nodes share one machine's ports).
-    config["proxy_location"] = "HeadOnly"
-    app["args"]["ingress"].update(min_replicas=1, max_replicas=1)
-    app["args"]["executor"].update(EXECUTOR_ARGS)
-    path = cluster.root / "serve-config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    done = subprocess.run(
-        [str(BIN / "serve"), "run", str(path), "--address", cluster.gcs_address, "--non-blocking"],
-        env=cluster.env,
-        cwd=cluster.root,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    config = service_config(
+        port, ingress={"min_replicas": 1, "max_replicas": 1}, executor=EXECUTOR_ARGS
     )
-    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    config["proxy_location"] = "HeadOnly"
+    serve_deploy(cluster, config, "serve-config")
 
 
 @pytest.fixture(scope="module")
