@@ -12,8 +12,9 @@ breadcrumbs of the next).
 What is sent is an error's type, its first line (cut short), where it happened (file, line,
 function: no locals, no source lines) and the log lines before it, without their data:
 
-- ``send_default_pii=False`` (with this sentry-sdk: ``data_collection`` with every category
-  off), ``include_local_variables=False``, ``include_source_context=False``,
+- ``data_collection`` with every category off (frame variables and context lines included) or,
+  on sentry-sdk versions without it, ``send_default_pii=False``; ``include_local_variables=False``
+  and ``include_source_context=False`` where this version still has them (2.x);
   ``max_request_body_size="never"``;
 - only the integrations named here (logging, dedupe, atexit): not the auto-enabled Starlette
   and FastAPI ones, which would attach request headers and bodies (the program's code, the
@@ -72,8 +73,6 @@ def init_sentry(settings: Settings, *, component: str) -> bool:
             dsn=dsn,
             environment=settings.environment,
             release=_release(),
-            include_local_variables=False,
-            include_source_context=False,
             **_no_personal_data(),
             max_request_body_size="never",
             max_breadcrumbs=MAX_BREADCRUMBS,
@@ -81,9 +80,7 @@ def init_sentry(settings: Settings, *, component: str) -> bool:
             default_integrations=False,
             auto_enabling_integrations=False,
             integrations=[
-                LoggingIntegration(
-                    level=logging.INFO, event_level=logging.ERROR, sentry_logs_level=None
-                ),
+                _logging_integration(),
                 DedupeIntegration(),
                 AtexitIntegration(),
             ],
@@ -155,26 +152,44 @@ def scrub_breadcrumb(crumb: dict[str, Any], hint: dict[str, Any]) -> dict[str, A
 
 
 def _no_personal_data() -> dict[str, Any]:
-    """``send_default_pii=False``, in the form this sentry-sdk takes: newer versions deprecate
-    it for ``data_collection``, where every category is turned off here."""
-    if "data_collection" not in inspect.signature(ClientConstructor.__init__).parameters:
-        return {"send_default_pii": False}
-    off = {"mode": "off"}
-    return {
-        "data_collection": {
-            "user_info": False,
-            "cookies": off,
-            "http_headers": {"request": off},
-            "http_bodies": [],
-            "url_query_params": off,
-            "graphql": {"document": False, "variables": False},
-            "gen_ai": {"inputs": False, "outputs": False},
-            "database_query_data": False,
-            "queues": False,
-            "stack_frame_variables": False,
-            "frame_context_lines": 0,
-        }
+    """No personal data, no locals, no source lines, in the form this sentry-sdk takes: older
+    versions have ``send_default_pii``, later 2.x ones add ``data_collection`` (every category
+    turned off here) beside the two ``include_*`` flags, and 3.x keeps only ``data_collection``."""
+    parameters = inspect.signature(ClientConstructor.__init__).parameters
+    options: dict[str, Any] = {
+        flag: False
+        for flag in ("include_local_variables", "include_source_context")
+        if flag in parameters
     }
+    if "data_collection" not in parameters:
+        return {**options, "send_default_pii": False}
+    off = {"mode": "off"}
+    options["data_collection"] = {
+        "user_info": False,
+        "cookies": off,
+        "http_headers": {"request": off},
+        "http_bodies": [],
+        "url_query_params": off,
+        "graphql": {"document": False, "variables": False},
+        "gen_ai": {"inputs": False, "outputs": False},
+        "database_query_data": False,
+        "queues": False,
+        "stack_frame_variables": False,
+        "frame_context_lines": 0,
+    }
+    return options
+
+
+def _logging_integration() -> LoggingIntegration:
+    """``ERROR`` records as events, ``INFO`` and up as breadcrumbs, none as Sentry logs. 2.x names
+    the breadcrumbs' threshold ``level`` (logs: ``sentry_logs_level``); 3.x gives ``level`` to
+    the logs and names the breadcrumbs' ``breadcrumb_level``."""
+    options: dict[str, Any] = {"event_level": logging.ERROR}
+    if "breadcrumb_level" in inspect.signature(LoggingIntegration.__init__).parameters:
+        options.update(level=None, breadcrumb_level=logging.INFO)
+    else:
+        options.update(level=logging.INFO, sentry_logs_level=None)
+    return LoggingIntegration(**options)
 
 
 def _release() -> str | None:
