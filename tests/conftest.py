@@ -12,6 +12,7 @@ import pytest
 pytest.register_assert_rewrite("tests.support")
 
 import os
+import signal
 from collections.abc import Iterator
 
 import redis
@@ -23,6 +24,15 @@ from tests.support.databases import DATABASE_BACKENDS, delete_all_rows, migrated
 from tests.support.limits import CORPUS_LIMITS, MIB
 from tests.support.shared_redis import shared_redis_client
 from tests.support.watched_pool import PoolFactory, WatchedPool
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as at a terminal, however the suite was started: a shell's background job (`&`
+    without job control, as CI runners and `nohup` often start it) inherits SIGINT ignored, and
+    an ignored signal stays ignored across exec, so the CLI tests' SIGINT would reach programs
+    that cannot hear it. Python's own handler here makes the children's SIGINT the default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
