@@ -294,6 +294,15 @@ class Ingestion:
                     found.append((headers, body, json.loads(items[index + 1])))
         return found
 
+    def item_types(self) -> set[str]:
+        """The type of every item of every envelope (``event``, ``log``, ``session``...)."""
+        types: set[str] = set()
+        for _, body in self.envelopes:
+            for line in body.split(b"\n")[1:]:
+                if line.startswith(b"{") and "type" in (header := json.loads(line)):
+                    types.add(header["type"])
+        return types
+
     def wait_for_events(self, count: int, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
         while len(self.events()) < count and time.monotonic() < deadline:
@@ -402,6 +411,10 @@ def test_error_logs_in_a_request_are_tagged(ingestion: Ingestion) -> None:
     assert "inside the request" in [crumb["message"] for crumb in crumbs]
     assert all("data" not in crumb for crumb in crumbs)
     assert "CODE-MARKER" not in raw.decode() and API_KEY not in raw.decode()
+    # Log lines reach Sentry only as crumbs of an event, scrubbed, never as Sentry logs
+    # (sentry-sdk 3 sends every record at LoggingIntegration's ``level`` as one).
+    sentry_sdk.flush(timeout=2.0)
+    assert "log" not in ingestion.item_types()
 
 
 def test_scrub_event_keeps_only_what_may_leave() -> None:
